@@ -1,0 +1,193 @@
+//! What an entry asks the machine to do. An [`Entry`] is one Raft log entry: the leader's time
+//! stamp and a batch of commands, applied in order. Commands from many clients share an entry,
+//! which is how many publishes share one fsync.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// One replicated log entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// The leader's clock when it proposed the entry: the machine's only source of time.
+    pub time_ms: u64,
+    /// Applied in order; each yields one outcome.
+    pub commands: Vec<Command>,
+}
+
+/// One request to the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Creates a topic; idempotent when the config is the same.
+    CreateTopic { name: String, config: TopicConfig },
+    /// Deletes a topic with its groups and subscriptions. Its messages are purged by pulses.
+    DeleteTopic { name: String },
+    /// Appends a batch of messages to a topic.
+    Publish(Publish),
+    /// Creates a work group on a topic; idempotent when the config is the same.
+    CreateGroup {
+        topic: String,
+        name: String,
+        config: GroupConfig,
+    },
+    /// Deletes a work group and its leases.
+    DeleteGroup { topic: String, name: String },
+    /// Creates a durable subscription; idempotent, an existing one keeps its cursor.
+    CreateSubscription {
+        topic: String,
+        name: String,
+        start: StartPosition,
+    },
+    /// Deletes a durable subscription.
+    DeleteSubscription { topic: String, name: String },
+    /// Moves a subscription's cursor past `seq`. Lower than the cursor is ignored.
+    Commit {
+        topic: String,
+        subscription: String,
+        seq: u64,
+    },
+    /// Leases up to `count_max` available messages of a group to `consumer`.
+    Lease {
+        topic: String,
+        group: String,
+        consumer: String,
+        count_max: u32,
+        /// The group's default when `None`.
+        lease_ms: Option<u64>,
+    },
+    /// Settles leased messages as done.
+    Ack {
+        topic: String,
+        group: String,
+        tokens: Vec<u64>,
+    },
+    /// Gives leased messages back, available again after `delay_ms`.
+    Nack {
+        topic: String,
+        group: String,
+        tokens: Vec<u64>,
+        delay_ms: u64,
+    },
+    /// Moves leases' deadlines to `lease_ms` after the entry's time.
+    Extend {
+        topic: String,
+        group: String,
+        tokens: Vec<u64>,
+        lease_ms: u64,
+    },
+    /// Advances time: expires leases, ages out messages and does deferred chores.
+    Pulse,
+}
+
+/// A batch of messages for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub topic: String,
+    /// Makes the publish idempotent within the topic's dedup window.
+    pub producer: Option<ProducerStamp>,
+    pub messages: Vec<NewMessage>,
+}
+
+/// An idempotent producer's identity and its sequence number for one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub id: String,
+    pub sequence: u64,
+}
+
+/// A message as a producer sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewMessage {
+    pub key: Option<Bytes>,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+    /// Work groups do not lease the message before this time. Subscribers see it at once.
+    pub not_before_ms: Option<u64>,
+}
+
+/// A message header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub value: Bytes,
+}
+
+/// How a topic lets go of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RetentionPolicy {
+    /// Messages live until a limit trims them, whoever has consumed them.
+    #[default]
+    Limits,
+    /// Limits apply, and a message is also deleted once every work group has acked it and every
+    /// durable subscription has moved past it.
+    WorkQueue,
+}
+
+/// A topic's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub retention: RetentionPolicy,
+    pub messages_max: Option<u64>,
+    pub bytes_max: Option<u64>,
+    pub age_ms_max: Option<u64>,
+    /// How long a (producer id, sequence) pair is remembered.
+    pub dedup_window_ms: u64,
+}
+
+impl Default for TopicConfig {
+    fn default() -> TopicConfig {
+        TopicConfig {
+            retention: RetentionPolicy::Limits,
+            messages_max: None,
+            bytes_max: None,
+            age_ms_max: None,
+            dedup_window_ms: crate::limits::DEDUP_WINDOW_MS_DEFAULT,
+        }
+    }
+}
+
+/// Where a new group or subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum StartPosition {
+    /// The oldest retained message.
+    #[default]
+    Earliest,
+    /// Only messages published after creation.
+    Latest,
+    /// This topic sequence.
+    Seq(u64),
+    /// The first message stamped at or after this time.
+    TimeMs(u64),
+}
+
+/// Whether a work group keeps per-key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum KeyOrdering {
+    /// Any available message may be leased.
+    #[default]
+    Unordered,
+    /// At most one message per key is out at a time, in topic order; other keys are not blocked.
+    PerKey,
+}
+
+/// A work group's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupConfig {
+    pub lease_ms_default: u64,
+    /// Deliveries after which a message leaves the group; 0 means no limit.
+    pub deliveries_max: u32,
+    pub dead_letter_topic: Option<String>,
+    pub start: StartPosition,
+    pub ordering: KeyOrdering,
+}
+
+impl Default for GroupConfig {
+    fn default() -> GroupConfig {
+        GroupConfig {
+            lease_ms_default: crate::limits::LEASE_MS_DEFAULT,
+            deliveries_max: 0,
+            dead_letter_topic: None,
+            start: StartPosition::Earliest,
+            ordering: KeyOrdering::Unordered,
+        }
+    }
+}

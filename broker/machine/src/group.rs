@@ -1,0 +1,982 @@
+//! Work groups: competing consumers over a topic. A message a group has examined but not finished
+//! has a pending record that is exactly one of leased, ready (available again, maybe later) or
+//! waiting for its key. Leases carry fencing tokens that only grow; only a live token settles.
+
+use bytes::Bytes;
+
+use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
+use crate::keys;
+use crate::limits::{
+    GROUPS_PER_TOPIC_MAX, LEASE_COUNT_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX,
+    NACK_DELAY_MS_MAX,
+};
+use crate::machine::{Ctx, Fail, Res};
+use crate::outcome::{Grant, Leased, MachineError, Output};
+use crate::records::{
+    GroupCounts, GroupRecord, MessageRecord, PendingRecord, PendingState, TopicRecord,
+};
+use crate::store::{Store, StoreError, Table, prefix_end};
+use crate::{query, retention, topic, validate};
+
+/// Messages read from a topic per storage scan while leasing.
+const LEASE_PAGE_MAX: usize = 64;
+
+pub(crate) fn create<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic_name: &str,
+    name: &str,
+    config: &GroupConfig,
+) -> Res<Output> {
+    validate::name("group", name)?;
+    validate::group_config(config)?;
+    let mut topic = ctx.topic(topic_name)?;
+    if let Some(dead_letter) = &config.dead_letter_topic {
+        if dead_letter == topic_name {
+            return Err(MachineError::InvalidArgument(
+                "a group cannot dead-letter into its own topic".into(),
+            )
+            .into());
+        }
+        ctx.topic(dead_letter)?;
+    }
+    if let Some(existing) = query::group_of(&*ctx.store, topic.id, name)? {
+        if existing.config != *config {
+            return Err(
+                MachineError::Conflict(format!("group {name:?} on topic {topic_name:?}")).into(),
+            );
+        }
+        return Ok(Output::GroupCreated {
+            group_id: existing.id,
+            created: false,
+            next_seq: existing.next_seq,
+        });
+    }
+    if topic.groups as usize >= GROUPS_PER_TOPIC_MAX {
+        return Err(MachineError::LimitReached(format!(
+            "at most {GROUPS_PER_TOPIC_MAX} groups per topic"
+        ))
+        .into());
+    }
+    let next_seq = query::seq_at(&*ctx.store, &topic, config.start)?;
+    ctx.meta.next_group_id += 1;
+    let group = GroupRecord {
+        id: ctx.meta.next_group_id,
+        topic_id: topic.id,
+        name: name.to_owned(),
+        config: config.clone(),
+        next_seq,
+        next_token: 1,
+        counts: GroupCounts::default(),
+    };
+    ctx.save(
+        Table::GroupNames,
+        &keys::child_name(topic.id, name),
+        &group.id,
+    )?;
+    ctx.save_group(&group)?;
+    topic.groups += 1;
+    ctx.save_topic(&topic)?;
+    Ok(Output::GroupCreated {
+        group_id: group.id,
+        created: true,
+        next_seq,
+    })
+}
+
+/// Deletes the group now; its pending records and leases are purged by pulses.
+pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &str) -> Res<Output> {
+    let mut topic = ctx.topic(topic_name)?;
+    let group = ctx.group(&topic, name)?;
+    ctx.remove(Table::GroupNames, &keys::child_name(topic.id, name))?;
+    ctx.remove(Table::Groups, &keys::id(group.id))?;
+    ctx.mark(
+        Table::Chores,
+        &keys::chore(topic::CHORE_PURGE_GROUP, group.id),
+    )?;
+    topic.groups -= 1;
+    ctx.save_topic(&topic)?;
+    retention::after_consume(ctx, topic.id)?;
+    Ok(Output::GroupDeleted)
+}
+
+pub(crate) fn lease<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic_name: &str,
+    group_name: &str,
+    consumer: &str,
+    count_max: u32,
+    lease_ms: Option<u64>,
+) -> Res<Output> {
+    validate::name("consumer", consumer)?;
+    if count_max == 0 || count_max > LEASE_COUNT_MAX {
+        return Err(MachineError::InvalidArgument(format!(
+            "lease 1 to {LEASE_COUNT_MAX} messages"
+        ))
+        .into());
+    }
+    let topic = ctx.topic(topic_name)?;
+    let mut group = ctx.group(&topic, group_name)?;
+    let lease_ms = lease_ms.unwrap_or(group.config.lease_ms_default);
+    validate::lease_ms(lease_ms)?;
+    let consumer_key = keys::child_name(group.id, consumer);
+    let held: u32 = ctx.load(Table::Consumers, &consumer_key)?.unwrap_or(0);
+    if held >= LEASES_PER_CONSUMER_MAX {
+        return Err(MachineError::LimitReached(format!(
+            "consumer {consumer:?} holds {held} leases, at most {LEASES_PER_CONSUMER_MAX}"
+        ))
+        .into());
+    }
+    let mut lessor = Lessor {
+        want: count_max.min(LEASES_PER_CONSUMER_MAX - held) as usize,
+        consumer,
+        lease_ms,
+        grants: Vec::new(),
+        examined: 0,
+    };
+    lessor.lease_ready(ctx, &topic, &mut group)?;
+    lessor.lease_fresh(ctx, &topic, &mut group)?;
+    if !lessor.grants.is_empty() {
+        ctx.save(
+            Table::Consumers,
+            &consumer_key,
+            &(held + lessor.grants.len() as u32),
+        )?;
+    }
+    ctx.save_group(&group)?;
+    let next_available_ms = next_ready(ctx, group.id)?;
+    Ok(Output::Leased(Leased {
+        grants: lessor.grants,
+        next_available_ms,
+    }))
+}
+
+/// One lease command in progress.
+struct Lessor<'a> {
+    want: usize,
+    consumer: &'a str,
+    lease_ms: u64,
+    grants: Vec<Grant>,
+    /// Messages looked at, granted or not: bounds the command's work.
+    examined: usize,
+}
+
+impl Lessor<'_> {
+    fn wants_more(&self) -> bool {
+        self.grants.len() < self.want && self.examined < LEASE_SCAN_MAX
+    }
+
+    /// Grants pending messages whose time has come: redeliveries first, by availability.
+    fn lease_ready<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        topic: &TopicRecord,
+        group: &mut GroupRecord,
+    ) -> Res<()> {
+        let start = keys::ready(group.id, 0, 0);
+        let end = keys::ready(group.id, ctx.now_ms.saturating_add(1), 0);
+        while self.wants_more() {
+            let due = ctx.range(
+                Table::Ready,
+                &start,
+                Some(&end),
+                self.want - self.grants.len(),
+            )?;
+            if due.is_empty() {
+                break;
+            }
+            for (key, _) in due {
+                self.examined += 1;
+                let seq = keys::read_u64(&key, 16)?;
+                ctx.remove(Table::Ready, &key)?;
+                group.counts.ready -= 1;
+                let pending = load_pending(ctx, group.id, seq)?;
+                assert!(
+                    matches!(pending.state, PendingState::Ready { .. }),
+                    "ready index points at {pending:?}"
+                );
+                let Some(message) =
+                    ctx.load::<MessageRecord>(Table::Messages, &keys::message(topic.id, seq))?
+                else {
+                    group.counts.trimmed_total += 1;
+                    finish(ctx, group, seq, &pending)?;
+                    continue;
+                };
+                match message.not_before_ms.filter(|&at| at > ctx.now_ms) {
+                    Some(at) => make_ready(ctx, group, seq, pending, at)?,
+                    None => self
+                        .grants
+                        .push(grant(ctx, group, seq, message, pending, self)?),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Examines never-seen messages in topic order, granting those that are free to go.
+    fn lease_fresh<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        topic: &TopicRecord,
+        group: &mut GroupRecord,
+    ) -> Res<()> {
+        if group.next_seq < topic.first_seq {
+            group.counts.trimmed_total += topic.first_seq - group.next_seq;
+            group.next_seq = topic.first_seq;
+        }
+        let end = keys::message(topic.id, topic.last_seq + 1);
+        while self.wants_more() && group.next_seq <= topic.last_seq {
+            let page_len = LEASE_PAGE_MAX.min(LEASE_SCAN_MAX - self.examined);
+            let start = keys::message(topic.id, group.next_seq);
+            let page = ctx.range(Table::Messages, &start, Some(&end), page_len)?;
+            if page.is_empty() {
+                return Err(StoreError::new(format!(
+                    "topic {} lost message {}",
+                    topic.id, group.next_seq
+                ))
+                .into());
+            }
+            for (key, value) in page {
+                if !self.wants_more() {
+                    break;
+                }
+                let seq = keys::read_u64(&key, 8)?;
+                assert_eq!(
+                    seq, group.next_seq,
+                    "topic {} has a gap before {seq}",
+                    topic.id
+                );
+                group.next_seq = seq + 1;
+                self.examined += 1;
+                let message: MessageRecord = crate::records::decode(&value)?;
+                self.examine(ctx, group, seq, message)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn examine<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        group: &mut GroupRecord,
+        seq: u64,
+        message: MessageRecord,
+    ) -> Res<()> {
+        let key = match group.config.ordering {
+            KeyOrdering::PerKey => message.key.clone(),
+            KeyOrdering::Unordered => None,
+        };
+        let pending = PendingRecord {
+            deliveries: 0,
+            key,
+            state: PendingState::WaitingKey,
+        };
+        if let Some(key) = &pending.key {
+            let lock = keys::key_lock(group.id, key);
+            if ctx.load::<u64>(Table::KeyLocks, &lock)?.is_some() {
+                ctx.mark(Table::KeyWaits, &keys::key_wait(group.id, key, seq))?;
+                ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
+                group.counts.waiting += 1;
+                return Ok(());
+            }
+            ctx.save(Table::KeyLocks, &lock, &seq)?;
+        }
+        match message.not_before_ms.filter(|&at| at > ctx.now_ms) {
+            Some(at) => make_ready(ctx, group, seq, pending, at),
+            None => {
+                let grant = grant(ctx, group, seq, message, pending, self)?;
+                self.grants.push(grant);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn grant<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    seq: u64,
+    message: MessageRecord,
+    mut pending: PendingRecord,
+    lessor: &Lessor<'_>,
+) -> Res<Grant> {
+    let token = group.next_token;
+    group.next_token += 1;
+    let deadline_ms = ctx.now_ms.saturating_add(lessor.lease_ms);
+    pending.deliveries += 1;
+    pending.state = PendingState::Leased {
+        token,
+        deadline_ms,
+        consumer: lessor.consumer.to_owned(),
+    };
+    ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
+    ctx.save(Table::Leases, &keys::pair(group.id, token), &seq)?;
+    ctx.save(
+        Table::Deadlines,
+        &keys::deadline(deadline_ms, group.id, token),
+        &seq,
+    )?;
+    group.counts.leased += 1;
+    group.counts.delivered_total += 1;
+    Ok(Grant {
+        seq,
+        token,
+        deadline_ms,
+        delivery_count: pending.deliveries,
+        message,
+    })
+}
+
+pub(crate) fn ack<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic_name: &str,
+    group_name: &str,
+    tokens: &[u64],
+) -> Res<Output> {
+    validate::tokens(tokens)?;
+    let topic = ctx.topic(topic_name)?;
+    let mut group = ctx.group(&topic, group_name)?;
+    let results = per_token(tokens, |token| {
+        let (seq, pending) = live_lease(ctx, &group, token)?;
+        end_lease(ctx, &mut group, &pending)?;
+        finish(ctx, &mut group, seq, &pending)?;
+        group.counts.acked_total += 1;
+        Ok(())
+    })?;
+    ctx.save_group(&group)?;
+    retention::after_consume(ctx, topic.id)?;
+    Ok(Output::Settled(results))
+}
+
+pub(crate) fn nack<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic_name: &str,
+    group_name: &str,
+    tokens: &[u64],
+    delay_ms: u64,
+) -> Res<Output> {
+    validate::tokens(tokens)?;
+    if delay_ms > NACK_DELAY_MS_MAX {
+        return Err(MachineError::InvalidArgument(format!(
+            "nack delay is at most {NACK_DELAY_MS_MAX} ms"
+        ))
+        .into());
+    }
+    let topic = ctx.topic(topic_name)?;
+    let mut group = ctx.group(&topic, group_name)?;
+    let available_ms = ctx.now_ms.saturating_add(delay_ms);
+    let results = per_token(tokens, |token| {
+        let (seq, pending) = live_lease(ctx, &group, token)?;
+        end_lease(ctx, &mut group, &pending)?;
+        group.counts.nacked_total += 1;
+        requeue(ctx, &mut group, seq, pending, available_ms, "nacked")
+    })?;
+    ctx.save_group(&group)?;
+    retention::after_consume(ctx, topic.id)?;
+    Ok(Output::Settled(results))
+}
+
+pub(crate) fn extend<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic_name: &str,
+    group_name: &str,
+    tokens: &[u64],
+    lease_ms: u64,
+) -> Res<Output> {
+    validate::tokens(tokens)?;
+    validate::lease_ms(lease_ms)?;
+    let topic = ctx.topic(topic_name)?;
+    let group = ctx.group(&topic, group_name)?;
+    let deadline_ms = ctx.now_ms.saturating_add(lease_ms);
+    let results = per_token(tokens, |token| {
+        let (seq, mut pending) = live_lease(ctx, &group, token)?;
+        let PendingState::Leased {
+            deadline_ms: old_ms,
+            ..
+        } = &mut pending.state
+        else {
+            unreachable!("live_lease returns leased records");
+        };
+        ctx.remove(Table::Deadlines, &keys::deadline(*old_ms, group.id, token))?;
+        *old_ms = deadline_ms;
+        ctx.save(
+            Table::Deadlines,
+            &keys::deadline(deadline_ms, group.id, token),
+            &seq,
+        )?;
+        ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
+        Ok(deadline_ms)
+    })?;
+    Ok(Output::Extended(results))
+}
+
+/// Ends the live lease `token` because its deadline passed. Called by pulses.
+pub(crate) fn expire<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    token: u64,
+    seq: u64,
+) -> Res<()> {
+    let pending = load_pending(ctx, group.id, seq)?;
+    assert!(
+        matches!(pending.state, PendingState::Leased { token: live, .. } if live == token),
+        "deadline index names token {token} but message {seq} is {pending:?}"
+    );
+    end_lease(ctx, group, &pending)?;
+    group.counts.expired_total += 1;
+    let now_ms = ctx.now_ms;
+    requeue(ctx, group, seq, pending, now_ms, "expired")
+}
+
+/// Runs `settle` for each token; a rejected token does not stop the others.
+fn per_token<T>(
+    tokens: &[u64],
+    mut settle: impl FnMut(u64) -> Res<T>,
+) -> Res<Vec<Result<T, MachineError>>> {
+    let mut results = Vec::with_capacity(tokens.len());
+    for &token in tokens {
+        match settle(token) {
+            Ok(value) => results.push(Ok(value)),
+            Err(Fail::Rejected(error)) => results.push(Err(error)),
+            Err(Fail::Store(error)) => return Err(Fail::Store(error)),
+        }
+    }
+    Ok(results)
+}
+
+/// The message leased under `token`, if that lease is live at this entry's time.
+fn live_lease<S: Store>(
+    ctx: &Ctx<'_, S>,
+    group: &GroupRecord,
+    token: u64,
+) -> Res<(u64, PendingRecord)> {
+    let stale = || Fail::Rejected(MachineError::StaleLease(token));
+    let seq: u64 = ctx
+        .load(Table::Leases, &keys::pair(group.id, token))?
+        .ok_or_else(stale)?;
+    let pending = load_pending(ctx, group.id, seq)?;
+    let PendingState::Leased {
+        token: live,
+        deadline_ms,
+        ..
+    } = &pending.state
+    else {
+        panic!("lease index names token {token} but message {seq} is {pending:?}");
+    };
+    assert_eq!(
+        *live, token,
+        "lease index and pending record disagree on message {seq}"
+    );
+    if *deadline_ms <= ctx.now_ms {
+        return Err(stale());
+    }
+    Ok((seq, pending))
+}
+
+fn load_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64, seq: u64) -> Res<PendingRecord> {
+    ctx.load(Table::Pending, &keys::pair(group_id, seq))?
+        .ok_or_else(|| {
+            StoreError::new(format!("group {group_id} lost pending message {seq}")).into()
+        })
+}
+
+/// Drops the lease indexes of a leased pending record.
+fn end_lease<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    pending: &PendingRecord,
+) -> Res<()> {
+    let PendingState::Leased {
+        token,
+        deadline_ms,
+        consumer,
+    } = &pending.state
+    else {
+        panic!("ending a lease that is not live: {pending:?}");
+    };
+    ctx.remove(Table::Leases, &keys::pair(group.id, *token))?;
+    ctx.remove(
+        Table::Deadlines,
+        &keys::deadline(*deadline_ms, group.id, *token),
+    )?;
+    let consumer_key = keys::child_name(group.id, consumer);
+    let held: u32 = ctx.load(Table::Consumers, &consumer_key)?.unwrap_or(0);
+    assert!(
+        held > 0,
+        "consumer {consumer:?} ends a lease it does not hold"
+    );
+    if held == 1 {
+        ctx.remove(Table::Consumers, &consumer_key)?;
+    } else {
+        ctx.save(Table::Consumers, &consumer_key, &(held - 1))?;
+    }
+    group.counts.leased -= 1;
+    Ok(())
+}
+
+/// Makes a message available again at `available_ms`, or dead-letters it past max deliveries.
+fn requeue<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    seq: u64,
+    pending: PendingRecord,
+    available_ms: u64,
+    reason: &str,
+) -> Res<()> {
+    let deliveries_max = group.config.deliveries_max;
+    if deliveries_max > 0 && pending.deliveries >= deliveries_max {
+        return dead_letter(ctx, group, seq, &pending, reason);
+    }
+    make_ready(ctx, group, seq, pending, available_ms)
+}
+
+fn make_ready<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    seq: u64,
+    mut pending: PendingRecord,
+    available_ms: u64,
+) -> Res<()> {
+    pending.state = PendingState::Ready { available_ms };
+    ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
+    ctx.mark(Table::Ready, &keys::ready(group.id, available_ms, seq))?;
+    group.counts.ready += 1;
+    Ok(())
+}
+
+/// The message leaves the group: forwarded to the dead-letter topic when it has one, else dropped.
+fn dead_letter<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    seq: u64,
+    pending: &PendingRecord,
+    reason: &str,
+) -> Res<()> {
+    finish(ctx, group, seq, pending)?;
+    let Some(message) =
+        ctx.load::<MessageRecord>(Table::Messages, &keys::message(group.topic_id, seq))?
+    else {
+        group.counts.trimmed_total += 1;
+        return Ok(());
+    };
+    let origin = ctx
+        .topic_by_id(group.topic_id)?
+        .map(|t| t.name)
+        .unwrap_or_default();
+    let target = match &group.config.dead_letter_topic {
+        Some(name) => query::topic(&*ctx.store, name)?,
+        None => None,
+    };
+    let Some(mut target) = target else {
+        group.counts.dropped_total += 1;
+        return Ok(());
+    };
+    let mut headers = message.headers;
+    for (name, value) in [
+        ("chorus-origin-topic", origin),
+        ("chorus-origin-seq", seq.to_string()),
+        ("chorus-origin-group", group.name.clone()),
+        ("chorus-dead-reason", reason.to_owned()),
+        ("chorus-deliveries", pending.deliveries.to_string()),
+    ] {
+        headers.push(Header {
+            name: name.to_owned(),
+            value: Bytes::from(value),
+        });
+    }
+    let forwarded = NewMessage {
+        key: message.key,
+        headers,
+        payload: message.payload,
+        not_before_ms: None,
+    };
+    topic::append(ctx, &mut target, &[forwarded])?;
+    retention::trim(ctx, &mut target, None)?;
+    ctx.save_topic(&target)?;
+    group.counts.dead_lettered_total += 1;
+    Ok(())
+}
+
+/// The group is done with the message: its pending record goes, and its key passes on.
+fn finish<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    seq: u64,
+    pending: &PendingRecord,
+) -> Res<()> {
+    ctx.remove(Table::Pending, &keys::pair(group.id, seq))?;
+    let Some(key) = &pending.key else {
+        return Ok(());
+    };
+    let lock = keys::key_lock(group.id, key);
+    let holder: Option<u64> = ctx.load(Table::KeyLocks, &lock)?;
+    assert_eq!(
+        holder,
+        Some(seq),
+        "message {seq} finished without holding its key"
+    );
+    let prefix = keys::key_wait_prefix(group.id, key);
+    let end = prefix_end(&prefix);
+    let Some((wait_key, _)) = ctx
+        .range(Table::KeyWaits, &prefix, end.as_deref(), 1)?
+        .pop()
+    else {
+        return ctx.remove(Table::KeyLocks, &lock);
+    };
+    let next = keys::read_u64(&wait_key, wait_key.len() - 8)?;
+    ctx.remove(Table::KeyWaits, &wait_key)?;
+    ctx.save(Table::KeyLocks, &lock, &next)?;
+    let waiting = load_pending(ctx, group.id, next)?;
+    assert!(
+        matches!(waiting.state, PendingState::WaitingKey),
+        "key waiter {next} is {waiting:?}"
+    );
+    group.counts.waiting -= 1;
+    let now_ms = ctx.now_ms;
+    make_ready(ctx, group, next, waiting, now_ms)
+}
+
+/// When the group's earliest ready message becomes available, if any.
+fn next_ready<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
+    let prefix = keys::id(group_id);
+    let end = prefix_end(&prefix);
+    match ctx.range(Table::Ready, &prefix, end.as_deref(), 1)?.first() {
+        Some((key, _)) => Ok(Some(keys::read_u64(key, 8)?)),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, StartPosition, TopicConfig};
+    use crate::testkit::{Harness, message, payloads};
+
+    fn harness(config: GroupConfig) -> Harness {
+        let mut h = Harness::new();
+        h.create_topic("t", TopicConfig::default());
+        h.create_topic("dlq", TopicConfig::default());
+        h.create_group("t", "g", config);
+        h
+    }
+
+    #[test]
+    fn leases_grant_oldest_first_with_growing_tokens() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a", "b", "c"]);
+        let first = h.lease("t", "g", "w1", 2, 5_000);
+        assert_eq!(payloads(&first.grants), ["a", "b"]);
+        assert_eq!(
+            first.grants.iter().map(|g| g.token).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(first.grants[0].deadline_ms, h.now_ms + 5_000);
+        assert_eq!(first.grants[0].delivery_count, 1);
+        let second = h.lease("t", "g", "w2", 10, 5_000);
+        assert_eq!(payloads(&second.grants), ["c"]);
+        assert_eq!(second.grants[0].token, 3);
+        assert!(h.lease("t", "g", "w2", 10, 5_000).grants.is_empty());
+        assert_eq!(h.group("t", "g").counts.leased, 3);
+    }
+
+    #[test]
+    fn acks_settle_once_and_stale_tokens_are_refused() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a"]);
+        let token = h.lease("t", "g", "w", 1, 5_000).grants[0].token;
+        assert_eq!(
+            h.ack("t", "g", &[token, token, 999]),
+            vec![
+                Ok(()),
+                Err(MachineError::StaleLease(token)),
+                Err(MachineError::StaleLease(999))
+            ]
+        );
+        assert!(
+            h.lease("t", "g", "w", 1, 5_000).grants.is_empty(),
+            "an acked message is never leased again"
+        );
+        let counts = h.group("t", "g").counts;
+        assert_eq!((counts.leased, counts.acked_total), (0, 1));
+    }
+
+    #[test]
+    fn expired_leases_fail_over_and_the_old_token_is_fenced() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a"]);
+        let stalled = h.lease("t", "g", "w1", 1, 1_000).grants[0].token;
+        h.advance(1_000);
+        assert_eq!(
+            h.ack("t", "g", &[stalled]),
+            vec![Err(MachineError::StaleLease(stalled))],
+            "expired at its deadline"
+        );
+        assert!(
+            h.lease("t", "g", "w2", 1, 1_000).grants.is_empty(),
+            "not redelivered before the pulse"
+        );
+        assert_eq!(h.pulse().expired, 1);
+        let retry = h.lease("t", "g", "w2", 1, 1_000).grants;
+        assert_eq!((retry[0].seq, retry[0].delivery_count), (1, 2));
+        assert!(retry[0].token > stalled);
+        assert_eq!(
+            h.ack("t", "g", &[stalled]),
+            vec![Err(MachineError::StaleLease(stalled))]
+        );
+        assert_eq!(h.ack("t", "g", &[retry[0].token]), vec![Ok(())]);
+    }
+
+    #[test]
+    fn extend_moves_the_deadline() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a"]);
+        let token = h.lease("t", "g", "w", 1, 1_000).grants[0].token;
+        h.advance(900);
+        let extended = h.ok(Command::Extend {
+            topic: "t".into(),
+            group: "g".into(),
+            tokens: vec![token],
+            lease_ms: 1_000,
+        });
+        assert_eq!(extended, Output::Extended(vec![Ok(h.now_ms + 1_000)]));
+        h.advance(500);
+        assert_eq!(h.pulse().expired, 0);
+        assert_eq!(
+            crate::query::next_deadline(h.machine.store()).unwrap(),
+            Some(h.now_ms + 500)
+        );
+        assert_eq!(h.ack("t", "g", &[token]), vec![Ok(())]);
+        assert_eq!(
+            crate::query::next_deadline(h.machine.store()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn nack_redelivers_after_the_delay() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a", "b"]);
+        let token = h.lease("t", "g", "w", 1, 5_000).grants[0].token;
+        assert_eq!(h.nack("t", "g", &[token], 2_000), vec![Ok(())]);
+        let leased = h.lease("t", "g", "w", 5, 5_000);
+        assert_eq!(payloads(&leased.grants), ["b"]);
+        assert_eq!(leased.next_available_ms, Some(h.now_ms + 2_000));
+        h.advance(2_000);
+        let again = h.lease("t", "g", "w", 5, 5_000).grants;
+        assert_eq!(
+            (payloads(&again), again[0].delivery_count),
+            (vec!["a".to_owned()], 2)
+        );
+    }
+
+    #[test]
+    fn past_max_deliveries_messages_go_to_the_dead_letter_topic() {
+        let config = GroupConfig {
+            deliveries_max: 2,
+            dead_letter_topic: Some("dlq".into()),
+            ..GroupConfig::default()
+        };
+        let mut h = harness(config);
+        h.publish("t", &["poison"]);
+        let token = h.lease("t", "g", "w", 1, 1_000).grants[0].token;
+        h.nack("t", "g", &[token], 0);
+        h.lease("t", "g", "w", 1, 1_000);
+        h.advance(1_000);
+        let report = h.pulse();
+        assert_eq!((report.expired, report.dead_lettered), (1, 1));
+        assert!(h.lease("t", "g", "w", 1, 1_000).grants.is_empty());
+        let dlq = h.topic("dlq");
+        let dead = crate::query::read(h.machine.store(), dlq.id, 1, 10, u64::MAX).unwrap();
+        assert_eq!(dead.len(), 1);
+        let header = |name: &str| {
+            dead[0]
+                .1
+                .headers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.value.clone())
+        };
+        assert_eq!(dead[0].1.payload, "poison");
+        assert_eq!(header("chorus-origin-topic").unwrap(), "t");
+        assert_eq!(header("chorus-origin-seq").unwrap(), "1");
+        assert_eq!(header("chorus-origin-group").unwrap(), "g");
+        assert_eq!(header("chorus-dead-reason").unwrap(), "expired");
+        assert_eq!(h.group("t", "g").counts.dead_lettered_total, 1);
+    }
+
+    #[test]
+    fn without_a_dead_letter_topic_messages_are_dropped_and_counted() {
+        let mut h = harness(GroupConfig {
+            deliveries_max: 1,
+            ..GroupConfig::default()
+        });
+        h.publish("t", &["x"]);
+        let token = h.lease("t", "g", "w", 1, 1_000).grants[0].token;
+        h.nack("t", "g", &[token], 0);
+        let counts = h.group("t", "g").counts;
+        assert_eq!(
+            (counts.dropped_total, counts.ready, counts.leased),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn per_key_groups_lease_one_message_per_key_in_order() {
+        let mut h = harness(GroupConfig {
+            ordering: KeyOrdering::PerKey,
+            ..GroupConfig::default()
+        });
+        let messages = [
+            ("a", "a1"),
+            ("a", "a2"),
+            ("b", "b1"),
+            ("a", "a3"),
+            ("b", "b2"),
+        ];
+        h.publish_messages(
+            "t",
+            messages.iter().map(|(k, p)| message(Some(k), p)).collect(),
+        );
+        let first = h.lease("t", "g", "w", 10, 5_000).grants;
+        assert_eq!(payloads(&first), ["a1", "b1"], "other keys are not blocked");
+        assert_eq!(h.group("t", "g").counts.waiting, 3);
+        h.nack("t", "g", &[first[0].token], 0);
+        let retry = h.lease("t", "g", "w", 10, 5_000).grants;
+        assert_eq!(payloads(&retry), ["a1"], "a nacked head keeps its key");
+        h.ack("t", "g", &[retry[0].token, first[1].token]);
+        let next = h.lease("t", "g", "w", 10, 5_000).grants;
+        assert_eq!(payloads(&next), ["a2", "b2"]);
+        h.ack("t", "g", &[next[0].token]);
+        assert_eq!(payloads(&h.lease("t", "g", "w", 10, 5_000).grants), ["a3"]);
+    }
+
+    #[test]
+    fn delayed_messages_wait_for_their_time() {
+        let mut h = harness(GroupConfig::default());
+        let mut delayed = message(None, "later");
+        delayed.not_before_ms = Some(h.now_ms + 3_000);
+        h.publish_messages("t", vec![delayed, message(None, "now")]);
+        let leased = h.lease("t", "g", "w", 10, 5_000);
+        assert_eq!(payloads(&leased.grants), ["now"]);
+        assert_eq!(leased.next_available_ms, Some(h.now_ms + 3_000));
+        h.advance(3_000);
+        assert_eq!(
+            payloads(&h.lease("t", "g", "w", 10, 5_000).grants),
+            ["later"]
+        );
+    }
+
+    #[test]
+    fn start_positions_pick_the_first_message() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["1", "2"]);
+        h.advance(100);
+        h.publish("t", &["3"]);
+        let time = h.now_ms;
+        for (name, start, expected) in [
+            ("latest", StartPosition::Latest, 4),
+            ("seq", StartPosition::Seq(2), 2),
+            ("time", StartPosition::TimeMs(time), 3),
+            ("future", StartPosition::TimeMs(time + 1), 4),
+        ] {
+            let config = GroupConfig {
+                start,
+                ..GroupConfig::default()
+            };
+            let created = h.ok(Command::CreateGroup {
+                topic: "t".into(),
+                name: name.into(),
+                config,
+            });
+            assert!(
+                matches!(created, Output::GroupCreated { next_seq, .. } if next_seq == expected),
+                "{name}: {created:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_lease_requests_are_rejected() {
+        let mut h = harness(GroupConfig::default());
+        let lease = |group: &str, count_max, lease_ms| Command::Lease {
+            topic: "t".into(),
+            group: group.into(),
+            consumer: "w".into(),
+            count_max,
+            lease_ms,
+        };
+        assert!(matches!(
+            h.err(lease("nope", 1, None)),
+            MachineError::UnknownGroup(_)
+        ));
+        assert!(matches!(
+            h.err(lease("g", 0, None)),
+            MachineError::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            h.err(lease("g", LEASE_COUNT_MAX + 1, None)),
+            MachineError::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            h.err(lease("g", 1, Some(1))),
+            MachineError::InvalidArgument(_)
+        ));
+        let self_dead_letter = GroupConfig {
+            dead_letter_topic: Some("t".into()),
+            ..GroupConfig::default()
+        };
+        let create = Command::CreateGroup {
+            topic: "t".into(),
+            name: "loop".into(),
+            config: self_dead_letter,
+        };
+        assert!(matches!(h.err(create), MachineError::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn consumers_hold_a_bounded_number_of_leases() {
+        let mut h = harness(GroupConfig::default());
+        let batch: Vec<&str> = vec!["m"; 4096];
+        for _ in 0..3 {
+            h.publish("t", &batch);
+        }
+        for _ in 0..(LEASES_PER_CONSUMER_MAX / LEASE_COUNT_MAX) {
+            assert_eq!(
+                h.lease("t", "g", "greedy", LEASE_COUNT_MAX, 60_000)
+                    .grants
+                    .len(),
+                LEASE_COUNT_MAX as usize
+            );
+        }
+        let refused = h.err(Command::Lease {
+            topic: "t".into(),
+            group: "g".into(),
+            consumer: "greedy".into(),
+            count_max: 1,
+            lease_ms: None,
+        });
+        assert!(matches!(refused, MachineError::LimitReached(_)));
+        assert_eq!(h.lease("t", "g", "other", 1, 60_000).grants.len(), 1);
+    }
+
+    #[test]
+    fn deleting_a_group_purges_its_leases() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a"]);
+        h.lease("t", "g", "w", 1, 1_000);
+        h.ok(Command::DeleteGroup {
+            topic: "t".into(),
+            name: "g".into(),
+        });
+        h.advance(1_000);
+        h.pulse();
+        for table in [
+            Table::Pending,
+            Table::Leases,
+            Table::Deadlines,
+            Table::Consumers,
+            Table::Chores,
+        ] {
+            assert_eq!(h.machine.store().len(table), 0, "{table:?}");
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Chorus's replicated state machine.
+//!
+//! Every broker applies the same committed entries in the same order through [`Machine::apply`]
+//! and gets the same state and the same outcomes. The crate is pure: no runtime, clock, socket,
+//! disk or randomness (see its dependency list and `clippy.toml`). Time enters only as the
+//! leader's stamp in each [`Entry`]. State lives behind the synchronous [`Store`] trait, so the
+//! backlog stays on disk; the machine itself holds nothing between entries.
+
+pub mod command;
+mod group;
+mod keys;
+pub mod limits;
+mod machine;
+pub mod outcome;
+mod pulse;
+pub mod query;
+pub mod records;
+mod retention;
+pub mod snapshot;
+pub mod store;
+mod subscription;
+mod topic;
+pub mod validate;
+
+#[cfg(test)]
+mod testkit;
+
+pub use command::{
+    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish,
+    RetentionPolicy, StartPosition, TopicConfig,
+};
+pub use machine::Machine;
+pub use outcome::{Grant, Leased, MachineError, Outcome, Output, Published, PulseReport};
+pub use records::{GroupCounts, GroupRecord, MessageRecord, SubRecord, TopicRecord};
+pub use store::{MemStore, Store, StoreError, StoreRead, Table};

@@ -1,0 +1,106 @@
+//! What applying a command returns. Outcomes are part of the replicated result: every broker
+//! computes the same ones, and the broker that proposed the entry sends them to the client.
+
+use crate::records::MessageRecord;
+
+/// The result of one command.
+pub type Outcome = Result<Output, MachineError>;
+
+/// Why a command changed nothing. These are answers, not failures of the machine: the same entry
+/// yields the same error on every broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("unknown work group {0:?}")]
+    UnknownGroup(String),
+    #[error("unknown subscription {0:?}")]
+    UnknownSubscription(String),
+    #[error("lease token {0} is not a live lease")]
+    StaleLease(u64),
+    #[error("{0} already exists with a different configuration")]
+    Conflict(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+}
+
+/// The successful result of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    TopicCreated {
+        topic_id: u64,
+        created: bool,
+    },
+    TopicDeleted,
+    Published(Published),
+    GroupCreated {
+        group_id: u64,
+        created: bool,
+        next_seq: u64,
+    },
+    GroupDeleted,
+    SubscriptionCreated {
+        subscription_id: u64,
+        created: bool,
+        next_seq: u64,
+    },
+    SubscriptionDeleted,
+    Committed {
+        next_seq: u64,
+    },
+    Leased(Leased),
+    /// One result per token of an ack or nack, in order.
+    Settled(Vec<Result<(), MachineError>>),
+    /// One result per token of an extend, in order: the new deadline.
+    Extended(Vec<Result<u64, MachineError>>),
+    Pulsed(PulseReport),
+}
+
+/// Where a publish landed. Its messages hold sequences `first_seq..first_seq + count` and batch
+/// positions `batch_pos..batch_pos + count` of entry `log_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub topic_id: u64,
+    pub first_seq: u64,
+    pub count: u32,
+    pub log_index: u64,
+    pub batch_pos: u32,
+    /// The (producer, sequence) pair was seen before: these are the original placements and
+    /// nothing was appended.
+    pub duplicate: bool,
+}
+
+/// Messages granted by a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Leased {
+    pub grants: Vec<Grant>,
+    /// When the group's next delayed message becomes available, if one is waiting: a long-poll
+    /// need not retry before then.
+    pub next_available_ms: Option<u64>,
+}
+
+/// One leased message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub seq: u64,
+    /// The fencing token: only it can ack, nack or extend this lease.
+    pub token: u64,
+    pub deadline_ms: u64,
+    /// 1 on the first delivery.
+    pub delivery_count: u32,
+    pub message: MessageRecord,
+}
+
+/// What a pulse did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PulseReport {
+    pub expired: u64,
+    pub dead_lettered: u64,
+    pub dropped: u64,
+    pub trimmed: u64,
+    pub purged: u64,
+}

@@ -1,0 +1,192 @@
+//! Read-only views of the machine's state, for the broker's reads (describe, list, deliver) and
+//! for tests. Queries never write, so any broker can answer them from its applied state.
+
+use crate::command::StartPosition;
+use crate::keys;
+use crate::limits::{GROUPS_PER_TOPIC_MAX, LIST_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX};
+use crate::machine::read_ids;
+use crate::records::{self, GroupRecord, MessageRecord, MetaRecord, SubRecord, TopicRecord};
+use crate::store::{StoreError, StoreRead, Table, prefix_end};
+
+type Read<T> = Result<T, StoreError>;
+
+pub fn topic(store: &impl StoreRead, name: &str) -> Read<Option<TopicRecord>> {
+    match records::load::<u64>(store, Table::TopicNames, name.as_bytes())? {
+        Some(id) => records::load(store, Table::Topics, &keys::id(id)),
+        None => Ok(None),
+    }
+}
+
+/// Topics in name order, starting after `after`, at most `LIST_MAX`.
+pub fn topics(store: &impl StoreRead, after: &str, limit: usize) -> Read<Vec<TopicRecord>> {
+    let mut start = after.as_bytes().to_vec();
+    if !after.is_empty() {
+        start.push(0);
+    }
+    let mut found = Vec::new();
+    for (_, id) in store.range(Table::TopicNames, &start, None, limit.min(LIST_MAX))? {
+        let id: u64 = records::decode(&id)?;
+        found.extend(records::load::<TopicRecord>(
+            store,
+            Table::Topics,
+            &keys::id(id),
+        )?);
+    }
+    Ok(found)
+}
+
+pub fn group_of(store: &impl StoreRead, topic_id: u64, name: &str) -> Read<Option<GroupRecord>> {
+    match records::load::<u64>(store, Table::GroupNames, &keys::child_name(topic_id, name))? {
+        Some(id) => records::load(store, Table::Groups, &keys::id(id)),
+        None => Ok(None),
+    }
+}
+
+/// The topic's groups in name order.
+pub fn groups(store: &impl StoreRead, topic_id: u64) -> Read<Vec<GroupRecord>> {
+    let ids = read_ids(
+        store,
+        Table::GroupNames,
+        &keys::id(topic_id),
+        GROUPS_PER_TOPIC_MAX,
+    )?;
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        found.extend(records::load::<GroupRecord>(
+            store,
+            Table::Groups,
+            &keys::id(id),
+        )?);
+    }
+    Ok(found)
+}
+
+pub fn subscription_of(
+    store: &impl StoreRead,
+    topic_id: u64,
+    name: &str,
+) -> Read<Option<SubRecord>> {
+    match records::load::<u64>(store, Table::SubNames, &keys::child_name(topic_id, name))? {
+        Some(id) => records::load(store, Table::Subs, &keys::id(id)),
+        None => Ok(None),
+    }
+}
+
+/// The topic's durable subscriptions in name order.
+pub fn subscriptions(store: &impl StoreRead, topic_id: u64) -> Read<Vec<SubRecord>> {
+    let ids = read_ids(
+        store,
+        Table::SubNames,
+        &keys::id(topic_id),
+        SUBSCRIPTIONS_PER_TOPIC_MAX,
+    )?;
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        found.extend(records::load::<SubRecord>(
+            store,
+            Table::Subs,
+            &keys::id(id),
+        )?);
+    }
+    Ok(found)
+}
+
+/// Messages of a topic from `from_seq` on, in order, stopping at `count_max` messages or once
+/// `bytes_max` is reached (at least one message is returned when any is there).
+pub fn read(
+    store: &impl StoreRead,
+    topic_id: u64,
+    from_seq: u64,
+    count_max: usize,
+    bytes_max: u64,
+) -> Read<Vec<(u64, MessageRecord)>> {
+    let start = keys::message(topic_id, from_seq);
+    let end = keys::message(topic_id.saturating_add(1), 0);
+    let mut found = Vec::new();
+    let mut bytes = 0u64;
+    for (key, value) in store.range(Table::Messages, &start, Some(&end), count_max)? {
+        let message: MessageRecord = records::decode(&value)?;
+        bytes += message.size();
+        if bytes > bytes_max && !found.is_empty() {
+            break;
+        }
+        found.push((keys::read_u64(&key, 8)?, message));
+    }
+    Ok(found)
+}
+
+/// Fresh messages plus ready and waiting ones: what the group has yet to deliver.
+pub fn group_backlog(topic: &TopicRecord, group: &GroupRecord) -> u64 {
+    let fresh = (topic.last_seq + 1).saturating_sub(group.next_seq.max(topic.first_seq));
+    fresh + group.counts.ready + group.counts.waiting
+}
+
+/// Messages the subscription has yet to commit.
+pub fn subscription_lag(topic: &TopicRecord, sub: &SubRecord) -> u64 {
+    (topic.last_seq + 1).saturating_sub(sub.next_seq.max(topic.first_seq))
+}
+
+/// The sequence a group or subscription created now at `start` reads first.
+pub fn seq_at(store: &impl StoreRead, topic: &TopicRecord, start: StartPosition) -> Read<u64> {
+    Ok(match start {
+        StartPosition::Earliest => topic.first_seq,
+        StartPosition::Latest => topic.last_seq + 1,
+        StartPosition::Seq(seq) => seq.max(1),
+        StartPosition::TimeMs(time_ms) => first_at_or_after(store, topic, time_ms)?,
+    })
+}
+
+/// Binary search over retained messages, whose stamps never decrease with sequence.
+fn first_at_or_after(store: &impl StoreRead, topic: &TopicRecord, time_ms: u64) -> Read<u64> {
+    let (mut low, mut high) = (topic.first_seq, topic.last_seq + 1);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let message: MessageRecord =
+            records::load(store, Table::Messages, &keys::message(topic.id, mid))?
+                .ok_or_else(|| StoreError::new(format!("topic {} lost message {mid}", topic.id)))?;
+        if message.time_ms < time_ms {
+            low = mid + 1;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(low)
+}
+
+/// The live leases of a group as (token, seq), in token order.
+pub fn leases(store: &impl StoreRead, group_id: u64, limit: usize) -> Read<Vec<(u64, u64)>> {
+    let prefix = keys::id(group_id);
+    let end = prefix_end(&prefix);
+    store
+        .range(Table::Leases, &prefix, end.as_deref(), limit)?
+        .into_iter()
+        .map(|(key, seq)| Ok((keys::read_u64(&key, 8)?, records::decode(&seq)?)))
+        .collect()
+}
+
+/// The index and time of the last applied entry.
+pub fn last_applied(store: &impl StoreRead) -> Read<(u64, u64)> {
+    let meta: MetaRecord = records::load(store, Table::Meta, keys::META)?.unwrap_or_default();
+    Ok((meta.last_log_index, meta.last_time_ms))
+}
+
+/// When the leader should next propose a pulse: the earliest lease deadline or age-out, or now if
+/// deferred chores are waiting. `None` when nothing is due, ever, without new entries.
+pub fn next_deadline(store: &impl StoreRead) -> Read<Option<u64>> {
+    let first_u64 = |table| -> Read<Option<u64>> {
+        match store.range(table, &[], None, 1)?.first() {
+            Some((key, _)) => Ok(Some(keys::read_u64(key, 0)?)),
+            None => Ok(None),
+        }
+    };
+    let chores_due = match store.range(Table::Chores, &[], None, 1)?.is_empty() {
+        true => None,
+        false => Some(last_applied(store)?.1),
+    };
+    let due = [
+        first_u64(Table::Deadlines)?,
+        first_u64(Table::AgeDeadlines)?,
+        chores_due,
+    ];
+    Ok(due.into_iter().flatten().min())
+}

@@ -1,0 +1,169 @@
+//! What the machine stores under each key: plain structs, postcard-encoded. Postcard is
+//! deterministic, so equal states have equal bytes and snapshots compare bytewise.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::command::{GroupConfig, Header, TopicConfig};
+use crate::store::StoreError;
+
+pub(crate) fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(record).map_err(StoreError::new)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(StoreError::new)
+}
+
+/// Machine-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MetaRecord {
+    pub last_log_index: u64,
+    pub last_time_ms: u64,
+    pub next_topic_id: u64,
+    pub next_group_id: u64,
+    pub next_sub_id: u64,
+    pub topics: u64,
+}
+
+/// A topic and the bounds of its retained messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub id: u64,
+    pub name: String,
+    pub config: TopicConfig,
+    pub created_ms: u64,
+    /// The oldest retained sequence; equals `last_seq + 1` when the topic is empty.
+    pub first_seq: u64,
+    /// The newest sequence ever assigned; 0 before the first publish.
+    pub last_seq: u64,
+    /// Bytes retained: payloads, keys and headers.
+    pub bytes: u64,
+    pub groups: u32,
+    pub subscriptions: u32,
+    /// When the oldest message ages out, if the topic has an age limit and a message.
+    pub age_deadline_ms: Option<u64>,
+}
+
+impl TopicRecord {
+    /// Messages retained.
+    pub fn messages(&self) -> u64 {
+        self.last_seq + 1 - self.first_seq
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The Raft index of the entry that published it.
+    pub log_index: u64,
+    /// Its position among the messages that entry published: with `log_index`, a total order
+    /// across all topics.
+    pub batch_pos: u32,
+    pub time_ms: u64,
+    pub not_before_ms: Option<u64>,
+    pub key: Option<Bytes>,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+}
+
+impl MessageRecord {
+    /// The bytes this message counts against a topic's `bytes_max`.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len())
+            .sum();
+        (self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + headers) as u64
+    }
+}
+
+/// What a (producer id, sequence) pair published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DedupRecord {
+    pub first_seq: u64,
+    pub count: u32,
+    pub log_index: u64,
+    pub batch_pos: u32,
+    pub expire_ms: u64,
+}
+
+/// Running totals of a work group. `leased + ready + waiting` are the pending messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCounts {
+    pub leased: u64,
+    /// Pending and not leased: redeliveries, nacked, or delayed by `not_before`.
+    pub ready: u64,
+    /// Pending behind another message of the same key.
+    pub waiting: u64,
+    pub delivered_total: u64,
+    pub acked_total: u64,
+    pub nacked_total: u64,
+    pub expired_total: u64,
+    pub dead_lettered_total: u64,
+    /// Left the group past `deliveries_max` with no dead-letter topic to go to.
+    pub dropped_total: u64,
+    /// Trimmed by retention before the group was done with them.
+    pub trimmed_total: u64,
+}
+
+/// A work group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: u64,
+    pub topic_id: u64,
+    pub name: String,
+    pub config: GroupConfig,
+    /// Messages from here on have never been examined by this group.
+    pub next_seq: u64,
+    /// The next fencing token; tokens only grow.
+    pub next_token: u64,
+    pub counts: GroupCounts,
+}
+
+/// A message a group has examined but not finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingRecord {
+    /// Grants so far, including the current lease.
+    pub deliveries: u32,
+    /// Kept so a per-key group can release the key without reading the message.
+    pub key: Option<Bytes>,
+    pub state: PendingState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PendingState {
+    Leased {
+        token: u64,
+        deadline_ms: u64,
+        consumer: String,
+    },
+    Ready {
+        available_ms: u64,
+    },
+    WaitingKey,
+}
+
+/// A durable subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubRecord {
+    pub id: u64,
+    pub topic_id: u64,
+    pub name: String,
+    /// The next sequence to deliver; everything before it is committed.
+    pub next_seq: u64,
+    pub created_ms: u64,
+}
+
+/// Reads and decodes the record under `key`.
+pub(crate) fn load<T: DeserializeOwned>(
+    store: &impl crate::store::StoreRead,
+    table: crate::store::Table,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    store
+        .get(table, key)?
+        .map(|bytes| decode(&bytes))
+        .transpose()
+}

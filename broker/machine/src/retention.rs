@@ -1,0 +1,146 @@
+//! Retention: trims a topic from its oldest message while a limit (count, bytes, age) is exceeded,
+//! or, on a work-queue topic, while every group and durable subscription is past the message.
+//! Trimming is bounded per call; what is left over becomes a chore that pulses finish.
+
+use crate::command::RetentionPolicy;
+use crate::keys;
+use crate::limits::TRIM_MESSAGES_MAX;
+use crate::machine::{Ctx, Res};
+use crate::records::{GroupRecord, MessageRecord, SubRecord, TopicRecord};
+use crate::store::{Store, StoreError, Table, prefix_end};
+use crate::topic::{CHORE_TRIM_TOPIC, group_ids, subscription_ids};
+
+/// Trims `topic` (the caller saves it). `floor`: messages below it are consumed everywhere.
+pub(crate) fn trim<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic: &mut TopicRecord,
+    floor: Option<u64>,
+) -> Res<u64> {
+    let first_before = topic.first_seq;
+    let mut trimmed = 0u64;
+    while topic.messages() > 0 {
+        if trimmed == TRIM_MESSAGES_MAX as u64 {
+            ctx.mark(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
+            break;
+        }
+        let over_count = topic
+            .config
+            .messages_max
+            .is_some_and(|max| topic.messages() > max);
+        let over_bytes = topic.config.bytes_max.is_some_and(|max| topic.bytes > max);
+        let consumed = floor.is_some_and(|floor| topic.first_seq < floor);
+        let may_be_aged = topic
+            .age_deadline_ms
+            .is_some_and(|deadline| deadline <= ctx.now_ms);
+        if !(over_count || over_bytes || consumed || may_be_aged) {
+            break;
+        }
+        let key = keys::message(topic.id, topic.first_seq);
+        let oldest: MessageRecord = ctx.load(Table::Messages, &key)?.ok_or_else(|| {
+            StoreError::new(format!(
+                "topic {} lost message {}",
+                topic.id, topic.first_seq
+            ))
+        })?;
+        let aged = topic
+            .config
+            .age_ms_max
+            .is_some_and(|age_ms| oldest.time_ms.saturating_add(age_ms) <= ctx.now_ms);
+        if !(over_count || over_bytes || consumed || aged) {
+            break;
+        }
+        ctx.remove(Table::Messages, &key)?;
+        topic.bytes -= oldest.size();
+        topic.first_seq += 1;
+        trimmed += 1;
+    }
+    if topic.first_seq != first_before {
+        set_age_deadline(ctx, topic)?;
+    }
+    Ok(trimmed)
+}
+
+/// Points the age index at the time the topic's oldest message ages out.
+pub(crate) fn set_age_deadline<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord) -> Res<()> {
+    if let Some(deadline_ms) = topic.age_deadline_ms.take() {
+        ctx.remove(
+            Table::AgeDeadlines,
+            &keys::age_deadline(deadline_ms, topic.id),
+        )?;
+    }
+    let Some(age_ms) = topic.config.age_ms_max else {
+        return Ok(());
+    };
+    if topic.messages() == 0 {
+        return Ok(());
+    }
+    let oldest: MessageRecord = ctx
+        .load(Table::Messages, &keys::message(topic.id, topic.first_seq))?
+        .ok_or_else(|| {
+            StoreError::new(format!(
+                "topic {} lost message {}",
+                topic.id, topic.first_seq
+            ))
+        })?;
+    let deadline_ms = oldest.time_ms.saturating_add(age_ms);
+    ctx.mark(
+        Table::AgeDeadlines,
+        &keys::age_deadline(deadline_ms, topic.id),
+    )?;
+    topic.age_deadline_ms = Some(deadline_ms);
+    Ok(())
+}
+
+/// The lowest sequence some group or durable subscription still needs, on a work-queue topic
+/// that has at least one of them. `None` means work-queue retention deletes nothing.
+pub(crate) fn work_queue_floor<S: Store>(
+    ctx: &Ctx<'_, S>,
+    topic: &TopicRecord,
+) -> Res<Option<u64>> {
+    if topic.config.retention != RetentionPolicy::WorkQueue {
+        return Ok(None);
+    }
+    let mut floor: Option<u64> = None;
+    for group_id in group_ids(ctx, topic.id)? {
+        let Some(group) = ctx.load::<GroupRecord>(Table::Groups, &keys::id(group_id))? else {
+            continue;
+        };
+        let needed =
+            first_pending(ctx, group.id)?.map_or(group.next_seq, |seq| seq.min(group.next_seq));
+        floor = Some(floor.map_or(needed, |f| f.min(needed)));
+    }
+    for sub_id in subscription_ids(ctx, topic.id)? {
+        if let Some(sub) = ctx.load::<SubRecord>(Table::Subs, &keys::id(sub_id))? {
+            floor = Some(floor.map_or(sub.next_seq, |f| f.min(sub.next_seq)));
+        }
+    }
+    Ok(floor)
+}
+
+/// The lowest sequence the group has examined but not finished.
+pub(crate) fn first_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
+    let prefix = keys::id(group_id);
+    let end = prefix_end(&prefix);
+    match ctx
+        .range(Table::Pending, &prefix, end.as_deref(), 1)?
+        .first()
+    {
+        Some((key, _)) => Ok(Some(keys::read_u64(key, 8)?)),
+        None => Ok(None),
+    }
+}
+
+/// After a group or subscription consumed something: applies work-queue retention.
+pub(crate) fn after_consume<S: Store>(ctx: &mut Ctx<'_, S>, topic_id: u64) -> Res<u64> {
+    let Some(mut topic) = ctx.topic_by_id(topic_id)? else {
+        return Ok(0);
+    };
+    let Some(floor) = work_queue_floor(ctx, &topic)? else {
+        return Ok(0);
+    };
+    let trimmed = trim(ctx, &mut topic, Some(floor))?;
+    if trimmed > 0 {
+        ctx.save_topic(&topic)?;
+    }
+    Ok(trimmed)
+}

@@ -1,0 +1,514 @@
+//! Topics: create, delete, and publish. A publish assigns dense per-topic sequences from 1 and
+//! stamps each message with (log index, batch position), the global total order.
+
+use crate::command::{NewMessage, Publish, TopicConfig};
+use crate::keys;
+use crate::limits::{
+    DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX,
+};
+use crate::machine::{Ctx, Res, read_ids};
+use crate::outcome::{MachineError, Output, Published};
+use crate::records::{DedupRecord, MessageRecord, TopicRecord};
+use crate::retention;
+use crate::store::{Store, Table, prefix_end};
+use crate::validate;
+
+/// Chore kinds: deferred work done by pulses, a bounded slice at a time.
+pub(crate) const CHORE_PURGE_TOPIC: u8 = 1;
+pub(crate) const CHORE_PURGE_GROUP: u8 = 2;
+pub(crate) const CHORE_TRIM_TOPIC: u8 = 3;
+
+pub(crate) fn create<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    name: &str,
+    config: &TopicConfig,
+) -> Res<Output> {
+    validate::name("topic", name)?;
+    validate::topic_config(config)?;
+    if let Some(existing) = crate::query::topic(&*ctx.store, name)? {
+        if existing.config != *config {
+            return Err(MachineError::Conflict(format!("topic {name:?}")).into());
+        }
+        return Ok(Output::TopicCreated {
+            topic_id: existing.id,
+            created: false,
+        });
+    }
+    if ctx.meta.topics >= TOPICS_MAX as u64 {
+        return Err(MachineError::LimitReached(format!("at most {TOPICS_MAX} topics")).into());
+    }
+    ctx.meta.next_topic_id += 1;
+    ctx.meta.topics += 1;
+    let topic = TopicRecord {
+        id: ctx.meta.next_topic_id,
+        name: name.to_owned(),
+        config: config.clone(),
+        created_ms: ctx.now_ms,
+        first_seq: 1,
+        last_seq: 0,
+        bytes: 0,
+        groups: 0,
+        subscriptions: 0,
+        age_deadline_ms: None,
+    };
+    ctx.save(Table::TopicNames, name.as_bytes(), &topic.id)?;
+    ctx.save_topic(&topic)?;
+    Ok(Output::TopicCreated {
+        topic_id: topic.id,
+        created: true,
+    })
+}
+
+/// Deletes the topic's name, groups and subscriptions now; its messages and idempotency records
+/// are purged by pulses, so deleting a large topic is bounded work per entry.
+pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, name: &str) -> Res<Output> {
+    let topic = ctx.topic(name)?;
+    let prefix = keys::id(topic.id);
+    let end = prefix_end(&prefix);
+    for (key, value) in ctx.range(
+        Table::GroupNames,
+        &prefix,
+        end.as_deref(),
+        GROUPS_PER_TOPIC_MAX,
+    )? {
+        let group_id: u64 = crate::records::decode(&value)?;
+        ctx.remove(Table::GroupNames, &key)?;
+        ctx.remove(Table::Groups, &keys::id(group_id))?;
+        ctx.mark(Table::Chores, &keys::chore(CHORE_PURGE_GROUP, group_id))?;
+    }
+    for (key, value) in ctx.range(
+        Table::SubNames,
+        &prefix,
+        end.as_deref(),
+        SUBSCRIPTIONS_PER_TOPIC_MAX,
+    )? {
+        let sub_id: u64 = crate::records::decode(&value)?;
+        ctx.remove(Table::SubNames, &key)?;
+        ctx.remove(Table::Subs, &keys::id(sub_id))?;
+    }
+    if let Some(deadline_ms) = topic.age_deadline_ms {
+        ctx.remove(
+            Table::AgeDeadlines,
+            &keys::age_deadline(deadline_ms, topic.id),
+        )?;
+    }
+    ctx.remove(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
+    ctx.remove(Table::TopicNames, name.as_bytes())?;
+    ctx.remove(Table::Topics, &keys::id(topic.id))?;
+    ctx.mark(Table::Chores, &keys::chore(CHORE_PURGE_TOPIC, topic.id))?;
+    ctx.meta.topics -= 1;
+    Ok(Output::TopicDeleted)
+}
+
+pub(crate) fn publish<S: Store>(ctx: &mut Ctx<'_, S>, publish: &Publish) -> Res<Output> {
+    let mut topic = ctx.topic(&publish.topic)?;
+    validate::messages(&publish.messages)?;
+    if let Some(producer) = &publish.producer {
+        validate::producer_id(&producer.id)?;
+        expire_dedup(ctx, DEDUP_EXPIRIES_MAX)?;
+        let key = keys::dedup(topic.id, &producer.id, producer.sequence);
+        if let Some(seen) = ctx.load::<DedupRecord>(Table::Dedup, &key)? {
+            return Ok(Output::Published(Published {
+                topic_id: topic.id,
+                first_seq: seen.first_seq,
+                count: seen.count,
+                log_index: seen.log_index,
+                batch_pos: seen.batch_pos,
+                duplicate: true,
+            }));
+        }
+    }
+    let published = append(ctx, &mut topic, &publish.messages)?;
+    if let Some(producer) = &publish.producer {
+        let expire_ms = ctx.now_ms.saturating_add(topic.config.dedup_window_ms);
+        let key = keys::dedup(topic.id, &producer.id, producer.sequence);
+        let record = DedupRecord {
+            first_seq: published.first_seq,
+            count: published.count,
+            log_index: published.log_index,
+            batch_pos: published.batch_pos,
+            expire_ms,
+        };
+        ctx.save(Table::Dedup, &key, &record)?;
+        ctx.mark(Table::DedupExpiry, &keys::dedup_expiry(expire_ms, &key))?;
+    }
+    retention::trim(ctx, &mut topic, None)?;
+    ctx.save_topic(&topic)?;
+    Ok(Output::Published(published))
+}
+
+/// Appends validated messages to `topic` (the caller saves it). Also used to dead-letter.
+pub(crate) fn append<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic: &mut TopicRecord,
+    messages: &[NewMessage],
+) -> Res<Published> {
+    let was_empty = topic.messages() == 0;
+    let published = Published {
+        topic_id: topic.id,
+        first_seq: topic.last_seq + 1,
+        count: u32::try_from(messages.len()).expect("publish batches are bounded by limits"),
+        log_index: ctx.log_index,
+        batch_pos: ctx.batch_pos,
+        duplicate: false,
+    };
+    for message in messages {
+        let record = MessageRecord {
+            log_index: ctx.log_index,
+            batch_pos: ctx.batch_pos,
+            time_ms: ctx.now_ms,
+            not_before_ms: message.not_before_ms,
+            key: message.key.clone(),
+            headers: message.headers.clone(),
+            payload: message.payload.clone(),
+        };
+        topic.last_seq += 1;
+        topic.bytes += record.size();
+        ctx.batch_pos += 1;
+        ctx.save(
+            Table::Messages,
+            &keys::message(topic.id, topic.last_seq),
+            &record,
+        )?;
+    }
+    if was_empty {
+        retention::set_age_deadline(ctx, topic)?;
+    }
+    Ok(published)
+}
+
+/// Forgets up to `budget` idempotency records whose window has passed.
+pub(crate) fn expire_dedup<S: Store>(ctx: &mut Ctx<'_, S>, budget: usize) -> Res<u64> {
+    let end = keys::dedup_expiry(ctx.now_ms.saturating_add(1), &[]);
+    let expired = ctx.range(Table::DedupExpiry, &[], Some(&end), budget)?;
+    for (key, _) in &expired {
+        ctx.remove(Table::Dedup, &key[8..])?;
+        ctx.remove(Table::DedupExpiry, key)?;
+    }
+    Ok(expired.len() as u64)
+}
+
+/// Ids of the topic's groups.
+pub(crate) fn group_ids<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64) -> Res<Vec<u64>> {
+    Ok(read_ids(
+        &*ctx.store,
+        Table::GroupNames,
+        &keys::id(topic_id),
+        GROUPS_PER_TOPIC_MAX,
+    )?)
+}
+
+/// Ids of the topic's durable subscriptions.
+pub(crate) fn subscription_ids<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64) -> Res<Vec<u64>> {
+    Ok(read_ids(
+        &*ctx.store,
+        Table::SubNames,
+        &keys::id(topic_id),
+        SUBSCRIPTIONS_PER_TOPIC_MAX,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, Entry, ProducerStamp, Publish, RetentionPolicy, TopicConfig};
+    use crate::store::Table;
+    use crate::testkit::{Harness, message};
+
+    #[test]
+    fn create_is_idempotent_and_conflicts_on_other_config() {
+        let mut h = Harness::new();
+        let first = h.ok(Command::CreateTopic {
+            name: "orders".into(),
+            config: TopicConfig::default(),
+        });
+        assert!(matches!(
+            first,
+            Output::TopicCreated {
+                topic_id: 1,
+                created: true
+            }
+        ));
+        let again = h.ok(Command::CreateTopic {
+            name: "orders".into(),
+            config: TopicConfig::default(),
+        });
+        assert!(matches!(
+            again,
+            Output::TopicCreated {
+                topic_id: 1,
+                created: false
+            }
+        ));
+        let other = TopicConfig {
+            messages_max: Some(5),
+            ..TopicConfig::default()
+        };
+        assert!(matches!(
+            h.err(Command::CreateTopic {
+                name: "orders".into(),
+                config: other
+            }),
+            MachineError::Conflict(_)
+        ));
+        let bad = Command::CreateTopic {
+            name: "bad name".into(),
+            config: TopicConfig::default(),
+        };
+        assert!(matches!(h.err(bad), MachineError::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn publish_assigns_dense_sequences_and_the_global_order() {
+        let mut h = Harness::new();
+        h.create_topic("a", TopicConfig::default());
+        h.create_topic("b", TopicConfig::default());
+        let first = h.publish("a", &["1", "2", "3"]);
+        assert_eq!((first.first_seq, first.count, first.batch_pos), (1, 3, 0));
+        let second = h.publish("a", &["4"]);
+        assert_eq!(second.first_seq, 4);
+        assert!(second.log_index > first.log_index);
+        // Two publishes in one entry share its index and take consecutive batch positions.
+        h.index += 1;
+        let commands = ["a", "b"]
+            .map(|topic| {
+                Command::Publish(Publish {
+                    topic: topic.into(),
+                    producer: None,
+                    messages: vec![message(None, "x")],
+                })
+            })
+            .to_vec();
+        let outcomes = h
+            .machine
+            .apply(
+                h.index,
+                &Entry {
+                    time_ms: h.now_ms,
+                    commands,
+                },
+            )
+            .unwrap();
+        let placed: Vec<(u64, u64, u32)> = outcomes
+            .into_iter()
+            .map(|o| match o.unwrap() {
+                Output::Published(p) => (p.first_seq, p.log_index, p.batch_pos),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(placed, vec![(5, h.index, 0), (1, h.index, 1)]);
+        let topic = h.topic("a");
+        assert_eq!(
+            (
+                topic.first_seq,
+                topic.last_seq,
+                topic.messages(),
+                topic.bytes
+            ),
+            (1, 5, 5, 5)
+        );
+    }
+
+    #[test]
+    fn publish_rejects_unknown_topics_and_bad_batches_without_writing() {
+        let mut h = Harness::new();
+        let publish = |topic: &str, messages| {
+            Command::Publish(Publish {
+                topic: topic.into(),
+                producer: None,
+                messages,
+            })
+        };
+        assert!(matches!(
+            h.err(publish("nope", vec![message(None, "x")])),
+            MachineError::UnknownTopic(_)
+        ));
+        h.create_topic("t", TopicConfig::default());
+        assert!(matches!(
+            h.err(publish("t", vec![])),
+            MachineError::InvalidArgument(_)
+        ));
+        let huge = NewMessage {
+            payload: vec![0; crate::limits::PAYLOAD_BYTES_MAX + 1].into(),
+            ..NewMessage::default()
+        };
+        assert!(matches!(
+            h.err(publish("t", vec![message(None, "ok"), huge])),
+            MachineError::TooLarge(_)
+        ));
+        assert_eq!(h.topic("t").last_seq, 0);
+    }
+
+    #[test]
+    fn idempotent_producers_are_deduplicated_within_the_window() {
+        let mut h = Harness::new();
+        h.create_topic(
+            "t",
+            TopicConfig {
+                dedup_window_ms: 1000,
+                ..TopicConfig::default()
+            },
+        );
+        let stamped = |sequence| {
+            Command::Publish(Publish {
+                topic: "t".into(),
+                producer: Some(ProducerStamp {
+                    id: "p1".into(),
+                    sequence,
+                }),
+                messages: vec![message(None, "a"), message(None, "b")],
+            })
+        };
+        let Output::Published(original) = h.ok(stamped(7)) else {
+            panic!()
+        };
+        let Output::Published(retry) = h.ok(stamped(7)) else {
+            panic!()
+        };
+        assert!(retry.duplicate && !original.duplicate);
+        assert_eq!(
+            (retry.first_seq, retry.count, retry.log_index),
+            (original.first_seq, 2, original.log_index)
+        );
+        assert_eq!(h.topic("t").last_seq, 2);
+        h.advance(1000);
+        let Output::Published(late) = h.ok(stamped(7)) else {
+            panic!()
+        };
+        assert!(!late.duplicate, "the window has passed");
+        assert_eq!(late.first_seq, 3);
+    }
+
+    #[test]
+    fn limits_trim_the_oldest_messages() {
+        let mut h = Harness::new();
+        h.create_topic(
+            "count",
+            TopicConfig {
+                messages_max: Some(2),
+                ..TopicConfig::default()
+            },
+        );
+        h.publish("count", &["1", "2", "3"]);
+        let topic = h.topic("count");
+        assert_eq!((topic.first_seq, topic.last_seq, topic.bytes), (2, 3, 2));
+        h.create_topic(
+            "bytes",
+            TopicConfig {
+                bytes_max: Some(5),
+                ..TopicConfig::default()
+            },
+        );
+        h.publish("bytes", &["aaa", "bbb", "cc"]);
+        let topic = h.topic("bytes");
+        assert_eq!((topic.first_seq, topic.bytes), (2, 5));
+    }
+
+    #[test]
+    fn age_limits_trim_on_pulses() {
+        let mut h = Harness::new();
+        h.create_topic(
+            "t",
+            TopicConfig {
+                age_ms_max: Some(1000),
+                ..TopicConfig::default()
+            },
+        );
+        h.publish("t", &["old"]);
+        h.advance(600);
+        h.publish("t", &["new"]);
+        assert_eq!(
+            crate::query::next_deadline(h.machine.store()).unwrap(),
+            Some(h.now_ms + 400)
+        );
+        h.advance(400);
+        assert_eq!(h.pulse().trimmed, 1);
+        assert_eq!(h.topic("t").first_seq, 2);
+        assert_eq!(
+            crate::query::next_deadline(h.machine.store()).unwrap(),
+            Some(h.now_ms + 600)
+        );
+        h.advance(600);
+        h.pulse();
+        assert_eq!(h.topic("t").messages(), 0);
+        assert_eq!(
+            crate::query::next_deadline(h.machine.store()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn work_queue_retention_deletes_what_everyone_has_consumed() {
+        let mut h = Harness::new();
+        h.create_topic(
+            "jobs",
+            TopicConfig {
+                retention: RetentionPolicy::WorkQueue,
+                ..TopicConfig::default()
+            },
+        );
+        h.create_group("jobs", "workers", crate::command::GroupConfig::default());
+        h.ok(Command::CreateSubscription {
+            topic: "jobs".into(),
+            name: "audit".into(),
+            start: crate::command::StartPosition::Earliest,
+        });
+        h.publish("jobs", &["1", "2", "3"]);
+        let grants = h.lease("jobs", "workers", "w", 3, 10_000).grants;
+        h.ack("jobs", "workers", &[grants[1].token, grants[0].token]);
+        assert_eq!(
+            h.topic("jobs").first_seq,
+            1,
+            "the subscription has not moved"
+        );
+        h.ok(Command::Commit {
+            topic: "jobs".into(),
+            subscription: "audit".into(),
+            seq: 3,
+        });
+        assert_eq!(h.topic("jobs").first_seq, 3, "message 3 is still leased");
+        h.ack("jobs", "workers", &[grants[2].token]);
+        assert_eq!(h.topic("jobs").messages(), 0);
+    }
+
+    #[test]
+    fn delete_purges_through_pulses_and_frees_the_name() {
+        let mut h = Harness::new();
+        h.create_topic("t", TopicConfig::default());
+        h.create_group("t", "g", crate::command::GroupConfig::default());
+        h.publish("t", &["1", "2"]);
+        h.lease("t", "g", "w", 1, 10_000);
+        assert_eq!(
+            h.ok(Command::DeleteTopic { name: "t".into() }),
+            Output::TopicDeleted
+        );
+        assert!(matches!(
+            h.err(Command::DeleteTopic { name: "t".into() }),
+            MachineError::UnknownTopic(_)
+        ));
+        assert_eq!(
+            crate::query::next_deadline(h.machine.store()).unwrap(),
+            Some(h.now_ms),
+            "chores are due"
+        );
+        h.create_topic("t", TopicConfig::default());
+        assert_eq!(h.topic("t").id, 2);
+        let report = h.pulse();
+        assert!(report.purged >= 3, "{report:?}");
+        let store = h.machine.store();
+        for table in [
+            Table::Messages,
+            Table::Pending,
+            Table::Leases,
+            Table::Chores,
+            Table::Groups,
+            Table::Consumers,
+        ] {
+            assert_eq!(
+                store.len(table),
+                0,
+                "{table:?} keeps data of the deleted topic"
+            );
+        }
+    }
+}
