@@ -1,1 +1,5 @@
-fn main() {}
+//! The `chorus` binary.
+
+fn main() {
+    println!("chorus {}", env!("CARGO_PKG_VERSION"));
+}
