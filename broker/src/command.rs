@@ -1,0 +1,518 @@
+//! Conversions between the wire (`pb`) and the state machine's types, done at the broker's
+//! boundary. The log stores `pb::Entry`; the machine applies `chorus_machine::Entry`. Client
+//! input that does not convert is rejected as an invalid argument before anything is proposed.
+
+use chorus_machine::command::{
+    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish,
+    RetentionPolicy, StartPosition, TopicConfig,
+};
+use chorus_machine::limits::{DEDUP_WINDOW_MS_DEFAULT, LEASE_MS_DEFAULT};
+use chorus_protocol::pb;
+
+/// A request or log entry that does not carry what it must.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConvertError(pub String);
+
+type Converted<T> = Result<T, ConvertError>;
+
+fn missing(what: &str) -> ConvertError {
+    ConvertError(format!("missing {what}"))
+}
+
+pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
+    pb::Entry {
+        time_ms: entry.time_ms,
+        commands: entry.commands.iter().map(command_to_pb).collect(),
+    }
+}
+
+pub fn entry_from_pb(entry: pb::Entry) -> Converted<Entry> {
+    let commands = entry
+        .commands
+        .into_iter()
+        .map(command_from_pb)
+        .collect::<Converted<_>>()?;
+    Ok(Entry {
+        time_ms: entry.time_ms,
+        commands,
+    })
+}
+
+pub fn command_to_pb(command: &Command) -> pb::Command {
+    use pb::command::Op;
+    let op = match command.clone() {
+        Command::CreateTopic { name, config } => Op::CreateTopic(pb::CreateTopic {
+            name,
+            config: Some(topic_config_to_pb(&config)),
+        }),
+        Command::DeleteTopic { name } => Op::DeleteTopic(pb::DeleteTopic { name }),
+        Command::Publish(publish) => Op::Publish(publish_to_pb(publish)),
+        Command::CreateGroup {
+            topic,
+            name,
+            config,
+        } => Op::CreateGroup(pb::CreateGroup {
+            topic,
+            name,
+            config: Some(group_config_to_pb(&config)),
+        }),
+        Command::DeleteGroup { topic, name } => Op::DeleteGroup(pb::DeleteGroup { topic, name }),
+        Command::CreateSubscription { topic, name, start } => {
+            Op::CreateSubscription(pb::CreateSubscription {
+                topic,
+                name,
+                start: Some(start_to_pb(start)),
+            })
+        }
+        Command::DeleteSubscription { topic, name } => {
+            Op::DeleteSubscription(pb::DeleteSubscription { topic, name })
+        }
+        Command::Commit {
+            topic,
+            subscription,
+            seq,
+        } => Op::Commit(pb::CommitRequest {
+            topic,
+            subscription,
+            seq,
+        }),
+        Command::Lease {
+            topic,
+            group,
+            consumer,
+            count_max,
+            lease_ms,
+        } => Op::Lease(pb::LeaseCommand {
+            topic,
+            group,
+            consumer,
+            count_max,
+            lease_ms,
+        }),
+        Command::Ack {
+            topic,
+            group,
+            tokens,
+        } => Op::Ack(pb::AckRequest {
+            topic,
+            group,
+            tokens,
+        }),
+        Command::Nack {
+            topic,
+            group,
+            tokens,
+            delay_ms,
+        } => Op::Nack(pb::NackRequest {
+            topic,
+            group,
+            tokens,
+            delay_ms,
+        }),
+        Command::Extend {
+            topic,
+            group,
+            tokens,
+            lease_ms,
+        } => Op::Extend(pb::ExtendRequest {
+            topic,
+            group,
+            tokens,
+            lease_ms,
+        }),
+        Command::Pulse => Op::Pulse(pb::Empty {}),
+    };
+    pb::Command { op: Some(op) }
+}
+
+pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
+    use pb::command::Op;
+    Ok(match command.op.ok_or_else(|| missing("command"))? {
+        Op::CreateTopic(c) => Command::CreateTopic {
+            name: c.name,
+            config: topic_config_from_pb(c.config),
+        },
+        Op::DeleteTopic(c) => Command::DeleteTopic { name: c.name },
+        Op::Publish(p) => Command::Publish(publish_from_pb(p)?),
+        Op::CreateGroup(c) => Command::CreateGroup {
+            topic: c.topic,
+            name: c.name,
+            config: group_config_from_pb(c.config)?,
+        },
+        Op::DeleteGroup(c) => Command::DeleteGroup {
+            topic: c.topic,
+            name: c.name,
+        },
+        Op::CreateSubscription(c) => Command::CreateSubscription {
+            topic: c.topic,
+            name: c.name,
+            start: start_from_pb(c.start)?,
+        },
+        Op::DeleteSubscription(c) => Command::DeleteSubscription {
+            topic: c.topic,
+            name: c.name,
+        },
+        Op::Commit(c) => Command::Commit {
+            topic: c.topic,
+            subscription: c.subscription,
+            seq: c.seq,
+        },
+        Op::Lease(c) => Command::Lease {
+            topic: c.topic,
+            group: c.group,
+            consumer: c.consumer,
+            count_max: c.count_max,
+            lease_ms: c.lease_ms,
+        },
+        Op::Ack(c) => Command::Ack {
+            topic: c.topic,
+            group: c.group,
+            tokens: c.tokens,
+        },
+        Op::Nack(c) => Command::Nack {
+            topic: c.topic,
+            group: c.group,
+            tokens: c.tokens,
+            delay_ms: c.delay_ms,
+        },
+        Op::Extend(c) => Command::Extend {
+            topic: c.topic,
+            group: c.group,
+            tokens: c.tokens,
+            lease_ms: c.lease_ms,
+        },
+        Op::Pulse(_) => Command::Pulse,
+    })
+}
+
+pub fn publish_to_pb(publish: Publish) -> pb::PublishRequest {
+    let (producer_id, producer_seq) = match publish.producer {
+        Some(stamp) => (Some(stamp.id), Some(stamp.sequence)),
+        None => (None, None),
+    };
+    pb::PublishRequest {
+        topic: publish.topic,
+        messages: publish.messages.into_iter().map(message_to_pb).collect(),
+        producer_id,
+        producer_seq,
+    }
+}
+
+pub fn publish_from_pb(publish: pb::PublishRequest) -> Converted<Publish> {
+    let producer = match (publish.producer_id, publish.producer_seq) {
+        (Some(id), Some(sequence)) => Some(ProducerStamp { id, sequence }),
+        (None, None) => None,
+        _ => {
+            return Err(ConvertError(
+                "producer_id and producer_seq go together".into(),
+            ));
+        }
+    };
+    Ok(Publish {
+        topic: publish.topic,
+        producer,
+        messages: publish.messages.into_iter().map(message_from_pb).collect(),
+    })
+}
+
+fn message_to_pb(message: NewMessage) -> pb::Message {
+    pb::Message {
+        key: message.key,
+        headers: message
+            .headers
+            .into_iter()
+            .map(|h| pb::Header {
+                name: h.name,
+                value: h.value,
+            })
+            .collect(),
+        payload: message.payload,
+        not_before_ms: message.not_before_ms,
+    }
+}
+
+fn message_from_pb(message: pb::Message) -> NewMessage {
+    NewMessage {
+        key: message.key,
+        headers: message
+            .headers
+            .into_iter()
+            .map(|h| Header {
+                name: h.name,
+                value: h.value,
+            })
+            .collect(),
+        payload: message.payload,
+        not_before_ms: message.not_before_ms,
+    }
+}
+
+pub fn topic_config_to_pb(config: &TopicConfig) -> pb::TopicConfig {
+    let retention = match config.retention {
+        RetentionPolicy::Limits => pb::RetentionPolicy::Limits,
+        RetentionPolicy::WorkQueue => pb::RetentionPolicy::WorkQueue,
+    };
+    pb::TopicConfig {
+        retention: retention as i32,
+        messages_max: config.messages_max,
+        bytes_max: config.bytes_max,
+        age_ms_max: config.age_ms_max,
+        dedup_window_ms: Some(config.dedup_window_ms),
+    }
+}
+
+/// Absent fields take the defaults; an unknown retention value reads as limits.
+pub fn topic_config_from_pb(config: Option<pb::TopicConfig>) -> TopicConfig {
+    let config = config.unwrap_or_default();
+    let retention = match config.retention() {
+        pb::RetentionPolicy::WorkQueue => RetentionPolicy::WorkQueue,
+        pb::RetentionPolicy::Limits => RetentionPolicy::Limits,
+    };
+    TopicConfig {
+        retention,
+        messages_max: config.messages_max,
+        bytes_max: config.bytes_max,
+        age_ms_max: config.age_ms_max,
+        dedup_window_ms: config.dedup_window_ms.unwrap_or(DEDUP_WINDOW_MS_DEFAULT),
+    }
+}
+
+pub fn group_config_to_pb(config: &GroupConfig) -> pb::GroupConfig {
+    let ordering = match config.ordering {
+        KeyOrdering::Unordered => pb::KeyOrdering::Unordered,
+        KeyOrdering::PerKey => pb::KeyOrdering::PerKey,
+    };
+    pb::GroupConfig {
+        lease_ms_default: Some(config.lease_ms_default),
+        deliveries_max: config.deliveries_max,
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        start: Some(start_to_pb(config.start)),
+        ordering: ordering as i32,
+    }
+}
+
+pub fn group_config_from_pb(config: Option<pb::GroupConfig>) -> Converted<GroupConfig> {
+    let config = config.unwrap_or_default();
+    let ordering = match config.ordering() {
+        pb::KeyOrdering::PerKey => KeyOrdering::PerKey,
+        pb::KeyOrdering::Unordered => KeyOrdering::Unordered,
+    };
+    Ok(GroupConfig {
+        lease_ms_default: config.lease_ms_default.unwrap_or(LEASE_MS_DEFAULT),
+        deliveries_max: config.deliveries_max,
+        dead_letter_topic: config.dead_letter_topic,
+        start: start_from_pb(config.start)?,
+        ordering,
+    })
+}
+
+pub fn start_to_pb(start: StartPosition) -> pb::StartPosition {
+    use pb::start_position::Position;
+    let position = match start {
+        StartPosition::Earliest => Position::Earliest(pb::Empty {}),
+        StartPosition::Latest => Position::Latest(pb::Empty {}),
+        StartPosition::Seq(seq) => Position::Seq(seq),
+        StartPosition::TimeMs(time_ms) => Position::TimeMs(time_ms),
+    };
+    pb::StartPosition {
+        position: Some(position),
+    }
+}
+
+/// An absent start position means earliest.
+pub fn start_from_pb(start: Option<pb::StartPosition>) -> Converted<StartPosition> {
+    use pb::start_position::Position;
+    Ok(match start.and_then(|s| s.position) {
+        None | Some(Position::Earliest(_)) => StartPosition::Earliest,
+        Some(Position::Latest(_)) => StartPosition::Latest,
+        Some(Position::Seq(seq)) => StartPosition::Seq(seq),
+        Some(Position::TimeMs(time_ms)) => StartPosition::TimeMs(time_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn start() -> impl Strategy<Value = StartPosition> {
+        prop_oneof![
+            Just(StartPosition::Earliest),
+            Just(StartPosition::Latest),
+            any::<u64>().prop_map(StartPosition::Seq),
+            any::<u64>().prop_map(StartPosition::TimeMs),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = NewMessage> {
+        (
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..4)),
+            prop::collection::vec(
+                ("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)),
+                0..3,
+            ),
+            prop::collection::vec(any::<u8>(), 0..16),
+            prop::option::of(any::<u64>()),
+        )
+            .prop_map(|(key, headers, payload, not_before_ms)| NewMessage {
+                key: key.map(Bytes::from),
+                headers: headers
+                    .into_iter()
+                    .map(|(name, value)| Header {
+                        name,
+                        value: Bytes::from(value),
+                    })
+                    .collect(),
+                payload: Bytes::from(payload),
+                not_before_ms,
+            })
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        let name = "[a-z]{1,4}";
+        let tokens = prop::collection::vec(any::<u64>(), 0..4);
+        let topic_config = (
+            any::<bool>(),
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u64>()),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(wq, messages_max, bytes_max, age_ms_max, dedup_window_ms)| TopicConfig {
+                    retention: if wq {
+                        RetentionPolicy::WorkQueue
+                    } else {
+                        RetentionPolicy::Limits
+                    },
+                    messages_max,
+                    bytes_max,
+                    age_ms_max,
+                    dedup_window_ms,
+                },
+            );
+        let group_config = (
+            any::<u64>(),
+            any::<u32>(),
+            prop::option::of(name),
+            start(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(lease_ms_default, deliveries_max, dead_letter_topic, start, per_key)| {
+                    GroupConfig {
+                        lease_ms_default,
+                        deliveries_max,
+                        dead_letter_topic,
+                        start,
+                        ordering: if per_key {
+                            KeyOrdering::PerKey
+                        } else {
+                            KeyOrdering::Unordered
+                        },
+                    }
+                },
+            );
+        let producer = prop::option::of(
+            (name, any::<u64>()).prop_map(|(id, sequence)| ProducerStamp { id, sequence }),
+        );
+        prop_oneof![
+            (name, topic_config).prop_map(|(name, config)| Command::CreateTopic { name, config }),
+            name.prop_map(|name| Command::DeleteTopic { name }),
+            (name, producer, prop::collection::vec(message(), 0..3)).prop_map(
+                |(topic, producer, messages)| Command::Publish(Publish {
+                    topic,
+                    producer,
+                    messages
+                })
+            ),
+            (name, name, group_config).prop_map(|(topic, name, config)| Command::CreateGroup {
+                topic,
+                name,
+                config
+            }),
+            (name, name).prop_map(|(topic, name)| Command::DeleteGroup { topic, name }),
+            (name, name, start()).prop_map(|(topic, name, start)| Command::CreateSubscription {
+                topic,
+                name,
+                start
+            }),
+            (name, name).prop_map(|(topic, name)| Command::DeleteSubscription { topic, name }),
+            (name, name, any::<u64>()).prop_map(|(topic, subscription, seq)| Command::Commit {
+                topic,
+                subscription,
+                seq
+            }),
+            (
+                name,
+                name,
+                name,
+                any::<u32>(),
+                prop::option::of(any::<u64>())
+            )
+                .prop_map(|(topic, group, consumer, count_max, lease_ms)| {
+                    Command::Lease {
+                        topic,
+                        group,
+                        consumer,
+                        count_max,
+                        lease_ms,
+                    }
+                }),
+            (name, name, tokens.clone()).prop_map(|(topic, group, tokens)| Command::Ack {
+                topic,
+                group,
+                tokens
+            }),
+            (name, name, tokens.clone(), any::<u64>()).prop_map(
+                |(topic, group, tokens, delay_ms)| Command::Nack {
+                    topic,
+                    group,
+                    tokens,
+                    delay_ms
+                }
+            ),
+            (name, name, tokens, any::<u64>()).prop_map(|(topic, group, tokens, lease_ms)| {
+                Command::Extend {
+                    topic,
+                    group,
+                    tokens,
+                    lease_ms,
+                }
+            }),
+            Just(Command::Pulse),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// What the leader encodes is what every broker applies.
+        #[test]
+        fn entries_survive_the_log_encoding(time_ms in any::<u64>(), commands in prop::collection::vec(command(), 0..6)) {
+            let entry = Entry { time_ms, commands };
+            let bytes = entry_to_pb(&entry).encode_to_vec();
+            let back = entry_from_pb(pb::Entry::decode(bytes.as_slice()).unwrap()).unwrap();
+            prop_assert_eq!(back, entry);
+        }
+    }
+
+    #[test]
+    fn malformed_commands_are_errors() {
+        assert!(command_from_pb(pb::Command { op: None }).is_err());
+        let half_producer = pb::PublishRequest {
+            producer_id: Some("p".into()),
+            ..Default::default()
+        };
+        assert!(publish_from_pb(half_producer).is_err());
+    }
+
+    #[test]
+    fn absent_configs_take_defaults() {
+        assert_eq!(topic_config_from_pb(None), TopicConfig::default());
+        assert_eq!(group_config_from_pb(None).unwrap(), GroupConfig::default());
+    }
+}

@@ -1,0 +1,391 @@
+//! The Raft log on redb (`log.redb`): entries, the vote, the committed id and the purge point.
+//!
+//! One writer thread owns every write. It drains whatever jobs are queued, applies them in one
+//! transaction with `Durability::Immediate`, and only after that fsync fires the flush callbacks
+//! of the appends it carried: concurrent appends share one fsync (group commit). Appended entries
+//! stay visible to readers in `pending` until they are on disk. Vote, committed id, truncate and
+//! purge wait for their own fsync before returning.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+
+use chorus_protocol::pb;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const VOTE_KEY: &str = "vote";
+const COMMITTED_KEY: &str = "committed";
+const PURGED_KEY: &str = "purged";
+/// Most jobs one transaction carries.
+const JOBS_PER_COMMIT_MAX: usize = 4096;
+
+/// What the writer thread is asked to do.
+enum Job {
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        flushed: LogFlushed<TypeConfig>,
+    },
+    Sync {
+        op: SyncOp,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+enum SyncOp {
+    Vote(Vec<u8>),
+    Committed(Option<Vec<u8>>),
+    /// Delete entries from this index on.
+    Truncate(u64),
+    /// Delete entries up to and including this log id.
+    Purge(LogId, Vec<u8>),
+}
+
+struct Shared {
+    db: Database,
+    /// Appended, maybe not yet on disk: readers see them here.
+    pending: Mutex<BTreeMap<u64, Entry>>,
+}
+
+/// Reads the log: on-disk entries overlaid with pending ones.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+/// The log store openraft drives.
+pub struct LogStore {
+    reader: LogReader,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogStore")
+    }
+}
+
+impl Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogReader")
+    }
+}
+
+fn read_error(error: impl std::error::Error + 'static) -> StorageError {
+    storage_error(ErrorSubject::Logs, ErrorVerb::Read, error)
+}
+
+fn write_error(error: impl std::error::Error + 'static) -> StorageError {
+    storage_error(ErrorSubject::Logs, ErrorVerb::Write, error)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct WriterStopped(String);
+
+impl LogStore {
+    /// Opens or creates the log at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<LogStore, StorageError> {
+        let db = Database::create(path).map_err(write_error)?;
+        let txn = db.begin_write().map_err(write_error)?;
+        txn.open_table(LOG).map_err(write_error)?;
+        txn.open_table(META).map_err(write_error)?;
+        txn.commit().map_err(write_error)?;
+        let shared = Arc::new(Shared {
+            db,
+            pending: Mutex::new(BTreeMap::new()),
+        });
+        let (jobs, queue) = mpsc::channel();
+        let writer = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("chorus-log-writer".into())
+            .spawn(move || write_loop(&writer, &queue))
+            .map_err(write_error)?;
+        Ok(LogStore {
+            reader: LogReader { shared },
+            jobs,
+        })
+    }
+
+    async fn sync(&self, op: SyncOp) -> Result<(), StorageError> {
+        let (done, wait) = oneshot::channel();
+        let closed = || write_error(WriterStopped("log writer stopped".into()));
+        self.jobs
+            .send(Job::Sync { op, done })
+            .map_err(|_| closed())?;
+        wait.await
+            .map_err(|_| closed())?
+            .map_err(|e| write_error(WriterStopped(e)))
+    }
+
+    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.reader.shared.db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(META).map_err(read_error)?;
+        Ok(table
+            .get(key)
+            .map_err(read_error)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn read_log_id(&self, key: &str) -> Result<Option<LogId>, StorageError> {
+        match self.read_meta(key)? {
+            Some(bytes) => {
+                let log_id = pb::LogId::decode(bytes.as_slice()).map_err(read_error)?;
+                Ok(Some(wire::log_id_from_pb(log_id).map_err(read_error)?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn write_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < JOBS_PER_COMMIT_MAX {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = write_jobs(&shared.db, &jobs).map_err(|e| e.to_string());
+        if result.is_ok() {
+            forget_flushed(shared, &jobs);
+        }
+        for job in jobs {
+            match job {
+                Job::Append { flushed, .. } => {
+                    flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Job::Sync { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Every queued job in one durable transaction.
+fn write_jobs(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for job in jobs {
+            match job {
+                Job::Append { entries, .. } => {
+                    for (log_id, bytes) in entries {
+                        log.insert(log_id.index, bytes.as_slice())?;
+                    }
+                }
+                Job::Sync {
+                    op: SyncOp::Vote(bytes),
+                    ..
+                } => {
+                    meta.insert(VOTE_KEY, bytes.as_slice())?;
+                }
+                Job::Sync {
+                    op: SyncOp::Committed(bytes),
+                    ..
+                } => match bytes {
+                    Some(bytes) => {
+                        meta.insert(COMMITTED_KEY, bytes.as_slice())?;
+                    }
+                    None => {
+                        meta.remove(COMMITTED_KEY)?;
+                    }
+                },
+                Job::Sync {
+                    op: SyncOp::Truncate(from),
+                    ..
+                } => {
+                    log.retain_in(*from.., |_, _| false)?;
+                }
+                Job::Sync {
+                    op: SyncOp::Purge(log_id, bytes),
+                    ..
+                } => {
+                    log.retain_in(..=log_id.index, |_, _| false)?;
+                    meta.insert(PURGED_KEY, bytes.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Entries now on disk leave `pending`, unless a newer append has replaced them there.
+fn forget_flushed(shared: &Shared, jobs: &[Job]) {
+    let mut pending = shared.pending.lock().expect("pending lock");
+    for job in jobs {
+        if let Job::Append { entries, .. } = job {
+            for (log_id, _) in entries {
+                if pending
+                    .get(&log_id.index)
+                    .is_some_and(|e| e.log_id == *log_id)
+                {
+                    pending.remove(&log_id.index);
+                }
+            }
+        }
+    }
+}
+
+impl LogReader {
+    fn last_on_disk(&self) -> Result<Option<LogId>, StorageError> {
+        let txn = self.shared.db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(LOG).map_err(read_error)?;
+        match table.last().map_err(read_error)? {
+            Some((_, bytes)) => Ok(Some(decode_entry(bytes.value())?.log_id)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
+    let entry = pb::RaftEntry::decode(bytes).map_err(read_error)?;
+    wire::entry_from_pb(entry).map_err(read_error)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut found = BTreeMap::new();
+        {
+            let txn = self.shared.db.begin_read().map_err(read_error)?;
+            let table = txn.open_table(LOG).map_err(read_error)?;
+            let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+            for item in table.range::<u64>(bounds).map_err(read_error)? {
+                let (index, bytes) = item.map_err(read_error)?;
+                found.insert(index.value(), decode_entry(bytes.value())?);
+            }
+        }
+        let pending = self.shared.pending.lock().expect("pending lock");
+        for (index, entry) in pending.range(range) {
+            found.insert(*index, entry.clone());
+        }
+        Ok(found.into_values().collect())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.read_log_id(PURGED_KEY)?;
+        let pending_last = self
+            .reader
+            .shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .values()
+            .next_back()
+            .map(|e| e.log_id);
+        let last_log_id = pending_last
+            .or(self.reader.last_on_disk()?)
+            .or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.sync(SyncOp::Vote(wire::vote_to_pb(vote).encode_to_vec()))
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        match self.read_meta(VOTE_KEY)? {
+            Some(bytes) => {
+                let vote = pb::Vote::decode(bytes.as_slice()).map_err(read_error)?;
+                Ok(Some(wire::vote_from_pb(Some(vote)).map_err(read_error)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let bytes = committed
+            .as_ref()
+            .map(|id| wire::log_id_to_pb(id).encode_to_vec());
+        self.sync(SyncOp::Committed(bytes)).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.read_log_id(COMMITTED_KEY)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        flushed: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        {
+            let mut pending = self.reader.shared.pending.lock().expect("pending lock");
+            for entry in entries {
+                encoded.push((entry.log_id, wire::entry_to_pb(&entry).encode_to_vec()));
+                pending.insert(entry.log_id.index, entry);
+            }
+        }
+        self.jobs
+            .send(Job::Append {
+                entries: encoded,
+                flushed,
+            })
+            .map_err(|_| write_error(WriterStopped("log writer stopped".into())))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut pending = self.reader.shared.pending.lock().expect("pending lock");
+            let _ = pending.split_off(&log_id.index);
+        }
+        self.sync(SyncOp::Truncate(log_id.index)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut pending = self.reader.shared.pending.lock().expect("pending lock");
+            pending.retain(|index, _| {
+                (Bound::Excluded(log_id.index), Bound::Unbounded).contains(index)
+            });
+        }
+        self.sync(SyncOp::Purge(
+            log_id,
+            wire::log_id_to_pb(&log_id).encode_to_vec(),
+        ))
+        .await
+    }
+}

@@ -1,0 +1,1 @@
+//! Broker-to-broker RPCs (placeholder until the peer transport lands).

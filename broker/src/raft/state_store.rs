@@ -1,0 +1,429 @@
+//! The state-machine store on redb (`state.redb`): each batch of committed entries goes through
+//! `chorus_machine::Machine` in one write transaction, which also records the last applied log id
+//! and the membership. Applies commit without fsync: the log holds every committed entry, so a
+//! crash only means re-applying them. Before a snapshot is built (after which the log may be
+//! purged), an fsync'd commit makes the applied state durable.
+//!
+//! Snapshots are files: built from one consistent read transaction, shipped by openraft in
+//! bounded chunks, and installed by replacing every table in one transaction.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chorus_machine::{Machine, query, snapshot};
+use chorus_protocol::pb;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use prost::Message;
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction,
+};
+use tokio::io::AsyncSeekExt;
+use tokio::sync::watch;
+
+use super::{
+    Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, storage_error,
+    wire,
+};
+use crate::command;
+use crate::storage::{ReadStore, WriteStore, create_tables};
+
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const APPLIED_KEY: &str = "applied";
+const MEMBERSHIP_KEY: &str = "membership";
+const SNAPSHOT_KEY: &str = "snapshot";
+
+/// What the last apply left behind, for the broker: subscribers wait on the index, the leader
+/// proposes a pulse at the deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedStatus {
+    pub log_index: u64,
+    pub time_ms: u64,
+    pub next_deadline_ms: Option<u64>,
+}
+
+/// The state machine openraft drives.
+pub struct StateStore {
+    db: Arc<Database>,
+    snapshot_dir: PathBuf,
+    receiving: Option<PathBuf>,
+    status: watch::Sender<AppliedStatus>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("snapshot_dir", &self.snapshot_dir)
+            .finish()
+    }
+}
+
+/// Builds snapshots off the apply path.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    snapshot_dir: PathBuf,
+}
+
+fn sm_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
+    storage_error(ErrorSubject::StateMachine, verb, error)
+}
+
+fn read_error(error: impl std::error::Error + 'static) -> StorageError {
+    sm_error(ErrorVerb::Read, error)
+}
+
+fn write_error(error: impl std::error::Error + 'static) -> StorageError {
+    sm_error(ErrorVerb::Write, error)
+}
+
+impl StateStore {
+    /// Opens or creates the state in `dir` (`state.redb` and `snapshots/`).
+    pub fn open(dir: &Path) -> Result<StateStore, StorageError> {
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir).map_err(write_error)?;
+        let db = Database::create(dir.join("state.redb")).map_err(write_error)?;
+        let txn = db.begin_write().map_err(write_error)?;
+        create_tables(&txn).map_err(write_error)?;
+        txn.open_table(SM_META).map_err(write_error)?;
+        txn.commit().map_err(write_error)?;
+        let db = Arc::new(db);
+        let status = watch::Sender::new(read_status(&db.begin_read().map_err(read_error)?)?);
+        Ok(StateStore {
+            db,
+            snapshot_dir,
+            receiving: None,
+            status,
+        })
+    }
+
+    /// Follows the applied index, time and next deadline.
+    pub fn status(&self) -> watch::Receiver<AppliedStatus> {
+        self.status.subscribe()
+    }
+
+    /// The database, for read-only queries by the broker.
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
+    fn apply_blocking(&mut self, entries: Vec<Entry>) -> Result<Vec<Applied>, StorageError> {
+        let mut txn = self.db.begin_write().map_err(write_error)?;
+        txn.set_durability(Durability::None).map_err(write_error)?;
+        let mut results = Vec::with_capacity(entries.len());
+        let mut last_applied = None;
+        let mut membership = None;
+        let status = {
+            let mut machine = Machine::new(WriteStore::open(&txn).map_err(write_error)?);
+            for entry in entries {
+                last_applied = Some(entry.log_id);
+                results.push(match entry.payload {
+                    EntryPayload::Blank => Applied::default(),
+                    EntryPayload::Normal(bytes) => {
+                        let decoded = pb::Entry::decode(bytes.0).map_err(read_error)?;
+                        let decoded = command::entry_from_pb(decoded).map_err(read_error)?;
+                        Applied(
+                            machine
+                                .apply(entry.log_id.index, &decoded)
+                                .map_err(write_error)?,
+                        )
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                        Applied::default()
+                    }
+                });
+            }
+            machine_status(machine.store())?
+        };
+        let mut meta = txn.open_table(SM_META).map_err(write_error)?;
+        if let Some(applied) = &last_applied {
+            meta.insert(
+                APPLIED_KEY,
+                wire::log_id_to_pb(applied).encode_to_vec().as_slice(),
+            )
+            .map_err(write_error)?;
+        }
+        if let Some(membership) = &membership {
+            let bytes = wire::stored_membership_to_pb(membership).encode_to_vec();
+            meta.insert(MEMBERSHIP_KEY, bytes.as_slice())
+                .map_err(write_error)?;
+        }
+        drop(meta);
+        txn.commit().map_err(write_error)?;
+        let log_index = last_applied.map_or(0, |id| id.index);
+        self.status.send_replace(AppliedStatus {
+            log_index,
+            ..status
+        });
+        Ok(results)
+    }
+}
+
+fn machine_status(store: &impl chorus_machine::StoreRead) -> Result<AppliedStatus, StorageError> {
+    let (log_index, time_ms) = query::last_applied(store).map_err(read_error)?;
+    let next_deadline_ms = query::next_deadline(store).map_err(read_error)?;
+    Ok(AppliedStatus {
+        log_index,
+        time_ms,
+        next_deadline_ms,
+    })
+}
+
+fn read_status(txn: &ReadTransaction) -> Result<AppliedStatus, StorageError> {
+    let mut status = machine_status(&ReadStore::open(txn).map_err(read_error)?)?;
+    if let Some(applied) = read_log_id(txn, APPLIED_KEY)? {
+        status.log_index = applied.index;
+    }
+    Ok(status)
+}
+
+fn read_meta<M: Message + Default>(
+    txn: &ReadTransaction,
+    key: &str,
+) -> Result<Option<M>, StorageError> {
+    let table = txn.open_table(SM_META).map_err(read_error)?;
+    let Some(bytes) = table.get(key).map_err(read_error)? else {
+        return Ok(None);
+    };
+    Ok(Some(M::decode(bytes.value()).map_err(read_error)?))
+}
+
+fn read_log_id(txn: &ReadTransaction, key: &str) -> Result<Option<LogId>, StorageError> {
+    match read_meta::<pb::LogId>(txn, key)? {
+        Some(log_id) => Ok(Some(wire::log_id_from_pb(log_id).map_err(read_error)?)),
+        None => Ok(None),
+    }
+}
+
+fn read_membership(txn: &ReadTransaction) -> Result<StoredMembership, StorageError> {
+    match read_meta::<pb::StoredMembership>(txn, MEMBERSHIP_KEY)? {
+        Some(stored) => wire::stored_membership_from_pb(Some(stored)).map_err(read_error),
+        None => Ok(StoredMembership::default()),
+    }
+}
+
+fn snapshot_path(dir: &Path, snapshot_id: &str) -> PathBuf {
+    dir.join(format!("{snapshot_id}.snap"))
+}
+
+/// Records `meta` as the current snapshot (in `txn`) and deletes every other snapshot file.
+fn set_current_snapshot(
+    txn: &WriteTransaction,
+    dir: &Path,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    let mut table = txn.open_table(SM_META).map_err(write_error)?;
+    table
+        .insert(
+            SNAPSHOT_KEY,
+            wire::snapshot_meta_to_pb(meta).encode_to_vec().as_slice(),
+        )
+        .map_err(write_error)?;
+    let keep = snapshot_path(dir, &meta.snapshot_id);
+    for file in std::fs::read_dir(dir).map_err(write_error)?.flatten() {
+        let path = file.path();
+        if path != keep && path.extension().is_some_and(|e| e == "snap") {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+impl SnapshotBuilder {
+    fn build_blocking(&self) -> Result<SnapshotMeta, StorageError> {
+        // Make every applied entry durable: once this snapshot exists the log may be purged.
+        let mut txn = self.db.begin_write().map_err(write_error)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(write_error)?;
+        txn.commit().map_err(write_error)?;
+
+        let read = self.db.begin_read().map_err(read_error)?;
+        let last_log_id = read_log_id(&read, APPLIED_KEY)?;
+        let last_membership = read_membership(&read)?;
+        let snapshot_id = match &last_log_id {
+            Some(id) => format!(
+                "{}-{}-{}-{}",
+                id.leader_id.term,
+                id.leader_id.node_id,
+                id.index,
+                unique_suffix()
+            ),
+            None => format!("0-0-0-{}", unique_suffix()),
+        };
+        let path = snapshot_path(&self.snapshot_dir, &snapshot_id);
+        let partial = path.with_extension("partial");
+        {
+            let file = std::fs::File::create(&partial).map_err(write_error)?;
+            let mut out = BufWriter::new(file);
+            snapshot::export(&ReadStore::open(&read).map_err(read_error)?, &mut out)
+                .map_err(write_error)?;
+            out.flush().map_err(write_error)?;
+            out.get_ref().sync_all().map_err(write_error)?;
+        }
+        std::fs::rename(&partial, &path).map_err(write_error)?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let txn = self.db.begin_write().map_err(write_error)?;
+        set_current_snapshot(&txn, &self.snapshot_dir, &meta)?;
+        txn.commit().map_err(write_error)?;
+        Ok(meta)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let builder = SnapshotBuilder {
+            db: Arc::clone(&self.db),
+            snapshot_dir: self.snapshot_dir.clone(),
+        };
+        let meta = tokio::task::spawn_blocking(move || builder.build_blocking())
+            .await
+            .map_err(write_error)??;
+        let file = tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id))
+            .await
+            .map_err(read_error)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let txn = self.db.begin_read().map_err(read_error)?;
+        Ok((read_log_id(&txn, APPLIED_KEY)?, read_membership(&txn)?))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_blocking(entries.into_iter().collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: Arc::clone(&self.db),
+            snapshot_dir: self.snapshot_dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self
+            .snapshot_dir
+            .join(format!("receiving-{}.partial", unique_suffix()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(write_error)?;
+        if let Some(stale) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        // Copy from whatever handle we are given (it need not be the one we handed out), so the
+        // installed snapshot becomes the current one under its own name.
+        let path = snapshot_path(&self.snapshot_dir, &meta.snapshot_id);
+        let partial = path.with_extension("partial");
+        {
+            let mut source = *snapshot;
+            source
+                .seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(read_error)?;
+            let mut target = tokio::fs::File::create(&partial)
+                .await
+                .map_err(write_error)?;
+            tokio::io::copy(&mut source, &mut target)
+                .await
+                .map_err(write_error)?;
+            target.sync_all().await.map_err(write_error)?;
+        }
+        std::fs::rename(&partial, &path).map_err(write_error)?;
+        if let Some(received) = self.receiving.take() {
+            let _ = std::fs::remove_file(received);
+        }
+        let db = Arc::clone(&self.db);
+        let dir = self.snapshot_dir.clone();
+        let meta = meta.clone();
+        let status = tokio::task::spawn_blocking(move || install_blocking(&db, &dir, &path, &meta))
+            .await
+            .map_err(write_error)??;
+        self.status.send_replace(status);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let Some(meta) = read_meta::<pb::SnapshotMeta>(&txn, SNAPSHOT_KEY)? else {
+            return Ok(None);
+        };
+        let meta = wire::snapshot_meta_from_pb(Some(meta)).map_err(read_error)?;
+        match tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)).await {
+            Ok(file) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(file),
+            })),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(read_error(error)),
+        }
+    }
+}
+
+/// Replaces the whole state with the snapshot at `path`, durably.
+fn install_blocking(
+    db: &Database,
+    dir: &Path,
+    path: &Path,
+    meta: &SnapshotMeta,
+) -> Result<AppliedStatus, StorageError> {
+    let mut txn = db.begin_write().map_err(write_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(write_error)?;
+    {
+        let mut store = WriteStore::open(&txn).map_err(write_error)?;
+        let mut input = BufReader::new(std::fs::File::open(path).map_err(read_error)?);
+        snapshot::import(&mut store, &mut input).map_err(write_error)?;
+        let mut table = txn.open_table(SM_META).map_err(write_error)?;
+        match &meta.last_log_id {
+            Some(applied) => table.insert(
+                APPLIED_KEY,
+                wire::log_id_to_pb(applied).encode_to_vec().as_slice(),
+            ),
+            None => table.remove(APPLIED_KEY),
+        }
+        .map_err(write_error)?;
+        let membership = wire::stored_membership_to_pb(&meta.last_membership).encode_to_vec();
+        table
+            .insert(MEMBERSHIP_KEY, membership.as_slice())
+            .map_err(write_error)?;
+    }
+    set_current_snapshot(&txn, dir, meta)?;
+    txn.commit().map_err(write_error)?;
+    read_status(&db.begin_read().map_err(read_error)?)
+}
