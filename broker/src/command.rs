@@ -3,8 +3,8 @@
 //! input that does not convert is rejected as an invalid argument before anything is proposed.
 
 use chorus_machine::command::{
-    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish,
-    RetentionPolicy, StartPosition, TopicConfig,
+    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish, RetentionPolicy,
+    StartPosition, TopicConfig,
 };
 use chorus_machine::limits::{DEDUP_WINDOW_MS_DEFAULT, LEASE_MS_DEFAULT};
 use chorus_protocol::pb;
@@ -21,106 +21,41 @@ fn missing(what: &str) -> ConvertError {
 }
 
 pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
-    pb::Entry {
-        time_ms: entry.time_ms,
-        commands: entry.commands.iter().map(command_to_pb).collect(),
-    }
+    pb::Entry { time_ms: entry.time_ms, commands: entry.commands.iter().map(command_to_pb).collect() }
 }
 
 pub fn entry_from_pb(entry: pb::Entry) -> Converted<Entry> {
-    let commands = entry
-        .commands
-        .into_iter()
-        .map(command_from_pb)
-        .collect::<Converted<_>>()?;
-    Ok(Entry {
-        time_ms: entry.time_ms,
-        commands,
-    })
+    let commands = entry.commands.into_iter().map(command_from_pb).collect::<Converted<_>>()?;
+    Ok(Entry { time_ms: entry.time_ms, commands })
 }
 
 pub fn command_to_pb(command: &Command) -> pb::Command {
     use pb::command::Op;
     let op = match command.clone() {
-        Command::CreateTopic { name, config } => Op::CreateTopic(pb::CreateTopic {
-            name,
-            config: Some(topic_config_to_pb(&config)),
-        }),
+        Command::CreateTopic { name, config } => {
+            Op::CreateTopic(pb::CreateTopic { name, config: Some(topic_config_to_pb(&config)) })
+        }
         Command::DeleteTopic { name } => Op::DeleteTopic(pb::DeleteTopic { name }),
         Command::Publish(publish) => Op::Publish(publish_to_pb(publish)),
-        Command::CreateGroup {
-            topic,
-            name,
-            config,
-        } => Op::CreateGroup(pb::CreateGroup {
-            topic,
-            name,
-            config: Some(group_config_to_pb(&config)),
-        }),
+        Command::CreateGroup { topic, name, config } => {
+            Op::CreateGroup(pb::CreateGroup { topic, name, config: Some(group_config_to_pb(&config)) })
+        }
         Command::DeleteGroup { topic, name } => Op::DeleteGroup(pb::DeleteGroup { topic, name }),
         Command::CreateSubscription { topic, name, start } => {
-            Op::CreateSubscription(pb::CreateSubscription {
-                topic,
-                name,
-                start: Some(start_to_pb(start)),
-            })
+            Op::CreateSubscription(pb::CreateSubscription { topic, name, start: Some(start_to_pb(start)) })
         }
-        Command::DeleteSubscription { topic, name } => {
-            Op::DeleteSubscription(pb::DeleteSubscription { topic, name })
+        Command::DeleteSubscription { topic, name } => Op::DeleteSubscription(pb::DeleteSubscription { topic, name }),
+        Command::Commit { topic, subscription, seq } => Op::Commit(pb::CommitRequest { topic, subscription, seq }),
+        Command::Lease { topic, group, consumer, count_max, lease_ms } => {
+            Op::Lease(pb::LeaseCommand { topic, group, consumer, count_max, lease_ms })
         }
-        Command::Commit {
-            topic,
-            subscription,
-            seq,
-        } => Op::Commit(pb::CommitRequest {
-            topic,
-            subscription,
-            seq,
-        }),
-        Command::Lease {
-            topic,
-            group,
-            consumer,
-            count_max,
-            lease_ms,
-        } => Op::Lease(pb::LeaseCommand {
-            topic,
-            group,
-            consumer,
-            count_max,
-            lease_ms,
-        }),
-        Command::Ack {
-            topic,
-            group,
-            tokens,
-        } => Op::Ack(pb::AckRequest {
-            topic,
-            group,
-            tokens,
-        }),
-        Command::Nack {
-            topic,
-            group,
-            tokens,
-            delay_ms,
-        } => Op::Nack(pb::NackRequest {
-            topic,
-            group,
-            tokens,
-            delay_ms,
-        }),
-        Command::Extend {
-            topic,
-            group,
-            tokens,
-            lease_ms,
-        } => Op::Extend(pb::ExtendRequest {
-            topic,
-            group,
-            tokens,
-            lease_ms,
-        }),
+        Command::Ack { topic, group, tokens } => Op::Ack(pb::AckRequest { topic, group, tokens }),
+        Command::Nack { topic, group, tokens, delay_ms } => {
+            Op::Nack(pb::NackRequest { topic, group, tokens, delay_ms })
+        }
+        Command::Extend { topic, group, tokens, lease_ms } => {
+            Op::Extend(pb::ExtendRequest { topic, group, tokens, lease_ms })
+        }
         Command::Pulse => Op::Pulse(pb::Empty {}),
     };
     pb::Command { op: Some(op) }
@@ -129,35 +64,18 @@ pub fn command_to_pb(command: &Command) -> pb::Command {
 pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
     use pb::command::Op;
     Ok(match command.op.ok_or_else(|| missing("command"))? {
-        Op::CreateTopic(c) => Command::CreateTopic {
-            name: c.name,
-            config: topic_config_from_pb(c.config),
-        },
+        Op::CreateTopic(c) => Command::CreateTopic { name: c.name, config: topic_config_from_pb(c.config) },
         Op::DeleteTopic(c) => Command::DeleteTopic { name: c.name },
         Op::Publish(p) => Command::Publish(publish_from_pb(p)?),
-        Op::CreateGroup(c) => Command::CreateGroup {
-            topic: c.topic,
-            name: c.name,
-            config: group_config_from_pb(c.config)?,
-        },
-        Op::DeleteGroup(c) => Command::DeleteGroup {
-            topic: c.topic,
-            name: c.name,
-        },
-        Op::CreateSubscription(c) => Command::CreateSubscription {
-            topic: c.topic,
-            name: c.name,
-            start: start_from_pb(c.start)?,
-        },
-        Op::DeleteSubscription(c) => Command::DeleteSubscription {
-            topic: c.topic,
-            name: c.name,
-        },
-        Op::Commit(c) => Command::Commit {
-            topic: c.topic,
-            subscription: c.subscription,
-            seq: c.seq,
-        },
+        Op::CreateGroup(c) => {
+            Command::CreateGroup { topic: c.topic, name: c.name, config: group_config_from_pb(c.config)? }
+        }
+        Op::DeleteGroup(c) => Command::DeleteGroup { topic: c.topic, name: c.name },
+        Op::CreateSubscription(c) => {
+            Command::CreateSubscription { topic: c.topic, name: c.name, start: start_from_pb(c.start)? }
+        }
+        Op::DeleteSubscription(c) => Command::DeleteSubscription { topic: c.topic, name: c.name },
+        Op::Commit(c) => Command::Commit { topic: c.topic, subscription: c.subscription, seq: c.seq },
         Op::Lease(c) => Command::Lease {
             topic: c.topic,
             group: c.group,
@@ -165,23 +83,9 @@ pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
             count_max: c.count_max,
             lease_ms: c.lease_ms,
         },
-        Op::Ack(c) => Command::Ack {
-            topic: c.topic,
-            group: c.group,
-            tokens: c.tokens,
-        },
-        Op::Nack(c) => Command::Nack {
-            topic: c.topic,
-            group: c.group,
-            tokens: c.tokens,
-            delay_ms: c.delay_ms,
-        },
-        Op::Extend(c) => Command::Extend {
-            topic: c.topic,
-            group: c.group,
-            tokens: c.tokens,
-            lease_ms: c.lease_ms,
-        },
+        Op::Ack(c) => Command::Ack { topic: c.topic, group: c.group, tokens: c.tokens },
+        Op::Nack(c) => Command::Nack { topic: c.topic, group: c.group, tokens: c.tokens, delay_ms: c.delay_ms },
+        Op::Extend(c) => Command::Extend { topic: c.topic, group: c.group, tokens: c.tokens, lease_ms: c.lease_ms },
         Op::Pulse(_) => Command::Pulse,
     })
 }
@@ -204,9 +108,7 @@ pub fn publish_from_pb(publish: pb::PublishRequest) -> Converted<Publish> {
         (Some(id), Some(sequence)) => Some(ProducerStamp { id, sequence }),
         (None, None) => None,
         _ => {
-            return Err(ConvertError(
-                "producer_id and producer_seq go together".into(),
-            ));
+            return Err(ConvertError("producer_id and producer_seq go together".into()));
         }
     };
     Ok(Publish {
@@ -219,14 +121,7 @@ pub fn publish_from_pb(publish: pb::PublishRequest) -> Converted<Publish> {
 fn message_to_pb(message: NewMessage) -> pb::Message {
     pb::Message {
         key: message.key,
-        headers: message
-            .headers
-            .into_iter()
-            .map(|h| pb::Header {
-                name: h.name,
-                value: h.value,
-            })
-            .collect(),
+        headers: message.headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect(),
         payload: message.payload,
         not_before_ms: message.not_before_ms,
     }
@@ -235,14 +130,7 @@ fn message_to_pb(message: NewMessage) -> pb::Message {
 fn message_from_pb(message: pb::Message) -> NewMessage {
     NewMessage {
         key: message.key,
-        headers: message
-            .headers
-            .into_iter()
-            .map(|h| Header {
-                name: h.name,
-                value: h.value,
-            })
-            .collect(),
+        headers: message.headers.into_iter().map(|h| Header { name: h.name, value: h.value }).collect(),
         payload: message.payload,
         not_before_ms: message.not_before_ms,
     }
@@ -315,9 +203,7 @@ pub fn start_to_pb(start: StartPosition) -> pb::StartPosition {
         StartPosition::Seq(seq) => Position::Seq(seq),
         StartPosition::TimeMs(time_ms) => Position::TimeMs(time_ms),
     };
-    pb::StartPosition {
-        position: Some(position),
-    }
+    pb::StartPosition { position: Some(position) }
 }
 
 /// An absent start position means earliest.
@@ -350,22 +236,13 @@ mod tests {
     fn message() -> impl Strategy<Value = NewMessage> {
         (
             prop::option::of(prop::collection::vec(any::<u8>(), 0..4)),
-            prop::collection::vec(
-                ("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)),
-                0..3,
-            ),
+            prop::collection::vec(("[a-z]{1,3}", prop::collection::vec(any::<u8>(), 0..3)), 0..3),
             prop::collection::vec(any::<u8>(), 0..16),
             prop::option::of(any::<u64>()),
         )
             .prop_map(|(key, headers, payload, not_before_ms)| NewMessage {
                 key: key.map(Bytes::from),
-                headers: headers
-                    .into_iter()
-                    .map(|(name, value)| Header {
-                        name,
-                        value: Bytes::from(value),
-                    })
-                    .collect(),
+                headers: headers.into_iter().map(|(name, value)| Header { name, value: Bytes::from(value) }).collect(),
                 payload: Bytes::from(payload),
                 not_before_ms,
             })
@@ -381,108 +258,51 @@ mod tests {
             prop::option::of(any::<u64>()),
             any::<u64>(),
         )
-            .prop_map(
-                |(wq, messages_max, bytes_max, age_ms_max, dedup_window_ms)| TopicConfig {
-                    retention: if wq {
-                        RetentionPolicy::WorkQueue
-                    } else {
-                        RetentionPolicy::Limits
-                    },
-                    messages_max,
-                    bytes_max,
-                    age_ms_max,
-                    dedup_window_ms,
-                },
-            );
-        let group_config = (
-            any::<u64>(),
-            any::<u32>(),
-            prop::option::of(name),
-            start(),
-            any::<bool>(),
-        )
-            .prop_map(
-                |(lease_ms_default, deliveries_max, dead_letter_topic, start, per_key)| {
-                    GroupConfig {
-                        lease_ms_default,
-                        deliveries_max,
-                        dead_letter_topic,
-                        start,
-                        ordering: if per_key {
-                            KeyOrdering::PerKey
-                        } else {
-                            KeyOrdering::Unordered
-                        },
-                    }
-                },
-            );
-        let producer = prop::option::of(
-            (name, any::<u64>()).prop_map(|(id, sequence)| ProducerStamp { id, sequence }),
+            .prop_map(|(wq, messages_max, bytes_max, age_ms_max, dedup_window_ms)| TopicConfig {
+                retention: if wq { RetentionPolicy::WorkQueue } else { RetentionPolicy::Limits },
+                messages_max,
+                bytes_max,
+                age_ms_max,
+                dedup_window_ms,
+            });
+        let group_config = (any::<u64>(), any::<u32>(), prop::option::of(name), start(), any::<bool>()).prop_map(
+            |(lease_ms_default, deliveries_max, dead_letter_topic, start, per_key)| GroupConfig {
+                lease_ms_default,
+                deliveries_max,
+                dead_letter_topic,
+                start,
+                ordering: if per_key { KeyOrdering::PerKey } else { KeyOrdering::Unordered },
+            },
         );
+        let producer = prop::option::of((name, any::<u64>()).prop_map(|(id, sequence)| ProducerStamp { id, sequence }));
         prop_oneof![
             (name, topic_config).prop_map(|(name, config)| Command::CreateTopic { name, config }),
             name.prop_map(|name| Command::DeleteTopic { name }),
-            (name, producer, prop::collection::vec(message(), 0..3)).prop_map(
-                |(topic, producer, messages)| Command::Publish(Publish {
-                    topic,
-                    producer,
-                    messages
-                })
-            ),
-            (name, name, group_config).prop_map(|(topic, name, config)| Command::CreateGroup {
-                topic,
-                name,
-                config
-            }),
+            (name, producer, prop::collection::vec(message(), 0..3))
+                .prop_map(|(topic, producer, messages)| Command::Publish(Publish { topic, producer, messages })),
+            (name, name, group_config).prop_map(|(topic, name, config)| Command::CreateGroup { topic, name, config }),
             (name, name).prop_map(|(topic, name)| Command::DeleteGroup { topic, name }),
-            (name, name, start()).prop_map(|(topic, name, start)| Command::CreateSubscription {
-                topic,
-                name,
-                start
-            }),
+            (name, name, start()).prop_map(|(topic, name, start)| Command::CreateSubscription { topic, name, start }),
             (name, name).prop_map(|(topic, name)| Command::DeleteSubscription { topic, name }),
             (name, name, any::<u64>()).prop_map(|(topic, subscription, seq)| Command::Commit {
                 topic,
                 subscription,
                 seq
             }),
-            (
-                name,
-                name,
-                name,
-                any::<u32>(),
-                prop::option::of(any::<u64>())
-            )
-                .prop_map(|(topic, group, consumer, count_max, lease_ms)| {
-                    Command::Lease {
-                        topic,
-                        group,
-                        consumer,
-                        count_max,
-                        lease_ms,
-                    }
-                }),
-            (name, name, tokens.clone()).prop_map(|(topic, group, tokens)| Command::Ack {
-                topic,
-                group,
-                tokens
-            }),
-            (name, name, tokens.clone(), any::<u64>()).prop_map(
-                |(topic, group, tokens, delay_ms)| Command::Nack {
-                    topic,
-                    group,
-                    tokens,
-                    delay_ms
+            (name, name, name, any::<u32>(), prop::option::of(any::<u64>())).prop_map(
+                |(topic, group, consumer, count_max, lease_ms)| {
+                    Command::Lease { topic, group, consumer, count_max, lease_ms }
                 }
             ),
-            (name, name, tokens, any::<u64>()).prop_map(|(topic, group, tokens, lease_ms)| {
-                Command::Extend {
-                    topic,
-                    group,
-                    tokens,
-                    lease_ms,
-                }
+            (name, name, tokens.clone()).prop_map(|(topic, group, tokens)| Command::Ack { topic, group, tokens }),
+            (name, name, tokens.clone(), any::<u64>()).prop_map(|(topic, group, tokens, delay_ms)| Command::Nack {
+                topic,
+                group,
+                tokens,
+                delay_ms
             }),
+            (name, name, tokens, any::<u64>())
+                .prop_map(|(topic, group, tokens, lease_ms)| { Command::Extend { topic, group, tokens, lease_ms } }),
             Just(Command::Pulse),
         ]
     }
@@ -503,10 +323,7 @@ mod tests {
     #[test]
     fn malformed_commands_are_errors() {
         assert!(command_from_pb(pb::Command { op: None }).is_err());
-        let half_producer = pb::PublishRequest {
-            producer_id: Some("p".into()),
-            ..Default::default()
-        };
+        let half_producer = pb::PublishRequest { producer_id: Some("p".into()), ..Default::default() };
         assert!(publish_from_pb(half_producer).is_err());
     }
 

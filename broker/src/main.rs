@@ -1,5 +1,5 @@
 //! The `chorus` binary.
 
-fn main() {
-    println!("chorus {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    chorus_broker::cli::main()
 }

@@ -67,14 +67,8 @@ impl std::fmt::Debug for ReadStore {
     }
 }
 
-fn get(
-    table: &impl ReadableTable<Bytes<'static>, Bytes<'static>>,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(table
-        .get(key)
-        .map_err(store_error)?
-        .map(|value| value.value().to_vec()))
+fn get(table: &impl ReadableTable<Bytes<'static>, Bytes<'static>>, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(table.get(key).map_err(store_error)?.map(|value| value.value().to_vec()))
 }
 
 fn range(
@@ -88,10 +82,7 @@ fn range(
     }
     let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
     let mut found = Vec::new();
-    for item in table
-        .range::<&[u8]>((Bound::Included(start), upper))
-        .map_err(store_error)?
-    {
+    for item in table.range::<&[u8]>((Bound::Included(start), upper)).map_err(store_error)? {
         let (key, value) = item.map_err(store_error)?;
         found.push((key.value().to_vec(), value.value().to_vec()));
         if found.len() == limit {
@@ -106,36 +97,24 @@ impl StoreRead for WriteStore<'_> {
         get(&self.tables[table as usize], key)
     }
 
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
+    fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         range(&self.tables[table as usize], start, end, limit)
     }
 }
 
 impl Store for WriteStore<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tables[table as usize]
-            .insert(key, value)
-            .map_err(store_error)?;
+        self.tables[table as usize].insert(key, value).map_err(store_error)?;
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
-        self.tables[table as usize]
-            .remove(key)
-            .map_err(store_error)?;
+        self.tables[table as usize].remove(key).map_err(store_error)?;
         Ok(())
     }
 
     fn clear(&mut self, table: Table) -> Result<(), StoreError> {
-        self.tables[table as usize]
-            .retain(|_, _| false)
-            .map_err(store_error)
+        self.tables[table as usize].retain(|_, _| false).map_err(store_error)
     }
 }
 
@@ -144,13 +123,7 @@ impl StoreRead for ReadStore {
         get(&self.tables[table as usize], key)
     }
 
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
+    fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         range(&self.tables[table as usize], start, end, limit)
     }
 }

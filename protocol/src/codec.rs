@@ -30,10 +30,7 @@ pub type PeerCodec = FrameCodec<pb::PeerFrame, pb::PeerFrame>;
 impl<In, Out> FrameCodec<In, Out> {
     /// A codec accepting frames up to `frame_bytes_max`, clamped to `FRAME_BYTES_MAX_LIMIT`.
     pub fn new(frame_bytes_max: usize) -> FrameCodec<In, Out> {
-        FrameCodec {
-            frame_bytes_max: frame_bytes_max.min(FRAME_BYTES_MAX_LIMIT),
-            _types: PhantomData,
-        }
+        FrameCodec { frame_bytes_max: frame_bytes_max.min(FRAME_BYTES_MAX_LIMIT), _types: PhantomData }
     }
 
     pub fn frame_bytes_max(&self) -> usize {
@@ -49,9 +46,7 @@ impl<In, Out> Default for FrameCodec<In, Out> {
 
 impl<In, Out> std::fmt::Debug for FrameCodec<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameCodec")
-            .field("frame_bytes_max", &self.frame_bytes_max)
-            .finish()
+        f.debug_struct("FrameCodec").field("frame_bytes_max", &self.frame_bytes_max).finish()
     }
 }
 
@@ -65,10 +60,7 @@ impl<In: Message + Default, Out> Decoder for FrameCodec<In, Out> {
         };
         let len = u32::from_be_bytes(prefix.try_into().expect("prefix is 4 bytes")) as usize;
         if len > self.frame_bytes_max {
-            return Err(ProtocolError::FrameTooLarge {
-                len,
-                max: self.frame_bytes_max,
-            });
+            return Err(ProtocolError::FrameTooLarge { len, max: self.frame_bytes_max });
         }
         if src.len() < FRAME_PREFIX_BYTES + len {
             return Ok(None);
@@ -85,10 +77,7 @@ impl<In, Out: Message> Encoder<Out> for FrameCodec<In, Out> {
     fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         let len = item.encoded_len();
         if len > self.frame_bytes_max {
-            return Err(ProtocolError::FrameTooLarge {
-                len,
-                max: self.frame_bytes_max,
-            });
+            return Err(ProtocolError::FrameTooLarge { len, max: self.frame_bytes_max });
         }
         dst.reserve(FRAME_PREFIX_BYTES + len);
         dst.put_u32(len as u32);
@@ -103,10 +92,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ping(request_id: u64) -> pb::ClientFrame {
-        pb::ClientFrame {
-            request_id,
-            body: Some(pb::client_frame::Body::Ping(pb::Ping {})),
-        }
+        pb::ClientFrame { request_id, body: Some(pb::client_frame::Body::Ping(pb::Ping {})) }
     }
 
     fn encoded(frames: &[pb::ClientFrame]) -> BytesMut {
@@ -148,13 +134,7 @@ mod tests {
         let mut buffer = BytesMut::with_capacity(8);
         buffer.put_u32(1025);
         let capacity = buffer.capacity();
-        assert!(matches!(
-            codec.decode(&mut buffer),
-            Err(ProtocolError::FrameTooLarge {
-                len: 1025,
-                max: 1024
-            })
-        ));
+        assert!(matches!(codec.decode(&mut buffer), Err(ProtocolError::FrameTooLarge { len: 1025, max: 1024 })));
         // A frame at the limit is accepted, and still nothing is reserved for it up front.
         let mut buffer = BytesMut::with_capacity(8);
         buffer.put_u32(1024);
@@ -167,14 +147,8 @@ mod tests {
         let mut codec = ServerCodec::default();
         let mut buffer = BytesMut::new();
         buffer.put_u32(FRAME_BYTES_MAX_DEFAULT as u32 + 1);
-        assert!(matches!(
-            codec.decode(&mut buffer),
-            Err(ProtocolError::FrameTooLarge { .. })
-        ));
-        assert_eq!(
-            ServerCodec::new(usize::MAX).frame_bytes_max(),
-            FRAME_BYTES_MAX_LIMIT
-        );
+        assert!(matches!(codec.decode(&mut buffer), Err(ProtocolError::FrameTooLarge { .. })));
+        assert_eq!(ServerCodec::new(usize::MAX).frame_bytes_max(), FRAME_BYTES_MAX_LIMIT);
     }
 
     #[test]
@@ -188,10 +162,7 @@ mod tests {
             })),
         };
         let mut buffer = BytesMut::new();
-        assert!(matches!(
-            codec.encode(frame, &mut buffer),
-            Err(ProtocolError::FrameTooLarge { .. })
-        ));
+        assert!(matches!(codec.encode(frame, &mut buffer), Err(ProtocolError::FrameTooLarge { .. })));
         assert!(buffer.is_empty());
     }
 
@@ -201,10 +172,7 @@ mod tests {
         let mut buffer = BytesMut::new();
         buffer.put_u32(3);
         buffer.put_slice(&[0xff, 0xff, 0xff]);
-        assert!(matches!(
-            codec.decode(&mut buffer),
-            Err(ProtocolError::Decode(_))
-        ));
+        assert!(matches!(codec.decode(&mut buffer), Err(ProtocolError::Decode(_))));
     }
 
     proptest! {

@@ -7,12 +7,7 @@ pub mod error;
 pub mod limits;
 
 /// Messages generated from `proto/chorus/v1/*.proto`.
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    clippy::all,
-    clippy::pedantic
-)]
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/chorus.v1.rs"));
 }
@@ -23,22 +18,14 @@ pub use error::ProtocolError;
 impl pb::Error {
     /// An error frame body with `code` and a human-readable `message`.
     pub fn new(code: pb::ErrorCode, message: impl Into<String>) -> pb::Error {
-        pb::Error {
-            code: code as i32,
-            message: message.into(),
-            leader_id: None,
-            leader_addr: String::new(),
-        }
+        pb::Error { code: code as i32, message: message.into(), leader_id: None, leader_addr: String::new() }
     }
 }
 
 impl pb::ServerFrame {
     /// An error answer to `request_id`.
     pub fn error(request_id: u64, error: pb::Error) -> pb::ServerFrame {
-        pb::ServerFrame {
-            request_id,
-            body: Some(pb::server_frame::Body::Error(error)),
-        }
+        pb::ServerFrame { request_id, body: Some(pb::server_frame::Body::Error(error)) }
     }
 }
 

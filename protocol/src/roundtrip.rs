@@ -14,10 +14,7 @@ use crate::pb::{self, client_frame::Body as C, peer_frame::Body as P, server_fra
 fn message() -> pb::Message {
     pb::Message {
         key: Some(Bytes::from_static(b"k")),
-        headers: vec![pb::Header {
-            name: "h".into(),
-            value: Bytes::from_static(b"v"),
-        }],
+        headers: vec![pb::Header { name: "h".into(), value: Bytes::from_static(b"v") }],
         payload: Bytes::from_static(b"payload"),
         not_before_ms: Some(5),
     }
@@ -30,18 +27,13 @@ fn stored() -> pb::StoredMessage {
         batch_pos: 2,
         time_ms: 1_700_000_000_000,
         key: Some(Bytes::from_static(b"k")),
-        headers: vec![pb::Header {
-            name: "h".into(),
-            value: Bytes::from_static(b"v"),
-        }],
+        headers: vec![pb::Header { name: "h".into(), value: Bytes::from_static(b"v") }],
         payload: Bytes::from_static(b"stored"),
     }
 }
 
 fn start() -> pb::StartPosition {
-    pb::StartPosition {
-        position: Some(pb::start_position::Position::Seq(3)),
-    }
+    pb::StartPosition { position: Some(pb::start_position::Position::Seq(3)) }
 }
 
 fn topic_config() -> pb::TopicConfig {
@@ -92,11 +84,7 @@ fn topic_info() -> pb::TopicInfo {
         messages: 2,
         bytes: 100,
         groups: vec![group_info()],
-        subscriptions: vec![pb::SubscriptionInfo {
-            name: "s".into(),
-            next_seq: 3,
-            lag: 1,
-        }],
+        subscriptions: vec![pb::SubscriptionInfo { name: "s".into(), next_seq: 3, lag: 1 }],
     }
 }
 
@@ -116,11 +104,7 @@ fn tokens() -> (String, String, Vec<u64>) {
 fn client_bodies() -> Vec<C> {
     let (topic, group, tokens) = tokens();
     vec![
-        C::Hello(pb::Hello {
-            protocol_version: 1,
-            client_name: "c".into(),
-            auth_token: "secret".into(),
-        }),
+        C::Hello(pb::Hello { protocol_version: 1, client_name: "c".into(), auth_token: "secret".into() }),
         C::Ping(pb::Ping {}),
         C::Publish(publish()),
         C::Subscribe(pb::SubscribeRequest {
@@ -129,15 +113,8 @@ fn client_bodies() -> Vec<C> {
             start: Some(start()),
             credits: 64,
         }),
-        C::Credit(pb::CreditRequest {
-            subscribe_id: 3,
-            credits: 10,
-        }),
-        C::Commit(pb::CommitRequest {
-            topic: topic.clone(),
-            subscription: "s".into(),
-            seq: 8,
-        }),
+        C::Credit(pb::CreditRequest { subscribe_id: 3, credits: 10 }),
+        C::Commit(pb::CommitRequest { topic: topic.clone(), subscription: "s".into(), seq: 8 }),
         C::Unsubscribe(pb::UnsubscribeRequest { subscribe_id: 3 }),
         C::Lease(pb::LeaseRequest {
             topic: topic.clone(),
@@ -147,57 +124,18 @@ fn client_bodies() -> Vec<C> {
             wait_ms: 500,
             lease_ms: Some(2000),
         }),
-        C::Ack(pb::AckRequest {
-            topic: topic.clone(),
-            group: group.clone(),
-            tokens: tokens.clone(),
-        }),
-        C::Nack(pb::NackRequest {
-            topic: topic.clone(),
-            group: group.clone(),
-            tokens: tokens.clone(),
-            delay_ms: 9,
-        }),
-        C::Extend(pb::ExtendRequest {
-            topic: topic.clone(),
-            group: group.clone(),
-            tokens,
-            lease_ms: 3000,
-        }),
-        C::CreateTopic(pb::CreateTopic {
-            name: topic.clone(),
-            config: Some(topic_config()),
-        }),
-        C::DescribeTopic(pb::DescribeTopic {
-            name: topic.clone(),
-        }),
-        C::ListTopics(pb::ListTopics {
-            after: "a".into(),
-            limit: 10,
-        }),
-        C::DeleteTopic(pb::DeleteTopic {
-            name: topic.clone(),
-        }),
-        C::CreateGroup(pb::CreateGroup {
-            topic: topic.clone(),
-            name: group.clone(),
-            config: Some(group_config()),
-        }),
-        C::DescribeGroup(pb::DescribeGroup {
-            topic: topic.clone(),
-            name: group.clone(),
-        }),
-        C::ListGroups(pb::ListGroups {
-            topic: topic.clone(),
-        }),
-        C::DeleteGroup(pb::DeleteGroup {
-            topic: topic.clone(),
-            name: group,
-        }),
-        C::DeleteSubscription(pb::DeleteSubscription {
-            topic,
-            name: "s".into(),
-        }),
+        C::Ack(pb::AckRequest { topic: topic.clone(), group: group.clone(), tokens: tokens.clone() }),
+        C::Nack(pb::NackRequest { topic: topic.clone(), group: group.clone(), tokens: tokens.clone(), delay_ms: 9 }),
+        C::Extend(pb::ExtendRequest { topic: topic.clone(), group: group.clone(), tokens, lease_ms: 3000 }),
+        C::CreateTopic(pb::CreateTopic { name: topic.clone(), config: Some(topic_config()) }),
+        C::DescribeTopic(pb::DescribeTopic { name: topic.clone() }),
+        C::ListTopics(pb::ListTopics { after: "a".into(), limit: 10 }),
+        C::DeleteTopic(pb::DeleteTopic { name: topic.clone() }),
+        C::CreateGroup(pb::CreateGroup { topic: topic.clone(), name: group.clone(), config: Some(group_config()) }),
+        C::DescribeGroup(pb::DescribeGroup { topic: topic.clone(), name: group.clone() }),
+        C::ListGroups(pb::ListGroups { topic: topic.clone() }),
+        C::DeleteGroup(pb::DeleteGroup { topic: topic.clone(), name: group }),
+        C::DeleteSubscription(pb::DeleteSubscription { topic, name: "s".into() }),
         C::ClusterStatus(pb::ClusterStatusRequest {}),
         C::ChangeMembership(pb::ChangeMembership {
             change: Some(pb::change_membership::Change::Add(pb::AddBroker {
@@ -207,9 +145,7 @@ fn client_bodies() -> Vec<C> {
             })),
         }),
         C::ChangeMembership(pb::ChangeMembership {
-            change: Some(pb::change_membership::Change::Remove(pb::RemoveBroker {
-                id: 4,
-            })),
+            change: Some(pb::change_membership::Change::Remove(pb::RemoveBroker { id: 4 })),
         }),
     ]
 }
@@ -255,33 +191,16 @@ fn server_bodies() -> Vec<S> {
             frame_bytes_max: 8 << 20,
         }),
         S::Pong(pb::Pong {}),
-        S::PublishOk(pb::PublishOk {
-            first_seq: 1,
-            count: 2,
-            log_index: 3,
-            batch_pos: 4,
-            duplicate: true,
-        }),
+        S::PublishOk(pb::PublishOk { first_seq: 1, count: 2, log_index: 3, batch_pos: 4, duplicate: true }),
         S::SubscribeOk(pb::SubscribeOk { next_seq: 5 }),
-        S::Delivery(pb::Delivery {
-            messages: vec![stored(), stored()],
-        }),
+        S::Delivery(pb::Delivery { messages: vec![stored(), stored()] }),
         S::CommitOk(pb::CommitOk { next_seq: 6 }),
         S::LeaseOk(pb::LeaseOk {
-            messages: vec![pb::LeasedMessage {
-                message: Some(stored()),
-                token: 7,
-                deadline_ms: 8,
-                delivery_count: 2,
-            }],
+            messages: vec![pb::LeasedMessage { message: Some(stored()), token: 7, deadline_ms: 8, delivery_count: 2 }],
         }),
         S::SettleOk(pb::SettleOk {
             results: vec![
-                pb::SettleResult {
-                    token: 1,
-                    error: None,
-                    deadline_ms: Some(10),
-                },
+                pb::SettleResult { token: 1, error: None, deadline_ms: Some(10) },
                 pb::SettleResult {
                     token: 2,
                     error: Some(pb::Error::new(pb::ErrorCode::StaleLease, "stale")),
@@ -290,13 +209,9 @@ fn server_bodies() -> Vec<S> {
             ],
         }),
         S::Topic(topic_info()),
-        S::Topics(pb::TopicList {
-            topics: vec![topic_info(), pb::TopicInfo::default()],
-        }),
+        S::Topics(pb::TopicList { topics: vec![topic_info(), pb::TopicInfo::default()] }),
         S::Group(group_info()),
-        S::Groups(pb::GroupList {
-            groups: vec![group_info()],
-        }),
+        S::Groups(pb::GroupList { groups: vec![group_info()] }),
         S::ClusterStatus(pb::ClusterStatus {
             broker_id: 1,
             role: "leader".into(),
@@ -342,37 +257,14 @@ fn commands() -> Vec<pb::command::Op> {
     use pb::command::Op;
     let (topic, group, tokens) = tokens();
     vec![
-        Op::CreateTopic(pb::CreateTopic {
-            name: topic.clone(),
-            config: Some(topic_config()),
-        }),
-        Op::DeleteTopic(pb::DeleteTopic {
-            name: topic.clone(),
-        }),
+        Op::CreateTopic(pb::CreateTopic { name: topic.clone(), config: Some(topic_config()) }),
+        Op::DeleteTopic(pb::DeleteTopic { name: topic.clone() }),
         Op::Publish(publish()),
-        Op::CreateGroup(pb::CreateGroup {
-            topic: topic.clone(),
-            name: group.clone(),
-            config: Some(group_config()),
-        }),
-        Op::DeleteGroup(pb::DeleteGroup {
-            topic: topic.clone(),
-            name: group.clone(),
-        }),
-        Op::CreateSubscription(pb::CreateSubscription {
-            topic: topic.clone(),
-            name: "s".into(),
-            start: Some(start()),
-        }),
-        Op::DeleteSubscription(pb::DeleteSubscription {
-            topic: topic.clone(),
-            name: "s".into(),
-        }),
-        Op::Commit(pb::CommitRequest {
-            topic: topic.clone(),
-            subscription: "s".into(),
-            seq: 4,
-        }),
+        Op::CreateGroup(pb::CreateGroup { topic: topic.clone(), name: group.clone(), config: Some(group_config()) }),
+        Op::DeleteGroup(pb::DeleteGroup { topic: topic.clone(), name: group.clone() }),
+        Op::CreateSubscription(pb::CreateSubscription { topic: topic.clone(), name: "s".into(), start: Some(start()) }),
+        Op::DeleteSubscription(pb::DeleteSubscription { topic: topic.clone(), name: "s".into() }),
+        Op::Commit(pb::CommitRequest { topic: topic.clone(), subscription: "s".into(), seq: 4 }),
         Op::Lease(pb::LeaseCommand {
             topic: topic.clone(),
             group: group.clone(),
@@ -380,23 +272,9 @@ fn commands() -> Vec<pb::command::Op> {
             count_max: 3,
             lease_ms: Some(100),
         }),
-        Op::Ack(pb::AckRequest {
-            topic: topic.clone(),
-            group: group.clone(),
-            tokens: tokens.clone(),
-        }),
-        Op::Nack(pb::NackRequest {
-            topic: topic.clone(),
-            group: group.clone(),
-            tokens: tokens.clone(),
-            delay_ms: 1,
-        }),
-        Op::Extend(pb::ExtendRequest {
-            topic,
-            group,
-            tokens,
-            lease_ms: 200,
-        }),
+        Op::Ack(pb::AckRequest { topic: topic.clone(), group: group.clone(), tokens: tokens.clone() }),
+        Op::Nack(pb::NackRequest { topic: topic.clone(), group: group.clone(), tokens: tokens.clone(), delay_ms: 1 }),
+        Op::Extend(pb::ExtendRequest { topic, group, tokens, lease_ms: 200 }),
         Op::Pulse(pb::Empty {}),
     ]
 }
@@ -421,92 +299,47 @@ fn command_tag(op: &pb::command::Op) -> usize {
 }
 
 fn log_id(term: u64, index: u64) -> pb::LogId {
-    pb::LogId {
-        leader_id: Some(pb::LeaderId { term, node_id: 1 }),
-        index,
-    }
+    pb::LogId { leader_id: Some(pb::LeaderId { term, node_id: 1 }), index }
 }
 
 fn vote() -> pb::Vote {
-    pb::Vote {
-        leader_id: Some(pb::LeaderId {
-            term: 3,
-            node_id: 2,
-        }),
-        committed: true,
-    }
+    pb::Vote { leader_id: Some(pb::LeaderId { term: 3, node_id: 2 }), committed: true }
 }
 
 fn membership() -> pb::Membership {
     pb::Membership {
-        configs: vec![
-            pb::VoterSet { ids: vec![1, 2, 3] },
-            pb::VoterSet {
-                ids: vec![1, 2, 3, 4, 5],
-            },
-        ],
-        nodes: vec![pb::BrokerAddr {
-            id: 1,
-            peer_addr: "127.0.0.1:8001".into(),
-            client_addr: "127.0.0.1:7001".into(),
-        }],
+        configs: vec![pb::VoterSet { ids: vec![1, 2, 3] }, pb::VoterSet { ids: vec![1, 2, 3, 4, 5] }],
+        nodes: vec![pb::BrokerAddr { id: 1, peer_addr: "127.0.0.1:8001".into(), client_addr: "127.0.0.1:7001".into() }],
     }
 }
 
 fn peer_bodies() -> Vec<P> {
     use pb::append_entries_response::Result as R;
     use pb::raft_entry::Payload;
-    let entry = pb::Entry {
-        time_ms: 1,
-        commands: commands()
-            .into_iter()
-            .map(|op| pb::Command { op: Some(op) })
-            .collect(),
-    };
-    let append = |result| {
-        P::AppendEntriesOk(pb::AppendEntriesResponse {
-            result: Some(result),
-        })
-    };
+    let entry =
+        pb::Entry { time_ms: 1, commands: commands().into_iter().map(|op| pb::Command { op: Some(op) }).collect() };
+    let append = |result| P::AppendEntriesOk(pb::AppendEntriesResponse { result: Some(result) });
     vec![
-        P::Hello(pb::PeerHello {
-            protocol_version: 1,
-            from_id: 2,
-        }),
+        P::Hello(pb::PeerHello { protocol_version: 1, from_id: 2, initialized: true }),
         P::AppendEntries(pb::AppendEntriesRequest {
             vote: Some(vote()),
             prev_log_id: Some(log_id(2, 10)),
             entries: vec![
-                pb::RaftEntry {
-                    log_id: Some(log_id(3, 11)),
-                    payload: Some(Payload::Blank(pb::Empty {})),
-                },
+                pb::RaftEntry { log_id: Some(log_id(3, 11)), payload: Some(Payload::Blank(pb::Empty {})) },
                 pb::RaftEntry {
                     log_id: Some(log_id(3, 12)),
                     payload: Some(Payload::Normal(entry.encode_to_vec().into())),
                 },
-                pb::RaftEntry {
-                    log_id: Some(log_id(3, 13)),
-                    payload: Some(Payload::Membership(membership())),
-                },
+                pb::RaftEntry { log_id: Some(log_id(3, 13)), payload: Some(Payload::Membership(membership())) },
             ],
             leader_commit: Some(log_id(3, 9)),
         }),
         append(R::Success(pb::Empty {})),
-        append(R::PartialSuccess(pb::PartialSuccess {
-            matching: Some(log_id(3, 12)),
-        })),
+        append(R::PartialSuccess(pb::PartialSuccess { matching: Some(log_id(3, 12)) })),
         append(R::Conflict(pb::Empty {})),
         append(R::HigherVote(vote())),
-        P::Vote(pb::VoteRequest {
-            vote: Some(vote()),
-            last_log_id: Some(log_id(2, 10)),
-        }),
-        P::VoteOk(pb::VoteResponse {
-            vote: Some(vote()),
-            vote_granted: true,
-            last_log_id: None,
-        }),
+        P::Vote(pb::VoteRequest { vote: Some(vote()), last_log_id: Some(log_id(2, 10)) }),
+        P::VoteOk(pb::VoteResponse { vote: Some(vote()), vote_granted: true, last_log_id: None }),
         P::SnapshotChunk(pb::SnapshotChunk {
             vote: Some(vote()),
             meta: Some(pb::SnapshotMeta {
@@ -522,18 +355,9 @@ fn peer_bodies() -> Vec<P> {
             done: true,
         }),
         P::SnapshotChunkOk(pb::SnapshotChunkOk { vote: Some(vote()) }),
-        P::Forward(pb::ClientFrame {
-            request_id: 5,
-            body: Some(C::Publish(publish())),
-        }),
-        P::ForwardOk(pb::ServerFrame {
-            request_id: 5,
-            body: Some(S::Done(pb::Empty {})),
-        }),
-        P::Error(pb::PeerError {
-            message: "busy".into(),
-            higher_vote: Some(vote()),
-        }),
+        P::Forward(pb::ClientFrame { request_id: 5, body: Some(C::Publish(publish())) }),
+        P::ForwardOk(pb::ServerFrame { request_id: 5, body: Some(S::Done(pb::Empty {})) }),
+        P::Error(pb::PeerError { message: "busy".into(), higher_vote: Some(vote()), snapshot_mismatch: true }),
     ]
 }
 
@@ -571,11 +395,7 @@ where
 
 fn covers(tags: impl Iterator<Item = usize>, variants: usize) {
     let seen: BTreeSet<usize> = tags.collect();
-    assert_eq!(
-        seen,
-        (0..variants).collect(),
-        "a variant has no round-trip sample"
-    );
+    assert_eq!(seen, (0..variants).collect(), "a variant has no round-trip sample");
 }
 
 #[test]
@@ -583,15 +403,8 @@ fn every_client_frame_round_trips() {
     let bodies = client_bodies();
     covers(bodies.iter().map(client_tag), 22);
     for (i, body) in bodies.into_iter().enumerate() {
-        let frame = pb::ClientFrame {
-            request_id: i as u64 + 1,
-            body: Some(body),
-        };
-        through(
-            frame,
-            &mut ClientCodec::default(),
-            &mut ServerCodec::default(),
-        );
+        let frame = pb::ClientFrame { request_id: i as u64 + 1, body: Some(body) };
+        through(frame, &mut ClientCodec::default(), &mut ServerCodec::default());
     }
 }
 
@@ -600,15 +413,8 @@ fn every_server_frame_round_trips() {
     let bodies = server_bodies();
     covers(bodies.iter().map(server_tag), 15);
     for (i, body) in bodies.into_iter().enumerate() {
-        let frame = pb::ServerFrame {
-            request_id: u64::MAX - i as u64,
-            body: Some(body),
-        };
-        through(
-            frame,
-            &mut ServerCodec::default(),
-            &mut ClientCodec::default(),
-        );
+        let frame = pb::ServerFrame { request_id: u64::MAX - i as u64, body: Some(body) };
+        through(frame, &mut ServerCodec::default(), &mut ClientCodec::default());
     }
 }
 
@@ -618,10 +424,7 @@ fn every_log_command_round_trips() {
     covers(ops.iter().map(command_tag), 13);
     let entry = pb::Entry {
         time_ms: 1_700_000_000_123,
-        commands: ops
-            .into_iter()
-            .map(|op| pb::Command { op: Some(op) })
-            .collect(),
+        commands: ops.into_iter().map(|op| pb::Command { op: Some(op) }).collect(),
     };
     let decoded = pb::Entry::decode(entry.encode_to_vec().as_slice()).unwrap();
     assert_eq!(decoded, entry);
@@ -632,10 +435,7 @@ fn every_peer_frame_round_trips() {
     let bodies = peer_bodies();
     covers(bodies.iter().map(peer_tag), 10);
     for (i, body) in bodies.into_iter().enumerate() {
-        let frame = pb::PeerFrame {
-            request_id: i as u64,
-            body: Some(body),
-        };
+        let frame = pb::PeerFrame { request_id: i as u64, body: Some(body) };
         through(frame, &mut PeerCodec::default(), &mut PeerCodec::default());
     }
 }
@@ -643,18 +443,10 @@ fn every_peer_frame_round_trips() {
 #[test]
 fn start_positions_round_trip() {
     use pb::start_position::Position;
-    for position in [
-        Position::Earliest(pb::Empty {}),
-        Position::Latest(pb::Empty {}),
-        Position::Seq(1),
-        Position::TimeMs(2),
-    ] {
-        let start = pb::StartPosition {
-            position: Some(position),
-        };
-        assert_eq!(
-            pb::StartPosition::decode(start.encode_to_vec().as_slice()).unwrap(),
-            start
-        );
+    for position in
+        [Position::Earliest(pb::Empty {}), Position::Latest(pb::Empty {}), Position::Seq(1), Position::TimeMs(2)]
+    {
+        let start = pb::StartPosition { position: Some(position) };
+        assert_eq!(pb::StartPosition::decode(start.encode_to_vec().as_slice()).unwrap(), start);
     }
 }

@@ -1,2 +1,6 @@
-//! Harness for Chorus's cluster, fault and simulation tests: starting real broker processes on
-//! loopback, injecting faults, and checking recorded histories.
+//! Harness for Chorus's cluster, fault and simulation tests: real broker processes on loopback
+//! (`cluster`), a fault-injecting peer proxy (`proxy`), and workload helpers (`workload`).
+
+pub mod cluster;
+pub mod proxy;
+pub mod workload;

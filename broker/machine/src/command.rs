@@ -24,27 +24,15 @@ pub enum Command {
     /// Appends a batch of messages to a topic.
     Publish(Publish),
     /// Creates a work group on a topic; idempotent when the config is the same.
-    CreateGroup {
-        topic: String,
-        name: String,
-        config: GroupConfig,
-    },
+    CreateGroup { topic: String, name: String, config: GroupConfig },
     /// Deletes a work group and its leases.
     DeleteGroup { topic: String, name: String },
     /// Creates a durable subscription; idempotent, an existing one keeps its cursor.
-    CreateSubscription {
-        topic: String,
-        name: String,
-        start: StartPosition,
-    },
+    CreateSubscription { topic: String, name: String, start: StartPosition },
     /// Deletes a durable subscription.
     DeleteSubscription { topic: String, name: String },
     /// Moves a subscription's cursor past `seq`. Lower than the cursor is ignored.
-    Commit {
-        topic: String,
-        subscription: String,
-        seq: u64,
-    },
+    Commit { topic: String, subscription: String, seq: u64 },
     /// Leases up to `count_max` available messages of a group to `consumer`.
     Lease {
         topic: String,
@@ -55,25 +43,11 @@ pub enum Command {
         lease_ms: Option<u64>,
     },
     /// Settles leased messages as done.
-    Ack {
-        topic: String,
-        group: String,
-        tokens: Vec<u64>,
-    },
+    Ack { topic: String, group: String, tokens: Vec<u64> },
     /// Gives leased messages back, available again after `delay_ms`.
-    Nack {
-        topic: String,
-        group: String,
-        tokens: Vec<u64>,
-        delay_ms: u64,
-    },
+    Nack { topic: String, group: String, tokens: Vec<u64>, delay_ms: u64 },
     /// Moves leases' deadlines to `lease_ms` after the entry's time.
-    Extend {
-        topic: String,
-        group: String,
-        tokens: Vec<u64>,
-        lease_ms: u64,
-    },
+    Extend { topic: String, group: String, tokens: Vec<u64>, lease_ms: u64 },
     /// Advances time: expires leases, ages out messages and does deferred chores.
     Pulse,
 }

@@ -7,14 +7,11 @@ use bytes::Bytes;
 use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
 use crate::keys;
 use crate::limits::{
-    GROUPS_PER_TOPIC_MAX, LEASE_COUNT_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX,
-    NACK_DELAY_MS_MAX,
+    GROUPS_PER_TOPIC_MAX, LEASE_COUNT_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX,
 };
 use crate::machine::{Ctx, Fail, Res};
 use crate::outcome::{Grant, Leased, MachineError, Output};
-use crate::records::{
-    GroupCounts, GroupRecord, MessageRecord, PendingRecord, PendingState, TopicRecord,
-};
+use crate::records::{GroupCounts, GroupRecord, MessageRecord, PendingRecord, PendingState, TopicRecord};
 use crate::store::{Store, StoreError, Table, prefix_end};
 use crate::{query, retention, topic, validate};
 
@@ -32,30 +29,18 @@ pub(crate) fn create<S: Store>(
     let mut topic = ctx.topic(topic_name)?;
     if let Some(dead_letter) = &config.dead_letter_topic {
         if dead_letter == topic_name {
-            return Err(MachineError::InvalidArgument(
-                "a group cannot dead-letter into its own topic".into(),
-            )
-            .into());
+            return Err(MachineError::InvalidArgument("a group cannot dead-letter into its own topic".into()).into());
         }
         ctx.topic(dead_letter)?;
     }
     if let Some(existing) = query::group_of(&*ctx.store, topic.id, name)? {
         if existing.config != *config {
-            return Err(
-                MachineError::Conflict(format!("group {name:?} on topic {topic_name:?}")).into(),
-            );
+            return Err(MachineError::Conflict(format!("group {name:?} on topic {topic_name:?}")).into());
         }
-        return Ok(Output::GroupCreated {
-            group_id: existing.id,
-            created: false,
-            next_seq: existing.next_seq,
-        });
+        return Ok(Output::GroupCreated { group_id: existing.id, created: false, next_seq: existing.next_seq });
     }
     if topic.groups as usize >= GROUPS_PER_TOPIC_MAX {
-        return Err(MachineError::LimitReached(format!(
-            "at most {GROUPS_PER_TOPIC_MAX} groups per topic"
-        ))
-        .into());
+        return Err(MachineError::LimitReached(format!("at most {GROUPS_PER_TOPIC_MAX} groups per topic")).into());
     }
     let next_seq = query::seq_at(&*ctx.store, &topic, config.start)?;
     ctx.meta.next_group_id += 1;
@@ -68,19 +53,11 @@ pub(crate) fn create<S: Store>(
         next_token: 1,
         counts: GroupCounts::default(),
     };
-    ctx.save(
-        Table::GroupNames,
-        &keys::child_name(topic.id, name),
-        &group.id,
-    )?;
+    ctx.save(Table::GroupNames, &keys::child_name(topic.id, name), &group.id)?;
     ctx.save_group(&group)?;
     topic.groups += 1;
     ctx.save_topic(&topic)?;
-    Ok(Output::GroupCreated {
-        group_id: group.id,
-        created: true,
-        next_seq,
-    })
+    Ok(Output::GroupCreated { group_id: group.id, created: true, next_seq })
 }
 
 /// Deletes the group now; its pending records and leases are purged by pulses.
@@ -89,10 +66,7 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
     let group = ctx.group(&topic, name)?;
     ctx.remove(Table::GroupNames, &keys::child_name(topic.id, name))?;
     ctx.remove(Table::Groups, &keys::id(group.id))?;
-    ctx.mark(
-        Table::Chores,
-        &keys::chore(topic::CHORE_PURGE_GROUP, group.id),
-    )?;
+    ctx.mark(Table::Chores, &keys::chore(topic::CHORE_PURGE_GROUP, group.id))?;
     topic.groups -= 1;
     ctx.save_topic(&topic)?;
     retention::after_consume(ctx, topic.id)?;
@@ -109,10 +83,7 @@ pub(crate) fn lease<S: Store>(
 ) -> Res<Output> {
     validate::name("consumer", consumer)?;
     if count_max == 0 || count_max > LEASE_COUNT_MAX {
-        return Err(MachineError::InvalidArgument(format!(
-            "lease 1 to {LEASE_COUNT_MAX} messages"
-        ))
-        .into());
+        return Err(MachineError::InvalidArgument(format!("lease 1 to {LEASE_COUNT_MAX} messages")).into());
     }
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
@@ -136,18 +107,11 @@ pub(crate) fn lease<S: Store>(
     lessor.lease_ready(ctx, &topic, &mut group)?;
     lessor.lease_fresh(ctx, &topic, &mut group)?;
     if !lessor.grants.is_empty() {
-        ctx.save(
-            Table::Consumers,
-            &consumer_key,
-            &(held + lessor.grants.len() as u32),
-        )?;
+        ctx.save(Table::Consumers, &consumer_key, &(held + lessor.grants.len() as u32))?;
     }
     ctx.save_group(&group)?;
     let next_available_ms = next_ready(ctx, group.id)?;
-    Ok(Output::Leased(Leased {
-        grants: lessor.grants,
-        next_available_ms,
-    }))
+    Ok(Output::Leased(Leased { grants: lessor.grants, next_available_ms }))
 }
 
 /// One lease command in progress.
@@ -166,21 +130,11 @@ impl Lessor<'_> {
     }
 
     /// Grants pending messages whose time has come: redeliveries first, by availability.
-    fn lease_ready<S: Store>(
-        &mut self,
-        ctx: &mut Ctx<'_, S>,
-        topic: &TopicRecord,
-        group: &mut GroupRecord,
-    ) -> Res<()> {
+    fn lease_ready<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, topic: &TopicRecord, group: &mut GroupRecord) -> Res<()> {
         let start = keys::ready(group.id, 0, 0);
         let end = keys::ready(group.id, ctx.now_ms.saturating_add(1), 0);
         while self.wants_more() {
-            let due = ctx.range(
-                Table::Ready,
-                &start,
-                Some(&end),
-                self.want - self.grants.len(),
-            )?;
+            let due = ctx.range(Table::Ready, &start, Some(&end), self.want - self.grants.len())?;
             if due.is_empty() {
                 break;
             }
@@ -190,22 +144,15 @@ impl Lessor<'_> {
                 ctx.remove(Table::Ready, &key)?;
                 group.counts.ready -= 1;
                 let pending = load_pending(ctx, group.id, seq)?;
-                assert!(
-                    matches!(pending.state, PendingState::Ready { .. }),
-                    "ready index points at {pending:?}"
-                );
-                let Some(message) =
-                    ctx.load::<MessageRecord>(Table::Messages, &keys::message(topic.id, seq))?
-                else {
+                assert!(matches!(pending.state, PendingState::Ready { .. }), "ready index points at {pending:?}");
+                let Some(message) = ctx.load::<MessageRecord>(Table::Messages, &keys::message(topic.id, seq))? else {
                     group.counts.trimmed_total += 1;
                     finish(ctx, group, seq, &pending)?;
                     continue;
                 };
                 match message.not_before_ms.filter(|&at| at > ctx.now_ms) {
                     Some(at) => make_ready(ctx, group, seq, pending, at)?,
-                    None => self
-                        .grants
-                        .push(grant(ctx, group, seq, message, pending, self)?),
+                    None => self.grants.push(grant(ctx, group, seq, message, pending, self)?),
                 }
             }
         }
@@ -213,12 +160,7 @@ impl Lessor<'_> {
     }
 
     /// Examines never-seen messages in topic order, granting those that are free to go.
-    fn lease_fresh<S: Store>(
-        &mut self,
-        ctx: &mut Ctx<'_, S>,
-        topic: &TopicRecord,
-        group: &mut GroupRecord,
-    ) -> Res<()> {
+    fn lease_fresh<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, topic: &TopicRecord, group: &mut GroupRecord) -> Res<()> {
         if group.next_seq < topic.first_seq {
             group.counts.trimmed_total += topic.first_seq - group.next_seq;
             group.next_seq = topic.first_seq;
@@ -229,22 +171,14 @@ impl Lessor<'_> {
             let start = keys::message(topic.id, group.next_seq);
             let page = ctx.range(Table::Messages, &start, Some(&end), page_len)?;
             if page.is_empty() {
-                return Err(StoreError::new(format!(
-                    "topic {} lost message {}",
-                    topic.id, group.next_seq
-                ))
-                .into());
+                return Err(StoreError::new(format!("topic {} lost message {}", topic.id, group.next_seq)).into());
             }
             for (key, value) in page {
                 if !self.wants_more() {
                     break;
                 }
                 let seq = keys::read_u64(&key, 8)?;
-                assert_eq!(
-                    seq, group.next_seq,
-                    "topic {} has a gap before {seq}",
-                    topic.id
-                );
+                assert_eq!(seq, group.next_seq, "topic {} has a gap before {seq}", topic.id);
                 group.next_seq = seq + 1;
                 self.examined += 1;
                 let message: MessageRecord = crate::records::decode(&value)?;
@@ -265,11 +199,7 @@ impl Lessor<'_> {
             KeyOrdering::PerKey => message.key.clone(),
             KeyOrdering::Unordered => None,
         };
-        let pending = PendingRecord {
-            deliveries: 0,
-            key,
-            state: PendingState::WaitingKey,
-        };
+        let pending = PendingRecord { deliveries: 0, key, state: PendingState::WaitingKey };
         if let Some(key) = &pending.key {
             let lock = keys::key_lock(group.id, key);
             if ctx.load::<u64>(Table::KeyLocks, &lock)?.is_some() {
@@ -303,35 +233,16 @@ fn grant<S: Store>(
     group.next_token += 1;
     let deadline_ms = ctx.now_ms.saturating_add(lessor.lease_ms);
     pending.deliveries += 1;
-    pending.state = PendingState::Leased {
-        token,
-        deadline_ms,
-        consumer: lessor.consumer.to_owned(),
-    };
+    pending.state = PendingState::Leased { token, deadline_ms, consumer: lessor.consumer.to_owned() };
     ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
     ctx.save(Table::Leases, &keys::pair(group.id, token), &seq)?;
-    ctx.save(
-        Table::Deadlines,
-        &keys::deadline(deadline_ms, group.id, token),
-        &seq,
-    )?;
+    ctx.save(Table::Deadlines, &keys::deadline(deadline_ms, group.id, token), &seq)?;
     group.counts.leased += 1;
     group.counts.delivered_total += 1;
-    Ok(Grant {
-        seq,
-        token,
-        deadline_ms,
-        delivery_count: pending.deliveries,
-        message,
-    })
+    Ok(Grant { seq, token, deadline_ms, delivery_count: pending.deliveries, message })
 }
 
-pub(crate) fn ack<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    topic_name: &str,
-    group_name: &str,
-    tokens: &[u64],
-) -> Res<Output> {
+pub(crate) fn ack<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, group_name: &str, tokens: &[u64]) -> Res<Output> {
     validate::tokens(tokens)?;
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
@@ -356,10 +267,7 @@ pub(crate) fn nack<S: Store>(
 ) -> Res<Output> {
     validate::tokens(tokens)?;
     if delay_ms > NACK_DELAY_MS_MAX {
-        return Err(MachineError::InvalidArgument(format!(
-            "nack delay is at most {NACK_DELAY_MS_MAX} ms"
-        ))
-        .into());
+        return Err(MachineError::InvalidArgument(format!("nack delay is at most {NACK_DELAY_MS_MAX} ms")).into());
     }
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
@@ -389,20 +297,12 @@ pub(crate) fn extend<S: Store>(
     let deadline_ms = ctx.now_ms.saturating_add(lease_ms);
     let results = per_token(tokens, |token| {
         let (seq, mut pending) = live_lease(ctx, &group, token)?;
-        let PendingState::Leased {
-            deadline_ms: old_ms,
-            ..
-        } = &mut pending.state
-        else {
+        let PendingState::Leased { deadline_ms: old_ms, .. } = &mut pending.state else {
             unreachable!("live_lease returns leased records");
         };
         ctx.remove(Table::Deadlines, &keys::deadline(*old_ms, group.id, token))?;
         *old_ms = deadline_ms;
-        ctx.save(
-            Table::Deadlines,
-            &keys::deadline(deadline_ms, group.id, token),
-            &seq,
-        )?;
+        ctx.save(Table::Deadlines, &keys::deadline(deadline_ms, group.id, token), &seq)?;
         ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
         Ok(deadline_ms)
     })?;
@@ -410,12 +310,7 @@ pub(crate) fn extend<S: Store>(
 }
 
 /// Ends the live lease `token` because its deadline passed. Called by pulses.
-pub(crate) fn expire<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    group: &mut GroupRecord,
-    token: u64,
-    seq: u64,
-) -> Res<()> {
+pub(crate) fn expire<S: Store>(ctx: &mut Ctx<'_, S>, group: &mut GroupRecord, token: u64, seq: u64) -> Res<()> {
     let pending = load_pending(ctx, group.id, seq)?;
     assert!(
         matches!(pending.state, PendingState::Leased { token: live, .. } if live == token),
@@ -428,10 +323,7 @@ pub(crate) fn expire<S: Store>(
 }
 
 /// Runs `settle` for each token; a rejected token does not stop the others.
-fn per_token<T>(
-    tokens: &[u64],
-    mut settle: impl FnMut(u64) -> Res<T>,
-) -> Res<Vec<Result<T, MachineError>>> {
+fn per_token<T>(tokens: &[u64], mut settle: impl FnMut(u64) -> Res<T>) -> Res<Vec<Result<T, MachineError>>> {
     let mut results = Vec::with_capacity(tokens.len());
     for &token in tokens {
         match settle(token) {
@@ -444,28 +336,14 @@ fn per_token<T>(
 }
 
 /// The message leased under `token`, if that lease is live at this entry's time.
-fn live_lease<S: Store>(
-    ctx: &Ctx<'_, S>,
-    group: &GroupRecord,
-    token: u64,
-) -> Res<(u64, PendingRecord)> {
+fn live_lease<S: Store>(ctx: &Ctx<'_, S>, group: &GroupRecord, token: u64) -> Res<(u64, PendingRecord)> {
     let stale = || Fail::Rejected(MachineError::StaleLease(token));
-    let seq: u64 = ctx
-        .load(Table::Leases, &keys::pair(group.id, token))?
-        .ok_or_else(stale)?;
+    let seq: u64 = ctx.load(Table::Leases, &keys::pair(group.id, token))?.ok_or_else(stale)?;
     let pending = load_pending(ctx, group.id, seq)?;
-    let PendingState::Leased {
-        token: live,
-        deadline_ms,
-        ..
-    } = &pending.state
-    else {
+    let PendingState::Leased { token: live, deadline_ms, .. } = &pending.state else {
         panic!("lease index names token {token} but message {seq} is {pending:?}");
     };
-    assert_eq!(
-        *live, token,
-        "lease index and pending record disagree on message {seq}"
-    );
+    assert_eq!(*live, token, "lease index and pending record disagree on message {seq}");
     if *deadline_ms <= ctx.now_ms {
         return Err(stale());
     }
@@ -474,36 +352,19 @@ fn live_lease<S: Store>(
 
 fn load_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64, seq: u64) -> Res<PendingRecord> {
     ctx.load(Table::Pending, &keys::pair(group_id, seq))?
-        .ok_or_else(|| {
-            StoreError::new(format!("group {group_id} lost pending message {seq}")).into()
-        })
+        .ok_or_else(|| StoreError::new(format!("group {group_id} lost pending message {seq}")).into())
 }
 
 /// Drops the lease indexes of a leased pending record.
-fn end_lease<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    group: &mut GroupRecord,
-    pending: &PendingRecord,
-) -> Res<()> {
-    let PendingState::Leased {
-        token,
-        deadline_ms,
-        consumer,
-    } = &pending.state
-    else {
+fn end_lease<S: Store>(ctx: &mut Ctx<'_, S>, group: &mut GroupRecord, pending: &PendingRecord) -> Res<()> {
+    let PendingState::Leased { token, deadline_ms, consumer } = &pending.state else {
         panic!("ending a lease that is not live: {pending:?}");
     };
     ctx.remove(Table::Leases, &keys::pair(group.id, *token))?;
-    ctx.remove(
-        Table::Deadlines,
-        &keys::deadline(*deadline_ms, group.id, *token),
-    )?;
+    ctx.remove(Table::Deadlines, &keys::deadline(*deadline_ms, group.id, *token))?;
     let consumer_key = keys::child_name(group.id, consumer);
     let held: u32 = ctx.load(Table::Consumers, &consumer_key)?.unwrap_or(0);
-    assert!(
-        held > 0,
-        "consumer {consumer:?} ends a lease it does not hold"
-    );
+    assert!(held > 0, "consumer {consumer:?} ends a lease it does not hold");
     if held == 1 {
         ctx.remove(Table::Consumers, &consumer_key)?;
     } else {
@@ -552,16 +413,11 @@ fn dead_letter<S: Store>(
     reason: &str,
 ) -> Res<()> {
     finish(ctx, group, seq, pending)?;
-    let Some(message) =
-        ctx.load::<MessageRecord>(Table::Messages, &keys::message(group.topic_id, seq))?
-    else {
+    let Some(message) = ctx.load::<MessageRecord>(Table::Messages, &keys::message(group.topic_id, seq))? else {
         group.counts.trimmed_total += 1;
         return Ok(());
     };
-    let origin = ctx
-        .topic_by_id(group.topic_id)?
-        .map(|t| t.name)
-        .unwrap_or_default();
+    let origin = ctx.topic_by_id(group.topic_id)?.map(|t| t.name).unwrap_or_default();
     let target = match &group.config.dead_letter_topic {
         Some(name) => query::topic(&*ctx.store, name)?,
         None => None,
@@ -578,17 +434,9 @@ fn dead_letter<S: Store>(
         ("chorus-dead-reason", reason.to_owned()),
         ("chorus-deliveries", pending.deliveries.to_string()),
     ] {
-        headers.push(Header {
-            name: name.to_owned(),
-            value: Bytes::from(value),
-        });
+        headers.push(Header { name: name.to_owned(), value: Bytes::from(value) });
     }
-    let forwarded = NewMessage {
-        key: message.key,
-        headers,
-        payload: message.payload,
-        not_before_ms: None,
-    };
+    let forwarded = NewMessage { key: message.key, headers, payload: message.payload, not_before_ms: None };
     topic::append(ctx, &mut target, &[forwarded])?;
     retention::trim(ctx, &mut target, None)?;
     ctx.save_topic(&target)?;
@@ -597,39 +445,24 @@ fn dead_letter<S: Store>(
 }
 
 /// The group is done with the message: its pending record goes, and its key passes on.
-fn finish<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    group: &mut GroupRecord,
-    seq: u64,
-    pending: &PendingRecord,
-) -> Res<()> {
+fn finish<S: Store>(ctx: &mut Ctx<'_, S>, group: &mut GroupRecord, seq: u64, pending: &PendingRecord) -> Res<()> {
     ctx.remove(Table::Pending, &keys::pair(group.id, seq))?;
     let Some(key) = &pending.key else {
         return Ok(());
     };
     let lock = keys::key_lock(group.id, key);
     let holder: Option<u64> = ctx.load(Table::KeyLocks, &lock)?;
-    assert_eq!(
-        holder,
-        Some(seq),
-        "message {seq} finished without holding its key"
-    );
+    assert_eq!(holder, Some(seq), "message {seq} finished without holding its key");
     let prefix = keys::key_wait_prefix(group.id, key);
     let end = prefix_end(&prefix);
-    let Some((wait_key, _)) = ctx
-        .range(Table::KeyWaits, &prefix, end.as_deref(), 1)?
-        .pop()
-    else {
+    let Some((wait_key, _)) = ctx.range(Table::KeyWaits, &prefix, end.as_deref(), 1)?.pop() else {
         return ctx.remove(Table::KeyLocks, &lock);
     };
     let next = keys::read_u64(&wait_key, wait_key.len() - 8)?;
     ctx.remove(Table::KeyWaits, &wait_key)?;
     ctx.save(Table::KeyLocks, &lock, &next)?;
     let waiting = load_pending(ctx, group.id, next)?;
-    assert!(
-        matches!(waiting.state, PendingState::WaitingKey),
-        "key waiter {next} is {waiting:?}"
-    );
+    assert!(matches!(waiting.state, PendingState::WaitingKey), "key waiter {next} is {waiting:?}");
     group.counts.waiting -= 1;
     let now_ms = ctx.now_ms;
     make_ready(ctx, group, next, waiting, now_ms)
@@ -665,10 +498,7 @@ mod tests {
         h.publish("t", &["a", "b", "c"]);
         let first = h.lease("t", "g", "w1", 2, 5_000);
         assert_eq!(payloads(&first.grants), ["a", "b"]);
-        assert_eq!(
-            first.grants.iter().map(|g| g.token).collect::<Vec<_>>(),
-            [1, 2]
-        );
+        assert_eq!(first.grants.iter().map(|g| g.token).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(first.grants[0].deadline_ms, h.now_ms + 5_000);
         assert_eq!(first.grants[0].delivery_count, 1);
         let second = h.lease("t", "g", "w2", 10, 5_000);
@@ -685,16 +515,9 @@ mod tests {
         let token = h.lease("t", "g", "w", 1, 5_000).grants[0].token;
         assert_eq!(
             h.ack("t", "g", &[token, token, 999]),
-            vec![
-                Ok(()),
-                Err(MachineError::StaleLease(token)),
-                Err(MachineError::StaleLease(999))
-            ]
+            vec![Ok(()), Err(MachineError::StaleLease(token)), Err(MachineError::StaleLease(999))]
         );
-        assert!(
-            h.lease("t", "g", "w", 1, 5_000).grants.is_empty(),
-            "an acked message is never leased again"
-        );
+        assert!(h.lease("t", "g", "w", 1, 5_000).grants.is_empty(), "an acked message is never leased again");
         let counts = h.group("t", "g").counts;
         assert_eq!((counts.leased, counts.acked_total), (0, 1));
     }
@@ -710,18 +533,12 @@ mod tests {
             vec![Err(MachineError::StaleLease(stalled))],
             "expired at its deadline"
         );
-        assert!(
-            h.lease("t", "g", "w2", 1, 1_000).grants.is_empty(),
-            "not redelivered before the pulse"
-        );
+        assert!(h.lease("t", "g", "w2", 1, 1_000).grants.is_empty(), "not redelivered before the pulse");
         assert_eq!(h.pulse().expired, 1);
         let retry = h.lease("t", "g", "w2", 1, 1_000).grants;
         assert_eq!((retry[0].seq, retry[0].delivery_count), (1, 2));
         assert!(retry[0].token > stalled);
-        assert_eq!(
-            h.ack("t", "g", &[stalled]),
-            vec![Err(MachineError::StaleLease(stalled))]
-        );
+        assert_eq!(h.ack("t", "g", &[stalled]), vec![Err(MachineError::StaleLease(stalled))]);
         assert_eq!(h.ack("t", "g", &[retry[0].token]), vec![Ok(())]);
     }
 
@@ -731,24 +548,14 @@ mod tests {
         h.publish("t", &["a"]);
         let token = h.lease("t", "g", "w", 1, 1_000).grants[0].token;
         h.advance(900);
-        let extended = h.ok(Command::Extend {
-            topic: "t".into(),
-            group: "g".into(),
-            tokens: vec![token],
-            lease_ms: 1_000,
-        });
+        let extended =
+            h.ok(Command::Extend { topic: "t".into(), group: "g".into(), tokens: vec![token], lease_ms: 1_000 });
         assert_eq!(extended, Output::Extended(vec![Ok(h.now_ms + 1_000)]));
         h.advance(500);
         assert_eq!(h.pulse().expired, 0);
-        assert_eq!(
-            crate::query::next_deadline(h.machine.store()).unwrap(),
-            Some(h.now_ms + 500)
-        );
+        assert_eq!(crate::query::next_deadline(h.machine.store()).unwrap(), Some(h.now_ms + 500));
         assert_eq!(h.ack("t", "g", &[token]), vec![Ok(())]);
-        assert_eq!(
-            crate::query::next_deadline(h.machine.store()).unwrap(),
-            None
-        );
+        assert_eq!(crate::query::next_deadline(h.machine.store()).unwrap(), None);
     }
 
     #[test]
@@ -762,19 +569,12 @@ mod tests {
         assert_eq!(leased.next_available_ms, Some(h.now_ms + 2_000));
         h.advance(2_000);
         let again = h.lease("t", "g", "w", 5, 5_000).grants;
-        assert_eq!(
-            (payloads(&again), again[0].delivery_count),
-            (vec!["a".to_owned()], 2)
-        );
+        assert_eq!((payloads(&again), again[0].delivery_count), (vec!["a".to_owned()], 2));
     }
 
     #[test]
     fn past_max_deliveries_messages_go_to_the_dead_letter_topic() {
-        let config = GroupConfig {
-            deliveries_max: 2,
-            dead_letter_topic: Some("dlq".into()),
-            ..GroupConfig::default()
-        };
+        let config = GroupConfig { deliveries_max: 2, dead_letter_topic: Some("dlq".into()), ..GroupConfig::default() };
         let mut h = harness(config);
         h.publish("t", &["poison"]);
         let token = h.lease("t", "g", "w", 1, 1_000).grants[0].token;
@@ -787,14 +587,7 @@ mod tests {
         let dlq = h.topic("dlq");
         let dead = crate::query::read(h.machine.store(), dlq.id, 1, 10, u64::MAX).unwrap();
         assert_eq!(dead.len(), 1);
-        let header = |name: &str| {
-            dead[0]
-                .1
-                .headers
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| h.value.clone())
-        };
+        let header = |name: &str| dead[0].1.headers.iter().find(|h| h.name == name).map(|h| h.value.clone());
         assert_eq!(dead[0].1.payload, "poison");
         assert_eq!(header("chorus-origin-topic").unwrap(), "t");
         assert_eq!(header("chorus-origin-seq").unwrap(), "1");
@@ -805,37 +598,19 @@ mod tests {
 
     #[test]
     fn without_a_dead_letter_topic_messages_are_dropped_and_counted() {
-        let mut h = harness(GroupConfig {
-            deliveries_max: 1,
-            ..GroupConfig::default()
-        });
+        let mut h = harness(GroupConfig { deliveries_max: 1, ..GroupConfig::default() });
         h.publish("t", &["x"]);
         let token = h.lease("t", "g", "w", 1, 1_000).grants[0].token;
         h.nack("t", "g", &[token], 0);
         let counts = h.group("t", "g").counts;
-        assert_eq!(
-            (counts.dropped_total, counts.ready, counts.leased),
-            (1, 0, 0)
-        );
+        assert_eq!((counts.dropped_total, counts.ready, counts.leased), (1, 0, 0));
     }
 
     #[test]
     fn per_key_groups_lease_one_message_per_key_in_order() {
-        let mut h = harness(GroupConfig {
-            ordering: KeyOrdering::PerKey,
-            ..GroupConfig::default()
-        });
-        let messages = [
-            ("a", "a1"),
-            ("a", "a2"),
-            ("b", "b1"),
-            ("a", "a3"),
-            ("b", "b2"),
-        ];
-        h.publish_messages(
-            "t",
-            messages.iter().map(|(k, p)| message(Some(k), p)).collect(),
-        );
+        let mut h = harness(GroupConfig { ordering: KeyOrdering::PerKey, ..GroupConfig::default() });
+        let messages = [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3"), ("b", "b2")];
+        h.publish_messages("t", messages.iter().map(|(k, p)| message(Some(k), p)).collect());
         let first = h.lease("t", "g", "w", 10, 5_000).grants;
         assert_eq!(payloads(&first), ["a1", "b1"], "other keys are not blocked");
         assert_eq!(h.group("t", "g").counts.waiting, 3);
@@ -859,10 +634,7 @@ mod tests {
         assert_eq!(payloads(&leased.grants), ["now"]);
         assert_eq!(leased.next_available_ms, Some(h.now_ms + 3_000));
         h.advance(3_000);
-        assert_eq!(
-            payloads(&h.lease("t", "g", "w", 10, 5_000).grants),
-            ["later"]
-        );
+        assert_eq!(payloads(&h.lease("t", "g", "w", 10, 5_000).grants), ["later"]);
     }
 
     #[test]
@@ -878,15 +650,8 @@ mod tests {
             ("time", StartPosition::TimeMs(time), 3),
             ("future", StartPosition::TimeMs(time + 1), 4),
         ] {
-            let config = GroupConfig {
-                start,
-                ..GroupConfig::default()
-            };
-            let created = h.ok(Command::CreateGroup {
-                topic: "t".into(),
-                name: name.into(),
-                config,
-            });
+            let config = GroupConfig { start, ..GroupConfig::default() };
+            let created = h.ok(Command::CreateGroup { topic: "t".into(), name: name.into(), config });
             assert!(
                 matches!(created, Output::GroupCreated { next_seq, .. } if next_seq == expected),
                 "{name}: {created:?}"
@@ -904,31 +669,12 @@ mod tests {
             count_max,
             lease_ms,
         };
-        assert!(matches!(
-            h.err(lease("nope", 1, None)),
-            MachineError::UnknownGroup(_)
-        ));
-        assert!(matches!(
-            h.err(lease("g", 0, None)),
-            MachineError::InvalidArgument(_)
-        ));
-        assert!(matches!(
-            h.err(lease("g", LEASE_COUNT_MAX + 1, None)),
-            MachineError::InvalidArgument(_)
-        ));
-        assert!(matches!(
-            h.err(lease("g", 1, Some(1))),
-            MachineError::InvalidArgument(_)
-        ));
-        let self_dead_letter = GroupConfig {
-            dead_letter_topic: Some("t".into()),
-            ..GroupConfig::default()
-        };
-        let create = Command::CreateGroup {
-            topic: "t".into(),
-            name: "loop".into(),
-            config: self_dead_letter,
-        };
+        assert!(matches!(h.err(lease("nope", 1, None)), MachineError::UnknownGroup(_)));
+        assert!(matches!(h.err(lease("g", 0, None)), MachineError::InvalidArgument(_)));
+        assert!(matches!(h.err(lease("g", LEASE_COUNT_MAX + 1, None)), MachineError::InvalidArgument(_)));
+        assert!(matches!(h.err(lease("g", 1, Some(1))), MachineError::InvalidArgument(_)));
+        let self_dead_letter = GroupConfig { dead_letter_topic: Some("t".into()), ..GroupConfig::default() };
+        let create = Command::CreateGroup { topic: "t".into(), name: "loop".into(), config: self_dead_letter };
         assert!(matches!(h.err(create), MachineError::InvalidArgument(_)));
     }
 
@@ -940,12 +686,7 @@ mod tests {
             h.publish("t", &batch);
         }
         for _ in 0..(LEASES_PER_CONSUMER_MAX / LEASE_COUNT_MAX) {
-            assert_eq!(
-                h.lease("t", "g", "greedy", LEASE_COUNT_MAX, 60_000)
-                    .grants
-                    .len(),
-                LEASE_COUNT_MAX as usize
-            );
+            assert_eq!(h.lease("t", "g", "greedy", LEASE_COUNT_MAX, 60_000).grants.len(), LEASE_COUNT_MAX as usize);
         }
         let refused = h.err(Command::Lease {
             topic: "t".into(),
@@ -963,19 +704,10 @@ mod tests {
         let mut h = harness(GroupConfig::default());
         h.publish("t", &["a"]);
         h.lease("t", "g", "w", 1, 1_000);
-        h.ok(Command::DeleteGroup {
-            topic: "t".into(),
-            name: "g".into(),
-        });
+        h.ok(Command::DeleteGroup { topic: "t".into(), name: "g".into() });
         h.advance(1_000);
         h.pulse();
-        for table in [
-            Table::Pending,
-            Table::Leases,
-            Table::Deadlines,
-            Table::Consumers,
-            Table::Chores,
-        ] {
+        for table in [Table::Pending, Table::Leases, Table::Deadlines, Table::Consumers, Table::Chores] {
             assert_eq!(h.machine.store().len(table), 0, "{table:?}");
         }
     }

@@ -27,8 +27,7 @@ impl KeyBuf {
     }
     /// A variable field followed by more fields.
     pub(crate) fn prefixed(mut self, bytes: &[u8]) -> KeyBuf {
-        let len = u16::try_from(bytes.len())
-            .expect("key fields are bounded by limits far below u16::MAX");
+        let len = u16::try_from(bytes.len()).expect("key fields are bounded by limits far below u16::MAX");
         self.0.extend_from_slice(&len.to_be_bytes());
         self.0.extend_from_slice(bytes);
         self
@@ -55,11 +54,7 @@ pub(crate) fn message(topic_id: u64, seq: u64) -> Vec<u8> {
     KeyBuf::new().u64(topic_id).u64(seq).done()
 }
 pub(crate) fn dedup(topic_id: u64, producer: &str, producer_seq: u64) -> Vec<u8> {
-    KeyBuf::new()
-        .u64(topic_id)
-        .prefixed(producer.as_bytes())
-        .u64(producer_seq)
-        .done()
+    KeyBuf::new().u64(topic_id).prefixed(producer.as_bytes()).u64(producer_seq).done()
 }
 /// The dedup expiry key is the expiry time followed by the dedup key itself.
 pub(crate) fn dedup_expiry(expire_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
@@ -77,18 +72,10 @@ pub(crate) fn pair(first: u64, second: u64) -> Vec<u8> {
     KeyBuf::new().u64(first).u64(second).done()
 }
 pub(crate) fn ready(group_id: u64, available_ms: u64, seq: u64) -> Vec<u8> {
-    KeyBuf::new()
-        .u64(group_id)
-        .u64(available_ms)
-        .u64(seq)
-        .done()
+    KeyBuf::new().u64(group_id).u64(available_ms).u64(seq).done()
 }
 pub(crate) fn deadline(deadline_ms: u64, group_id: u64, token: u64) -> Vec<u8> {
-    KeyBuf::new()
-        .u64(deadline_ms)
-        .u64(group_id)
-        .u64(token)
-        .done()
+    KeyBuf::new().u64(deadline_ms).u64(group_id).u64(token).done()
 }
 pub(crate) fn key_lock(group_id: u64, key: &[u8]) -> Vec<u8> {
     KeyBuf::new().u64(group_id).tail(key).done()

@@ -26,8 +26,8 @@ pub mod validate;
 mod testkit;
 
 pub use command::{
-    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish,
-    RetentionPolicy, StartPosition, TopicConfig,
+    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish, RetentionPolicy,
+    StartPosition, TopicConfig,
 };
 pub use machine::Machine;
 pub use outcome::{Grant, Leased, MachineError, Outcome, Output, Published, PulseReport};

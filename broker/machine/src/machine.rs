@@ -36,22 +36,11 @@ impl<S> Machine<S> {
 impl<S: Store> Machine<S> {
     /// Applies the entry at `log_index`. Indexes must increase from one call to the next.
     pub fn apply(&mut self, log_index: u64, entry: &Entry) -> Result<Vec<Outcome>, StoreError> {
-        let meta: MetaRecord =
-            records::load(&self.store, Table::Meta, keys::META)?.unwrap_or_default();
-        assert!(
-            log_index > meta.last_log_index,
-            "entry {log_index} applied after entry {}",
-            meta.last_log_index
-        );
+        let meta: MetaRecord = records::load(&self.store, Table::Meta, keys::META)?.unwrap_or_default();
+        assert!(log_index > meta.last_log_index, "entry {log_index} applied after entry {}", meta.last_log_index);
         // A new leader's clock may lag its predecessor's stamps: time never goes back.
         let now_ms = entry.time_ms.max(meta.last_time_ms);
-        let mut ctx = Ctx {
-            store: &mut self.store,
-            meta,
-            now_ms,
-            log_index,
-            batch_pos: 0,
-        };
+        let mut ctx = Ctx { store: &mut self.store, meta, now_ms, log_index, batch_pos: 0 };
         let mut outcomes = Vec::with_capacity(entry.commands.len());
         for command in &entry.commands {
             outcomes.push(ctx.execute(command)?);
@@ -102,45 +91,17 @@ impl<S: Store> Ctx<'_, S> {
             Command::CreateTopic { name, config } => topic::create(self, name, config),
             Command::DeleteTopic { name } => topic::delete(self, name),
             Command::Publish(publish) => topic::publish(self, publish),
-            Command::CreateGroup {
-                topic,
-                name,
-                config,
-            } => group::create(self, topic, name, config),
+            Command::CreateGroup { topic, name, config } => group::create(self, topic, name, config),
             Command::DeleteGroup { topic, name } => group::delete(self, topic, name),
-            Command::CreateSubscription { topic, name, start } => {
-                subscription::create(self, topic, name, *start)
-            }
+            Command::CreateSubscription { topic, name, start } => subscription::create(self, topic, name, *start),
             Command::DeleteSubscription { topic, name } => subscription::delete(self, topic, name),
-            Command::Commit {
-                topic,
-                subscription,
-                seq,
-            } => subscription::commit(self, topic, subscription, *seq),
-            Command::Lease {
-                topic,
-                group,
-                consumer,
-                count_max,
-                lease_ms,
-            } => group::lease(self, topic, group, consumer, *count_max, *lease_ms),
-            Command::Ack {
-                topic,
-                group,
-                tokens,
-            } => group::ack(self, topic, group, tokens),
-            Command::Nack {
-                topic,
-                group,
-                tokens,
-                delay_ms,
-            } => group::nack(self, topic, group, tokens, *delay_ms),
-            Command::Extend {
-                topic,
-                group,
-                tokens,
-                lease_ms,
-            } => group::extend(self, topic, group, tokens, *lease_ms),
+            Command::Commit { topic, subscription, seq } => subscription::commit(self, topic, subscription, *seq),
+            Command::Lease { topic, group, consumer, count_max, lease_ms } => {
+                group::lease(self, topic, group, consumer, *count_max, *lease_ms)
+            }
+            Command::Ack { topic, group, tokens } => group::ack(self, topic, group, tokens),
+            Command::Nack { topic, group, tokens, delay_ms } => group::nack(self, topic, group, tokens, *delay_ms),
+            Command::Extend { topic, group, tokens, lease_ms } => group::extend(self, topic, group, tokens, *lease_ms),
             Command::Pulse => pulse::pulse(self),
         };
         match result {

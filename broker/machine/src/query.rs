@@ -26,11 +26,7 @@ pub fn topics(store: &impl StoreRead, after: &str, limit: usize) -> Read<Vec<Top
     let mut found = Vec::new();
     for (_, id) in store.range(Table::TopicNames, &start, None, limit.min(LIST_MAX))? {
         let id: u64 = records::decode(&id)?;
-        found.extend(records::load::<TopicRecord>(
-            store,
-            Table::Topics,
-            &keys::id(id),
-        )?);
+        found.extend(records::load::<TopicRecord>(store, Table::Topics, &keys::id(id))?);
     }
     Ok(found)
 }
@@ -44,28 +40,15 @@ pub fn group_of(store: &impl StoreRead, topic_id: u64, name: &str) -> Read<Optio
 
 /// The topic's groups in name order.
 pub fn groups(store: &impl StoreRead, topic_id: u64) -> Read<Vec<GroupRecord>> {
-    let ids = read_ids(
-        store,
-        Table::GroupNames,
-        &keys::id(topic_id),
-        GROUPS_PER_TOPIC_MAX,
-    )?;
+    let ids = read_ids(store, Table::GroupNames, &keys::id(topic_id), GROUPS_PER_TOPIC_MAX)?;
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
-        found.extend(records::load::<GroupRecord>(
-            store,
-            Table::Groups,
-            &keys::id(id),
-        )?);
+        found.extend(records::load::<GroupRecord>(store, Table::Groups, &keys::id(id))?);
     }
     Ok(found)
 }
 
-pub fn subscription_of(
-    store: &impl StoreRead,
-    topic_id: u64,
-    name: &str,
-) -> Read<Option<SubRecord>> {
+pub fn subscription_of(store: &impl StoreRead, topic_id: u64, name: &str) -> Read<Option<SubRecord>> {
     match records::load::<u64>(store, Table::SubNames, &keys::child_name(topic_id, name))? {
         Some(id) => records::load(store, Table::Subs, &keys::id(id)),
         None => Ok(None),
@@ -74,19 +57,10 @@ pub fn subscription_of(
 
 /// The topic's durable subscriptions in name order.
 pub fn subscriptions(store: &impl StoreRead, topic_id: u64) -> Read<Vec<SubRecord>> {
-    let ids = read_ids(
-        store,
-        Table::SubNames,
-        &keys::id(topic_id),
-        SUBSCRIPTIONS_PER_TOPIC_MAX,
-    )?;
+    let ids = read_ids(store, Table::SubNames, &keys::id(topic_id), SUBSCRIPTIONS_PER_TOPIC_MAX)?;
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
-        found.extend(records::load::<SubRecord>(
-            store,
-            Table::Subs,
-            &keys::id(id),
-        )?);
+        found.extend(records::load::<SubRecord>(store, Table::Subs, &keys::id(id))?);
     }
     Ok(found)
 }
@@ -141,9 +115,8 @@ fn first_at_or_after(store: &impl StoreRead, topic: &TopicRecord, time_ms: u64) 
     let (mut low, mut high) = (topic.first_seq, topic.last_seq + 1);
     while low < high {
         let mid = low + (high - low) / 2;
-        let message: MessageRecord =
-            records::load(store, Table::Messages, &keys::message(topic.id, mid))?
-                .ok_or_else(|| StoreError::new(format!("topic {} lost message {mid}", topic.id)))?;
+        let message: MessageRecord = records::load(store, Table::Messages, &keys::message(topic.id, mid))?
+            .ok_or_else(|| StoreError::new(format!("topic {} lost message {mid}", topic.id)))?;
         if message.time_ms < time_ms {
             low = mid + 1;
         } else {
@@ -183,10 +156,28 @@ pub fn next_deadline(store: &impl StoreRead) -> Read<Option<u64>> {
         true => None,
         false => Some(last_applied(store)?.1),
     };
-    let due = [
-        first_u64(Table::Deadlines)?,
-        first_u64(Table::AgeDeadlines)?,
-        chores_due,
-    ];
+    let due = [first_u64(Table::Deadlines)?, first_u64(Table::AgeDeadlines)?, chores_due];
     Ok(due.into_iter().flatten().min())
+}
+
+/// Whether a lease on `group` could grant a message at `now_ms`, and when its next delayed
+/// message becomes available. Lets a long-poll wait without proposing empty leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseHint {
+    pub ready_now: bool,
+    pub next_available_ms: Option<u64>,
+}
+
+pub fn lease_hint(store: &impl StoreRead, topic: &TopicRecord, group: &GroupRecord, now_ms: u64) -> Read<LeaseHint> {
+    let fresh = topic.last_seq >= group.next_seq.max(topic.first_seq);
+    let prefix = keys::id(group.id);
+    let end = prefix_end(&prefix);
+    let next_ready = match store.range(Table::Ready, &prefix, end.as_deref(), 1)?.first() {
+        Some((key, _)) => Some(keys::read_u64(key, 8)?),
+        None => None,
+    };
+    Ok(LeaseHint {
+        ready_now: fresh || next_ready.is_some_and(|at| at <= now_ms),
+        next_available_ms: next_ready.filter(|&at| at > now_ms),
+    })
 }

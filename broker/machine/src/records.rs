@@ -70,11 +70,7 @@ pub struct MessageRecord {
 impl MessageRecord {
     /// The bytes this message counts against a topic's `bytes_max`.
     pub fn size(&self) -> u64 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|h| h.name.len() + h.value.len())
-            .sum();
+        let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
         (self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + headers) as u64
     }
 }
@@ -134,14 +130,8 @@ pub(crate) struct PendingRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum PendingState {
-    Leased {
-        token: u64,
-        deadline_ms: u64,
-        consumer: String,
-    },
-    Ready {
-        available_ms: u64,
-    },
+    Leased { token: u64, deadline_ms: u64, consumer: String },
+    Ready { available_ms: u64 },
     WaitingKey,
 }
 
@@ -162,8 +152,5 @@ pub(crate) fn load<T: DeserializeOwned>(
     table: crate::store::Table,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
-    store
-        .get(table, key)?
-        .map(|bytes| decode(&bytes))
-        .transpose()
+    store.get(table, key)?.map(|bytes| decode(&bytes)).transpose()
 }

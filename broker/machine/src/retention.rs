@@ -11,11 +11,7 @@ use crate::store::{Store, StoreError, Table, prefix_end};
 use crate::topic::{CHORE_TRIM_TOPIC, group_ids, subscription_ids};
 
 /// Trims `topic` (the caller saves it). `floor`: messages below it are consumed everywhere.
-pub(crate) fn trim<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    topic: &mut TopicRecord,
-    floor: Option<u64>,
-) -> Res<u64> {
+pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floor: Option<u64>) -> Res<u64> {
     let first_before = topic.first_seq;
     let mut trimmed = 0u64;
     while topic.messages() > 0 {
@@ -23,29 +19,18 @@ pub(crate) fn trim<S: Store>(
             ctx.mark(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
             break;
         }
-        let over_count = topic
-            .config
-            .messages_max
-            .is_some_and(|max| topic.messages() > max);
+        let over_count = topic.config.messages_max.is_some_and(|max| topic.messages() > max);
         let over_bytes = topic.config.bytes_max.is_some_and(|max| topic.bytes > max);
         let consumed = floor.is_some_and(|floor| topic.first_seq < floor);
-        let may_be_aged = topic
-            .age_deadline_ms
-            .is_some_and(|deadline| deadline <= ctx.now_ms);
+        let may_be_aged = topic.age_deadline_ms.is_some_and(|deadline| deadline <= ctx.now_ms);
         if !(over_count || over_bytes || consumed || may_be_aged) {
             break;
         }
         let key = keys::message(topic.id, topic.first_seq);
-        let oldest: MessageRecord = ctx.load(Table::Messages, &key)?.ok_or_else(|| {
-            StoreError::new(format!(
-                "topic {} lost message {}",
-                topic.id, topic.first_seq
-            ))
-        })?;
-        let aged = topic
-            .config
-            .age_ms_max
-            .is_some_and(|age_ms| oldest.time_ms.saturating_add(age_ms) <= ctx.now_ms);
+        let oldest: MessageRecord = ctx
+            .load(Table::Messages, &key)?
+            .ok_or_else(|| StoreError::new(format!("topic {} lost message {}", topic.id, topic.first_seq)))?;
+        let aged = topic.config.age_ms_max.is_some_and(|age_ms| oldest.time_ms.saturating_add(age_ms) <= ctx.now_ms);
         if !(over_count || over_bytes || consumed || aged) {
             break;
         }
@@ -63,10 +48,7 @@ pub(crate) fn trim<S: Store>(
 /// Points the age index at the time the topic's oldest message ages out.
 pub(crate) fn set_age_deadline<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord) -> Res<()> {
     if let Some(deadline_ms) = topic.age_deadline_ms.take() {
-        ctx.remove(
-            Table::AgeDeadlines,
-            &keys::age_deadline(deadline_ms, topic.id),
-        )?;
+        ctx.remove(Table::AgeDeadlines, &keys::age_deadline(deadline_ms, topic.id))?;
     }
     let Some(age_ms) = topic.config.age_ms_max else {
         return Ok(());
@@ -76,27 +58,16 @@ pub(crate) fn set_age_deadline<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut Topic
     }
     let oldest: MessageRecord = ctx
         .load(Table::Messages, &keys::message(topic.id, topic.first_seq))?
-        .ok_or_else(|| {
-            StoreError::new(format!(
-                "topic {} lost message {}",
-                topic.id, topic.first_seq
-            ))
-        })?;
+        .ok_or_else(|| StoreError::new(format!("topic {} lost message {}", topic.id, topic.first_seq)))?;
     let deadline_ms = oldest.time_ms.saturating_add(age_ms);
-    ctx.mark(
-        Table::AgeDeadlines,
-        &keys::age_deadline(deadline_ms, topic.id),
-    )?;
+    ctx.mark(Table::AgeDeadlines, &keys::age_deadline(deadline_ms, topic.id))?;
     topic.age_deadline_ms = Some(deadline_ms);
     Ok(())
 }
 
 /// The lowest sequence some group or durable subscription still needs, on a work-queue topic
 /// that has at least one of them. `None` means work-queue retention deletes nothing.
-pub(crate) fn work_queue_floor<S: Store>(
-    ctx: &Ctx<'_, S>,
-    topic: &TopicRecord,
-) -> Res<Option<u64>> {
+pub(crate) fn work_queue_floor<S: Store>(ctx: &Ctx<'_, S>, topic: &TopicRecord) -> Res<Option<u64>> {
     if topic.config.retention != RetentionPolicy::WorkQueue {
         return Ok(None);
     }
@@ -105,8 +76,7 @@ pub(crate) fn work_queue_floor<S: Store>(
         let Some(group) = ctx.load::<GroupRecord>(Table::Groups, &keys::id(group_id))? else {
             continue;
         };
-        let needed =
-            first_pending(ctx, group.id)?.map_or(group.next_seq, |seq| seq.min(group.next_seq));
+        let needed = first_pending(ctx, group.id)?.map_or(group.next_seq, |seq| seq.min(group.next_seq));
         floor = Some(floor.map_or(needed, |f| f.min(needed)));
     }
     for sub_id in subscription_ids(ctx, topic.id)? {
@@ -121,10 +91,7 @@ pub(crate) fn work_queue_floor<S: Store>(
 pub(crate) fn first_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
     let prefix = keys::id(group_id);
     let end = prefix_end(&prefix);
-    match ctx
-        .range(Table::Pending, &prefix, end.as_deref(), 1)?
-        .first()
-    {
+    match ctx.range(Table::Pending, &prefix, end.as_deref(), 1)?.first() {
         Some((key, _)) => Ok(Some(keys::read_u64(key, 8)?)),
         None => Ok(None),
     }

@@ -102,9 +102,7 @@ mod tests {
     fn export_import_round_trips_and_pages() {
         let mut store = MemStore::new();
         for i in 0..(EXPORT_PAGE as u32 * 2 + 7) {
-            store
-                .put(Table::Messages, &i.to_be_bytes(), &[1, 2, 3])
-                .unwrap();
+            store.put(Table::Messages, &i.to_be_bytes(), &[1, 2, 3]).unwrap();
         }
         store.put(Table::Meta, b"meta", b"x").unwrap();
         let mut bytes = Vec::new();
@@ -119,34 +117,19 @@ mod tests {
     #[test]
     fn corrupt_snapshots_are_errors() {
         let mut store = MemStore::new();
-        assert!(matches!(
-            import(&mut store, &mut &b"nope"[..]),
-            Err(SnapshotError::Io(_))
-        ));
-        assert!(matches!(
-            import(&mut store, &mut &b"CHORUS-SM-X"[..]),
-            Err(SnapshotError::Corrupt(_))
-        ));
+        assert!(matches!(import(&mut store, &mut &b"nope"[..]), Err(SnapshotError::Io(_))));
+        assert!(matches!(import(&mut store, &mut &b"CHORUS-SM-X"[..]), Err(SnapshotError::Corrupt(_))));
         let mut bad_table = MAGIC.to_vec();
         bad_table.push(200);
-        assert!(matches!(
-            import(&mut store, &mut bad_table.as_slice()),
-            Err(SnapshotError::Corrupt(_))
-        ));
+        assert!(matches!(import(&mut store, &mut bad_table.as_slice()), Err(SnapshotError::Corrupt(_))));
         let mut huge = MAGIC.to_vec();
         huge.push(0);
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            import(&mut store, &mut huge.as_slice()),
-            Err(SnapshotError::Corrupt(_))
-        ));
+        assert!(matches!(import(&mut store, &mut huge.as_slice()), Err(SnapshotError::Corrupt(_))));
         let mut truncated = MAGIC.to_vec();
         truncated.push(0);
         truncated.extend_from_slice(&100u32.to_be_bytes());
         truncated.extend_from_slice(&[1, 2, 3]);
-        assert!(matches!(
-            import(&mut store, &mut truncated.as_slice()),
-            Err(SnapshotError::Corrupt(_))
-        ));
+        assert!(matches!(import(&mut store, &mut truncated.as_slice()), Err(SnapshotError::Corrupt(_))));
     }
 }

@@ -126,13 +126,7 @@ pub trait StoreRead {
 
     /// Up to `limit` entries with `start <= key < end` (no upper bound when `end` is `None`),
     /// in ascending key order.
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError>;
+    fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError>;
 }
 
 /// Write access to the machine's tables. Only the machine writes through it.
@@ -168,13 +162,7 @@ impl StoreRead for MemStore {
         Ok(self.tables.get(&table).and_then(|t| t.get(key)).cloned())
     }
 
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
+    fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         let Some(entries) = self.tables.get(&table) else {
             return Ok(Vec::new());
         };
@@ -194,10 +182,7 @@ impl StoreRead for MemStore {
 
 impl Store for MemStore {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tables
-            .entry(table)
-            .or_default()
-            .insert(key.to_vec(), value.to_vec());
+        self.tables.entry(table).or_default().insert(key.to_vec(), value.to_vec());
         Ok(())
     }
 
@@ -258,12 +243,7 @@ mod tests {
         let found = store.range(Table::Topics, &[2], Some(&[9]), 10).unwrap();
         assert_eq!(found, vec![(vec![3], vec![3]), (vec![5], vec![5])]);
         assert_eq!(store.range(Table::Topics, &[0], None, 1).unwrap().len(), 1);
-        assert!(
-            store
-                .range(Table::Topics, &[5], Some(&[5]), 9)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(store.range(Table::Topics, &[5], Some(&[5]), 9).unwrap().is_empty());
         store.delete(Table::Topics, &[5]).unwrap();
         assert_eq!(store.len(Table::Topics), 3);
         store.clear(Table::Topics).unwrap();

@@ -45,11 +45,7 @@ pub(crate) fn create<S: Store>(
     ctx.save(Table::Subs, &keys::id(sub.id), &sub)?;
     topic.subscriptions += 1;
     ctx.save_topic(&topic)?;
-    Ok(Output::SubscriptionCreated {
-        subscription_id: sub.id,
-        created: true,
-        next_seq,
-    })
+    Ok(Output::SubscriptionCreated { subscription_id: sub.id, created: true, next_seq })
 }
 
 pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &str) -> Res<Output> {
@@ -64,12 +60,7 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
 }
 
 /// Records that the subscriber has processed everything up to and including `seq`.
-pub(crate) fn commit<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    topic_name: &str,
-    name: &str,
-    seq: u64,
-) -> Res<Output> {
+pub(crate) fn commit<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &str, seq: u64) -> Res<Output> {
     let topic = ctx.topic(topic_name)?;
     let mut sub = subscription(ctx, topic.id, name)?;
     if seq > topic.last_seq {
@@ -80,16 +71,12 @@ pub(crate) fn commit<S: Store>(
         .into());
     }
     if seq < sub.next_seq {
-        return Ok(Output::Committed {
-            next_seq: sub.next_seq,
-        });
+        return Ok(Output::Committed { next_seq: sub.next_seq });
     }
     sub.next_seq = seq + 1;
     ctx.save(Table::Subs, &keys::id(sub.id), &sub)?;
     retention::after_consume(ctx, topic.id)?;
-    Ok(Output::Committed {
-        next_seq: sub.next_seq,
-    })
+    Ok(Output::Committed { next_seq: sub.next_seq })
 }
 
 fn subscription<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64, name: &str) -> Res<SubRecord> {
@@ -104,11 +91,7 @@ mod tests {
     use crate::testkit::Harness;
 
     fn create(h: &mut Harness, name: &str, start: StartPosition) -> Output {
-        h.ok(Command::CreateSubscription {
-            topic: "t".into(),
-            name: name.into(),
-            start,
-        })
+        h.ok(Command::CreateSubscription { topic: "t".into(), name: name.into(), start })
     }
 
     #[test]
@@ -118,24 +101,12 @@ mod tests {
         h.publish("t", &["1", "2", "3"]);
         assert!(matches!(
             create(&mut h, "s", StartPosition::Earliest),
-            Output::SubscriptionCreated {
-                next_seq: 1,
-                created: true,
-                ..
-            }
+            Output::SubscriptionCreated { next_seq: 1, created: true, .. }
         ));
-        h.ok(Command::Commit {
-            topic: "t".into(),
-            subscription: "s".into(),
-            seq: 2,
-        });
+        h.ok(Command::Commit { topic: "t".into(), subscription: "s".into(), seq: 2 });
         assert!(matches!(
             create(&mut h, "s", StartPosition::Latest),
-            Output::SubscriptionCreated {
-                next_seq: 3,
-                created: false,
-                ..
-            }
+            Output::SubscriptionCreated { next_seq: 3, created: false, .. }
         ));
         assert!(matches!(
             create(&mut h, "tail", StartPosition::Latest),
@@ -149,27 +120,12 @@ mod tests {
         h.create_topic("t", TopicConfig::default());
         h.publish("t", &["1", "2", "3"]);
         create(&mut h, "s", StartPosition::Earliest);
-        let commit = |seq| Command::Commit {
-            topic: "t".into(),
-            subscription: "s".into(),
-            seq,
-        };
+        let commit = |seq| Command::Commit { topic: "t".into(), subscription: "s".into(), seq };
         assert_eq!(h.ok(commit(2)), Output::Committed { next_seq: 3 });
-        assert_eq!(
-            h.ok(commit(1)),
-            Output::Committed { next_seq: 3 },
-            "a lower commit is ignored"
-        );
+        assert_eq!(h.ok(commit(1)), Output::Committed { next_seq: 3 }, "a lower commit is ignored");
         assert!(matches!(h.err(commit(4)), MachineError::InvalidArgument(_)));
-        let unknown = Command::Commit {
-            topic: "t".into(),
-            subscription: "nope".into(),
-            seq: 1,
-        };
-        assert!(matches!(
-            h.err(unknown),
-            MachineError::UnknownSubscription(_)
-        ));
+        let unknown = Command::Commit { topic: "t".into(), subscription: "nope".into(), seq: 1 };
+        assert!(matches!(h.err(unknown), MachineError::UnknownSubscription(_)));
     }
 
     #[test]
@@ -177,15 +133,9 @@ mod tests {
         let mut h = Harness::new();
         h.create_topic("t", TopicConfig::default());
         create(&mut h, "s", StartPosition::Earliest);
-        h.ok(Command::DeleteSubscription {
-            topic: "t".into(),
-            name: "s".into(),
-        });
+        h.ok(Command::DeleteSubscription { topic: "t".into(), name: "s".into() });
         assert_eq!(h.topic("t").subscriptions, 0);
-        let again = Command::DeleteSubscription {
-            topic: "t".into(),
-            name: "s".into(),
-        };
+        let again = Command::DeleteSubscription { topic: "t".into(), name: "s".into() };
         assert!(matches!(h.err(again), MachineError::UnknownSubscription(_)));
     }
 }

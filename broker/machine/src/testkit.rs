@@ -17,23 +17,13 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
-        Harness {
-            machine: Machine::new(MemStore::new()),
-            index: 0,
-            now_ms: 1_000_000,
-        }
+        Harness { machine: Machine::new(MemStore::new()), index: 0, now_ms: 1_000_000 }
     }
 
     pub fn run(&mut self, command: Command) -> Outcome {
         self.index += 1;
-        let entry = Entry {
-            time_ms: self.now_ms,
-            commands: vec![command],
-        };
-        self.machine
-            .apply(self.index, &entry)
-            .expect("memory store never fails")
-            .remove(0)
+        let entry = Entry { time_ms: self.now_ms, commands: vec![command] };
+        self.machine.apply(self.index, &entry).expect("memory store never fails").remove(0)
     }
 
     pub fn ok(&mut self, command: Command) -> Output {
@@ -49,18 +39,11 @@ impl Harness {
     }
 
     pub fn create_topic(&mut self, name: &str, config: TopicConfig) {
-        self.ok(Command::CreateTopic {
-            name: name.into(),
-            config,
-        });
+        self.ok(Command::CreateTopic { name: name.into(), config });
     }
 
     pub fn create_group(&mut self, topic: &str, name: &str, config: GroupConfig) {
-        self.ok(Command::CreateGroup {
-            topic: topic.into(),
-            name: name.into(),
-            config,
-        });
+        self.ok(Command::CreateGroup { topic: topic.into(), name: name.into(), config });
     }
 
     pub fn publish(&mut self, topic: &str, payloads: &[&str]) -> Published {
@@ -69,24 +52,13 @@ impl Harness {
     }
 
     pub fn publish_messages(&mut self, topic: &str, messages: Vec<NewMessage>) -> Published {
-        match self.ok(Command::Publish(Publish {
-            topic: topic.into(),
-            producer: None,
-            messages,
-        })) {
+        match self.ok(Command::Publish(Publish { topic: topic.into(), producer: None, messages })) {
             Output::Published(published) => published,
             other => panic!("unexpected {other:?}"),
         }
     }
 
-    pub fn lease(
-        &mut self,
-        topic: &str,
-        group: &str,
-        consumer: &str,
-        count_max: u32,
-        lease_ms: u64,
-    ) -> Leased {
+    pub fn lease(&mut self, topic: &str, group: &str, consumer: &str, count_max: u32, lease_ms: u64) -> Leased {
         let command = Command::Lease {
             topic: topic.into(),
             group: group.into(),
@@ -100,35 +72,15 @@ impl Harness {
         }
     }
 
-    pub fn ack(
-        &mut self,
-        topic: &str,
-        group: &str,
-        tokens: &[u64],
-    ) -> Vec<Result<(), MachineError>> {
-        match self.ok(Command::Ack {
-            topic: topic.into(),
-            group: group.into(),
-            tokens: tokens.to_vec(),
-        }) {
+    pub fn ack(&mut self, topic: &str, group: &str, tokens: &[u64]) -> Vec<Result<(), MachineError>> {
+        match self.ok(Command::Ack { topic: topic.into(), group: group.into(), tokens: tokens.to_vec() }) {
             Output::Settled(results) => results,
             other => panic!("unexpected {other:?}"),
         }
     }
 
-    pub fn nack(
-        &mut self,
-        topic: &str,
-        group: &str,
-        tokens: &[u64],
-        delay_ms: u64,
-    ) -> Vec<Result<(), MachineError>> {
-        let command = Command::Nack {
-            topic: topic.into(),
-            group: group.into(),
-            tokens: tokens.to_vec(),
-            delay_ms,
-        };
+    pub fn nack(&mut self, topic: &str, group: &str, tokens: &[u64], delay_ms: u64) -> Vec<Result<(), MachineError>> {
+        let command = Command::Nack { topic: topic.into(), group: group.into(), tokens: tokens.to_vec(), delay_ms };
         match self.ok(command) {
             Output::Settled(results) => results,
             other => panic!("unexpected {other:?}"),
@@ -143,16 +95,12 @@ impl Harness {
     }
 
     pub fn topic(&self, name: &str) -> TopicRecord {
-        query::topic(self.machine.store(), name)
-            .unwrap()
-            .expect("topic exists")
+        query::topic(self.machine.store(), name).unwrap().expect("topic exists")
     }
 
     pub fn group(&self, topic: &str, name: &str) -> GroupRecord {
         let topic = self.topic(topic);
-        query::group_of(self.machine.store(), topic.id, name)
-            .unwrap()
-            .expect("group exists")
+        query::group_of(self.machine.store(), topic.id, name).unwrap().expect("group exists")
     }
 }
 
@@ -166,8 +114,5 @@ pub(crate) fn message(key: Option<&str>, payload: &str) -> NewMessage {
 }
 
 pub(crate) fn payloads(grants: &[Grant]) -> Vec<String> {
-    grants
-        .iter()
-        .map(|g| String::from_utf8(g.message.payload.to_vec()).unwrap())
-        .collect()
+    grants.iter().map(|g| String::from_utf8(g.message.payload.to_vec()).unwrap()).collect()
 }

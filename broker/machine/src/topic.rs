@@ -3,9 +3,7 @@
 
 use crate::command::{NewMessage, Publish, TopicConfig};
 use crate::keys;
-use crate::limits::{
-    DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX,
-};
+use crate::limits::{DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX};
 use crate::machine::{Ctx, Res, read_ids};
 use crate::outcome::{MachineError, Output, Published};
 use crate::records::{DedupRecord, MessageRecord, TopicRecord};
@@ -18,21 +16,14 @@ pub(crate) const CHORE_PURGE_TOPIC: u8 = 1;
 pub(crate) const CHORE_PURGE_GROUP: u8 = 2;
 pub(crate) const CHORE_TRIM_TOPIC: u8 = 3;
 
-pub(crate) fn create<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    name: &str,
-    config: &TopicConfig,
-) -> Res<Output> {
+pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, config: &TopicConfig) -> Res<Output> {
     validate::name("topic", name)?;
     validate::topic_config(config)?;
     if let Some(existing) = crate::query::topic(&*ctx.store, name)? {
         if existing.config != *config {
             return Err(MachineError::Conflict(format!("topic {name:?}")).into());
         }
-        return Ok(Output::TopicCreated {
-            topic_id: existing.id,
-            created: false,
-        });
+        return Ok(Output::TopicCreated { topic_id: existing.id, created: false });
     }
     if ctx.meta.topics >= TOPICS_MAX as u64 {
         return Err(MachineError::LimitReached(format!("at most {TOPICS_MAX} topics")).into());
@@ -53,10 +44,7 @@ pub(crate) fn create<S: Store>(
     };
     ctx.save(Table::TopicNames, name.as_bytes(), &topic.id)?;
     ctx.save_topic(&topic)?;
-    Ok(Output::TopicCreated {
-        topic_id: topic.id,
-        created: true,
-    })
+    Ok(Output::TopicCreated { topic_id: topic.id, created: true })
 }
 
 /// Deletes the topic's name, groups and subscriptions now; its messages and idempotency records
@@ -65,32 +53,19 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, name: &str) -> Res<Output> 
     let topic = ctx.topic(name)?;
     let prefix = keys::id(topic.id);
     let end = prefix_end(&prefix);
-    for (key, value) in ctx.range(
-        Table::GroupNames,
-        &prefix,
-        end.as_deref(),
-        GROUPS_PER_TOPIC_MAX,
-    )? {
+    for (key, value) in ctx.range(Table::GroupNames, &prefix, end.as_deref(), GROUPS_PER_TOPIC_MAX)? {
         let group_id: u64 = crate::records::decode(&value)?;
         ctx.remove(Table::GroupNames, &key)?;
         ctx.remove(Table::Groups, &keys::id(group_id))?;
         ctx.mark(Table::Chores, &keys::chore(CHORE_PURGE_GROUP, group_id))?;
     }
-    for (key, value) in ctx.range(
-        Table::SubNames,
-        &prefix,
-        end.as_deref(),
-        SUBSCRIPTIONS_PER_TOPIC_MAX,
-    )? {
+    for (key, value) in ctx.range(Table::SubNames, &prefix, end.as_deref(), SUBSCRIPTIONS_PER_TOPIC_MAX)? {
         let sub_id: u64 = crate::records::decode(&value)?;
         ctx.remove(Table::SubNames, &key)?;
         ctx.remove(Table::Subs, &keys::id(sub_id))?;
     }
     if let Some(deadline_ms) = topic.age_deadline_ms {
-        ctx.remove(
-            Table::AgeDeadlines,
-            &keys::age_deadline(deadline_ms, topic.id),
-        )?;
+        ctx.remove(Table::AgeDeadlines, &keys::age_deadline(deadline_ms, topic.id))?;
     }
     ctx.remove(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
     ctx.remove(Table::TopicNames, name.as_bytes())?;
@@ -165,11 +140,7 @@ pub(crate) fn append<S: Store>(
         topic.last_seq += 1;
         topic.bytes += record.size();
         ctx.batch_pos += 1;
-        ctx.save(
-            Table::Messages,
-            &keys::message(topic.id, topic.last_seq),
-            &record,
-        )?;
+        ctx.save(Table::Messages, &keys::message(topic.id, topic.last_seq), &record)?;
     }
     if was_empty {
         retention::set_age_deadline(ctx, topic)?;
@@ -190,22 +161,12 @@ pub(crate) fn expire_dedup<S: Store>(ctx: &mut Ctx<'_, S>, budget: usize) -> Res
 
 /// Ids of the topic's groups.
 pub(crate) fn group_ids<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64) -> Res<Vec<u64>> {
-    Ok(read_ids(
-        &*ctx.store,
-        Table::GroupNames,
-        &keys::id(topic_id),
-        GROUPS_PER_TOPIC_MAX,
-    )?)
+    Ok(read_ids(&*ctx.store, Table::GroupNames, &keys::id(topic_id), GROUPS_PER_TOPIC_MAX)?)
 }
 
 /// Ids of the topic's durable subscriptions.
 pub(crate) fn subscription_ids<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64) -> Res<Vec<u64>> {
-    Ok(read_ids(
-        &*ctx.store,
-        Table::SubNames,
-        &keys::id(topic_id),
-        SUBSCRIPTIONS_PER_TOPIC_MAX,
-    )?)
+    Ok(read_ids(&*ctx.store, Table::SubNames, &keys::id(topic_id), SUBSCRIPTIONS_PER_TOPIC_MAX)?)
 }
 
 #[cfg(test)]
@@ -218,43 +179,16 @@ mod tests {
     #[test]
     fn create_is_idempotent_and_conflicts_on_other_config() {
         let mut h = Harness::new();
-        let first = h.ok(Command::CreateTopic {
-            name: "orders".into(),
-            config: TopicConfig::default(),
-        });
+        let first = h.ok(Command::CreateTopic { name: "orders".into(), config: TopicConfig::default() });
+        assert!(matches!(first, Output::TopicCreated { topic_id: 1, created: true }));
+        let again = h.ok(Command::CreateTopic { name: "orders".into(), config: TopicConfig::default() });
+        assert!(matches!(again, Output::TopicCreated { topic_id: 1, created: false }));
+        let other = TopicConfig { messages_max: Some(5), ..TopicConfig::default() };
         assert!(matches!(
-            first,
-            Output::TopicCreated {
-                topic_id: 1,
-                created: true
-            }
-        ));
-        let again = h.ok(Command::CreateTopic {
-            name: "orders".into(),
-            config: TopicConfig::default(),
-        });
-        assert!(matches!(
-            again,
-            Output::TopicCreated {
-                topic_id: 1,
-                created: false
-            }
-        ));
-        let other = TopicConfig {
-            messages_max: Some(5),
-            ..TopicConfig::default()
-        };
-        assert!(matches!(
-            h.err(Command::CreateTopic {
-                name: "orders".into(),
-                config: other
-            }),
+            h.err(Command::CreateTopic { name: "orders".into(), config: other }),
             MachineError::Conflict(_)
         ));
-        let bad = Command::CreateTopic {
-            name: "bad name".into(),
-            config: TopicConfig::default(),
-        };
+        let bad = Command::CreateTopic { name: "bad name".into(), config: TopicConfig::default() };
         assert!(matches!(h.err(bad), MachineError::InvalidArgument(_)));
     }
 
@@ -272,23 +206,10 @@ mod tests {
         h.index += 1;
         let commands = ["a", "b"]
             .map(|topic| {
-                Command::Publish(Publish {
-                    topic: topic.into(),
-                    producer: None,
-                    messages: vec![message(None, "x")],
-                })
+                Command::Publish(Publish { topic: topic.into(), producer: None, messages: vec![message(None, "x")] })
             })
             .to_vec();
-        let outcomes = h
-            .machine
-            .apply(
-                h.index,
-                &Entry {
-                    time_ms: h.now_ms,
-                    commands,
-                },
-            )
-            .unwrap();
+        let outcomes = h.machine.apply(h.index, &Entry { time_ms: h.now_ms, commands }).unwrap();
         let placed: Vec<(u64, u64, u32)> = outcomes
             .into_iter()
             .map(|o| match o.unwrap() {
@@ -298,83 +219,41 @@ mod tests {
             .collect();
         assert_eq!(placed, vec![(5, h.index, 0), (1, h.index, 1)]);
         let topic = h.topic("a");
-        assert_eq!(
-            (
-                topic.first_seq,
-                topic.last_seq,
-                topic.messages(),
-                topic.bytes
-            ),
-            (1, 5, 5, 5)
-        );
+        assert_eq!((topic.first_seq, topic.last_seq, topic.messages(), topic.bytes), (1, 5, 5, 5));
     }
 
     #[test]
     fn publish_rejects_unknown_topics_and_bad_batches_without_writing() {
         let mut h = Harness::new();
-        let publish = |topic: &str, messages| {
-            Command::Publish(Publish {
-                topic: topic.into(),
-                producer: None,
-                messages,
-            })
-        };
-        assert!(matches!(
-            h.err(publish("nope", vec![message(None, "x")])),
-            MachineError::UnknownTopic(_)
-        ));
+        let publish =
+            |topic: &str, messages| Command::Publish(Publish { topic: topic.into(), producer: None, messages });
+        assert!(matches!(h.err(publish("nope", vec![message(None, "x")])), MachineError::UnknownTopic(_)));
         h.create_topic("t", TopicConfig::default());
-        assert!(matches!(
-            h.err(publish("t", vec![])),
-            MachineError::InvalidArgument(_)
-        ));
-        let huge = NewMessage {
-            payload: vec![0; crate::limits::PAYLOAD_BYTES_MAX + 1].into(),
-            ..NewMessage::default()
-        };
-        assert!(matches!(
-            h.err(publish("t", vec![message(None, "ok"), huge])),
-            MachineError::TooLarge(_)
-        ));
+        assert!(matches!(h.err(publish("t", vec![])), MachineError::InvalidArgument(_)));
+        let huge =
+            NewMessage { payload: vec![0; crate::limits::PAYLOAD_BYTES_MAX + 1].into(), ..NewMessage::default() };
+        assert!(matches!(h.err(publish("t", vec![message(None, "ok"), huge])), MachineError::TooLarge(_)));
         assert_eq!(h.topic("t").last_seq, 0);
     }
 
     #[test]
     fn idempotent_producers_are_deduplicated_within_the_window() {
         let mut h = Harness::new();
-        h.create_topic(
-            "t",
-            TopicConfig {
-                dedup_window_ms: 1000,
-                ..TopicConfig::default()
-            },
-        );
+        h.create_topic("t", TopicConfig { dedup_window_ms: 1000, ..TopicConfig::default() });
         let stamped = |sequence| {
             Command::Publish(Publish {
                 topic: "t".into(),
-                producer: Some(ProducerStamp {
-                    id: "p1".into(),
-                    sequence,
-                }),
+                producer: Some(ProducerStamp { id: "p1".into(), sequence }),
                 messages: vec![message(None, "a"), message(None, "b")],
             })
         };
-        let Output::Published(original) = h.ok(stamped(7)) else {
-            panic!()
-        };
-        let Output::Published(retry) = h.ok(stamped(7)) else {
-            panic!()
-        };
+        let Output::Published(original) = h.ok(stamped(7)) else { panic!() };
+        let Output::Published(retry) = h.ok(stamped(7)) else { panic!() };
         assert!(retry.duplicate && !original.duplicate);
-        assert_eq!(
-            (retry.first_seq, retry.count, retry.log_index),
-            (original.first_seq, 2, original.log_index)
-        );
+        assert_eq!((retry.first_seq, retry.count, retry.log_index), (original.first_seq, 2, original.log_index));
         assert_eq!(h.topic("t").last_seq, 2);
         h.advance(1000);
-        let Output::Published(late) = h.ok(stamped(7)) else {
-            panic!()
-        };
+        let Output::Published(late) = h.ok(stamped(7)) else { panic!() };
         assert!(!late.duplicate, "the window has passed");
         assert_eq!(late.first_seq, 3);
     }
@@ -382,23 +261,11 @@ mod tests {
     #[test]
     fn limits_trim_the_oldest_messages() {
         let mut h = Harness::new();
-        h.create_topic(
-            "count",
-            TopicConfig {
-                messages_max: Some(2),
-                ..TopicConfig::default()
-            },
-        );
+        h.create_topic("count", TopicConfig { messages_max: Some(2), ..TopicConfig::default() });
         h.publish("count", &["1", "2", "3"]);
         let topic = h.topic("count");
         assert_eq!((topic.first_seq, topic.last_seq, topic.bytes), (2, 3, 2));
-        h.create_topic(
-            "bytes",
-            TopicConfig {
-                bytes_max: Some(5),
-                ..TopicConfig::default()
-            },
-        );
+        h.create_topic("bytes", TopicConfig { bytes_max: Some(5), ..TopicConfig::default() });
         h.publish("bytes", &["aaa", "bbb", "cc"]);
         let topic = h.topic("bytes");
         assert_eq!((topic.first_seq, topic.bytes), (2, 5));
@@ -407,46 +274,25 @@ mod tests {
     #[test]
     fn age_limits_trim_on_pulses() {
         let mut h = Harness::new();
-        h.create_topic(
-            "t",
-            TopicConfig {
-                age_ms_max: Some(1000),
-                ..TopicConfig::default()
-            },
-        );
+        h.create_topic("t", TopicConfig { age_ms_max: Some(1000), ..TopicConfig::default() });
         h.publish("t", &["old"]);
         h.advance(600);
         h.publish("t", &["new"]);
-        assert_eq!(
-            crate::query::next_deadline(h.machine.store()).unwrap(),
-            Some(h.now_ms + 400)
-        );
+        assert_eq!(crate::query::next_deadline(h.machine.store()).unwrap(), Some(h.now_ms + 400));
         h.advance(400);
         assert_eq!(h.pulse().trimmed, 1);
         assert_eq!(h.topic("t").first_seq, 2);
-        assert_eq!(
-            crate::query::next_deadline(h.machine.store()).unwrap(),
-            Some(h.now_ms + 600)
-        );
+        assert_eq!(crate::query::next_deadline(h.machine.store()).unwrap(), Some(h.now_ms + 600));
         h.advance(600);
         h.pulse();
         assert_eq!(h.topic("t").messages(), 0);
-        assert_eq!(
-            crate::query::next_deadline(h.machine.store()).unwrap(),
-            None
-        );
+        assert_eq!(crate::query::next_deadline(h.machine.store()).unwrap(), None);
     }
 
     #[test]
     fn work_queue_retention_deletes_what_everyone_has_consumed() {
         let mut h = Harness::new();
-        h.create_topic(
-            "jobs",
-            TopicConfig {
-                retention: RetentionPolicy::WorkQueue,
-                ..TopicConfig::default()
-            },
-        );
+        h.create_topic("jobs", TopicConfig { retention: RetentionPolicy::WorkQueue, ..TopicConfig::default() });
         h.create_group("jobs", "workers", crate::command::GroupConfig::default());
         h.ok(Command::CreateSubscription {
             topic: "jobs".into(),
@@ -456,16 +302,8 @@ mod tests {
         h.publish("jobs", &["1", "2", "3"]);
         let grants = h.lease("jobs", "workers", "w", 3, 10_000).grants;
         h.ack("jobs", "workers", &[grants[1].token, grants[0].token]);
-        assert_eq!(
-            h.topic("jobs").first_seq,
-            1,
-            "the subscription has not moved"
-        );
-        h.ok(Command::Commit {
-            topic: "jobs".into(),
-            subscription: "audit".into(),
-            seq: 3,
-        });
+        assert_eq!(h.topic("jobs").first_seq, 1, "the subscription has not moved");
+        h.ok(Command::Commit { topic: "jobs".into(), subscription: "audit".into(), seq: 3 });
         assert_eq!(h.topic("jobs").first_seq, 3, "message 3 is still leased");
         h.ack("jobs", "workers", &[grants[2].token]);
         assert_eq!(h.topic("jobs").messages(), 0);
@@ -478,37 +316,16 @@ mod tests {
         h.create_group("t", "g", crate::command::GroupConfig::default());
         h.publish("t", &["1", "2"]);
         h.lease("t", "g", "w", 1, 10_000);
-        assert_eq!(
-            h.ok(Command::DeleteTopic { name: "t".into() }),
-            Output::TopicDeleted
-        );
-        assert!(matches!(
-            h.err(Command::DeleteTopic { name: "t".into() }),
-            MachineError::UnknownTopic(_)
-        ));
-        assert_eq!(
-            crate::query::next_deadline(h.machine.store()).unwrap(),
-            Some(h.now_ms),
-            "chores are due"
-        );
+        assert_eq!(h.ok(Command::DeleteTopic { name: "t".into() }), Output::TopicDeleted);
+        assert!(matches!(h.err(Command::DeleteTopic { name: "t".into() }), MachineError::UnknownTopic(_)));
+        assert_eq!(crate::query::next_deadline(h.machine.store()).unwrap(), Some(h.now_ms), "chores are due");
         h.create_topic("t", TopicConfig::default());
         assert_eq!(h.topic("t").id, 2);
         let report = h.pulse();
         assert!(report.purged >= 3, "{report:?}");
         let store = h.machine.store();
-        for table in [
-            Table::Messages,
-            Table::Pending,
-            Table::Leases,
-            Table::Chores,
-            Table::Groups,
-            Table::Consumers,
-        ] {
-            assert_eq!(
-                store.len(table),
-                0,
-                "{table:?} keeps data of the deleted topic"
-            );
+        for table in [Table::Messages, Table::Pending, Table::Leases, Table::Chores, Table::Groups, Table::Consumers] {
+            assert_eq!(store.len(table), 0, "{table:?} keeps data of the deleted topic");
         }
     }
 }

@@ -14,10 +14,7 @@ fn invalid(message: String) -> Checked {
 /// starting with a dot (names beginning with `.` are kept for internal use).
 pub fn name(kind: &str, name: &str) -> Checked {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
-        return invalid(format!(
-            "{kind} name must be 1 to {NAME_BYTES_MAX} bytes, got {}",
-            name.len()
-        ));
+        return invalid(format!("{kind} name must be 1 to {NAME_BYTES_MAX} bytes, got {}", name.len()));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if name.starts_with('.') || !name.chars().all(allowed) {
@@ -29,8 +26,7 @@ pub fn name(kind: &str, name: &str) -> Checked {
 }
 
 pub fn topic_config(config: &TopicConfig) -> Checked {
-    if config.messages_max == Some(0) || config.bytes_max == Some(0) || config.age_ms_max == Some(0)
-    {
+    if config.messages_max == Some(0) || config.bytes_max == Some(0) || config.age_ms_max == Some(0) {
         return invalid("retention limits must be positive when set".into());
     }
     if config.dedup_window_ms > DEDUP_WINDOW_MS_MAX {
@@ -49,28 +45,21 @@ pub fn group_config(config: &GroupConfig) -> Checked {
 
 pub fn lease_ms(lease_ms: u64) -> Checked {
     if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) {
-        return invalid(format!(
-            "lease must be {LEASE_MS_MIN} to {LEASE_MS_MAX} ms, got {lease_ms}"
-        ));
+        return invalid(format!("lease must be {LEASE_MS_MIN} to {LEASE_MS_MAX} ms, got {lease_ms}"));
     }
     Ok(())
 }
 
 pub fn tokens(tokens: &[u64]) -> Checked {
     if tokens.is_empty() || tokens.len() > SETTLE_TOKENS_MAX {
-        return invalid(format!(
-            "1 to {SETTLE_TOKENS_MAX} tokens per request, got {}",
-            tokens.len()
-        ));
+        return invalid(format!("1 to {SETTLE_TOKENS_MAX} tokens per request, got {}", tokens.len()));
     }
     Ok(())
 }
 
 pub fn producer_id(id: &str) -> Checked {
     if id.is_empty() || id.len() > PRODUCER_ID_BYTES_MAX {
-        return invalid(format!(
-            "producer id must be 1 to {PRODUCER_ID_BYTES_MAX} bytes"
-        ));
+        return invalid(format!("producer id must be 1 to {PRODUCER_ID_BYTES_MAX} bytes"));
     }
     Ok(())
 }
@@ -91,29 +80,17 @@ pub fn messages(messages: &[NewMessage]) -> Checked {
 fn message(message: &NewMessage) -> Checked {
     let too_large = |what: String| Err(MachineError::TooLarge(what));
     if message.payload.len() > PAYLOAD_BYTES_MAX {
-        return too_large(format!(
-            "payload of {} bytes, at most {PAYLOAD_BYTES_MAX}",
-            message.payload.len()
-        ));
+        return too_large(format!("payload of {} bytes, at most {PAYLOAD_BYTES_MAX}", message.payload.len()));
     }
-    if message
-        .key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > KEY_BYTES_MAX)
-    {
+    if message.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > KEY_BYTES_MAX) {
         return invalid(format!("a key must be 1 to {KEY_BYTES_MAX} bytes"));
     }
     if message.headers.len() > HEADERS_MAX {
-        return too_large(format!(
-            "{} headers, at most {HEADERS_MAX}",
-            message.headers.len()
-        ));
+        return too_large(format!("{} headers, at most {HEADERS_MAX}", message.headers.len()));
     }
     for header in &message.headers {
         if header.name.is_empty() || header.name.len() > HEADER_NAME_BYTES_MAX {
-            return invalid(format!(
-                "header names must be 1 to {HEADER_NAME_BYTES_MAX} bytes"
-            ));
+            return invalid(format!("header names must be 1 to {HEADER_NAME_BYTES_MAX} bytes"));
         }
         if header.value.len() > HEADER_VALUE_BYTES_MAX {
             return too_large(format!(
@@ -143,21 +120,12 @@ mod tests {
 
     #[test]
     fn oversized_messages_are_too_large() {
-        let big = NewMessage {
-            payload: vec![0; PAYLOAD_BYTES_MAX + 1].into(),
-            ..NewMessage::default()
-        };
+        let big = NewMessage { payload: vec![0; PAYLOAD_BYTES_MAX + 1].into(), ..NewMessage::default() };
         assert!(matches!(messages(&[big]), Err(MachineError::TooLarge(_))));
         let many = vec![NewMessage::default(); PUBLISH_MESSAGES_MAX + 1];
         assert!(matches!(messages(&many), Err(MachineError::TooLarge(_))));
-        let empty_key = NewMessage {
-            key: Some(bytes::Bytes::new()),
-            ..NewMessage::default()
-        };
-        assert!(matches!(
-            messages(&[empty_key]),
-            Err(MachineError::InvalidArgument(_))
-        ));
+        let empty_key = NewMessage { key: Some(bytes::Bytes::new()), ..NewMessage::default() };
+        assert!(matches!(messages(&[empty_key]), Err(MachineError::InvalidArgument(_))));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use chorus_machine::{
-    Command, Entry, GroupConfig, KeyOrdering, Machine, MachineError, MemStore, NewMessage, Outcome,
-    Output, Publish, StartPosition, TopicConfig, query, snapshot,
+    Command, Entry, GroupConfig, KeyOrdering, Machine, MachineError, MemStore, NewMessage, Outcome, Output, Publish,
+    StartPosition, TopicConfig, query, snapshot,
 };
 use proptest::prelude::*;
 
@@ -22,36 +22,16 @@ const BOGUS_TOKEN: u64 = 1 << 40;
 #[derive(Debug, Clone)]
 enum Op {
     Publish(Vec<(Option<u8>, u64)>),
-    Lease {
-        group: usize,
-        count_max: u32,
-        lease_ms: u64,
-    },
-    Ack {
-        group: usize,
-        pick: usize,
-    },
-    Nack {
-        group: usize,
-        pick: usize,
-        delay_ms: u64,
-    },
-    Extend {
-        group: usize,
-        pick: usize,
-        lease_ms: u64,
-    },
-    Commit {
-        seq: u64,
-    },
+    Lease { group: usize, count_max: u32, lease_ms: u64 },
+    Ack { group: usize, pick: usize },
+    Nack { group: usize, pick: usize, delay_ms: u64 },
+    Extend { group: usize, pick: usize, lease_ms: u64 },
+    Commit { seq: u64 },
     Pulse,
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let message = (
-        prop::option::of(0u8..3),
-        prop::sample::select(vec![0u64, 0, 0, 300, 1500]),
-    );
+    let message = (prop::option::of(0u8..3), prop::sample::select(vec![0u64, 0, 0, 300, 1500]));
     let group = 0usize..2;
     let lease_ms = prop::sample::select(vec![100u64, 1000, 5000]);
     prop_oneof![
@@ -120,40 +100,27 @@ impl Model {
         self.groups[group]
             .states
             .iter()
-            .find(|(seq, state)| {
-                self.messages[seq].0 == key && !matches!(state, State::Acked | State::Dead)
-            })
+            .find(|(seq, state)| self.messages[seq].0 == key && !matches!(state, State::Acked | State::Dead))
             .map(|(seq, _)| *seq)
     }
 
     fn live(&self, group: usize, token: u64) -> Option<(u64, u32)> {
-        self.groups[group]
-            .states
-            .iter()
-            .find_map(|(seq, state)| match *state {
-                State::Leased {
-                    token: t,
-                    deadline_ms,
-                    deliveries,
-                } if t == token && deadline_ms > self.now_ms => Some((*seq, deliveries)),
-                _ => None,
-            })
+        self.groups[group].states.iter().find_map(|(seq, state)| match *state {
+            State::Leased { token: t, deadline_ms, deliveries } if t == token && deadline_ms > self.now_ms => {
+                Some((*seq, deliveries))
+            }
+            _ => None,
+        })
     }
 
     fn pick(&self, group: usize, pick: usize) -> u64 {
         let seen = &self.groups[group].tokens_seen;
-        seen.get(pick % (seen.len() + 1))
-            .copied()
-            .unwrap_or(BOGUS_TOKEN)
+        seen.get(pick % (seen.len() + 1)).copied().unwrap_or(BOGUS_TOKEN)
     }
 
     fn requeue(&mut self, group: usize, seq: u64, deliveries: u32, at: u64) {
         let max = DELIVERIES_MAX[group];
-        let next = if max > 0 && deliveries >= max {
-            State::Dead
-        } else {
-            State::Waiting { at, deliveries }
-        };
+        let next = if max > 0 && deliveries >= max { State::Dead } else { State::Waiting { at, deliveries } };
         self.groups[group].states.insert(seq, next);
     }
 }
@@ -173,47 +140,29 @@ fn command(op: &Op, model: &Model) -> Command {
                 })
                 .collect(),
         }),
-        Op::Lease {
-            group,
-            count_max,
-            lease_ms,
-        } => Command::Lease {
+        Op::Lease { group, count_max, lease_ms } => Command::Lease {
             topic: TOPIC.into(),
             group: GROUPS[group].into(),
             consumer: format!("w{}", model.now_ms % 3),
             count_max,
             lease_ms: Some(lease_ms),
         },
-        Op::Ack { group, pick } => Command::Ack {
-            topic: TOPIC.into(),
-            group: GROUPS[group].into(),
-            tokens: vec![model.pick(group, pick)],
-        },
-        Op::Nack {
-            group,
-            pick,
-            delay_ms,
-        } => Command::Nack {
+        Op::Ack { group, pick } => {
+            Command::Ack { topic: TOPIC.into(), group: GROUPS[group].into(), tokens: vec![model.pick(group, pick)] }
+        }
+        Op::Nack { group, pick, delay_ms } => Command::Nack {
             topic: TOPIC.into(),
             group: GROUPS[group].into(),
             tokens: vec![model.pick(group, pick)],
             delay_ms,
         },
-        Op::Extend {
-            group,
-            pick,
-            lease_ms,
-        } => Command::Extend {
+        Op::Extend { group, pick, lease_ms } => Command::Extend {
             topic: TOPIC.into(),
             group: GROUPS[group].into(),
             tokens: vec![model.pick(group, pick)],
             lease_ms,
         },
-        Op::Commit { seq } => Command::Commit {
-            topic: TOPIC.into(),
-            subscription: SUBSCRIPTION.into(),
-            seq,
-        },
+        Op::Commit { seq } => Command::Commit { topic: TOPIC.into(), subscription: SUBSCRIPTION.into(), seq },
         Op::Pulse => Command::Pulse,
     }
 }
@@ -228,58 +177,22 @@ fn check(op: &Op, outcome: &Outcome, model: &mut Model) -> Result<(), TestCaseEr
                 let not_before = if delay > 0 { model.now_ms + delay } else { 0 };
                 model.messages.insert(seq, (key, not_before));
                 for group in &mut model.groups {
-                    group.states.insert(
-                        seq,
-                        State::Waiting {
-                            at: 0,
-                            deliveries: 0,
-                        },
-                    );
+                    group.states.insert(seq, State::Waiting { at: 0, deliveries: 0 });
                 }
             }
         }
-        (
-            &Op::Lease {
-                group,
-                count_max,
-                lease_ms,
-            },
-            Ok(Output::Leased(leased)),
-        ) => {
-            let available = model
-                .messages
-                .keys()
-                .filter(|&&seq| model.available(group, seq))
-                .count();
-            prop_assert_eq!(
-                leased.grants.len(),
-                available.min(count_max as usize),
-                "grant count"
-            );
+        (&Op::Lease { group, count_max, lease_ms }, Ok(Output::Leased(leased))) => {
+            let available = model.messages.keys().filter(|&&seq| model.available(group, seq)).count();
+            prop_assert_eq!(leased.grants.len(), available.min(count_max as usize), "grant count");
             for grant in &leased.grants {
-                prop_assert!(
-                    model.available(group, grant.seq),
-                    "granted unavailable message {}",
-                    grant.seq
-                );
+                prop_assert!(model.available(group, grant.seq), "granted unavailable message {}", grant.seq);
                 let last_token = model.groups[group].tokens_seen.last().copied().unwrap_or(0);
-                prop_assert!(
-                    grant.token > last_token,
-                    "token {} after {}",
-                    grant.token,
-                    last_token
-                );
-                let State::Waiting { deliveries, .. } = model.groups[group].states[&grant.seq]
-                else {
-                    unreachable!()
-                };
+                prop_assert!(grant.token > last_token, "token {} after {}", grant.token, last_token);
+                let State::Waiting { deliveries, .. } = model.groups[group].states[&grant.seq] else { unreachable!() };
                 prop_assert_eq!(grant.delivery_count, deliveries + 1);
                 prop_assert_eq!(grant.deadline_ms, model.now_ms + lease_ms);
-                let state = State::Leased {
-                    token: grant.token,
-                    deadline_ms: grant.deadline_ms,
-                    deliveries: deliveries + 1,
-                };
+                let state =
+                    State::Leased { token: grant.token, deadline_ms: grant.deadline_ms, deliveries: deliveries + 1 };
                 model.groups[group].states.insert(grant.seq, state);
                 model.groups[group].tokens_seen.push(grant.token);
             }
@@ -294,14 +207,7 @@ fn check(op: &Op, outcome: &Outcome, model: &mut Model) -> Result<(), TestCaseEr
                 None => prop_assert_eq!(&results[0], &Err(MachineError::StaleLease(token))),
             }
         }
-        (
-            &Op::Nack {
-                group,
-                pick,
-                delay_ms,
-            },
-            Ok(Output::Settled(results)),
-        ) => {
+        (&Op::Nack { group, pick, delay_ms }, Ok(Output::Settled(results))) => {
             let token = model.pick(group, pick);
             match model.live(group, token) {
                 Some((seq, deliveries)) => {
@@ -311,46 +217,23 @@ fn check(op: &Op, outcome: &Outcome, model: &mut Model) -> Result<(), TestCaseEr
                 None => prop_assert_eq!(&results[0], &Err(MachineError::StaleLease(token))),
             }
         }
-        (
-            &Op::Extend {
-                group,
-                pick,
-                lease_ms,
-            },
-            Ok(Output::Extended(results)),
-        ) => {
+        (&Op::Extend { group, pick, lease_ms }, Ok(Output::Extended(results))) => {
             let token = model.pick(group, pick);
             match model.live(group, token) {
                 Some((seq, deliveries)) => {
                     let deadline_ms = model.now_ms + lease_ms;
                     prop_assert_eq!(&results[0], &Ok(deadline_ms));
-                    model.groups[group].states.insert(
-                        seq,
-                        State::Leased {
-                            token,
-                            deadline_ms,
-                            deliveries,
-                        },
-                    );
+                    model.groups[group].states.insert(seq, State::Leased { token, deadline_ms, deliveries });
                 }
                 None => prop_assert_eq!(&results[0], &Err(MachineError::StaleLease(token))),
             }
         }
         (&Op::Commit { seq }, outcome) => {
             if seq > model.messages.len() as u64 {
-                prop_assert!(
-                    matches!(outcome, Err(MachineError::InvalidArgument(_))),
-                    "{:?}",
-                    outcome
-                );
+                prop_assert!(matches!(outcome, Err(MachineError::InvalidArgument(_))), "{:?}", outcome);
             } else {
                 model.cursor = model.cursor.max(seq + 1);
-                prop_assert_eq!(
-                    outcome,
-                    &Ok(Output::Committed {
-                        next_seq: model.cursor
-                    })
-                );
+                prop_assert_eq!(outcome, &Ok(Output::Committed { next_seq: model.cursor }));
             }
         }
         (Op::Pulse, Ok(Output::Pulsed(report))) => {
@@ -360,11 +243,9 @@ fn check(op: &Op, outcome: &Outcome, model: &mut Model) -> Result<(), TestCaseEr
                     .states
                     .iter()
                     .filter_map(|(seq, state)| match *state {
-                        State::Leased {
-                            deadline_ms,
-                            deliveries,
-                            ..
-                        } if deadline_ms <= model.now_ms => Some((*seq, deliveries)),
+                        State::Leased { deadline_ms, deliveries, .. } if deadline_ms <= model.now_ms => {
+                            Some((*seq, deliveries))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -382,21 +263,14 @@ fn check(op: &Op, outcome: &Outcome, model: &mut Model) -> Result<(), TestCaseEr
 
 /// The machine's state agrees with the model: one lease per message, the same leases, counts and
 /// cursor, and every published message in exactly one state per group.
-fn check_state(
-    machine: &Machine<MemStore>,
-    model: &Model,
-    cursor_before: u64,
-) -> Result<(), TestCaseError> {
+fn check_state(machine: &Machine<MemStore>, model: &Model, cursor_before: u64) -> Result<(), TestCaseError> {
     let store = machine.store();
     let topic = query::topic(store, TOPIC).unwrap().unwrap();
     prop_assert_eq!(topic.last_seq, model.messages.len() as u64);
     for (index, name) in GROUPS.iter().enumerate() {
         let group = query::group_of(store, topic.id, name).unwrap().unwrap();
         let states = &model.groups[index].states;
-        let leases: BTreeSet<(u64, u64)> = query::leases(store, group.id, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .collect();
+        let leases: BTreeSet<(u64, u64)> = query::leases(store, group.id, usize::MAX).unwrap().into_iter().collect();
         let expected: BTreeSet<(u64, u64)> = states
             .iter()
             .filter_map(|(seq, s)| match s {
@@ -411,37 +285,18 @@ fn check_state(
         let c = &group.counts;
         prop_assert_eq!(c.leased, count(|s| matches!(s, State::Leased { .. })));
         prop_assert_eq!(c.acked_total, count(|s| matches!(s, State::Acked)));
-        prop_assert_eq!(
-            c.dead_lettered_total + c.dropped_total,
-            count(|s| matches!(s, State::Dead))
-        );
-        prop_assert_eq!(
-            query::group_backlog(&topic, &group),
-            count(|s| matches!(s, State::Waiting { .. }))
-        );
-        let accounted = query::group_backlog(&topic, &group)
-            + c.leased
-            + c.acked_total
-            + c.dead_lettered_total
-            + c.dropped_total;
-        prop_assert_eq!(
-            accounted,
-            topic.last_seq,
-            "every message is in exactly one state"
-        );
+        prop_assert_eq!(c.dead_lettered_total + c.dropped_total, count(|s| matches!(s, State::Dead)));
+        prop_assert_eq!(query::group_backlog(&topic, &group), count(|s| matches!(s, State::Waiting { .. })));
+        let accounted =
+            query::group_backlog(&topic, &group) + c.leased + c.acked_total + c.dead_lettered_total + c.dropped_total;
+        prop_assert_eq!(accounted, topic.last_seq, "every message is in exactly one state");
     }
     let dead_letters = query::topic(store, DEAD_LETTERS).unwrap().unwrap();
     prop_assert_eq!(
         dead_letters.last_seq,
-        model.groups[0]
-            .states
-            .values()
-            .filter(|s| **s == State::Dead)
-            .count() as u64
+        model.groups[0].states.values().filter(|s| **s == State::Dead).count() as u64
     );
-    let sub = query::subscription_of(store, topic.id, SUBSCRIPTION)
-        .unwrap()
-        .unwrap();
+    let sub = query::subscription_of(store, topic.id, SUBSCRIPTION).unwrap().unwrap();
     prop_assert!(sub.next_seq >= cursor_before, "cursor moved back");
     prop_assert_eq!(sub.next_seq, model.cursor);
     Ok(())
@@ -449,41 +304,20 @@ fn check_state(
 
 fn setup() -> Entry {
     let mut commands = vec![
-        Command::CreateTopic {
-            name: TOPIC.into(),
-            config: TopicConfig::default(),
-        },
-        Command::CreateTopic {
-            name: DEAD_LETTERS.into(),
-            config: TopicConfig::default(),
-        },
-        Command::CreateSubscription {
-            topic: TOPIC.into(),
-            name: SUBSCRIPTION.into(),
-            start: StartPosition::Earliest,
-        },
+        Command::CreateTopic { name: TOPIC.into(), config: TopicConfig::default() },
+        Command::CreateTopic { name: DEAD_LETTERS.into(), config: TopicConfig::default() },
+        Command::CreateSubscription { topic: TOPIC.into(), name: SUBSCRIPTION.into(), start: StartPosition::Earliest },
     ];
     for (index, name) in GROUPS.iter().enumerate() {
         let config = GroupConfig {
             deliveries_max: DELIVERIES_MAX[index],
             dead_letter_topic: (index == 0).then(|| DEAD_LETTERS.to_owned()),
-            ordering: if index == 1 {
-                KeyOrdering::PerKey
-            } else {
-                KeyOrdering::Unordered
-            },
+            ordering: if index == 1 { KeyOrdering::PerKey } else { KeyOrdering::Unordered },
             ..GroupConfig::default()
         };
-        commands.push(Command::CreateGroup {
-            topic: TOPIC.into(),
-            name: (*name).into(),
-            config,
-        });
+        commands.push(Command::CreateGroup { topic: TOPIC.into(), name: (*name).into(), config });
     }
-    Entry {
-        time_ms: 1_000,
-        commands,
-    }
+    Entry { time_ms: 1_000, commands }
 }
 
 fn snapshot_bytes(machine: &Machine<MemStore>) -> Vec<u8> {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use chorus_protocol::pb;
@@ -29,16 +30,13 @@ const PURGED_KEY: &str = "purged";
 /// Most jobs one transaction carries.
 const JOBS_PER_COMMIT_MAX: usize = 4096;
 
+/// Called once an append is on disk (or failed to get there).
+type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
+
 /// What the writer thread is asked to do.
 enum Job {
-    Append {
-        entries: Vec<(LogId, Vec<u8>)>,
-        flushed: LogFlushed<TypeConfig>,
-    },
-    Sync {
-        op: SyncOp,
-        done: oneshot::Sender<Result<(), String>>,
-    },
+    Append { entries: Vec<(LogId, Vec<u8>)>, flushed: Flushed },
+    Sync { op: SyncOp, done: oneshot::Sender<Result<(), String>> },
 }
 
 enum SyncOp {
@@ -66,6 +64,8 @@ pub struct LogReader {
 pub struct LogStore {
     reader: LogReader,
     jobs: mpsc::Sender<Job>,
+    /// The last committed index saved, for status reports.
+    committed: Arc<AtomicU64>,
 }
 
 impl Debug for LogStore {
@@ -100,40 +100,52 @@ impl LogStore {
         txn.open_table(LOG).map_err(write_error)?;
         txn.open_table(META).map_err(write_error)?;
         txn.commit().map_err(write_error)?;
-        let shared = Arc::new(Shared {
-            db,
-            pending: Mutex::new(BTreeMap::new()),
-        });
+        let shared = Arc::new(Shared { db, pending: Mutex::new(BTreeMap::new()) });
         let (jobs, queue) = mpsc::channel();
         let writer = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("chorus-log-writer".into())
             .spawn(move || write_loop(&writer, &queue))
             .map_err(write_error)?;
-        Ok(LogStore {
-            reader: LogReader { shared },
-            jobs,
-        })
+        let store = LogStore { reader: LogReader { shared }, jobs, committed: Arc::new(AtomicU64::new(0)) };
+        if let Some(committed) = store.read_log_id(COMMITTED_KEY)? {
+            store.committed.store(committed.index, Ordering::Relaxed);
+        }
+        Ok(store)
+    }
+
+    /// Makes `entries` readable at once and queues them for the writer; `flushed` runs after
+    /// their fsync.
+    fn enqueue(&mut self, entries: impl IntoIterator<Item = Entry>, flushed: Flushed) -> Result<(), StorageError> {
+        let mut encoded = Vec::new();
+        {
+            let mut pending = self.reader.shared.pending.lock().expect("pending lock");
+            for entry in entries {
+                encoded.push((entry.log_id, wire::entry_to_pb(&entry).encode_to_vec()));
+                pending.insert(entry.log_id.index, entry);
+            }
+        }
+        self.jobs
+            .send(Job::Append { entries: encoded, flushed })
+            .map_err(|_| write_error(WriterStopped("log writer stopped".into())))
+    }
+
+    /// Follows the committed index as openraft saves it.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.committed)
     }
 
     async fn sync(&self, op: SyncOp) -> Result<(), StorageError> {
         let (done, wait) = oneshot::channel();
         let closed = || write_error(WriterStopped("log writer stopped".into()));
-        self.jobs
-            .send(Job::Sync { op, done })
-            .map_err(|_| closed())?;
-        wait.await
-            .map_err(|_| closed())?
-            .map_err(|e| write_error(WriterStopped(e)))
+        self.jobs.send(Job::Sync { op, done }).map_err(|_| closed())?;
+        wait.await.map_err(|_| closed())?.map_err(|e| write_error(WriterStopped(e)))
     }
 
     fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let txn = self.reader.shared.db.begin_read().map_err(read_error)?;
         let table = txn.open_table(META).map_err(read_error)?;
-        Ok(table
-            .get(key)
-            .map_err(read_error)?
-            .map(|v| v.value().to_vec()))
+        Ok(table.get(key).map_err(read_error)?.map(|v| v.value().to_vec()))
     }
 
     fn read_log_id(&self, key: &str) -> Result<Option<LogId>, StorageError> {
@@ -162,9 +174,7 @@ fn write_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
         }
         for job in jobs {
             match job {
-                Job::Append { flushed, .. } => {
-                    flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
-                }
+                Job::Append { flushed, .. } => flushed(result.clone().map_err(std::io::Error::other)),
                 Job::Sync { done, .. } => {
                     let _ = done.send(result.clone());
                 }
@@ -187,16 +197,10 @@ fn write_jobs(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
                         log.insert(log_id.index, bytes.as_slice())?;
                     }
                 }
-                Job::Sync {
-                    op: SyncOp::Vote(bytes),
-                    ..
-                } => {
+                Job::Sync { op: SyncOp::Vote(bytes), .. } => {
                     meta.insert(VOTE_KEY, bytes.as_slice())?;
                 }
-                Job::Sync {
-                    op: SyncOp::Committed(bytes),
-                    ..
-                } => match bytes {
+                Job::Sync { op: SyncOp::Committed(bytes), .. } => match bytes {
                     Some(bytes) => {
                         meta.insert(COMMITTED_KEY, bytes.as_slice())?;
                     }
@@ -204,16 +208,10 @@ fn write_jobs(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
                         meta.remove(COMMITTED_KEY)?;
                     }
                 },
-                Job::Sync {
-                    op: SyncOp::Truncate(from),
-                    ..
-                } => {
+                Job::Sync { op: SyncOp::Truncate(from), .. } => {
                     log.retain_in(*from.., |_, _| false)?;
                 }
-                Job::Sync {
-                    op: SyncOp::Purge(log_id, bytes),
-                    ..
-                } => {
+                Job::Sync { op: SyncOp::Purge(log_id, bytes), .. } => {
                     log.retain_in(..=log_id.index, |_, _| false)?;
                     meta.insert(PURGED_KEY, bytes.as_slice())?;
                 }
@@ -230,10 +228,7 @@ fn forget_flushed(shared: &Shared, jobs: &[Job]) {
     for job in jobs {
         if let Job::Append { entries, .. } = job {
             for (log_id, _) in entries {
-                if pending
-                    .get(&log_id.index)
-                    .is_some_and(|e| e.log_id == *log_id)
-                {
+                if pending.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
                     pending.remove(&log_id.index);
                 }
             }
@@ -262,6 +257,12 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        // Pending first: an entry leaves `pending` only after its commit, so whatever is missing
+        // from this copy is already on disk when the read transaction below begins.
+        let pending: Vec<(u64, Entry)> = {
+            let pending = self.shared.pending.lock().expect("pending lock");
+            pending.range(range.clone()).map(|(index, entry)| (*index, entry.clone())).collect()
+        };
         let mut found = BTreeMap::new();
         {
             let txn = self.shared.db.begin_read().map_err(read_error)?;
@@ -272,10 +273,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
                 found.insert(index.value(), decode_entry(bytes.value())?);
             }
         }
-        let pending = self.shared.pending.lock().expect("pending lock");
-        for (index, entry) in pending.range(range) {
-            found.insert(*index, entry.clone());
-        }
+        found.extend(pending);
         Ok(found.into_values().collect())
     }
 }
@@ -294,22 +292,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.read_log_id(PURGED_KEY)?;
-        let pending_last = self
-            .reader
-            .shared
-            .pending
-            .lock()
-            .expect("pending lock")
-            .values()
-            .next_back()
-            .map(|e| e.log_id);
-        let last_log_id = pending_last
-            .or(self.reader.last_on_disk()?)
-            .or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        let pending_last =
+            self.reader.shared.pending.lock().expect("pending lock").values().next_back().map(|e| e.log_id);
+        let last_log_id = pending_last.or(self.reader.last_on_disk()?).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
@@ -317,8 +303,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.sync(SyncOp::Vote(wire::vote_to_pb(vote).encode_to_vec()))
-            .await
+        self.sync(SyncOp::Vote(wire::vote_to_pb(vote).encode_to_vec())).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -332,39 +317,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let bytes = committed
-            .as_ref()
-            .map(|id| wire::log_id_to_pb(id).encode_to_vec());
-        self.sync(SyncOp::Committed(bytes)).await
+        let bytes = committed.as_ref().map(|id| wire::log_id_to_pb(id).encode_to_vec());
+        self.sync(SyncOp::Committed(bytes)).await?;
+        self.committed.store(committed.map_or(0, |id| id.index), Ordering::Relaxed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         self.read_log_id(COMMITTED_KEY)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        flushed: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, flushed: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        {
-            let mut pending = self.reader.shared.pending.lock().expect("pending lock");
-            for entry in entries {
-                encoded.push((entry.log_id, wire::entry_to_pb(&entry).encode_to_vec()));
-                pending.insert(entry.log_id.index, entry);
-            }
-        }
-        self.jobs
-            .send(Job::Append {
-                entries: encoded,
-                flushed,
-            })
-            .map_err(|_| write_error(WriterStopped("log writer stopped".into())))
+        self.enqueue(entries, Box::new(move |result| flushed.log_io_completed(result)))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -378,14 +346,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
             let mut pending = self.reader.shared.pending.lock().expect("pending lock");
-            pending.retain(|index, _| {
-                (Bound::Excluded(log_id.index), Bound::Unbounded).contains(index)
-            });
+            pending.retain(|index, _| (Bound::Excluded(log_id.index), Bound::Unbounded).contains(index));
         }
-        self.sync(SyncOp::Purge(
-            log_id,
-            wire::log_id_to_pb(&log_id).encode_to_vec(),
-        ))
-        .await
+        self.sync(SyncOp::Purge(log_id, wire::log_id_to_pb(&log_id).encode_to_vec())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// Readers racing the writer thread never see a gap: an entry is always either pending or
+    /// on disk. (Reading disk before pending once lost entries flushed in between.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_racing_flushes_see_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&dir.path().join("log.redb")).unwrap();
+        let reader = store.get_log_reader().await;
+        let appended = Arc::new(AtomicU64::new(0));
+        let check = {
+            let (mut reader, appended) = (reader.clone(), Arc::clone(&appended));
+            tokio::spawn(async move {
+                while appended.load(Ordering::Acquire) < 2_000 {
+                    let upto = appended.load(Ordering::Acquire);
+                    let entries = reader.try_get_log_entries(1..=upto).await.unwrap();
+                    assert_eq!(entries.len() as u64, upto, "a gap in entries 1..={upto}");
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for index in 1..=2_000u64 {
+            let entry = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank };
+            let (flushed, done) = oneshot::channel();
+            store.enqueue([entry], Box::new(move |result| drop(flushed.send(result)))).unwrap();
+            appended.store(index, Ordering::Release);
+            if index % 100 == 0 {
+                let _ = done.await;
+            }
+        }
+        check.await.unwrap();
     }
 }

@@ -1,1 +1,242 @@
-//! Broker-to-broker RPCs (placeholder until the peer transport lands).
+//! Outgoing broker-to-broker RPCs for openraft: one persistent TCP connection per replication
+//! stream, framed with the peer codec (bounded frames), reconnected lazily after any failure.
+//! Each RPC has openraft's deadline; an unreachable peer is retried after a randomized
+//! exponential backoff. Snapshots travel as openraft's bounded chunks.
+
+use std::time::Duration;
+
+use chorus_protocol::pb::{self, peer_frame::Body};
+use chorus_protocol::{PeerCodec, ProtocolError};
+use futures::{SinkExt, StreamExt};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{AnyError, SnapshotSegmentId};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use super::{BrokerNode, NodeId, TypeConfig, wire};
+
+/// First retry delay after a peer was unreachable.
+const BACKOFF_MS_MIN: u64 = 50;
+/// Longest retry delay.
+const BACKOFF_MS_MAX: u64 = 2_000;
+
+/// Makes a [`PeerClient`] per replication stream.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// This broker's id, announced in the PeerHello that opens every connection.
+    pub from_id: NodeId,
+    pub frame_bytes_max: usize,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> PeerClient {
+        PeerClient::new(self.from_id, target, node.peer_addr.clone(), self.frame_bytes_max)
+    }
+}
+
+impl PeerClient {
+    /// A client for the peer `target` at `addr`; it connects on first use.
+    pub fn new(from_id: NodeId, target: NodeId, addr: String, frame_bytes_max: usize) -> PeerClient {
+        PeerClient { from_id, target, addr, conn: None, next_request_id: 1, frame_bytes_max }
+    }
+}
+
+/// A connection to one peer, opened on first use and after any failure.
+pub struct PeerClient {
+    from_id: NodeId,
+    target: NodeId,
+    addr: String,
+    conn: Option<Framed<TcpStream, PeerCodec>>,
+    next_request_id: u64,
+    frame_bytes_max: usize,
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClient").field("target", &self.target).field("addr", &self.addr).finish()
+    }
+}
+
+/// Why an RPC got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("peer answered request {expected} with request {got}")]
+    Mismatched { expected: u64, got: u64 },
+}
+
+type Rpc<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BrokerNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    /// Sends `body` and waits for the answer, within `timeout`. Any failure drops the connection.
+    pub async fn call(&mut self, body: Body, timeout: Duration) -> Result<Body, CallError> {
+        let result = tokio::time::timeout(timeout, self.exchange(body)).await;
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(_) => Err(CallError::Timeout(timeout)),
+        };
+        if answer.is_err() {
+            self.conn = None;
+        }
+        answer
+    }
+
+    async fn exchange(&mut self, body: Body) -> Result<Body, CallError> {
+        if self.conn.is_none() {
+            let stream = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| CallError::Connect { addr: self.addr.clone(), source })?;
+            stream.set_nodelay(true).map_err(|source| CallError::Connect { addr: self.addr.clone(), source })?;
+            self.conn = Some(Framed::new(stream, PeerCodec::new(self.frame_bytes_max)));
+            // Every peer connection opens with a hello naming the sender.
+            let hello = Body::Hello(pb::PeerHello {
+                protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
+                from_id: self.from_id,
+                initialized: false,
+            });
+            if let Body::Hello(_) = body {
+                return self.round_trip(hello).await;
+            }
+            self.round_trip(hello).await?;
+        }
+        self.round_trip(body).await
+    }
+
+    async fn round_trip(&mut self, body: Body) -> Result<Body, CallError> {
+        let conn = self.conn.as_mut().ok_or(CallError::Closed)?;
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        conn.send(pb::PeerFrame { request_id, body: Some(body) }).await?;
+        let frame = conn.next().await.ok_or(CallError::Closed)??;
+        if frame.request_id != request_id {
+            return Err(CallError::Mismatched { expected: request_id, got: frame.request_id });
+        }
+        frame.body.ok_or(CallError::Closed)
+    }
+
+    fn failed<E: std::error::Error>(&self, error: CallError) -> RPCError<NodeId, BrokerNode, RaftError<NodeId, E>> {
+        match error {
+            CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+            other => RPCError::Network(NetworkError::new(&other)),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self, body: &Body) -> RPCError<NodeId, BrokerNode, RaftError<NodeId, E>> {
+        let message = match body {
+            Body::Error(error) => format!("peer {} refused: {}", self.target, error.message),
+            other => format!("peer {} sent an unexpected answer: {other:?}", self.target),
+        };
+        RPCError::Network(NetworkError::new(&AnyError::error(message)))
+    }
+
+    fn malformed<E: std::error::Error>(
+        &self,
+        error: wire::WireError,
+    ) -> RPCError<NodeId, BrokerNode, RaftError<NodeId, E>> {
+        RPCError::Network(NetworkError::new(&error))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        let body = Body::AppendEntries(wire::append_request_to_pb(&rpc));
+        match self.call(body, option.hard_ttl()).await.map_err(|e| self.failed(e))? {
+            Body::AppendEntriesOk(response) => wire::append_response_from_pb(response).map_err(|e| self.malformed(e)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let snapshot_id = rpc.meta.snapshot_id.clone();
+        let offset = rpc.offset;
+        let body = Body::SnapshotChunk(wire::snapshot_chunk_to_pb(&rpc));
+        match self.call(body, option.hard_ttl()).await.map_err(|e| self.failed(e))? {
+            Body::SnapshotChunkOk(ok) => {
+                Ok(InstallSnapshotResponse { vote: wire::vote_from_pb(ok.vote).map_err(|e| self.malformed(e))? })
+            }
+            Body::Error(error) if error.snapshot_mismatch => {
+                let mismatch = SnapshotMismatch {
+                    expect: SnapshotSegmentId { id: snapshot_id.clone(), offset: 0 },
+                    got: SnapshotSegmentId { id: snapshot_id, offset },
+                };
+                let source = RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch));
+                Err(RPCError::RemoteError(RemoteError::new(self.target, source)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Rpc<VoteResponse<NodeId>> {
+        let body = Body::Vote(wire::vote_request_to_pb(&rpc));
+        match self.call(body, option.hard_ttl()).await.map_err(|e| self.failed(e))? {
+            Body::VoteOk(response) => wire::vote_response_from_pb(response).map_err(|e| self.malformed(e)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(jittered_backoff())
+    }
+}
+
+/// Delays of 50 ms doubling to 2 s, each scaled by a random factor in [0.5, 1.5) so peers that
+/// lost the same broker do not retry in lockstep.
+pub fn jittered_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
+    let mut base_ms = BACKOFF_MS_MIN;
+    std::iter::from_fn(move || {
+        let delay_ms = base_ms / 2 + rand::random_range(0..base_ms.max(1));
+        base_ms = (base_ms * 2).min(BACKOFF_MS_MAX);
+        Some(Duration::from_millis(delay_ms))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let delays: Vec<u64> = jittered_backoff().take(12).map(|d| d.as_millis() as u64).collect();
+        assert!((25..75).contains(&delays[0]), "{delays:?}");
+        assert!((50..150).contains(&delays[1]), "{delays:?}");
+        assert!(delays.iter().all(|&d| d < BACKOFF_MS_MAX * 3 / 2), "{delays:?}");
+        assert!(delays[11] >= BACKOFF_MS_MAX / 2, "{delays:?}");
+    }
+
+    #[tokio::test]
+    async fn an_absent_peer_is_unreachable_and_a_silent_one_times_out() {
+        let mut client = Network { from_id: 1, frame_bytes_max: 1 << 20 }
+            .new_client(2, &BrokerNode { peer_addr: "127.0.0.1:1".into(), client_addr: String::new() })
+            .await;
+        let ping = || Body::Hello(pb::PeerHello { protocol_version: 1, from_id: 1, initialized: false });
+        assert!(matches!(client.call(ping(), Duration::from_secs(1)).await, Err(CallError::Connect { .. })));
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        client.addr = silent.local_addr().unwrap().to_string();
+        assert!(matches!(client.call(ping(), Duration::from_millis(100)).await, Err(CallError::Timeout(_))));
+        assert!(client.conn.is_none(), "a failed call drops its connection");
+    }
+}

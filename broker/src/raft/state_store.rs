@@ -16,16 +16,11 @@ use chorus_protocol::pb;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use prost::Message;
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition, WriteTransaction};
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
-use super::{
-    Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, storage_error,
-    wire,
-};
+use super::{Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, storage_error, wire};
 use crate::command;
 use crate::storage::{ReadStore, WriteStore, create_tables};
 
@@ -53,9 +48,7 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore")
-            .field("snapshot_dir", &self.snapshot_dir)
-            .finish()
+        f.debug_struct("StateStore").field("snapshot_dir", &self.snapshot_dir).finish()
     }
 }
 
@@ -90,12 +83,7 @@ impl StateStore {
         txn.commit().map_err(write_error)?;
         let db = Arc::new(db);
         let status = watch::Sender::new(read_status(&db.begin_read().map_err(read_error)?)?);
-        Ok(StateStore {
-            db,
-            snapshot_dir,
-            receiving: None,
-            status,
-        })
+        Ok(StateStore { db, snapshot_dir, receiving: None, status })
     }
 
     /// Follows the applied index, time and next deadline.
@@ -123,11 +111,7 @@ impl StateStore {
                     EntryPayload::Normal(bytes) => {
                         let decoded = pb::Entry::decode(bytes.0).map_err(read_error)?;
                         let decoded = command::entry_from_pb(decoded).map_err(read_error)?;
-                        Applied(
-                            machine
-                                .apply(entry.log_id.index, &decoded)
-                                .map_err(write_error)?,
-                        )
+                        Applied(machine.apply(entry.log_id.index, &decoded).map_err(write_error)?)
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
@@ -139,24 +123,16 @@ impl StateStore {
         };
         let mut meta = txn.open_table(SM_META).map_err(write_error)?;
         if let Some(applied) = &last_applied {
-            meta.insert(
-                APPLIED_KEY,
-                wire::log_id_to_pb(applied).encode_to_vec().as_slice(),
-            )
-            .map_err(write_error)?;
+            meta.insert(APPLIED_KEY, wire::log_id_to_pb(applied).encode_to_vec().as_slice()).map_err(write_error)?;
         }
         if let Some(membership) = &membership {
             let bytes = wire::stored_membership_to_pb(membership).encode_to_vec();
-            meta.insert(MEMBERSHIP_KEY, bytes.as_slice())
-                .map_err(write_error)?;
+            meta.insert(MEMBERSHIP_KEY, bytes.as_slice()).map_err(write_error)?;
         }
         drop(meta);
         txn.commit().map_err(write_error)?;
         let log_index = last_applied.map_or(0, |id| id.index);
-        self.status.send_replace(AppliedStatus {
-            log_index,
-            ..status
-        });
+        self.status.send_replace(AppliedStatus { log_index, ..status });
         Ok(results)
     }
 }
@@ -164,11 +140,7 @@ impl StateStore {
 fn machine_status(store: &impl chorus_machine::StoreRead) -> Result<AppliedStatus, StorageError> {
     let (log_index, time_ms) = query::last_applied(store).map_err(read_error)?;
     let next_deadline_ms = query::next_deadline(store).map_err(read_error)?;
-    Ok(AppliedStatus {
-        log_index,
-        time_ms,
-        next_deadline_ms,
-    })
+    Ok(AppliedStatus { log_index, time_ms, next_deadline_ms })
 }
 
 fn read_status(txn: &ReadTransaction) -> Result<AppliedStatus, StorageError> {
@@ -179,10 +151,7 @@ fn read_status(txn: &ReadTransaction) -> Result<AppliedStatus, StorageError> {
     Ok(status)
 }
 
-fn read_meta<M: Message + Default>(
-    txn: &ReadTransaction,
-    key: &str,
-) -> Result<Option<M>, StorageError> {
+fn read_meta<M: Message + Default>(txn: &ReadTransaction, key: &str) -> Result<Option<M>, StorageError> {
     let table = txn.open_table(SM_META).map_err(read_error)?;
     let Some(bytes) = table.get(key).map_err(read_error)? else {
         return Ok(None);
@@ -209,18 +178,9 @@ fn snapshot_path(dir: &Path, snapshot_id: &str) -> PathBuf {
 }
 
 /// Records `meta` as the current snapshot (in `txn`) and deletes every other snapshot file.
-fn set_current_snapshot(
-    txn: &WriteTransaction,
-    dir: &Path,
-    meta: &SnapshotMeta,
-) -> Result<(), StorageError> {
+fn set_current_snapshot(txn: &WriteTransaction, dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let mut table = txn.open_table(SM_META).map_err(write_error)?;
-    table
-        .insert(
-            SNAPSHOT_KEY,
-            wire::snapshot_meta_to_pb(meta).encode_to_vec().as_slice(),
-        )
-        .map_err(write_error)?;
+    table.insert(SNAPSHOT_KEY, wire::snapshot_meta_to_pb(meta).encode_to_vec().as_slice()).map_err(write_error)?;
     let keep = snapshot_path(dir, &meta.snapshot_id);
     for file in std::fs::read_dir(dir).map_err(write_error)?.flatten() {
         let path = file.path();
@@ -232,30 +192,21 @@ fn set_current_snapshot(
 }
 
 fn unique_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 impl SnapshotBuilder {
     fn build_blocking(&self) -> Result<SnapshotMeta, StorageError> {
         // Make every applied entry durable: once this snapshot exists the log may be purged.
         let mut txn = self.db.begin_write().map_err(write_error)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(write_error)?;
+        txn.set_durability(Durability::Immediate).map_err(write_error)?;
         txn.commit().map_err(write_error)?;
 
         let read = self.db.begin_read().map_err(read_error)?;
         let last_log_id = read_log_id(&read, APPLIED_KEY)?;
         let last_membership = read_membership(&read)?;
         let snapshot_id = match &last_log_id {
-            Some(id) => format!(
-                "{}-{}-{}-{}",
-                id.leader_id.term,
-                id.leader_id.node_id,
-                id.index,
-                unique_suffix()
-            ),
+            Some(id) => format!("{}-{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index, unique_suffix()),
             None => format!("0-0-0-{}", unique_suffix()),
         };
         let path = snapshot_path(&self.snapshot_dir, &snapshot_id);
@@ -263,17 +214,12 @@ impl SnapshotBuilder {
         {
             let file = std::fs::File::create(&partial).map_err(write_error)?;
             let mut out = BufWriter::new(file);
-            snapshot::export(&ReadStore::open(&read).map_err(read_error)?, &mut out)
-                .map_err(write_error)?;
+            snapshot::export(&ReadStore::open(&read).map_err(read_error)?, &mut out).map_err(write_error)?;
             out.flush().map_err(write_error)?;
             out.get_ref().sync_all().map_err(write_error)?;
         }
         std::fs::rename(&partial, &path).map_err(write_error)?;
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
         let txn = self.db.begin_write().map_err(write_error)?;
         set_current_snapshot(&txn, &self.snapshot_dir, &meta)?;
         txn.commit().map_err(write_error)?;
@@ -283,20 +229,11 @@ impl SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let builder = SnapshotBuilder {
-            db: Arc::clone(&self.db),
-            snapshot_dir: self.snapshot_dir.clone(),
-        };
-        let meta = tokio::task::spawn_blocking(move || builder.build_blocking())
-            .await
-            .map_err(write_error)??;
-        let file = tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id))
-            .await
-            .map_err(read_error)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+        let builder = SnapshotBuilder { db: Arc::clone(&self.db), snapshot_dir: self.snapshot_dir.clone() };
+        let meta = tokio::task::spawn_blocking(move || builder.build_blocking()).await.map_err(write_error)??;
+        let file =
+            tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)).await.map_err(read_error)?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -317,16 +254,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder {
-            db: Arc::clone(&self.db),
-            snapshot_dir: self.snapshot_dir.clone(),
-        }
+        SnapshotBuilder { db: Arc::clone(&self.db), snapshot_dir: self.snapshot_dir.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self
-            .snapshot_dir
-            .join(format!("receiving-{}.partial", unique_suffix()));
+        let path = self.snapshot_dir.join(format!("receiving-{}.partial", unique_suffix()));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -352,16 +284,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let partial = path.with_extension("partial");
         {
             let mut source = *snapshot;
-            source
-                .seek(std::io::SeekFrom::Start(0))
-                .await
-                .map_err(read_error)?;
-            let mut target = tokio::fs::File::create(&partial)
-                .await
-                .map_err(write_error)?;
-            tokio::io::copy(&mut source, &mut target)
-                .await
-                .map_err(write_error)?;
+            source.seek(std::io::SeekFrom::Start(0)).await.map_err(read_error)?;
+            let mut target = tokio::fs::File::create(&partial).await.map_err(write_error)?;
+            tokio::io::copy(&mut source, &mut target).await.map_err(write_error)?;
             target.sync_all().await.map_err(write_error)?;
         }
         std::fs::rename(&partial, &path).map_err(write_error)?;
@@ -371,9 +296,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let db = Arc::clone(&self.db);
         let dir = self.snapshot_dir.clone();
         let meta = meta.clone();
+        let meta_id = meta.snapshot_id.clone();
         let status = tokio::task::spawn_blocking(move || install_blocking(&db, &dir, &path, &meta))
             .await
             .map_err(write_error)??;
+        tracing::info!(snapshot = %meta_id, "installed snapshot");
         self.status.send_replace(status);
         Ok(())
     }
@@ -385,10 +312,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         };
         let meta = wire::snapshot_meta_from_pb(Some(meta)).map_err(read_error)?;
         match tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)).await {
-            Ok(file) => Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(file),
-            })),
+            Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(read_error(error)),
         }
@@ -403,25 +327,19 @@ fn install_blocking(
     meta: &SnapshotMeta,
 ) -> Result<AppliedStatus, StorageError> {
     let mut txn = db.begin_write().map_err(write_error)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(write_error)?;
+    txn.set_durability(Durability::Immediate).map_err(write_error)?;
     {
         let mut store = WriteStore::open(&txn).map_err(write_error)?;
         let mut input = BufReader::new(std::fs::File::open(path).map_err(read_error)?);
         snapshot::import(&mut store, &mut input).map_err(write_error)?;
         let mut table = txn.open_table(SM_META).map_err(write_error)?;
         match &meta.last_log_id {
-            Some(applied) => table.insert(
-                APPLIED_KEY,
-                wire::log_id_to_pb(applied).encode_to_vec().as_slice(),
-            ),
+            Some(applied) => table.insert(APPLIED_KEY, wire::log_id_to_pb(applied).encode_to_vec().as_slice()),
             None => table.remove(APPLIED_KEY),
         }
         .map_err(write_error)?;
         let membership = wire::stored_membership_to_pb(&meta.last_membership).encode_to_vec();
-        table
-            .insert(MEMBERSHIP_KEY, membership.as_slice())
-            .map_err(write_error)?;
+        table.insert(MEMBERSHIP_KEY, membership.as_slice()).map_err(write_error)?;
     }
     set_current_snapshot(&txn, dir, meta)?;
     txn.commit().map_err(write_error)?;

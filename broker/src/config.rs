@@ -1,0 +1,121 @@
+//! A broker's configuration: identity, addresses, members, and every runtime limit and timing in
+//! one place. Limits on replicated state are `chorus_machine::limits`; wire limits are
+//! `chorus_protocol::limits`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::raft::{BrokerNode, NodeId};
+
+/// Runtime limits: what one broker holds in memory or lets clients do at once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Client connections open at once; more are refused.
+    pub connections_max: usize,
+    /// Requests one connection may have in flight; more are answered Overloaded.
+    pub in_flight_per_connection_max: usize,
+    /// Largest client frame.
+    pub frame_bytes_max: usize,
+    /// Largest peer frame: one AppendEntries is split to fit.
+    pub peer_frame_bytes_max: usize,
+    /// Commands the proposer packs into one log entry.
+    pub commands_per_entry_max: usize,
+    /// The proposer stops adding commands to an entry past this size.
+    pub entry_bytes_target: usize,
+    /// Commands waiting for the proposer; past it, writes are answered Overloaded.
+    pub proposals_queued_max: usize,
+    /// Log entries proposed and not yet answered.
+    pub entries_in_flight_max: usize,
+    /// How long a write may wait for a quorum before it is answered Unavailable.
+    pub write_timeout_ms: u64,
+    /// Connections a follower keeps to the leader for forwarding writes.
+    pub forward_connections_max: usize,
+    /// Longest long-poll of a lease request.
+    pub lease_wait_ms_max: u64,
+    /// Messages buffered per subscription; credit bounds what is in flight beyond that.
+    pub subscription_credits_max: u32,
+    /// Bytes one delivery frame carries at most.
+    pub delivery_bytes_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connections_max: 1024,
+            in_flight_per_connection_max: 1024,
+            frame_bytes_max: chorus_protocol::limits::FRAME_BYTES_MAX_DEFAULT,
+            peer_frame_bytes_max: chorus_protocol::limits::FRAME_BYTES_MAX_LIMIT,
+            commands_per_entry_max: 1024,
+            entry_bytes_target: 1024 * 1024,
+            proposals_queued_max: 16 * 1024,
+            entries_in_flight_max: 256,
+            write_timeout_ms: 5_000,
+            forward_connections_max: 64,
+            lease_wait_ms_max: 60_000,
+            subscription_credits_max: 10_000,
+            delivery_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so slow followers catch up without one.
+    pub entries_kept_after_snapshot: u64,
+    pub snapshot_chunk_bytes: u64,
+    /// Entries in one AppendEntries at most.
+    pub entries_per_append_max: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> RaftTiming {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_timeout_ms_min: 400,
+            election_timeout_ms_max: 800,
+            snapshot_after_entries: 20_000,
+            entries_kept_after_snapshot: 2_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+            entries_per_append_max: 256,
+        }
+    }
+}
+
+/// Everything a broker needs to start.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// The initial members, bootstrapped once when the cluster is new.
+    pub members: BTreeMap<NodeId, BrokerNode>,
+    pub limits: Limits,
+    pub raft: RaftTiming,
+}
+
+impl BrokerConfig {
+    pub(crate) fn openraft(&self) -> Result<openraft::Config, Box<openraft::ConfigError>> {
+        let config = openraft::Config {
+            cluster_name: "chorus".into(),
+            heartbeat_interval: self.raft.heartbeat_ms,
+            election_timeout_min: self.raft.election_timeout_ms_min,
+            election_timeout_max: self.raft.election_timeout_ms_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.raft.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.raft.entries_kept_after_snapshot,
+            snapshot_max_chunk_size: self.raft.snapshot_chunk_bytes,
+            max_payload_entries: self.raft.entries_per_append_max,
+            ..openraft::Config::default()
+        };
+        config.validate().map_err(Box::new)
+    }
+}
+
+const _: () =
+    assert!(chorus_protocol::limits::FRAME_BYTES_MAX_DEFAULT <= chorus_protocol::limits::FRAME_BYTES_MAX_LIMIT);

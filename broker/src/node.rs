@@ -1,0 +1,385 @@
+//! A running broker: opens its stores, starts openraft, listens for peers and clients, and runs
+//! the leader's duties (proposing, pulses). Membership is bootstrapped once, by the lowest-id
+//! initial member, and only when no peer already belongs to an initialized cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chorus_machine::{Command, Outcome};
+use chorus_protocol::pb::{self, peer_frame::Body as PeerBody};
+use openraft::ServerState;
+use redb::{Database, ReadableDatabase};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::proposer::{ProposeError, Proposer, raft_error};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Network, PeerClient};
+use crate::raft::state_store::{AppliedStatus, StateStore};
+use crate::raft::{BrokerNode, NodeId, Raft, StorageError};
+use crate::storage::ReadStore;
+use crate::{peer, server};
+
+/// The shortest gap between two pulses, so a backlog of deadlines cannot flood the log.
+const PULSE_SPACING_MS: u64 = 20;
+/// How long a bootstrap probe waits for a peer's hello.
+const PROBE_TIMEOUT_MS: u64 = 300;
+/// How long a broker that is no longer a member keeps serving before it stops.
+const REMOVAL_GRACE_MS: u64 = 3_000;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("raft configuration: {0}")]
+    Config(#[from] Box<openraft::ConfigError>),
+    #[error("raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A broker and its running tasks.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub raft: Raft,
+    state: Arc<Database>,
+    applied: watch::Receiver<AppliedStatus>,
+    committed: Arc<AtomicU64>,
+    proposer: Proposer,
+    forwarder: Forwarder,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("id", &self.config.id).finish()
+    }
+}
+
+impl Broker {
+    /// Opens the stores, starts raft and binds both listeners.
+    pub async fn start(config: BrokerConfig) -> Result<Arc<Broker>, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let log = LogStore::open(&config.data_dir.join("log.redb"))?;
+        let committed = log.committed_index();
+        let state = StateStore::open(&config.data_dir)?;
+        let applied = state.status();
+        let database = state.database();
+        let network = Network { from_id: config.id, frame_bytes_max: config.limits.peer_frame_bytes_max };
+        let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
+        let bind = |addr: String| async move {
+            TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr, source })
+        };
+        let peers = bind(config.peer_addr.clone()).await?;
+        let clients = bind(config.client_addr.clone()).await?;
+        let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits);
+        let forwarder =
+            Forwarder::new(config.id, config.limits.forward_connections_max, config.limits.peer_frame_bytes_max);
+        let broker = Arc::new(Broker {
+            config,
+            raft,
+            state: database,
+            applied,
+            committed,
+            proposer,
+            forwarder,
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(peer::serve(peers, Arc::clone(&broker)));
+        tokio::spawn(server::serve(clients, Arc::clone(&broker)));
+        tokio::spawn(Arc::clone(&broker).pulse_loop());
+        tokio::spawn(Arc::clone(&broker).bootstrap());
+        tokio::spawn(Arc::clone(&broker).watch_membership());
+        Ok(broker)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// Cancelled when the broker stops: on request, or once it is removed from the cluster.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting work, lets listeners drain, and stops raft.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+
+    pub fn applied(&self) -> watch::Receiver<AppliedStatus> {
+        self.applied.clone()
+    }
+
+    /// The leader as this broker knows it.
+    pub fn leader(&self) -> Option<(NodeId, BrokerNode)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id())
+    }
+
+    /// Proposes one command through the log and waits for its outcome.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        self.proposer.propose(command).await
+    }
+
+    /// A consistent read view of the applied state.
+    pub fn read(&self) -> Result<ReadStore, ProposeError> {
+        let internal = |e: &dyn std::fmt::Display| ProposeError::Internal(e.to_string());
+        let txn = self.state.begin_read().map_err(|e| internal(&e))?;
+        ReadStore::open(&txn).map_err(|e| internal(&e))
+    }
+
+    /// Passes a client request to the leader and returns its answer.
+    pub async fn forward(
+        &self,
+        leader: &(NodeId, BrokerNode),
+        frame: pb::ClientFrame,
+        timeout: Duration,
+    ) -> Result<pb::ServerFrame, ProposeError> {
+        self.forwarder.forward(leader, frame, timeout).await
+    }
+
+    /// Role, term, leader, indexes and each follower's lag.
+    pub fn status(&self) -> pb::ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let applied_index = metrics.last_applied.map_or(0, |id| id.index);
+        let brokers = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = metrics.replication.as_ref().map(|r| r.get(id).copied().flatten().map_or(0, |m| m.index));
+                pb::BrokerInfo {
+                    id: *id,
+                    client_addr: node.client_addr.clone(),
+                    peer_addr: node.peer_addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|m| last_index.saturating_sub(m)),
+                }
+            })
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        pb::ClusterStatus {
+            broker_id: self.id(),
+            role: role.into(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            commit_index: self.committed.load(Ordering::Relaxed).max(applied_index),
+            applied_index,
+            brokers,
+        }
+    }
+
+    /// Adds a broker (as a learner that catches up, then a voter) or removes one.
+    pub async fn change_membership(&self, change: pb::change_membership::Change) -> Result<(), ProposeError> {
+        use pb::change_membership::Change;
+        let voters: std::collections::BTreeSet<NodeId> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().voter_ids().collect()
+        };
+        match change {
+            Change::Add(add) => {
+                let node = BrokerNode { peer_addr: add.peer_addr, client_addr: add.client_addr };
+                self.raft.add_learner(add.id, node, true).await.map_err(raft_error)?;
+                let mut next = voters;
+                next.insert(add.id);
+                self.raft.change_membership(next, false).await.map_err(raft_error)?;
+            }
+            Change::Remove(remove) => {
+                let mut next = voters;
+                if !next.remove(&remove.id) {
+                    return Err(ProposeError::Internal(format!("broker {} is not a voter", remove.id)));
+                }
+                if next.is_empty() {
+                    return Err(ProposeError::Internal("cannot remove the last broker".into()));
+                }
+                self.raft.change_membership(next, false).await.map_err(raft_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes a pulse whenever the machine's next deadline has passed, while leader.
+    async fn pulse_loop(self: Arc<Broker>) {
+        let mut applied = self.applied.clone();
+        let mut metrics = self.raft.metrics();
+        loop {
+            let deadline = applied.borrow_and_update().next_deadline_ms;
+            let leader = self.is_leader();
+            let now_ms = wall_ms();
+            if leader && deadline.is_some_and(|d| d <= now_ms) {
+                if let Err(error) = self.propose(Command::Pulse).await {
+                    tracing::debug!(%error, "pulse not applied");
+                }
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(PULSE_SPACING_MS)) => {}
+                }
+                continue;
+            }
+            let wait_ms = match deadline {
+                Some(d) if leader => d.saturating_sub(now_ms).clamp(1, 1_000),
+                _ => 1_000,
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = applied.changed() => {}
+                _ = metrics.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            }
+        }
+    }
+
+    /// Initializes the cluster once: only the lowest-id initial member, only while its own log is
+    /// empty, and only when no other member answers that it is already initialized.
+    async fn bootstrap(self: Arc<Broker>) {
+        let lowest = self.config.members.keys().next().copied();
+        if lowest != Some(self.id()) {
+            return;
+        }
+        loop {
+            match self.raft.is_initialized().await {
+                Ok(false) => {}
+                _ => return,
+            }
+            if !self.peers_initialized().await {
+                match self.raft.initialize(self.config.members.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(members = ?self.config.members.keys().collect::<Vec<_>>(), "bootstrapped the cluster")
+                    }
+                    Err(error) => tracing::info!(%error, "not bootstrapping"),
+                }
+                return;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn peers_initialized(&self) -> bool {
+        let hello = PeerBody::Hello(pb::PeerHello {
+            protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
+            from_id: self.id(),
+            initialized: false,
+        });
+        for (id, node) in self.config.members.iter().filter(|(id, _)| **id != self.id()) {
+            let mut client =
+                PeerClient::new(self.id(), *id, node.peer_addr.clone(), self.config.limits.peer_frame_bytes_max);
+            let answer = client.call(hello.clone(), Duration::from_millis(PROBE_TIMEOUT_MS)).await;
+            if let Ok(PeerBody::Hello(answer)) = answer
+                && answer.initialized
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Stops the broker once the newest membership leaves it out for longer than a grace period.
+    async fn watch_membership(self: Arc<Broker>) {
+        let mut metrics = self.raft.metrics();
+        let mut removed_since: Option<tokio::time::Instant> = None;
+        loop {
+            let removed = {
+                let metrics = metrics.borrow_and_update();
+                let membership = metrics.membership_config.membership();
+                let newest_voters = membership.get_joint_config().last();
+                metrics.membership_config.log_id().is_some()
+                    && !newest_voters.is_some_and(|voters| voters.contains(&self.id()))
+                    && !membership.learner_ids().any(|id| id == self.id())
+            };
+            match (removed, removed_since) {
+                (false, _) => removed_since = None,
+                (true, None) => removed_since = Some(tokio::time::Instant::now()),
+                (true, Some(since)) if since.elapsed() >= Duration::from_millis(REMOVAL_GRACE_MS) => {
+                    tracing::warn!(id = self.id(), "removed from the cluster; stopping");
+                    self.shutdown.cancel();
+                    return;
+                }
+                (true, Some(_)) => {}
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = metrics.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by this broker's clock.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Pooled peer connections used to forward client requests to the leader.
+struct Forwarder {
+    from_id: NodeId,
+    idle: Mutex<BTreeMap<NodeId, Vec<PeerClient>>>,
+    permits: Semaphore,
+    frame_bytes_max: usize,
+}
+
+impl Forwarder {
+    fn new(from_id: NodeId, connections_max: usize, frame_bytes_max: usize) -> Forwarder {
+        Forwarder {
+            from_id,
+            idle: Mutex::new(BTreeMap::new()),
+            permits: Semaphore::new(connections_max),
+            frame_bytes_max,
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &(NodeId, BrokerNode),
+        frame: pb::ClientFrame,
+        timeout: Duration,
+    ) -> Result<pb::ServerFrame, ProposeError> {
+        let _permit = self.permits.acquire().await.map_err(|_| ProposeError::Unavailable("shutting down".into()))?;
+        let (id, node) = leader;
+        let pooled = self.idle.lock().await.get_mut(id).and_then(Vec::pop);
+        let mut client =
+            pooled.unwrap_or_else(|| PeerClient::new(self.from_id, *id, node.peer_addr.clone(), self.frame_bytes_max));
+        match client.call(PeerBody::Forward(frame), timeout).await {
+            Ok(PeerBody::ForwardOk(answer)) => {
+                self.idle.lock().await.entry(*id).or_default().push(client);
+                Ok(answer)
+            }
+            Ok(other) => Err(ProposeError::Unavailable(format!("leader {id} could not take the request: {other:?}"))),
+            Err(error) => Err(ProposeError::Unavailable(format!("leader {id} unreachable: {error}"))),
+        }
+    }
+}

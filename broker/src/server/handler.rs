@@ -1,0 +1,289 @@
+//! One client request in, one answer out: the single dispatch `match` over request kinds.
+//! Writes go through the log; on a follower they are forwarded to the leader (once: a forwarded
+//! request is never forwarded again). Reads are served from this broker's applied state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_machine::{Command, Output, query};
+use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
+
+use super::respond::{self, error, machine_error, propose_error};
+use crate::command::{self, ConvertError};
+use crate::node::{Broker, wall_ms};
+use crate::proposer::ProposeError;
+
+type Answer = Result<Body, pb::Error>;
+
+/// Answers one request. `forwarded` is true when another broker passed it on.
+pub async fn handle(broker: &Arc<Broker>, frame: pb::ClientFrame, forwarded: bool) -> pb::ServerFrame {
+    let request_id = frame.request_id;
+    let body = match answer(broker, frame, forwarded).await {
+        Ok(body) => body,
+        Err(error) => Body::Error(error),
+    };
+    pb::ServerFrame { request_id, body: Some(body) }
+}
+
+async fn answer(broker: &Arc<Broker>, frame: pb::ClientFrame, forwarded: bool) -> Answer {
+    let Some(request) = frame.body.clone() else {
+        return Err(error(ErrorCode::InvalidArgument, "a frame needs a body"));
+    };
+    let invalid = |e: ConvertError| error(ErrorCode::InvalidArgument, e.0);
+    match request {
+        Request::Hello(_) => Err(error(ErrorCode::InvalidArgument, "hello is only the first frame")),
+        Request::Ping(_) => Ok(Body::Pong(pb::Pong {})),
+        Request::ClusterStatus(_) => Ok(Body::ClusterStatus(broker.status())),
+        Request::DescribeTopic(r) => describe_topic(broker, &r.name),
+        Request::ListTopics(r) => list_topics(broker, &r),
+        Request::DescribeGroup(r) => describe_group(broker, &r.topic, &r.name),
+        Request::ListGroups(r) => list_groups(broker, &r.topic),
+        Request::Subscribe(_) | Request::Credit(_) | Request::Unsubscribe(_) => {
+            Err(error(ErrorCode::InvalidArgument, "subscriptions are served on client connections only"))
+        }
+        Request::ChangeMembership(r) => change_membership(broker, r, &frame, forwarded).await,
+        Request::Lease(r) => lease(broker, r, &frame, forwarded).await,
+        Request::Publish(r) => {
+            let command = Command::Publish(command::publish_from_pb(r).map_err(invalid)?);
+            write(broker, command, &frame, forwarded, |output| match output {
+                Output::Published(published) => Ok(Body::PublishOk(respond::publish_ok(&published))),
+                other => Err(unexpected(&other)),
+            })
+            .await
+        }
+        Request::CreateTopic(r) => {
+            let name = r.name.clone();
+            let command = Command::CreateTopic { name: r.name, config: command::topic_config_from_pb(r.config) };
+            write(broker, command, &frame, forwarded, |_| describe_topic(broker, &name)).await
+        }
+        Request::DeleteTopic(r) => write(broker, Command::DeleteTopic { name: r.name }, &frame, forwarded, done).await,
+        Request::CreateGroup(r) => {
+            let (topic, name) = (r.topic.clone(), r.name.clone());
+            let config = command::group_config_from_pb(r.config).map_err(invalid)?;
+            let command = Command::CreateGroup { topic: r.topic, name: r.name, config };
+            write(broker, command, &frame, forwarded, |_| describe_group(broker, &topic, &name)).await
+        }
+        Request::DeleteGroup(r) => {
+            write(broker, Command::DeleteGroup { topic: r.topic, name: r.name }, &frame, forwarded, done).await
+        }
+        Request::DeleteSubscription(r) => {
+            let command = Command::DeleteSubscription { topic: r.topic, name: r.name };
+            write(broker, command, &frame, forwarded, done).await
+        }
+        Request::Commit(r) => {
+            let command = Command::Commit { topic: r.topic, subscription: r.subscription, seq: r.seq };
+            write(broker, command, &frame, forwarded, |output| match output {
+                Output::Committed { next_seq } => Ok(Body::CommitOk(pb::CommitOk { next_seq })),
+                other => Err(unexpected(&other)),
+            })
+            .await
+        }
+        Request::Ack(r) => {
+            let tokens = r.tokens.clone();
+            let command = Command::Ack { topic: r.topic, group: r.group, tokens: r.tokens };
+            write(broker, command, &frame, forwarded, |output| settled(&tokens, output)).await
+        }
+        Request::Nack(r) => {
+            let tokens = r.tokens.clone();
+            let command = Command::Nack { topic: r.topic, group: r.group, tokens: r.tokens, delay_ms: r.delay_ms };
+            write(broker, command, &frame, forwarded, |output| settled(&tokens, output)).await
+        }
+        Request::Extend(r) => {
+            let tokens = r.tokens.clone();
+            let command = Command::Extend { topic: r.topic, group: r.group, tokens: r.tokens, lease_ms: r.lease_ms };
+            write(broker, command, &frame, forwarded, |output| settled(&tokens, output)).await
+        }
+    }
+}
+
+fn done(_: Output) -> Answer {
+    Ok(Body::Done(pb::Empty {}))
+}
+
+fn unexpected(output: &Output) -> pb::Error {
+    error(ErrorCode::Internal, format!("unexpected outcome {output:?}"))
+}
+
+/// Proposes `command`; forwards the whole request to the leader when this broker is not it.
+async fn write(
+    broker: &Arc<Broker>,
+    command: Command,
+    frame: &pb::ClientFrame,
+    forwarded: bool,
+    answer: impl FnOnce(Output) -> Answer,
+) -> Answer {
+    match broker.propose(command).await {
+        Ok(Ok(output)) => answer(output),
+        Ok(Err(rejected)) => Err(machine_error(&rejected)),
+        Err(ProposeError::NotLeader { leader: Some(leader) }) if !forwarded => {
+            let timeout = Duration::from_millis(broker.config.limits.write_timeout_ms);
+            forward(broker, &leader, frame, timeout).await
+        }
+        Err(failed) => Err(propose_error(&failed)),
+    }
+}
+
+async fn forward(
+    broker: &Arc<Broker>,
+    leader: &(u64, crate::raft::BrokerNode),
+    frame: &pb::ClientFrame,
+    timeout: Duration,
+) -> Answer {
+    let answer = broker.forward(leader, frame.clone(), timeout).await.map_err(|e| propose_error(&e))?;
+    answer.body.ok_or_else(|| error(ErrorCode::Internal, "the leader sent an empty answer"))
+}
+
+fn settled(tokens: &[u64], output: Output) -> Answer {
+    let results = match output {
+        Output::Settled(results) => tokens
+            .iter()
+            .zip(results)
+            .map(|(&token, result)| pb::SettleResult {
+                token,
+                error: result.err().map(|e| machine_error(&e)),
+                deadline_ms: None,
+            })
+            .collect(),
+        Output::Extended(results) => tokens
+            .iter()
+            .zip(results)
+            .map(|(&token, result)| match result {
+                Ok(deadline_ms) => pb::SettleResult { token, error: None, deadline_ms: Some(deadline_ms) },
+                Err(e) => pb::SettleResult { token, error: Some(machine_error(&e)), deadline_ms: None },
+            })
+            .collect(),
+        other => return Err(unexpected(&other)),
+    };
+    Ok(Body::SettleOk(pb::SettleOk { results }))
+}
+
+/// A long-poll: waits (up to `wait_ms`) until the group may have something, then leases through
+/// the log. Waiting is done against local applied state, so idle pollers propose nothing.
+async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::ClientFrame, forwarded: bool) -> Answer {
+    let wait = Duration::from_millis(request.wait_ms.min(broker.config.limits.lease_wait_ms_max));
+    if !broker.is_leader() && !forwarded {
+        let Some(leader) = broker.leader() else {
+            return Err(propose_error(&ProposeError::NotLeader { leader: None }));
+        };
+        let timeout = wait + Duration::from_millis(broker.config.limits.write_timeout_ms);
+        return forward(broker, &leader, frame, timeout).await;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut applied = broker.applied();
+    loop {
+        let hint = {
+            let store = broker.read().map_err(|e| propose_error(&e))?;
+            let topic = query::topic(&store, &request.topic)
+                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
+                .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {:?}", request.topic)))?;
+            let group = query::group_of(&store, topic.id, &request.group)
+                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
+                .ok_or_else(|| error(ErrorCode::UnknownGroup, format!("unknown work group {:?}", request.group)))?;
+            query::lease_hint(&store, &topic, &group, wall_ms())
+                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
+        };
+        if hint.ready_now {
+            let command = Command::Lease {
+                topic: request.topic.clone(),
+                group: request.group.clone(),
+                consumer: request.consumer.clone(),
+                count_max: request.count_max,
+                lease_ms: request.lease_ms,
+            };
+            let leased = match broker.propose(command).await {
+                Ok(Ok(Output::Leased(leased))) => leased,
+                Ok(Ok(other)) => return Err(unexpected(&other)),
+                Ok(Err(rejected)) => return Err(machine_error(&rejected)),
+                Err(failed) => return Err(propose_error(&failed)),
+            };
+            if !leased.grants.is_empty() || tokio::time::Instant::now() >= deadline {
+                let messages = leased
+                    .grants
+                    .into_iter()
+                    .map(|g| pb::LeasedMessage {
+                        message: Some(respond::stored_message(g.seq, g.message)),
+                        token: g.token,
+                        deadline_ms: g.deadline_ms,
+                        delivery_count: g.delivery_count,
+                    })
+                    .collect();
+                return Ok(Body::LeaseOk(pb::LeaseOk { messages }));
+            }
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(Body::LeaseOk(pb::LeaseOk::default()));
+        }
+        let until_ready = hint.next_available_ms.map(|at| Duration::from_millis(at.saturating_sub(wall_ms()).max(1)));
+        let sleep = until_ready.map_or(deadline - now, |d| d.min(deadline - now));
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+async fn change_membership(
+    broker: &Arc<Broker>,
+    request: pb::ChangeMembership,
+    frame: &pb::ClientFrame,
+    forwarded: bool,
+) -> Answer {
+    let change =
+        request.change.ok_or_else(|| error(ErrorCode::InvalidArgument, "a membership change needs add or remove"))?;
+    match broker.change_membership(change).await {
+        Ok(()) => Ok(Body::Done(pb::Empty {})),
+        Err(ProposeError::NotLeader { leader: Some(leader) }) if !forwarded => {
+            // Catching a learner up can take a while.
+            forward(broker, &leader, frame, Duration::from_secs(120)).await
+        }
+        Err(failed) => Err(propose_error(&failed)),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> pb::Error {
+    error(ErrorCode::Internal, e.to_string())
+}
+
+fn describe_topic(broker: &Broker, name: &str) -> Answer {
+    let store = broker.read().map_err(|e| propose_error(&e))?;
+    let topic = query::topic(&store, name)
+        .map_err(internal)?
+        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))?;
+    let groups = query::groups(&store, topic.id).map_err(internal)?;
+    let subs = query::subscriptions(&store, topic.id).map_err(internal)?;
+    Ok(Body::Topic(respond::topic_info(&topic, &groups, &subs)))
+}
+
+fn list_topics(broker: &Broker, request: &pb::ListTopics) -> Answer {
+    let store = broker.read().map_err(|e| propose_error(&e))?;
+    let limit = if request.limit == 0 { chorus_machine::limits::LIST_MAX } else { request.limit as usize };
+    let mut topics = Vec::new();
+    for topic in query::topics(&store, &request.after, limit).map_err(internal)? {
+        let groups = query::groups(&store, topic.id).map_err(internal)?;
+        let subs = query::subscriptions(&store, topic.id).map_err(internal)?;
+        topics.push(respond::topic_info(&topic, &groups, &subs));
+    }
+    Ok(Body::Topics(pb::TopicList { topics }))
+}
+
+fn describe_group(broker: &Broker, topic_name: &str, name: &str) -> Answer {
+    let store = broker.read().map_err(|e| propose_error(&e))?;
+    let topic = query::topic(&store, topic_name)
+        .map_err(internal)?
+        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {topic_name:?}")))?;
+    let group = query::group_of(&store, topic.id, name)
+        .map_err(internal)?
+        .ok_or_else(|| error(ErrorCode::UnknownGroup, format!("unknown work group {name:?}")))?;
+    Ok(Body::Group(respond::group_info(&topic, &group)))
+}
+
+fn list_groups(broker: &Broker, topic_name: &str) -> Answer {
+    let store = broker.read().map_err(|e| propose_error(&e))?;
+    let topic = query::topic(&store, topic_name)
+        .map_err(internal)?
+        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {topic_name:?}")))?;
+    let groups = query::groups(&store, topic.id).map_err(internal)?;
+    Ok(Body::Groups(pb::GroupList { groups: groups.iter().map(|g| respond::group_info(&topic, g)).collect() }))
+}

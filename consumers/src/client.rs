@@ -1,0 +1,154 @@
+//! A client of a Chorus cluster: given seed addresses it finds the leader, keeps one pipelined
+//! connection to it, and retries what may succeed elsewhere or later (lost connections, elections,
+//! overload) with randomized exponential backoff, until the call's deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
+use tokio::sync::Mutex;
+
+use crate::connection::Connection;
+use crate::error::ClientError;
+
+/// How a client connects and retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub seeds: Vec<String>,
+    pub client_name: String,
+    pub connect_timeout: Duration,
+    /// How long one attempt of a request may take.
+    pub request_timeout: Duration,
+    /// How long a request keeps retrying before it fails.
+    pub retry_deadline: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(seeds: impl IntoIterator<Item = impl Into<String>>) -> ClientConfig {
+        ClientConfig {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            client_name: "chorus-client".into(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            retry_deadline: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A connection to the cluster that survives broker failures.
+#[derive(Debug, Clone)]
+pub struct Client {
+    config: Arc<ClientConfig>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    connection: Option<Connection>,
+    /// Where to connect next: a leader hint, or the next seed.
+    next_addr: Option<String>,
+    next_seed: usize,
+}
+
+impl Client {
+    /// Connects to the cluster through any of `seeds`.
+    pub async fn connect(seeds: impl IntoIterator<Item = impl Into<String>>) -> Result<Client, ClientError> {
+        Client::with_config(ClientConfig::new(seeds)).await
+    }
+
+    pub async fn with_config(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.seeds.is_empty() {
+            return Err(ClientError::Exhausted("no seed addresses".into()));
+        }
+        let client = Client { config: Arc::new(config), state: Arc::new(Mutex::new(State::default())) };
+        client.request(Request::Ping(pb::Ping {})).await?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Sends `request`, retrying retryable failures until the retry deadline.
+    pub async fn request(&self, request: Request) -> Result<Body, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.config.retry_deadline;
+        let mut backoff = self.config.backoff_min;
+        loop {
+            let attempt = match self.connection().await {
+                Ok(connection) => {
+                    let result = connection.request(request.clone(), self.config.request_timeout).await;
+                    if let Err(error) = &result {
+                        self.after_failure(&connection, error).await;
+                    }
+                    result
+                }
+                Err(error) => Err(error),
+            };
+            match attempt {
+                Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(%error, "retrying");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The current connection, opening one if needed (preferring the leader).
+    pub async fn connection(&self) -> Result<Connection, ClientError> {
+        let mut state = self.state.lock().await;
+        if let Some(connection) = &state.connection
+            && !connection.is_closed()
+        {
+            return Ok(connection.clone());
+        }
+        let addr = match state.next_addr.take() {
+            Some(addr) => addr,
+            None => {
+                let seed = self.config.seeds[state.next_seed % self.config.seeds.len()].clone();
+                state.next_seed += 1;
+                seed
+            }
+        };
+        let connection = Connection::connect(&addr, &self.config.client_name, self.config.connect_timeout).await?;
+        let leader_addr = connection.hello().leader_addr.clone();
+        if !leader_addr.is_empty() && leader_addr != addr {
+            // Writes would be forwarded anyway, but talking to the leader saves a hop.
+            if let Ok(leader) =
+                Connection::connect(&leader_addr, &self.config.client_name, self.config.connect_timeout).await
+            {
+                state.connection = Some(leader.clone());
+                return Ok(leader);
+            }
+        }
+        state.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn after_failure(&self, connection: &Connection, error: &ClientError) {
+        let mut state = self.state.lock().await;
+        let current = state.connection.as_ref().is_some_and(|c| c.addr() == connection.addr());
+        match error {
+            ClientError::Server(server) if server.code == ErrorCode::NotLeader => {
+                state.next_addr = server.leader_addr.clone();
+                if current {
+                    state.connection = None;
+                }
+            }
+            ClientError::Server(server) if server.code == ErrorCode::Overloaded => {}
+            error if error.is_retryable() && current => state.connection = None,
+            _ => {}
+        }
+    }
+}
+
+/// A delay in [d/2, 3d/2), so clients that failed together do not retry together.
+fn jitter(delay: Duration) -> Duration {
+    let ms = delay.as_millis().max(1) as u64;
+    Duration::from_millis(ms / 2 + rand::random_range(0..ms))
+}

@@ -1,0 +1,218 @@
+//! One connection to one broker: says Hello, then pipelines requests. Each request gets the next
+//! request id; a reader task routes every answer to its waiter by id, and pushed deliveries to
+//! their subscription's channel. Dropping the connection closes it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus_protocol::ClientCodec;
+use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use crate::error::{ClientError, ServerError};
+
+/// Frames queued for the writer task.
+const OUTBOX_MAX: usize = 1024;
+/// Pushed frames buffered per stream; credit-based flow control keeps this from filling.
+const STREAM_BUFFER_MAX: usize = 1024;
+
+#[derive(Default)]
+struct Routes {
+    waiting: HashMap<u64, oneshot::Sender<Body>>,
+    streams: HashMap<u64, mpsc::Sender<Body>>,
+    closed: bool,
+}
+
+/// A pipelined connection to one broker.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    outbox: mpsc::Sender<pb::ClientFrame>,
+    routes: Arc<Mutex<Routes>>,
+    next_request_id: AtomicU64,
+    hello: pb::HelloOk,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("addr", &self.addr).field("broker_id", &self.hello.broker_id).finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` and says Hello, all within `timeout`.
+    pub async fn connect(addr: &str, client_name: &str, timeout: Duration) -> Result<Connection, ClientError> {
+        tokio::time::timeout(timeout, Connection::open(addr, client_name))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    async fn open(addr: &str, client_name: &str) -> Result<Connection, ClientError> {
+        let stream =
+            TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
+        stream.set_nodelay(true).map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
+        let mut framed = Framed::new(stream, ClientCodec::new(chorus_protocol::limits::FRAME_BYTES_MAX_DEFAULT));
+        let hello = pb::Hello {
+            protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
+            client_name: client_name.to_owned(),
+            auth_token: String::new(),
+        };
+        framed.send(pb::ClientFrame { request_id: 0, body: Some(Request::Hello(hello)) }).await?;
+        let hello = match framed.next().await.ok_or(ClientError::Closed)??.body {
+            Some(Body::HelloOk(ok)) => ok,
+            Some(Body::Error(error)) => return Err(ServerError::from(error).into()),
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        let (mut sink, mut frames) = framed.split();
+        let (outbox, mut queued) = mpsc::channel::<pb::ClientFrame>(OUTBOX_MAX);
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        tokio::spawn(async move {
+            while let Some(frame) = queued.recv().await {
+                if sink.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader_routes = Arc::clone(&routes);
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(frame)) = frames.next().await {
+                route(&reader_routes, frame).await;
+            }
+            let mut routes = reader_routes.lock().expect("routes lock");
+            routes.closed = true;
+            routes.waiting.clear();
+            routes.streams.clear();
+        });
+        let inner = Inner { addr: addr.to_owned(), outbox, routes, next_request_id: AtomicU64::new(1), hello, reader };
+        Ok(Connection { inner: Arc::new(inner) })
+    }
+
+    /// The broker's answer to Hello.
+    pub fn hello(&self) -> &pb::HelloOk {
+        &self.inner.hello
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Sends one request and waits for its answer; an error answer becomes `ClientError::Server`.
+    pub async fn request(&self, request: Request, timeout: Duration) -> Result<Body, ClientError> {
+        let (request_id, answer) = {
+            let (sender, answer) = oneshot::channel();
+            let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let mut routes = self.inner.routes.lock().expect("routes lock");
+            if routes.closed {
+                return Err(ClientError::Closed);
+            }
+            routes.waiting.insert(request_id, sender);
+            (request_id, answer)
+        };
+        let result = self.send_and_wait(request_id, request, answer, timeout).await;
+        self.inner.routes.lock().expect("routes lock").waiting.remove(&request_id);
+        match result? {
+            Body::Error(error) => Err(ServerError::from(error).into()),
+            body => Ok(body),
+        }
+    }
+
+    async fn send_and_wait(
+        &self,
+        request_id: u64,
+        request: Request,
+        answer: oneshot::Receiver<Body>,
+        timeout: Duration,
+    ) -> Result<Body, ClientError> {
+        let frame = pb::ClientFrame { request_id, body: Some(request) };
+        let exchange = async {
+            self.inner.outbox.send(frame).await.map_err(|_| ClientError::Closed)?;
+            answer.await.map_err(|_| ClientError::Closed)
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// Opens a stream (a subscription): the first answer is returned, and every later frame with
+    /// the same request id arrives on the receiver.
+    pub async fn open_stream(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<(u64, Body, mpsc::Receiver<Body>), ClientError> {
+        let (pushes, stream) = mpsc::channel(STREAM_BUFFER_MAX);
+        let (request_id, answer) = {
+            let (sender, answer) = oneshot::channel();
+            let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let mut routes = self.inner.routes.lock().expect("routes lock");
+            if routes.closed {
+                return Err(ClientError::Closed);
+            }
+            routes.waiting.insert(request_id, sender);
+            routes.streams.insert(request_id, pushes);
+            (request_id, answer)
+        };
+        match self.send_and_wait(request_id, request, answer, timeout).await {
+            Ok(Body::Error(error)) => {
+                self.close_stream(request_id);
+                Err(ServerError::from(error).into())
+            }
+            Ok(first) => Ok((request_id, first, stream)),
+            Err(error) => {
+                self.close_stream(request_id);
+                Err(error)
+            }
+        }
+    }
+
+    /// Stops routing pushes for a stream.
+    pub fn close_stream(&self, request_id: u64) {
+        let mut routes = self.inner.routes.lock().expect("routes lock");
+        routes.waiting.remove(&request_id);
+        routes.streams.remove(&request_id);
+    }
+
+    /// Sends a frame that expects no answer routed to the caller (for example Credit).
+    pub async fn send(&self, request: Request) -> Result<(), ClientError> {
+        let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .outbox
+            .send(pb::ClientFrame { request_id, body: Some(request) })
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.routes.lock().expect("routes lock").closed
+    }
+}
+
+/// The first frame for a request id answers its waiter; later ones go to its stream.
+async fn route(routes: &Mutex<Routes>, frame: pb::ServerFrame) {
+    let Some(body) = frame.body else { return };
+    let stream = {
+        let mut routes = routes.lock().expect("routes lock");
+        if let Some(waiter) = routes.waiting.remove(&frame.request_id) {
+            let _ = waiter.send(body);
+            return;
+        }
+        routes.streams.get(&frame.request_id).cloned()
+    };
+    if let Some(stream) = stream {
+        let _ = stream.send(body).await;
+    }
+}

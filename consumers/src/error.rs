@@ -1,0 +1,70 @@
+//! The client library's errors.
+
+use chorus_protocol::ProtocolError;
+use chorus_protocol::pb::{self, ErrorCode};
+
+/// An error answer from a broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ServerError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For `NotLeader`: who the leader is, when known.
+    pub leader_id: Option<u64>,
+    pub leader_addr: Option<String>,
+}
+
+impl From<pb::Error> for ServerError {
+    fn from(error: pb::Error) -> ServerError {
+        ServerError {
+            code: error.code(),
+            message: error.message,
+            leader_id: error.leader_id,
+            leader_addr: (!error.leader_addr.is_empty()).then_some(error.leader_addr),
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the connection closed")]
+    Closed,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("broker refused: {0}")]
+    Server(#[from] ServerError),
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    #[error("no broker could serve the request: {0}")]
+    Exhausted(String),
+}
+
+impl ClientError {
+    /// Whether trying again, maybe elsewhere, may succeed: lost connections, timeouts, elections
+    /// and overload. A retried write may have been applied already, so writes that must not
+    /// repeat use an idempotent producer.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Timeout(_) | ClientError::Closed | ClientError::Protocol(_) => {
+                true
+            }
+            ClientError::Server(error) => {
+                matches!(error.code, ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Overloaded)
+            }
+            ClientError::Unexpected(_) | ClientError::Exhausted(_) => false,
+        }
+    }
+
+    /// The broker's error code, if the broker answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(error) => Some(error.code),
+            _ => None,
+        }
+    }
+}
