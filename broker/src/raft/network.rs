@@ -159,11 +159,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
-        let body = Body::AppendEntries(wire::append_request_to_pb(&rpc));
-        match self.call(body, option.hard_ttl()).await.map_err(|e| self.failed(e))? {
-            Body::AppendEntriesOk(response) => wire::append_response_from_pb(response).map_err(|e| self.malformed(e)),
-            other => Err(self.unexpected(&other)),
-        }
+        let (request, partial) = fit_append(&rpc, self.frame_bytes_max);
+        let answer = self.call(Body::AppendEntries(request), option.hard_ttl()).await.map_err(|e| self.failed(e))?;
+        let response = match answer {
+            Body::AppendEntriesOk(response) => wire::append_response_from_pb(response).map_err(|e| self.malformed(e))?,
+            other => return Err(self.unexpected(&other)),
+        };
+        Ok(match (response, partial) {
+            // Only a prefix went out: say how far, and openraft sends the rest next.
+            (AppendEntriesResponse::Success, Some(last_sent)) => AppendEntriesResponse::PartialSuccess(Some(last_sent)),
+            (response, _) => response,
+        })
     }
 
     async fn install_snapshot(
@@ -203,6 +209,35 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// The request as protobuf, holding the longest prefix of its entries that fits in one frame
+/// (at least one entry). When entries were left out, also the log id of the last one sent.
+pub fn fit_append(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    frame_bytes_max: usize,
+) -> (pb::AppendEntriesRequest, Option<super::LogId>) {
+    use prost::Message;
+    let mut request = wire::append_request_to_pb(&AppendEntriesRequest {
+        vote: rpc.vote,
+        prev_log_id: rpc.prev_log_id,
+        entries: Vec::new(),
+        leader_commit: rpc.leader_commit,
+    });
+    // Room for the frame envelope around the request.
+    let budget = frame_bytes_max.saturating_sub(64);
+    let mut size = request.encoded_len();
+    for entry in &rpc.entries {
+        let encoded = wire::entry_to_pb(entry);
+        let len = encoded.encoded_len() + prost::length_delimiter_len(encoded.encoded_len()) + 1;
+        if size + len > budget && !request.entries.is_empty() {
+            let last_sent = request.entries.len() - 1;
+            return (request, Some(rpc.entries[last_sent].log_id));
+        }
+        size += len;
+        request.entries.push(encoded);
+    }
+    (request, None)
+}
+
 /// Delays of 50 ms doubling to 2 s, each scaled by a random factor in [0.5, 1.5) so peers that
 /// lost the same broker do not retry in lockstep.
 pub fn jittered_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
@@ -225,6 +260,28 @@ mod tests {
         assert!((50..150).contains(&delays[1]), "{delays:?}");
         assert!(delays.iter().all(|&d| d < BACKOFF_MS_MAX * 3 / 2), "{delays:?}");
         assert!(delays[11] >= BACKOFF_MS_MAX / 2, "{delays:?}");
+    }
+
+    #[test]
+    fn oversized_appends_send_a_prefix() {
+        use openraft::{CommittedLeaderId, EntryPayload};
+        let entry = |index| super::super::Entry {
+            log_id: super::super::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(super::super::EntryBytes(vec![7u8; 1000].into())),
+        };
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=10).map(entry).collect(),
+            leader_commit: None,
+        };
+        let (whole, partial) = fit_append(&rpc, 1 << 20);
+        assert_eq!((whole.entries.len(), partial), (10, None));
+        let (prefix, partial) = fit_append(&rpc, 3_500);
+        assert_eq!(prefix.entries.len(), 3);
+        assert_eq!(partial.map(|id| id.index), Some(3));
+        let (one, partial) = fit_append(&rpc, 10);
+        assert_eq!((one.entries.len(), partial.map(|id| id.index)), (1, Some(1)), "at least one entry goes");
     }
 
     #[tokio::test]
