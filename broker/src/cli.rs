@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// from these once; restarts and brokers added later ignore them.
     #[arg(long = "member", value_parser = parse_member, required = true)]
     pub members: Vec<(NodeId, BrokerNode)>,
+    /// Require clients to present this token in Hello.
+    #[arg(long, env = "CHORUS_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Requests one client connection may have in flight.
+    #[arg(long, default_value_t = Limits::default().in_flight_per_connection_max)]
+    pub in_flight_max: usize,
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = RaftTiming::default().heartbeat_ms)]
     pub heartbeat_ms: u64,
@@ -137,7 +143,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_addr: args.client_addr,
         peer_addr: args.peer_addr,
         members: members(&args.members).map_err(anyhow::Error::msg)?,
-        limits: Limits::default(),
+        auth_token: args.auth_token,
+        limits: Limits { in_flight_per_connection_max: args.in_flight_max.max(1), ..Limits::default() },
         raft,
     };
     let broker = Broker::start(config).await?;

@@ -68,11 +68,11 @@ pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
         Op::DeleteTopic(c) => Command::DeleteTopic { name: c.name },
         Op::Publish(p) => Command::Publish(publish_from_pb(p)?),
         Op::CreateGroup(c) => {
-            Command::CreateGroup { topic: c.topic, name: c.name, config: group_config_from_pb(c.config)? }
+            Command::CreateGroup { topic: c.topic, name: c.name, config: group_config_from_pb(c.config) }
         }
         Op::DeleteGroup(c) => Command::DeleteGroup { topic: c.topic, name: c.name },
         Op::CreateSubscription(c) => {
-            Command::CreateSubscription { topic: c.topic, name: c.name, start: start_from_pb(c.start)? }
+            Command::CreateSubscription { topic: c.topic, name: c.name, start: start_from_pb(c.start) }
         }
         Op::DeleteSubscription(c) => Command::DeleteSubscription { topic: c.topic, name: c.name },
         Op::Commit(c) => Command::Commit { topic: c.topic, subscription: c.subscription, seq: c.seq },
@@ -180,19 +180,20 @@ pub fn group_config_to_pb(config: &GroupConfig) -> pb::GroupConfig {
     }
 }
 
-pub fn group_config_from_pb(config: Option<pb::GroupConfig>) -> Converted<GroupConfig> {
+/// Absent fields take the defaults; an unknown ordering value reads as unordered.
+pub fn group_config_from_pb(config: Option<pb::GroupConfig>) -> GroupConfig {
     let config = config.unwrap_or_default();
     let ordering = match config.ordering() {
         pb::KeyOrdering::PerKey => KeyOrdering::PerKey,
         pb::KeyOrdering::Unordered => KeyOrdering::Unordered,
     };
-    Ok(GroupConfig {
+    GroupConfig {
         lease_ms_default: config.lease_ms_default.unwrap_or(LEASE_MS_DEFAULT),
         deliveries_max: config.deliveries_max,
         dead_letter_topic: config.dead_letter_topic,
-        start: start_from_pb(config.start)?,
+        start: start_from_pb(config.start),
         ordering,
-    })
+    }
 }
 
 pub fn start_to_pb(start: StartPosition) -> pb::StartPosition {
@@ -207,14 +208,14 @@ pub fn start_to_pb(start: StartPosition) -> pb::StartPosition {
 }
 
 /// An absent start position means earliest.
-pub fn start_from_pb(start: Option<pb::StartPosition>) -> Converted<StartPosition> {
+pub fn start_from_pb(start: Option<pb::StartPosition>) -> StartPosition {
     use pb::start_position::Position;
-    Ok(match start.and_then(|s| s.position) {
+    match start.and_then(|s| s.position) {
         None | Some(Position::Earliest(_)) => StartPosition::Earliest,
         Some(Position::Latest(_)) => StartPosition::Latest,
         Some(Position::Seq(seq)) => StartPosition::Seq(seq),
         Some(Position::TimeMs(time_ms)) => StartPosition::TimeMs(time_ms),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -330,6 +331,6 @@ mod tests {
     #[test]
     fn absent_configs_take_defaults() {
         assert_eq!(topic_config_from_pb(None), TopicConfig::default());
-        assert_eq!(group_config_from_pb(None).unwrap(), GroupConfig::default());
+        assert_eq!(group_config_from_pb(None), GroupConfig::default());
     }
 }

@@ -36,6 +36,8 @@ pub struct Limits {
     pub subscription_credits_max: u32,
     /// Bytes one delivery frame carries at most.
     pub delivery_bytes_max: u64,
+    /// Subscriptions one connection may hold open.
+    pub subscriptions_per_connection_max: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +56,7 @@ impl Default for Limits {
             lease_wait_ms_max: 60_000,
             subscription_credits_max: 10_000,
             delivery_bytes_max: 1024 * 1024,
+            subscriptions_per_connection_max: 64,
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct BrokerConfig {
     pub peer_addr: String,
     /// The initial members, bootstrapped once when the cluster is new.
     pub members: BTreeMap<NodeId, BrokerNode>,
+    /// When set, a client's Hello must carry this token.
+    pub auth_token: Option<String>,
     pub limits: Limits,
     pub raft: RaftTiming,
 }

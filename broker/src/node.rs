@@ -218,10 +218,10 @@ impl Broker {
             Change::Remove(remove) => {
                 let mut next = voters;
                 if !next.remove(&remove.id) {
-                    return Err(ProposeError::Internal(format!("broker {} is not a voter", remove.id)));
+                    return Err(ProposeError::Invalid(format!("broker {} is not a voter", remove.id)));
                 }
                 if next.is_empty() {
-                    return Err(ProposeError::Internal("cannot remove the last broker".into()));
+                    return Err(ProposeError::Invalid("cannot remove the last broker".into()));
                 }
                 self.raft.change_membership(next, false).await.map_err(raft_error)?;
             }

@@ -27,6 +27,8 @@ pub enum ProposeError {
     Unavailable(String),
     #[error("overloaded: {0}")]
     Overloaded(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -16,6 +16,8 @@ use crate::error::ClientError;
 pub struct ClientConfig {
     pub seeds: Vec<String>,
     pub client_name: String,
+    /// Presented in Hello; empty when the cluster requires none.
+    pub auth_token: String,
     pub connect_timeout: Duration,
     /// How long one attempt of a request may take.
     pub request_timeout: Duration,
@@ -30,6 +32,7 @@ impl ClientConfig {
         ClientConfig {
             seeds: seeds.into_iter().map(Into::into).collect(),
             client_name: "chorus-client".into(),
+            auth_token: String::new(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             retry_deadline: Duration::from_secs(30),
@@ -115,19 +118,22 @@ impl Client {
                 seed
             }
         };
-        let connection = Connection::connect(&addr, &self.config.client_name, self.config.connect_timeout).await?;
+        let connection = self.open(&addr).await?;
         let leader_addr = connection.hello().leader_addr.clone();
         if !leader_addr.is_empty() && leader_addr != addr {
             // Writes would be forwarded anyway, but talking to the leader saves a hop.
-            if let Ok(leader) =
-                Connection::connect(&leader_addr, &self.config.client_name, self.config.connect_timeout).await
-            {
+            if let Ok(leader) = self.open(&leader_addr).await {
                 state.connection = Some(leader.clone());
                 return Ok(leader);
             }
         }
         state.connection = Some(connection.clone());
         Ok(connection)
+    }
+
+    async fn open(&self, addr: &str) -> Result<Connection, ClientError> {
+        let config = &self.config;
+        Connection::connect_with_token(addr, &config.client_name, &config.auth_token, config.connect_timeout).await
     }
 
     async fn after_failure(&self, connection: &Connection, error: &ClientError) {

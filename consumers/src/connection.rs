@@ -58,12 +58,21 @@ impl Drop for Inner {
 impl Connection {
     /// Connects to `addr` and says Hello, all within `timeout`.
     pub async fn connect(addr: &str, client_name: &str, timeout: Duration) -> Result<Connection, ClientError> {
-        tokio::time::timeout(timeout, Connection::open(addr, client_name))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
+        Connection::connect_with_token(addr, client_name, "", timeout).await
     }
 
-    async fn open(addr: &str, client_name: &str) -> Result<Connection, ClientError> {
+    /// Connects presenting `auth_token`, for brokers that require one.
+    pub async fn connect_with_token(
+        addr: &str,
+        client_name: &str,
+        auth_token: &str,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let open = Connection::open(addr, client_name, auth_token);
+        tokio::time::timeout(timeout, open).await.map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    async fn open(addr: &str, client_name: &str, auth_token: &str) -> Result<Connection, ClientError> {
         let stream =
             TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
         stream.set_nodelay(true).map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
@@ -71,7 +80,7 @@ impl Connection {
         let hello = pb::Hello {
             protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
             client_name: client_name.to_owned(),
-            auth_token: String::new(),
+            auth_token: auth_token.to_owned(),
         };
         framed.send(pb::ClientFrame { request_id: 0, body: Some(Request::Hello(hello)) }).await?;
         let hello = match framed.next().await.ok_or(ClientError::Closed)??.body {

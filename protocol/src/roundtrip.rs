@@ -147,6 +147,7 @@ fn client_bodies() -> Vec<C> {
         C::ChangeMembership(pb::ChangeMembership {
             change: Some(pb::change_membership::Change::Remove(pb::RemoveBroker { id: 4 })),
         }),
+        C::CreateSubscription(pb::CreateSubscription { topic: "t".into(), name: "s".into(), start: Some(start()) }),
     ]
 }
 
@@ -174,6 +175,7 @@ fn client_tag(body: &C) -> usize {
         C::DeleteSubscription(_) => 19,
         C::ClusterStatus(_) => 20,
         C::ChangeMembership(_) => 21,
+        C::CreateSubscription(_) => 22,
     }
 }
 
@@ -230,6 +232,7 @@ fn server_bodies() -> Vec<S> {
         }),
         S::Done(pb::Empty {}),
         S::Error(not_leader),
+        S::Subscription(pb::SubscriptionInfo { name: "s".into(), next_seq: 4, lag: 2 }),
     ]
 }
 
@@ -250,6 +253,7 @@ fn server_tag(body: &S) -> usize {
         S::ClusterStatus(_) => 12,
         S::Done(_) => 13,
         S::Error(_) => 14,
+        S::Subscription(_) => 15,
     }
 }
 
@@ -401,7 +405,7 @@ fn covers(tags: impl Iterator<Item = usize>, variants: usize) {
 #[test]
 fn every_client_frame_round_trips() {
     let bodies = client_bodies();
-    covers(bodies.iter().map(client_tag), 22);
+    covers(bodies.iter().map(client_tag), 23);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ClientFrame { request_id: i as u64 + 1, body: Some(body) };
         through(frame, &mut ClientCodec::default(), &mut ServerCodec::default());
@@ -411,7 +415,7 @@ fn every_client_frame_round_trips() {
 #[test]
 fn every_server_frame_round_trips() {
     let bodies = server_bodies();
-    covers(bodies.iter().map(server_tag), 15);
+    covers(bodies.iter().map(server_tag), 16);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ServerFrame { request_id: u64::MAX - i as u64, body: Some(body) };
         through(frame, &mut ServerCodec::default(), &mut ClientCodec::default());

@@ -20,6 +20,8 @@ pub struct ClusterOptions {
     pub entries_kept_after_snapshot: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    /// More `chorus serve` flags, such as `--auth-token` or `--in-flight-max`.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -29,6 +31,7 @@ impl Default for ClusterOptions {
             entries_kept_after_snapshot: 2_000,
             heartbeat_ms: 100,
             election_timeout_ms: 400,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -133,6 +136,7 @@ impl Cluster {
             .arg(format!("--entries-kept-after-snapshot={}", options.entries_kept_after_snapshot))
             .arg(format!("--heartbeat-ms={}", options.heartbeat_ms))
             .arg(format!("--election-timeout-ms={}", options.election_timeout_ms))
+            .args(&options.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -192,6 +196,12 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&broker.data_dir);
     }
 
+    /// The `--auth-token` the brokers were started with, or empty.
+    pub fn auth_token(&self) -> String {
+        let flag = self.options.extra_args.iter().find_map(|arg| arg.strip_prefix("--auth-token="));
+        flag.unwrap_or_default().to_owned()
+    }
+
     pub fn client_addrs(&self) -> Vec<String> {
         self.brokers.values().map(|b| b.client_addr.clone()).collect()
     }
@@ -203,7 +213,10 @@ impl Cluster {
     /// Broker `id`'s own view of the cluster, or `None` if it does not answer.
     pub async fn status(&self, id: u64) -> Option<pb::ClusterStatus> {
         let addr = &self.brokers.get(&id)?.client_addr;
-        let connection = Connection::connect(addr, "harness", Duration::from_millis(500)).await.ok()?;
+        let connection =
+            Connection::connect_with_token(addr, "harness", &self.auth_token(), Duration::from_millis(500))
+                .await
+                .ok()?;
         match connection.request(Request::ClusterStatus(pb::ClusterStatusRequest {}), Duration::from_secs(1)).await {
             Ok(Body::ClusterStatus(status)) => Some(status),
             _ => None,

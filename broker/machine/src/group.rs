@@ -6,9 +6,7 @@ use bytes::Bytes;
 
 use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
 use crate::keys;
-use crate::limits::{
-    GROUPS_PER_TOPIC_MAX, LEASE_COUNT_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX,
-};
+use crate::limits::{GROUPS_PER_TOPIC_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX};
 use crate::machine::{Ctx, Fail, Res};
 use crate::outcome::{Grant, Leased, MachineError, Output};
 use crate::records::{GroupCounts, GroupRecord, MessageRecord, PendingRecord, PendingState, TopicRecord};
@@ -81,10 +79,7 @@ pub(crate) fn lease<S: Store>(
     count_max: u32,
     lease_ms: Option<u64>,
 ) -> Res<Output> {
-    validate::name("consumer", consumer)?;
-    if count_max == 0 || count_max > LEASE_COUNT_MAX {
-        return Err(MachineError::InvalidArgument(format!("lease 1 to {LEASE_COUNT_MAX} messages")).into());
-    }
+    validate::lease(consumer, count_max, lease_ms)?;
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
     let lease_ms = lease_ms.unwrap_or(group.config.lease_ms_default);
@@ -482,6 +477,7 @@ fn next_ready<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
 mod tests {
     use super::*;
     use crate::command::{Command, StartPosition, TopicConfig};
+    use crate::limits::LEASE_COUNT_MAX;
     use crate::testkit::{Harness, message, payloads};
 
     fn harness(config: GroupConfig) -> Harness {

@@ -50,6 +50,15 @@ pub fn lease_ms(lease_ms: u64) -> Checked {
     Ok(())
 }
 
+/// A lease request's own arguments; `lease_ms` of `None` means the group's default.
+pub fn lease(consumer: &str, count_max: u32, lease_ms: Option<u64>) -> Checked {
+    name("consumer", consumer)?;
+    if count_max == 0 || count_max > LEASE_COUNT_MAX {
+        return invalid(format!("lease 1 to {LEASE_COUNT_MAX} messages, not {count_max}"));
+    }
+    lease_ms.map_or(Ok(()), self::lease_ms)
+}
+
 pub fn tokens(tokens: &[u64]) -> Checked {
     if tokens.is_empty() || tokens.len() > SETTLE_TOKENS_MAX {
         return invalid(format!("1 to {SETTLE_TOKENS_MAX} tokens per request, got {}", tokens.len()));

@@ -162,7 +162,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let (request, partial) = fit_append(&rpc, self.frame_bytes_max);
         let answer = self.call(Body::AppendEntries(request), option.hard_ttl()).await.map_err(|e| self.failed(e))?;
         let response = match answer {
-            Body::AppendEntriesOk(response) => wire::append_response_from_pb(response).map_err(|e| self.malformed(e))?,
+            Body::AppendEntriesOk(response) => {
+                wire::append_response_from_pb(response).map_err(|e| self.malformed(e))?
+            }
             other => return Err(self.unexpected(&other)),
         };
         Ok(match (response, partial) {

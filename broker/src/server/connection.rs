@@ -5,6 +5,7 @@
 //! error frame and is closed. On shutdown the reader stops, in-flight requests finish, then the
 //! connection closes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio_util::codec::Framed;
 
 use super::handler;
 use super::respond::error;
+use super::subscription::{self, Subscription};
 use crate::node::Broker;
 
 /// How long a new connection may take to say Hello.
@@ -64,15 +66,20 @@ async fn hello(broker: &Broker, frames: &mut Frames, answers: &mpsc::Sender<pb::
         Ok(None) | Err(_) => return false,
     };
     let refusal = match &frame.body {
-        Some(Request::Hello(hello)) if hello.protocol_version == chorus_protocol::limits::PROTOCOL_VERSION => None,
-        Some(Request::Hello(hello)) => Some(error(
-            ErrorCode::InvalidArgument,
-            format!(
-                "protocol version {} is not supported; this broker speaks {}",
-                hello.protocol_version,
-                chorus_protocol::limits::PROTOCOL_VERSION
-            ),
-        )),
+        Some(Request::Hello(hello)) if hello.protocol_version != chorus_protocol::limits::PROTOCOL_VERSION => {
+            Some(error(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "protocol version {} is not supported; this broker speaks {}",
+                    hello.protocol_version,
+                    chorus_protocol::limits::PROTOCOL_VERSION
+                ),
+            ))
+        }
+        Some(Request::Hello(hello)) if broker.config.auth_token.as_ref().is_some_and(|t| *t != hello.auth_token) => {
+            Some(error(ErrorCode::Unauthorized, "a valid auth token is required"))
+        }
+        Some(Request::Hello(_)) => None,
         _ => Some(error(ErrorCode::InvalidArgument, "the first frame must be Hello")),
     };
     if let Some(refusal) = refusal {
@@ -94,6 +101,7 @@ async fn hello(broker: &Broker, frames: &mut Frames, answers: &mpsc::Sender<pb::
 async fn serve_requests(broker: &Arc<Broker>, frames: &mut Frames, answers: &mpsc::Sender<pb::ServerFrame>) {
     let in_flight_max = broker.config.limits.in_flight_per_connection_max;
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let mut streams = Streams::default();
     let shutdown = broker.shutdown_token();
     loop {
         let next = tokio::select! {
@@ -109,6 +117,16 @@ async fn serve_requests(broker: &Arc<Broker>, frames: &mut Frames, answers: &mps
             None => break,
         };
         let request_id = frame.request_id;
+        match streams.route(broker, answers, &frame).await {
+            Routed::Elsewhere => {}
+            Routed::Handled(None) => continue,
+            Routed::Handled(Some(answer)) => {
+                if answers.send(answer).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
             let busy = error(ErrorCode::Overloaded, format!("more than {in_flight_max} requests in flight"));
             if answers.send(pb::ServerFrame::error(request_id, busy)).await.is_err() {
@@ -127,6 +145,66 @@ async fn serve_requests(broker: &Arc<Broker>, frames: &mut Frames, answers: &mps
     // Let what is in flight finish before the connection closes.
     let drained = in_flight.acquire_many(in_flight_max as u32);
     let _ = tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), drained).await;
+}
+
+/// The connection's subscriptions, by the request id of their Subscribe.
+#[derive(Default)]
+struct Streams {
+    open: HashMap<u64, Subscription>,
+}
+
+impl Streams {
+    /// Handles Subscribe, Credit and Unsubscribe, which act on connection state.
+    async fn route(
+        &mut self,
+        broker: &Arc<Broker>,
+        answers: &mpsc::Sender<pb::ServerFrame>,
+        frame: &pb::ClientFrame,
+    ) -> Routed {
+        let request_id = frame.request_id;
+        let refuse = |e: pb::Error| Routed::Handled(Some(pb::ServerFrame::error(request_id, e)));
+        match &frame.body {
+            Some(Request::Subscribe(request)) => {
+                self.open.retain(|_, s| !s.is_finished());
+                let max = broker.config.limits.subscriptions_per_connection_max;
+                if self.open.len() >= max {
+                    return refuse(error(ErrorCode::Overloaded, format!("at most {max} subscriptions per connection")));
+                }
+                if self.open.contains_key(&request_id) {
+                    return refuse(error(ErrorCode::InvalidArgument, "request id already names a subscription"));
+                }
+                match subscription::open(broker, answers, request_id, request.clone()).await {
+                    Ok(stream) => {
+                        self.open.insert(request_id, stream);
+                        Routed::Handled(None)
+                    }
+                    Err(e) => refuse(e),
+                }
+            }
+            Some(Request::Credit(credit)) => match self.open.get(&credit.subscribe_id) {
+                Some(stream) => {
+                    stream.grant(credit.credits);
+                    Routed::Handled(None)
+                }
+                None => refuse(error(ErrorCode::InvalidArgument, format!("no subscription {}", credit.subscribe_id))),
+            },
+            Some(Request::Unsubscribe(unsubscribe)) => match self.open.remove(&unsubscribe.subscribe_id) {
+                Some(_) => Routed::Handled(Some(pb::ServerFrame { request_id, body: Some(Body::Done(pb::Empty {})) })),
+                None => {
+                    refuse(error(ErrorCode::InvalidArgument, format!("no subscription {}", unsubscribe.subscribe_id)))
+                }
+            },
+            _ => Routed::Elsewhere,
+        }
+    }
+}
+
+/// What `Streams::route` did with a frame.
+enum Routed {
+    /// Not a subscription request: the dispatcher answers it.
+    Elsewhere,
+    /// Done here, with an answer to send now or none (credit needs none).
+    Handled(Option<pb::ServerFrame>),
 }
 
 fn protocol_error(failure: &ProtocolError) -> pb::Error {

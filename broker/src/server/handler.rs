@@ -59,12 +59,17 @@ async fn answer(broker: &Arc<Broker>, frame: pb::ClientFrame, forwarded: bool) -
         Request::DeleteTopic(r) => write(broker, Command::DeleteTopic { name: r.name }, &frame, forwarded, done).await,
         Request::CreateGroup(r) => {
             let (topic, name) = (r.topic.clone(), r.name.clone());
-            let config = command::group_config_from_pb(r.config).map_err(invalid)?;
+            let config = command::group_config_from_pb(r.config);
             let command = Command::CreateGroup { topic: r.topic, name: r.name, config };
             write(broker, command, &frame, forwarded, |_| describe_group(broker, &topic, &name)).await
         }
         Request::DeleteGroup(r) => {
             write(broker, Command::DeleteGroup { topic: r.topic, name: r.name }, &frame, forwarded, done).await
+        }
+        Request::CreateSubscription(r) => {
+            let start = command::start_from_pb(r.start);
+            let info = create_subscription(broker, &r.topic, &r.name, start).await?;
+            Ok(Body::Subscription(info))
         }
         Request::DeleteSubscription(r) => {
             let command = Command::DeleteSubscription { topic: r.topic, name: r.name };
@@ -157,9 +162,41 @@ fn settled(tokens: &[u64], output: Output) -> Answer {
     Ok(Body::SettleOk(pb::SettleOk { results }))
 }
 
+/// Creates (or finds) a durable subscription through the log, forwarding to the leader when
+/// needed, and returns it with its cursor.
+pub async fn create_subscription(
+    broker: &Arc<Broker>,
+    topic: &str,
+    name: &str,
+    start: chorus_machine::StartPosition,
+) -> Result<pb::SubscriptionInfo, pb::Error> {
+    let command = Command::CreateSubscription { topic: topic.into(), name: name.into(), start };
+    let frame = pb::ClientFrame {
+        request_id: 0,
+        body: Some(Request::CreateSubscription(pb::CreateSubscription {
+            topic: topic.into(),
+            name: name.into(),
+            start: Some(command::start_to_pb(start)),
+        })),
+    };
+    let answer = write(broker, command, &frame, false, |output| match output {
+        Output::SubscriptionCreated { next_seq, .. } => {
+            Ok(Body::Subscription(pb::SubscriptionInfo { name: name.into(), next_seq, lag: 0 }))
+        }
+        other => Err(unexpected(&other)),
+    })
+    .await?;
+    match answer {
+        Body::Subscription(info) => Ok(info),
+        other => Err(error(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
+    }
+}
+
 /// A long-poll: waits (up to `wait_ms`) until the group may have something, then leases through
 /// the log. Waiting is done against local applied state, so idle pollers propose nothing.
 async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::ClientFrame, forwarded: bool) -> Answer {
+    chorus_machine::validate::lease(&request.consumer, request.count_max, request.lease_ms)
+        .map_err(|e| machine_error(&e))?;
     let wait = Duration::from_millis(request.wait_ms.min(broker.config.limits.lease_wait_ms_max));
     if !broker.is_leader() && !forwarded {
         let Some(leader) = broker.leader() else {

@@ -5,6 +5,7 @@
 pub mod connection;
 pub mod handler;
 pub mod respond;
+pub mod subscription;
 
 use std::sync::Arc;
 

@@ -37,6 +37,7 @@ pub fn propose_error(error: &ProposeError) -> pb::Error {
         }
         ProposeError::Unavailable(message) => pb::Error::new(ErrorCode::Unavailable, message.clone()),
         ProposeError::Overloaded(message) => pb::Error::new(ErrorCode::Overloaded, message.clone()),
+        ProposeError::Invalid(message) => pb::Error::new(ErrorCode::InvalidArgument, message.clone()),
         ProposeError::Internal(message) => pb::Error::new(ErrorCode::Internal, message.clone()),
     }
 }

@@ -1,0 +1,162 @@
+//! Ordered delivery to one subscriber. The broker pushes `Delivery` frames under the Subscribe's
+//! request id, reading this broker's applied log from the subscription's position: a subscriber
+//! never sees an uncommitted message, and any broker can serve it. Flow control is by credit:
+//! each delivered message spends one, the client grants more, and with no credit nothing is sent,
+//! so a slow subscriber costs at most one batch of memory. At the tail, new commits wake the task.
+
+use std::sync::Arc;
+
+use chorus_machine::{StartPosition, query};
+use chorus_protocol::pb::{self, ErrorCode, server_frame::Body};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::handler;
+use super::respond::{self, error, propose_error};
+use crate::command;
+use crate::node::Broker;
+
+/// Messages one Delivery frame carries at most.
+const DELIVERY_MESSAGES_MAX: usize = 256;
+
+/// A running subscription: its credit and its delivery task.
+#[derive(Debug)]
+pub struct Subscription {
+    credit: Arc<Semaphore>,
+    credits_max: u32,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscription {
+    /// Grants `credits` more messages, never holding more than the broker's cap.
+    pub fn grant(&self, credits: u32) {
+        let room = (self.credits_max as usize).saturating_sub(self.credit.available_permits());
+        self.credit.add_permits((credits as usize).min(room));
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Resolves where the subscription starts (creating a durable one through the log), answers
+/// SubscribeOk, and starts delivering.
+pub async fn open(
+    broker: &Arc<Broker>,
+    answers: &mpsc::Sender<pb::ServerFrame>,
+    request_id: u64,
+    request: pb::SubscribeRequest,
+) -> Result<Subscription, pb::Error> {
+    let start = command::start_from_pb(request.start);
+    let next_seq = match &request.subscription {
+        Some(name) => handler::create_subscription(broker, &request.topic, name, start).await?.next_seq,
+        None => ephemeral_start(broker, &request.topic, start)?,
+    };
+    let topic_id = topic_id(broker, &request.topic)?;
+    let ok = pb::ServerFrame { request_id, body: Some(Body::SubscribeOk(pb::SubscribeOk { next_seq })) };
+    answers.send(ok).await.map_err(|_| error(ErrorCode::Internal, "connection closed"))?;
+    let credits_max = broker.config.limits.subscription_credits_max;
+    let credit = Arc::new(Semaphore::new(request.credits.min(credits_max) as usize));
+    let delivery = Delivery {
+        broker: Arc::clone(broker),
+        answers: answers.clone(),
+        request_id,
+        topic: request.topic,
+        topic_id,
+        next_seq,
+        credit: Arc::clone(&credit),
+    };
+    Ok(Subscription { credit, credits_max, task: tokio::spawn(delivery.run()) })
+}
+
+fn topic_id(broker: &Broker, name: &str) -> Result<u64, pb::Error> {
+    let store = broker.read().map_err(|e| propose_error(&e))?;
+    query::topic(&store, name)
+        .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
+        .map(|t| t.id)
+        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))
+}
+
+fn ephemeral_start(broker: &Broker, name: &str, start: StartPosition) -> Result<u64, pb::Error> {
+    let store = broker.read().map_err(|e| propose_error(&e))?;
+    let topic = query::topic(&store, name)
+        .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
+        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))?;
+    query::seq_at(&store, &topic, start).map_err(|e| error(ErrorCode::Internal, e.to_string()))
+}
+
+struct Delivery {
+    broker: Arc<Broker>,
+    answers: mpsc::Sender<pb::ServerFrame>,
+    request_id: u64,
+    topic: String,
+    topic_id: u64,
+    next_seq: u64,
+    credit: Arc<Semaphore>,
+}
+
+impl Delivery {
+    async fn run(mut self) {
+        if let Err(ended) = self.deliver().await {
+            let _ = self.answers.send(pb::ServerFrame::error(self.request_id, ended)).await;
+        }
+    }
+
+    async fn deliver(&mut self) -> Result<(), pb::Error> {
+        let mut applied = self.broker.applied();
+        let shutdown = self.broker.shutdown_token();
+        loop {
+            // Wait for credit, then take whatever more is there, up to one frame's worth.
+            let Ok(first) = self.credit.acquire().await else { return Ok(()) };
+            first.forget();
+            let mut granted = 1;
+            while granted < DELIVERY_MESSAGES_MAX {
+                match self.credit.try_acquire() {
+                    Ok(permit) => {
+                        permit.forget();
+                        granted += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let batch = loop {
+                let batch = self.read(granted)?;
+                if !batch.is_empty() {
+                    break batch;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    changed = applied.changed() => if changed.is_err() { return Ok(()) },
+                }
+            };
+            self.credit.add_permits(granted - batch.len());
+            self.next_seq = batch.last().map_or(self.next_seq, |m| m.seq + 1);
+            let frame = pb::ServerFrame {
+                request_id: self.request_id,
+                body: Some(Body::Delivery(pb::Delivery { messages: batch })),
+            };
+            if self.answers.send(frame).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Up to `count` messages from the position; skips ahead past messages retention trimmed.
+    fn read(&mut self, count: usize) -> Result<Vec<pb::StoredMessage>, pb::Error> {
+        let internal = |e: &dyn std::fmt::Display| error(ErrorCode::Internal, e.to_string());
+        let store = self.broker.read().map_err(|e| propose_error(&e))?;
+        let topic = query::topic(&store, &self.topic)
+            .map_err(|e| internal(&e))?
+            .filter(|t| t.id == self.topic_id)
+            .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("topic {:?} was deleted", self.topic)))?;
+        self.next_seq = self.next_seq.max(topic.first_seq);
+        let bytes_max = self.broker.config.limits.delivery_bytes_max;
+        let messages = query::read(&store, topic.id, self.next_seq, count, bytes_max).map_err(|e| internal(&e))?;
+        Ok(messages.into_iter().map(|(seq, message)| respond::stored_message(seq, message)).collect())
+    }
+}
