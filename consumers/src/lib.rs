@@ -1,13 +1,25 @@
-//! The Chorus client library: producers, worker pools and subscribers over the framed protocol
-//! in `chorus-protocol`. Its modules mirror the protocol's requests.
+//! The Chorus client library, async on tokio. Its modules mirror the protocol:
 //!
-//! - [`Connection`]: one pipelined connection to one broker;
-//! - [`Client`]: the cluster, with leader discovery and retries.
+//! - [`Client`]: a cluster connection with leader discovery, retries with jittered backoff and
+//!   request timeouts; [`Connection`] is one pipelined connection to one broker.
+//! - [`Producer`]: batching, pipelined, idempotent publishing.
+//! - [`Subscriber`]: ordered delivery as a `futures::Stream`, with credit and commits.
+//! - [`WorkerPool`]: leased work with automatic lease extension, ack and nack.
+//!
+//! Errors are [`ClientError`]; a broker's refusal carries its [`ServerError`] code.
 
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod message;
+pub mod producer;
+pub mod subscriber;
+pub mod worker;
 
 pub use client::{Client, ClientConfig};
 pub use connection::Connection;
 pub use error::{ClientError, ServerError};
+pub use message::{Delivered, Message};
+pub use producer::{Producer, ProducerConfig, Receipt};
+pub use subscriber::{Start, Subscriber, SubscriberConfig};
+pub use worker::{Job, WorkerConfig, WorkerPool};

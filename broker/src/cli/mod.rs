@@ -1,16 +1,26 @@
-//! The `chorus` command line: parsing and running each subcommand.
+//! The `chorus` command line: parsing, and one module per group of subcommands.
+//!
+//! - `serve`: run one broker; `inspect`: read a stopped broker's topic;
+//! - `up`: a local cluster of broker processes, supervised; `demo`: a scripted tour;
+//! - `commands`: everyday client commands (publish, subscribe, work, topic, group, status).
+
+mod commands;
+mod demo;
+mod local;
+mod serve;
+mod up;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use redb::ReadableDatabase;
 
-use crate::config::{BrokerConfig, Limits, RaftTiming};
-use crate::node::Broker;
+use crate::config::{Limits, RaftTiming};
 use crate::raft::{BrokerNode, NodeId};
+
+/// The client addresses `chorus up` uses, and so the default target of client commands.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
 
 #[derive(Debug, Parser)]
 #[command(name = "chorus", version, about = "A distributed message queue with atomic broadcast")]
@@ -21,11 +31,43 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
+    /// Start a local cluster (3 brokers on loopback, data under ./chorus-data) and run until Ctrl-C.
+    Up(up::UpArgs),
+    /// A scripted tour that checks Chorus's promises on a cluster of its own (or --brokers).
+    Demo(demo::DemoArgs),
     /// Run one broker.
     Serve(ServeArgs),
     /// Print a topic's messages from a stopped broker's data directory, one per line:
     /// seq, log index, batch position, payload.
     Inspect(InspectArgs),
+    /// Publish messages given as arguments, or one per line of standard input.
+    Publish(commands::PublishArgs),
+    /// Print a topic's messages in order.
+    Subscribe(commands::SubscribeArgs),
+    /// Run a command once per message of a work group: payload on stdin, exit 0 acks.
+    Work(commands::WorkArgs),
+    /// Create, list, describe or delete topics.
+    #[command(subcommand)]
+    Topic(commands::TopicCommand),
+    /// Create, list, describe or delete work groups.
+    #[command(subcommand)]
+    Group(commands::GroupCommand),
+    /// The cluster's brokers, roles, term, leader, indexes and lag.
+    Status(commands::StatusArgs),
+}
+
+/// Which cluster a client command talks to, and how it prints.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Client addresses of some brokers, comma-separated.
+    #[arg(long, env = "CHORUS_BROKERS", default_value = DEFAULT_BROKERS, value_delimiter = ',', global = true)]
+    pub brokers: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The token brokers started with --auth-token require.
+    #[arg(long, env = "CHORUS_AUTH_TOKEN", hide_env_values = true, global = true)]
+    pub auth_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -111,19 +153,23 @@ pub fn members(list: &[(NodeId, BrokerNode)]) -> Result<BTreeMap<NodeId, BrokerN
 /// Runs the `chorus` command line; the binary's `main` is this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = match cli.command {
+        CliCommand::Serve(_) => "info,openraft=warn",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        CliCommand::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
-        CliCommand::Inspect(args) => inspect(&args),
+        CliCommand::Inspect(args) => serve::inspect(&args),
+        command => runtime().and_then(|rt| rt.block_on(run(command))),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("chorus: {error:#}");
             ExitCode::FAILURE
@@ -132,76 +178,23 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let raft = args.raft_timing();
-    let config = BrokerConfig {
-        id: args.id,
-        data_dir: args.data_dir,
-        client_addr: args.client_addr,
-        peer_addr: args.peer_addr,
-        members: members(&args.members).map_err(anyhow::Error::msg)?,
-        auth_token: args.auth_token,
-        limits: Limits { in_flight_per_connection_max: args.in_flight_max.max(1), ..Limits::default() },
-        raft,
-    };
-    let broker = Broker::start(config).await?;
-    tracing::info!(id = broker.id(), clients = %broker.config.client_addr, peers = %broker.config.peer_addr, "broker started");
-    let stopped = broker.shutdown_token();
-    tokio::select! {
-        _ = stopped.cancelled() => tracing::info!("broker stopped serving"),
-        _ = termination() => tracing::info!("shutting down"),
+async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CliCommand::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
+        CliCommand::Up(args) => up::run(args).await.map(|()| ExitCode::SUCCESS),
+        CliCommand::Demo(args) => demo::run(args).await,
+        CliCommand::Publish(args) => commands::publish(args).await,
+        CliCommand::Subscribe(args) => commands::subscribe(args).await,
+        CliCommand::Work(args) => commands::work(args).await,
+        CliCommand::Topic(command) => commands::topic(command).await,
+        CliCommand::Group(command) => commands::group(command).await,
+        CliCommand::Status(args) => commands::status(args).await,
+        CliCommand::Inspect(args) => serve::inspect(&args),
     }
-    broker.stop().await;
-    Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn termination() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return interrupt.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-}
-
-fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    use std::io::Write;
-    let path = args.data_dir.join("state.redb");
-    let db = redb::Database::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let txn = db.begin_read()?;
-    let store = crate::storage::ReadStore::open(&txn)?;
-    let topic =
-        chorus_machine::query::topic(&store, &args.topic)?.with_context(|| format!("no topic {:?}", args.topic))?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut next = topic.first_seq;
-    loop {
-        let page = chorus_machine::query::read(&store, topic.id, next, 1024, u64::MAX)?;
-        let Some((last, _)) = page.last() else { break };
-        next = last + 1;
-        for (seq, message) in page {
-            writeln!(
-                out,
-                "{seq}\t{}\t{}\t{}",
-                message.log_index,
-                message.batch_pos,
-                String::from_utf8_lossy(&message.payload)
-            )?;
-        }
-    }
-    out.flush()?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -217,5 +210,11 @@ mod tests {
         assert!(parse_member("1=,b").is_err());
         let one = parse_member("1=a,b").unwrap();
         assert!(members(&[one.clone(), one]).is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }
