@@ -23,3 +23,8 @@ pub use message::{Delivered, Message};
 pub use producer::{Producer, ProducerConfig, Receipt};
 pub use subscriber::{Start, Subscriber, SubscriberConfig};
 pub use worker::{Job, WorkerConfig, WorkerPool};
+
+/// The README's client example compiles.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;
