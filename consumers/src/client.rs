@@ -1,6 +1,16 @@
 //! A client of a Chorus cluster: given seed addresses it finds the leader, keeps one pipelined
 //! connection to it, and retries what may succeed elsewhere or later (lost connections, elections,
 //! overload) with randomized exponential backoff, until the call's deadline.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), chorus_consumers::ClientError> {
+//! use chorus_consumers::Client;
+//! use chorus_protocol::pb::{self, client_frame::Body as Request};
+//! let client = Client::connect(["127.0.0.1:7101", "127.0.0.1:7102"]).await?;
+//! let status = client.request(Request::ClusterStatus(pb::ClusterStatusRequest {})).await?;
+//! println!("{status:?}");
+//! # Ok(()) }
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
