@@ -123,22 +123,29 @@ impl Connection {
 
     /// Sends one request and waits for its answer; an error answer becomes `ClientError::Server`.
     pub async fn request(&self, request: Request, timeout: Duration) -> Result<Body, ClientError> {
-        let (request_id, answer) = {
-            let (sender, answer) = oneshot::channel();
-            let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let mut routes = self.inner.routes.lock().expect("routes lock");
-            if routes.closed {
-                return Err(ClientError::Closed);
-            }
-            routes.waiting.insert(request_id, sender);
-            (request_id, answer)
-        };
+        let (request_id, answer) = self.register(None)?;
         let result = self.send_and_wait(request_id, request, answer, timeout).await;
         self.inner.routes.lock().expect("routes lock").waiting.remove(&request_id);
         match result? {
             Body::Error(error) => Err(ServerError::from(error).into()),
             body => Ok(body),
         }
+    }
+
+    /// Takes the next request id and routes its first answer (and, for a stream, the frames
+    /// after it) to the returned receiver.
+    fn register(&self, pushes: Option<mpsc::Sender<Body>>) -> Result<(u64, oneshot::Receiver<Body>), ClientError> {
+        let (sender, answer) = oneshot::channel();
+        let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut routes = self.inner.routes.lock().expect("routes lock");
+        if routes.closed {
+            return Err(ClientError::Closed);
+        }
+        routes.waiting.insert(request_id, sender);
+        if let Some(pushes) = pushes {
+            routes.streams.insert(request_id, pushes);
+        }
+        Ok((request_id, answer))
     }
 
     async fn send_and_wait(
@@ -164,17 +171,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<(u64, Body, mpsc::Receiver<Body>), ClientError> {
         let (pushes, stream) = mpsc::channel(STREAM_BUFFER_MAX);
-        let (request_id, answer) = {
-            let (sender, answer) = oneshot::channel();
-            let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let mut routes = self.inner.routes.lock().expect("routes lock");
-            if routes.closed {
-                return Err(ClientError::Closed);
-            }
-            routes.waiting.insert(request_id, sender);
-            routes.streams.insert(request_id, pushes);
-            (request_id, answer)
-        };
+        let (request_id, answer) = self.register(Some(pushes))?;
         match self.send_and_wait(request_id, request, answer, timeout).await {
             Ok(Body::Error(error)) => {
                 self.close_stream(request_id);
