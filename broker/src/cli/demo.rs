@@ -41,7 +41,7 @@ fn check(text: &str) {
 }
 
 /// Ports `base..base + count` all free on loopback.
-fn free_ports(count: u16) -> anyhow::Result<u16> {
+pub(super) fn free_ports(count: u16) -> anyhow::Result<u16> {
     for _ in 0..100 {
         let base = rand::random_range(20_000..60_000);
         if (base..base + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {

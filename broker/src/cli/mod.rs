@@ -4,6 +4,7 @@
 //! - `up`: a local cluster of broker processes, supervised; `demo`: a scripted tour;
 //! - `commands`: everyday client commands (publish, subscribe, work, topic, group, status).
 
+mod bench;
 mod commands;
 mod demo;
 mod local;
@@ -33,6 +34,8 @@ pub struct Cli {
 pub enum CliCommand {
     /// Start a local cluster (3 brokers on loopback, data under ./chorus-data) and run until Ctrl-C.
     Up(up::UpArgs),
+    /// Throughput and latency figures, on a cluster of its own (or --brokers).
+    Bench(bench::BenchArgs),
     /// A scripted tour that checks Chorus's promises on a cluster of its own (or --brokers).
     Demo(demo::DemoArgs),
     /// Run one broker.
@@ -187,6 +190,7 @@ async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {
         CliCommand::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
         CliCommand::Up(args) => up::run(args).await.map(|()| ExitCode::SUCCESS),
         CliCommand::Demo(args) => demo::run(args).await,
+        CliCommand::Bench(args) => bench::run(args).await,
         CliCommand::Publish(args) => commands::publish(args).await,
         CliCommand::Subscribe(args) => commands::subscribe(args).await,
         CliCommand::Work(args) => commands::work(args).await,

@@ -1,0 +1,292 @@
+//! `chorus bench`: reproducible throughput and latency figures. By default it starts a 3-broker
+//! cluster of its own on loopback (fsync on every commit, as always) from the running binary, so
+//! run it from a release build. It prints the conditions with the figures; `--json` prints one
+//! JSON object.
+//!
+//! - publish: `--messages` messages of `--size` bytes, one per request, `--window` requests in
+//!   flight on one connection; msg/s, MB/s, and ack latency p50/p99/p99.9;
+//! - work queue: as many tasks published (as above) while `--workers` workers lease up to 256 at a
+//!   time and ack them; tasks/s from the first publish to the last ack;
+//! - fan-out: `--subscribers` subscribers read the published topic; deliveries/s;
+//! - broker cost: CPU seconds and peak RSS of each broker process (own cluster only).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use chorus_consumers::{Client, Connection, Subscriber, SubscriberConfig};
+use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use clap::Args;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::local::{LocalCluster, wait_for_leader};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Benchmark a running cluster instead of starting one (comma-separated client addresses).
+    #[arg(long, value_delimiter = ',')]
+    pub brokers: Option<Vec<String>>,
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Publish requests in flight.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Workers in the work-queue run, each keeping its leases and acks pipelined.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Subscribers in the fan-out run.
+    #[arg(long, default_value_t = 8)]
+    pub subscribers: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// CPU seconds and peak RSS of the brokers, read from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    cpu_s: f64,
+    peak_rss_mib: f64,
+}
+
+fn broker_cost(pids: &[u32]) -> Cost {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let mut cost = Cost::default();
+    for pid in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Fields after the command name, which is in parentheses: utime is 14th, stime 15th.
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+            let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+            cost.cpu_s += ticks / ticks_per_s;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let hwm_kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0.0);
+            cost.peak_rss_mib = cost.peak_rss_mib.max(hwm_kib / 1024.0);
+        }
+    }
+    cost
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::tempdir()?;
+    let (own, addrs) = match &args.brokers {
+        Some(addrs) => (None, addrs.clone()),
+        None => {
+            let cluster =
+                LocalCluster::start(scratch.path(), 3, super::demo::free_ports(3)?, super::demo::free_ports(3)?)?;
+            let addrs = cluster.client_addrs();
+            (Some(cluster), addrs)
+        }
+    };
+    let leader = wait_for_leader(&addrs, "", Duration::from_secs(30)).await?;
+    let leader_addr = leader
+        .brokers
+        .iter()
+        .find(|b| b.id == leader.broker_id)
+        .map(|b| b.client_addr.clone())
+        .context("leader address")?;
+    let pids: Vec<u32> = own.as_ref().map_or_else(Vec::new, |c| c.brokers.iter().filter_map(|b| c.pid(b.id)).collect());
+    let client = Client::connect(addrs.clone()).await?;
+    let topic = format!("bench-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    client.request(Request::CreateTopic(pb::CreateTopic { name: topic.clone(), config: None })).await?;
+    client
+        .request(Request::CreateGroup(pb::CreateGroup { topic: topic.clone(), name: "bench".into(), config: None }))
+        .await?;
+
+    let work_topic = format!("{topic}-work");
+    client.request(Request::CreateTopic(pb::CreateTopic { name: work_topic.clone(), config: None })).await?;
+    let group = pb::CreateGroup { topic: work_topic.clone(), name: "bench".into(), config: None };
+    client.request(Request::CreateGroup(group)).await?;
+
+    let before = broker_cost(&pids);
+    let publish = publish(&leader_addr, &topic, &args).await?;
+    let work = work(&leader_addr, &work_topic, &args).await?;
+    let fanout = fanout(&client, &topic, &args).await?;
+    let after = broker_cost(&pids);
+    let cpu_s = after.cpu_s - before.cpu_s;
+    for name in [topic, work_topic] {
+        let _ = client.request(Request::DeleteTopic(pb::DeleteTopic { name })).await;
+    }
+
+    let conditions = json!({
+        "brokers": addrs.len(),
+        "cluster": if own.is_some() { "own, loopback" } else { "given" },
+        "fsync": "every commit, on a majority",
+        "messages": args.messages,
+        "payload_bytes": args.size,
+        "window": args.window,
+        "workers": args.workers,
+        "subscribers": args.subscribers,
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "binary": if cfg!(debug_assertions) { "debug" } else { "release" },
+    });
+    let figures = json!({
+        "publish": publish.json(),
+        "work_queue": { "tasks_per_s": work },
+        "fanout": { "deliveries_per_s": fanout },
+        "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": after.peak_rss_mib }) },
+    });
+    if args.json {
+        println!("{}", json!({ "conditions": conditions, "figures": figures }));
+    } else {
+        println!("conditions: {conditions}");
+        println!(
+            "publish:    {:.0} msg/s, {:.1} MB/s; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            publish.rate,
+            publish.megabytes_per_s(args.size),
+            publish.p50_ms,
+            publish.p99_ms,
+            publish.p999_ms
+        );
+        println!("work queue: {work:.0} tasks/s (publish, lease, ack)");
+        println!("fan-out:    {fanout:.0} deliveries/s to {} subscribers", args.subscribers);
+        if !pids.is_empty() {
+            println!(
+                "brokers:    {cpu_s:.1} CPU-seconds in all; peak RSS {:.0} MiB (largest broker)",
+                after.peak_rss_mib
+            );
+        }
+    }
+    if let Some(mut cluster) = own {
+        cluster.stop();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct PublishFigures {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+impl PublishFigures {
+    fn megabytes_per_s(&self, size: usize) -> f64 {
+        self.rate * size as f64 / 1e6
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({ "msg_per_s": self.rate, "ack_p50_ms": self.p50_ms, "ack_p99_ms": self.p99_ms, "ack_p999_ms": self.p999_ms })
+    }
+}
+
+/// Publishes `messages` single-message requests with `window` in flight; records each ack latency.
+async fn publish(addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<PublishFigures> {
+    let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
+    let payload = Bytes::from(vec![b'x'; args.size]);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut lanes = Vec::new();
+    for _ in 0..args.window.max(1) {
+        let (connection, payload, next, topic, total) =
+            (connection.clone(), payload.clone(), Arc::clone(&next), topic.to_owned(), args.messages);
+        lanes.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let request = Request::Publish(pb::PublishRequest {
+                    topic: topic.clone(),
+                    messages: vec![pb::Message { payload: payload.clone(), ..Default::default() }],
+                    ..Default::default()
+                });
+                let sent = Instant::now();
+                match connection.request(request, Duration::from_secs(30)).await {
+                    Ok(Body::PublishOk(_)) => latencies.record(sent.elapsed().as_micros() as u64).expect("in range"),
+                    other => return Err(anyhow::anyhow!("publish failed: {other:?}")),
+                }
+            }
+            Ok(latencies)
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new(3)?;
+    for lane in lanes {
+        latencies.add(lane.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    ensure!(latencies.len() == args.messages, "{} of {} publishes acknowledged", latencies.len(), args.messages);
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    Ok(PublishFigures { rate: args.messages as f64 / elapsed, p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999) })
+}
+
+/// Publishes `messages` tasks while workers lease (up to 256 at a time) and ack them; tasks/s
+/// from the first publish to the last ack.
+async fn work(addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let publisher = {
+        let (addr, topic) = (addr.to_owned(), topic.to_owned());
+        let args = args.clone();
+        tokio::spawn(async move { publish(&addr, &topic, &args).await })
+    };
+    let mut workers = Vec::new();
+    for worker in 0..args.workers.max(1) {
+        let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
+        let (done, topic, total) = (Arc::clone(&done), topic.to_owned(), args.messages);
+        workers.push(tokio::spawn(async move {
+            while done.load(Ordering::Relaxed) < total {
+                let lease = Request::Lease(pb::LeaseRequest {
+                    topic: topic.clone(),
+                    group: "bench".into(),
+                    consumer: format!("bench-{worker}"),
+                    count_max: 256,
+                    wait_ms: 200,
+                    lease_ms: Some(60_000),
+                });
+                let Body::LeaseOk(leased) = connection.request(lease, Duration::from_secs(30)).await? else {
+                    bail!("lease")
+                };
+                if leased.messages.is_empty() {
+                    continue;
+                }
+                let tokens: Vec<u64> = leased.messages.iter().map(|m| m.token).collect();
+                let count = tokens.len() as u64;
+                let ack = Request::Ack(pb::AckRequest { topic: topic.clone(), group: "bench".into(), tokens });
+                let Body::SettleOk(_) = connection.request(ack, Duration::from_secs(30)).await? else { bail!("ack") };
+                done.fetch_add(count, Ordering::Relaxed);
+            }
+            Ok(())
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    publisher.await??;
+    Ok(args.messages as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Every subscriber reads the whole topic; deliveries/s over all of them.
+async fn fanout(client: &Client, topic: &str, args: &BenchArgs) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut readers = Vec::new();
+    for _ in 0..args.subscribers.max(1) {
+        let mut config = SubscriberConfig::ephemeral(topic);
+        config.credits = 4096;
+        let mut subscriber = Subscriber::open(client, config).await?;
+        let total = args.messages;
+        readers.push(tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < total {
+                match tokio::time::timeout(Duration::from_secs(30), subscriber.next()).await {
+                    Ok(Some(Ok(_))) => seen += 1,
+                    other => bail!("subscriber stopped after {seen}: {other:?}"),
+                }
+            }
+            Ok(seen)
+        }));
+    }
+    let mut deliveries = 0;
+    for reader in readers {
+        deliveries += reader.await??;
+    }
+    Ok(deliveries as f64 / started.elapsed().as_secs_f64())
+}
