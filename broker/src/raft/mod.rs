@@ -52,7 +52,7 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BrokerNode>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
-/// A storage failure as openraft wants it: `kind` names what was being done.
+/// A storage failure as openraft wants it: what failed (`subject`) while doing what (`verb`).
 pub(crate) fn storage_error(
     subject: openraft::ErrorSubject<NodeId>,
     verb: openraft::ErrorVerb,
