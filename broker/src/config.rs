@@ -24,7 +24,10 @@ pub struct Limits {
     pub entry_bytes_target: usize,
     /// Commands waiting for the proposer; past it, writes are answered Overloaded.
     pub proposals_queued_max: usize,
-    /// Log entries proposed and not yet answered.
+    /// Log entries proposed and not yet answered. Kept small on purpose: while entries are in
+    /// flight, new commands queue and the next entry takes them all, so batching grows with
+    /// load (group commit). With 256 in flight every command became its own entry and a 3-broker
+    /// cluster published 2.7k msg/s; with 4, 20.9k (`chorus bench`, 100-byte messages, window 256).
     pub entries_in_flight_max: usize,
     /// How long a write may wait for a quorum before it is answered Unavailable.
     pub write_timeout_ms: u64,
@@ -50,7 +53,7 @@ impl Default for Limits {
             commands_per_entry_max: 1024,
             entry_bytes_target: 1024 * 1024,
             proposals_queued_max: 16 * 1024,
-            entries_in_flight_max: 256,
+            entries_in_flight_max: 4,
             write_timeout_ms: 5_000,
             forward_connections_max: 64,
             lease_wait_ms_max: 60_000,
