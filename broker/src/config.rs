@@ -41,6 +41,10 @@ pub struct Limits {
     pub delivery_bytes_max: u64,
     /// Subscriptions one connection may hold open.
     pub subscriptions_per_connection_max: usize,
+    /// redb's page cache for the Raft log (redb's own default is 1 GiB).
+    pub log_cache_bytes: usize,
+    /// redb's page cache for the state machine.
+    pub state_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +64,8 @@ impl Default for Limits {
             subscription_credits_max: 10_000,
             delivery_bytes_max: 1024 * 1024,
             subscriptions_per_connection_max: 64,
+            log_cache_bytes: 16 * 1024 * 1024,
+            state_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

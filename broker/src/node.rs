@@ -69,9 +69,9 @@ impl Broker {
     pub async fn start(config: BrokerConfig) -> Result<Arc<Broker>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let log = LogStore::open(&config.data_dir.join("log.redb"))?;
+        let log = LogStore::open(&config.data_dir.join("log.redb"), config.limits.log_cache_bytes)?;
         let committed = log.committed_index();
-        let state = StateStore::open(&config.data_dir)?;
+        let state = StateStore::open(&config.data_dir, config.limits.state_cache_bytes)?;
         let applied = state.status();
         let database = state.database();
         let network = Network { from_id: config.id, frame_bytes_max: config.limits.peer_frame_bytes_max };

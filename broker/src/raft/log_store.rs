@@ -93,9 +93,10 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 struct WriterStopped(String);
 
 impl LogStore {
-    /// Opens or creates the log at `path` and starts its writer thread.
-    pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        let db = Database::create(path).map_err(write_error)?;
+    /// Opens or creates the log at `path`, with a page cache of `cache_bytes`, and starts its
+    /// writer thread.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<LogStore, StorageError> {
+        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(write_error)?;
         let txn = db.begin_write().map_err(write_error)?;
         txn.open_table(LOG).map_err(write_error)?;
         txn.open_table(META).map_err(write_error)?;
@@ -362,7 +363,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_racing_flushes_see_every_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(&dir.path().join("log.redb")).unwrap();
+        let mut store = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
         let reader = store.get_log_reader().await;
         let appended = Arc::new(AtomicU64::new(0));
         let check = {

@@ -73,8 +73,8 @@ mod suite {
     impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for RedbBuilder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateStore), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let log = LogStore::open(&dir.path().join("log.redb"))?;
-            let state = StateStore::open(dir.path())?;
+            let log = LogStore::open(&dir.path().join("log.redb"), 1 << 20)?;
+            let state = StateStore::open(dir.path(), 1 << 20)?;
             Ok((dir, log, state))
         }
     }

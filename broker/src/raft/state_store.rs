@@ -72,11 +72,12 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateStore {
-    /// Opens or creates the state in `dir` (`state.redb` and `snapshots/`).
-    pub fn open(dir: &Path) -> Result<StateStore, StorageError> {
+    /// Opens or creates the state in `dir` (`state.redb` and `snapshots/`), with a page cache of
+    /// `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<StateStore, StorageError> {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir).map_err(write_error)?;
-        let db = Database::create(dir.join("state.redb")).map_err(write_error)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(dir.join("state.redb")).map_err(write_error)?;
         let txn = db.begin_write().map_err(write_error)?;
         create_tables(&txn).map_err(write_error)?;
         txn.open_table(SM_META).map_err(write_error)?;
