@@ -162,6 +162,13 @@ impl Cluster {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to broker `id`'s process.
+    pub fn signal(&self, id: u64, signal: &str) {
+        if let Some(child) = self.brokers.get(&id).and_then(|b| b.child.as_ref()) {
+            let _ = Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status();
+        }
+    }
+
     /// SIGTERM, then wait for the process to exit (at most 20 s, then kill -9).
     pub fn terminate(&mut self, id: u64) {
         let Some(mut child) = self.brokers.get_mut(&id).and_then(|b| b.child.take()) else { return };

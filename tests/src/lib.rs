@@ -2,5 +2,6 @@
 //! (`cluster`), a fault-injecting peer proxy (`proxy`), and workload helpers (`workload`).
 
 pub mod cluster;
+pub mod history;
 pub mod proxy;
 pub mod workload;

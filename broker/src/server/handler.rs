@@ -188,6 +188,8 @@ pub async fn create_subscription(
     .await?;
     match answer {
         Body::Subscription(info) => Ok(info),
+        // A forwarded request comes back as the leader's answer, errors included.
+        Body::Error(refused) => Err(refused),
         other => Err(error(ErrorCode::Internal, format!("unexpected answer {other:?}"))),
     }
 }
