@@ -67,7 +67,7 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
     ctx.mark(Table::Chores, &keys::chore(topic::CHORE_PURGE_GROUP, group.id))?;
     topic.groups -= 1;
     ctx.save_topic(&topic)?;
-    retention::after_consume(ctx, topic.id)?;
+    retention::after_consume(ctx, topic)?;
     Ok(Output::GroupDeleted)
 }
 
@@ -249,7 +249,7 @@ pub(crate) fn ack<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, group_name: 
         Ok(())
     })?;
     ctx.save_group(&group)?;
-    retention::after_consume(ctx, topic.id)?;
+    retention::after_consume(ctx, topic)?;
     Ok(Output::Settled(results))
 }
 
@@ -274,7 +274,7 @@ pub(crate) fn nack<S: Store>(
         requeue(ctx, &mut group, seq, pending, available_ms, "nacked")
     })?;
     ctx.save_group(&group)?;
-    retention::after_consume(ctx, topic.id)?;
+    retention::after_consume(ctx, topic)?;
     Ok(Output::Settled(results))
 }
 

@@ -55,7 +55,9 @@ fn expire_leases<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Re
         topics.insert(group.topic_id);
     }
     for topic_id in topics {
-        report.trimmed += retention::after_consume(ctx, topic_id)?;
+        if let Some(topic) = ctx.topic_by_id(topic_id)? {
+            report.trimmed += retention::after_consume(ctx, topic)?;
+        }
     }
     Ok(())
 }

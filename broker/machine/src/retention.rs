@@ -97,11 +97,9 @@ pub(crate) fn first_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Op
     }
 }
 
-/// After a group or subscription consumed something: applies work-queue retention.
-pub(crate) fn after_consume<S: Store>(ctx: &mut Ctx<'_, S>, topic_id: u64) -> Res<u64> {
-    let Some(mut topic) = ctx.topic_by_id(topic_id)? else {
-        return Ok(0);
-    };
+/// After a group or subscription consumed something: applies work-queue retention. `topic` must
+/// be the topic's current record; on a limits topic this reads nothing.
+pub(crate) fn after_consume<S: Store>(ctx: &mut Ctx<'_, S>, mut topic: TopicRecord) -> Res<u64> {
     let Some(floor) = work_queue_floor(ctx, &topic)? else {
         return Ok(0);
     };

@@ -55,7 +55,7 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
     ctx.remove(Table::Subs, &keys::id(sub.id))?;
     topic.subscriptions -= 1;
     ctx.save_topic(&topic)?;
-    retention::after_consume(ctx, topic.id)?;
+    retention::after_consume(ctx, topic)?;
     Ok(Output::SubscriptionDeleted)
 }
 
@@ -75,7 +75,7 @@ pub(crate) fn commit<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
     }
     sub.next_seq = seq + 1;
     ctx.save(Table::Subs, &keys::id(sub.id), &sub)?;
-    retention::after_consume(ctx, topic.id)?;
+    retention::after_consume(ctx, topic)?;
     Ok(Output::Committed { next_seq: sub.next_seq })
 }
 

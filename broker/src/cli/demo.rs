@@ -239,16 +239,12 @@ async fn failover(
 
 /// SIGKILL for broker `id`: through the child we own, or a `chorus up` pid file.
 fn kill(id: u64, own: Option<&LocalCluster>, args: &DemoArgs) -> anyhow::Result<()> {
-    let pid_file = match own {
-        Some(_) => None,
-        None => Some(args.data_dir.join(id.to_string()).join("broker.pid")),
-    };
-    let pid = match (&pid_file, own) {
-        (Some(path), _) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {} to kill the leader", path.display()))?
+    let pid = match own {
+        Some(cluster) => cluster.pid(id).context("the leader is not running")?.to_string(),
+        None => {
+            let path = args.data_dir.join(id.to_string()).join("broker.pid");
+            std::fs::read_to_string(&path).with_context(|| format!("reading {} to kill the leader", path.display()))?
         }
-        (None, Some(cluster)) => cluster.pid(id).context("the leader is not running")?.to_string(),
-        (None, None) => unreachable!("either a cluster of our own or a pid file"),
     };
     let status = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status()?;
     ensure!(status.success(), "kill -KILL {pid} failed");

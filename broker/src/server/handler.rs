@@ -8,7 +8,7 @@ use std::time::Duration;
 use chorus_machine::{Command, Output, query};
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
 
-use super::respond::{self, error, machine_error, propose_error};
+use super::respond::{self, error, find_group, find_topic, internal, machine_error, propose_error};
 use crate::command::{self, ConvertError};
 use crate::node::{Broker, wall_ms};
 use crate::proposer::ProposeError;
@@ -212,14 +212,9 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
     loop {
         let hint = {
             let store = broker.read().map_err(|e| propose_error(&e))?;
-            let topic = query::topic(&store, &request.topic)
-                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
-                .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {:?}", request.topic)))?;
-            let group = query::group_of(&store, topic.id, &request.group)
-                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
-                .ok_or_else(|| error(ErrorCode::UnknownGroup, format!("unknown work group {:?}", request.group)))?;
-            query::lease_hint(&store, &topic, &group, wall_ms())
-                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
+            let topic = find_topic(&store, &request.topic)?;
+            let group = find_group(&store, &topic, &request.group)?;
+            query::lease_hint(&store, &topic, &group, wall_ms()).map_err(internal)?
         };
         if hint.ready_now {
             let command = Command::Lease {
@@ -281,48 +276,30 @@ async fn change_membership(
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> pb::Error {
-    error(ErrorCode::Internal, e.to_string())
-}
-
 fn describe_topic(broker: &Broker, name: &str) -> Answer {
     let store = broker.read().map_err(|e| propose_error(&e))?;
-    let topic = query::topic(&store, name)
-        .map_err(internal)?
-        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))?;
-    let groups = query::groups(&store, topic.id).map_err(internal)?;
-    let subs = query::subscriptions(&store, topic.id).map_err(internal)?;
-    Ok(Body::Topic(respond::topic_info(&topic, &groups, &subs)))
+    let topic = find_topic(&store, name)?;
+    Ok(Body::Topic(respond::describe(&store, &topic)?))
 }
 
 fn list_topics(broker: &Broker, request: &pb::ListTopics) -> Answer {
     let store = broker.read().map_err(|e| propose_error(&e))?;
     let limit = if request.limit == 0 { chorus_machine::limits::LIST_MAX } else { request.limit as usize };
-    let mut topics = Vec::new();
-    for topic in query::topics(&store, &request.after, limit).map_err(internal)? {
-        let groups = query::groups(&store, topic.id).map_err(internal)?;
-        let subs = query::subscriptions(&store, topic.id).map_err(internal)?;
-        topics.push(respond::topic_info(&topic, &groups, &subs));
-    }
+    let topics = query::topics(&store, &request.after, limit).map_err(internal)?;
+    let topics = topics.iter().map(|topic| respond::describe(&store, topic)).collect::<Result<_, _>>()?;
     Ok(Body::Topics(pb::TopicList { topics }))
 }
 
 fn describe_group(broker: &Broker, topic_name: &str, name: &str) -> Answer {
     let store = broker.read().map_err(|e| propose_error(&e))?;
-    let topic = query::topic(&store, topic_name)
-        .map_err(internal)?
-        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {topic_name:?}")))?;
-    let group = query::group_of(&store, topic.id, name)
-        .map_err(internal)?
-        .ok_or_else(|| error(ErrorCode::UnknownGroup, format!("unknown work group {name:?}")))?;
+    let topic = find_topic(&store, topic_name)?;
+    let group = find_group(&store, &topic, name)?;
     Ok(Body::Group(respond::group_info(&topic, &group)))
 }
 
 fn list_groups(broker: &Broker, topic_name: &str) -> Answer {
     let store = broker.read().map_err(|e| propose_error(&e))?;
-    let topic = query::topic(&store, topic_name)
-        .map_err(internal)?
-        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {topic_name:?}")))?;
+    let topic = find_topic(&store, topic_name)?;
     let groups = query::groups(&store, topic.id).map_err(internal)?;
     Ok(Body::Groups(pb::GroupList { groups: groups.iter().map(|g| respond::group_info(&topic, g)).collect() }))
 }

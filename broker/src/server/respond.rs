@@ -1,6 +1,6 @@
 //! Builds answers: machine records and errors as protobuf.
 
-use chorus_machine::{GroupRecord, MachineError, MessageRecord, Published, SubRecord, TopicRecord, query};
+use chorus_machine::{GroupRecord, MachineError, MessageRecord, Published, StoreRead, SubRecord, TopicRecord, query};
 use chorus_protocol::pb::{self, ErrorCode};
 
 use crate::command::{group_config_to_pb, topic_config_to_pb};
@@ -8,6 +8,32 @@ use crate::proposer::ProposeError;
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> pb::Error {
     pb::Error::new(code, message)
+}
+
+/// A storage failure while answering.
+pub fn internal(error: impl std::fmt::Display) -> pb::Error {
+    pb::Error::new(ErrorCode::Internal, error.to_string())
+}
+
+/// The topic named `name`, or UnknownTopic.
+pub fn find_topic(store: &impl StoreRead, name: &str) -> Result<TopicRecord, pb::Error> {
+    query::topic(store, name)
+        .map_err(internal)?
+        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))
+}
+
+/// The work group `name` on `topic`, or UnknownGroup.
+pub fn find_group(store: &impl StoreRead, topic: &TopicRecord, name: &str) -> Result<GroupRecord, pb::Error> {
+    query::group_of(store, topic.id, name)
+        .map_err(internal)?
+        .ok_or_else(|| error(ErrorCode::UnknownGroup, format!("unknown work group {name:?}")))
+}
+
+/// `topic` with its groups and subscriptions.
+pub fn describe(store: &impl StoreRead, topic: &TopicRecord) -> Result<pb::TopicInfo, pb::Error> {
+    let groups = query::groups(store, topic.id).map_err(internal)?;
+    let subs = query::subscriptions(store, topic.id).map_err(internal)?;
+    Ok(topic_info(topic, &groups, &subs))
 }
 
 pub fn machine_error(error: &MachineError) -> pb::Error {

@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use chorus_machine::{StartPosition, query};
+use chorus_machine::query;
 use chorus_protocol::pb::{self, ErrorCode, server_frame::Body};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::handler;
-use super::respond::{self, error, propose_error};
+use super::respond::{self, error, find_topic, internal, propose_error};
 use crate::command;
 use crate::node::Broker;
 
@@ -53,11 +53,17 @@ pub async fn open(
     request: pb::SubscribeRequest,
 ) -> Result<Subscription, pb::Error> {
     let start = command::start_from_pb(request.start);
+    // One read: the topic's identity (to notice a delete and re-create) and, for an ephemeral
+    // subscription, where it starts.
+    let (topic_id, ephemeral_start) = {
+        let store = broker.read().map_err(|e| propose_error(&e))?;
+        let topic = find_topic(&store, &request.topic)?;
+        (topic.id, query::seq_at(&store, &topic, start).map_err(internal)?)
+    };
     let next_seq = match &request.subscription {
         Some(name) => handler::create_subscription(broker, &request.topic, name, start).await?.next_seq,
-        None => ephemeral_start(broker, &request.topic, start)?,
+        None => ephemeral_start,
     };
-    let topic_id = topic_id(broker, &request.topic)?;
     let ok = pb::ServerFrame { request_id, body: Some(Body::SubscribeOk(pb::SubscribeOk { next_seq })) };
     answers.send(ok).await.map_err(|_| error(ErrorCode::Internal, "connection closed"))?;
     let credits_max = broker.config.limits.subscription_credits_max;
@@ -72,22 +78,6 @@ pub async fn open(
         credit: Arc::clone(&credit),
     };
     Ok(Subscription { credit, credits_max, task: tokio::spawn(delivery.run()) })
-}
-
-fn topic_id(broker: &Broker, name: &str) -> Result<u64, pb::Error> {
-    let store = broker.read().map_err(|e| propose_error(&e))?;
-    query::topic(&store, name)
-        .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
-        .map(|t| t.id)
-        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))
-}
-
-fn ephemeral_start(broker: &Broker, name: &str, start: StartPosition) -> Result<u64, pb::Error> {
-    let store = broker.read().map_err(|e| propose_error(&e))?;
-    let topic = query::topic(&store, name)
-        .map_err(|e| error(ErrorCode::Internal, e.to_string()))?
-        .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))?;
-    query::seq_at(&store, &topic, start).map_err(|e| error(ErrorCode::Internal, e.to_string()))
 }
 
 struct Delivery {
@@ -148,15 +138,14 @@ impl Delivery {
 
     /// Up to `count` messages from the position; skips ahead past messages retention trimmed.
     fn read(&mut self, count: usize) -> Result<Vec<pb::StoredMessage>, pb::Error> {
-        let internal = |e: &dyn std::fmt::Display| error(ErrorCode::Internal, e.to_string());
         let store = self.broker.read().map_err(|e| propose_error(&e))?;
         let topic = query::topic(&store, &self.topic)
-            .map_err(|e| internal(&e))?
+            .map_err(internal)?
             .filter(|t| t.id == self.topic_id)
             .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("topic {:?} was deleted", self.topic)))?;
         self.next_seq = self.next_seq.max(topic.first_seq);
         let bytes_max = self.broker.config.limits.delivery_bytes_max;
-        let messages = query::read(&store, topic.id, self.next_seq, count, bytes_max).map_err(|e| internal(&e))?;
+        let messages = query::read(&store, topic.id, self.next_seq, count, bytes_max).map_err(internal)?;
         Ok(messages.into_iter().map(|(seq, message)| respond::stored_message(seq, message)).collect())
     }
 }
