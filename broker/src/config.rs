@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::clock::Clock;
 use crate::raft::{BrokerNode, NodeId};
 
 /// Runtime limits: what one broker holds in memory or lets clients do at once.
@@ -112,6 +113,8 @@ pub struct BrokerConfig {
     pub auth_token: Option<String>,
     pub limits: Limits,
     pub raft: RaftTiming,
+    /// Where leader time stamps come from.
+    pub clock: Clock,
 }
 
 impl BrokerConfig {

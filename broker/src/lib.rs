@@ -9,6 +9,7 @@
 //! - `command`: conversions between the wire and the machine.
 
 pub mod cli;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod node;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chorus_machine::{Command, Outcome};
 use chorus_protocol::pb::{self, peer_frame::Body as PeerBody};
-use openraft::ServerState;
+use openraft::{RaftNetworkFactory, ServerState};
 use redb::{Database, ReadableDatabase};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
@@ -20,7 +20,7 @@ use crate::proposer::{ProposeError, Proposer, raft_error};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerClient};
 use crate::raft::state_store::{AppliedStatus, StateStore};
-use crate::raft::{BrokerNode, NodeId, Raft, StorageError};
+use crate::raft::{BrokerNode, NodeId, Raft, StorageError, TypeConfig};
 use crate::storage::ReadStore;
 use crate::{peer, server};
 
@@ -65,23 +65,40 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Opens the stores, starts raft and binds both listeners.
+    /// Opens the stores in the data directory, binds both listeners, starts raft, and
+    /// bootstraps the cluster if it is new.
     pub async fn start(config: BrokerConfig) -> Result<Arc<Broker>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let log = LogStore::open(&config.data_dir.join("log.redb"), config.limits.log_cache_bytes)?;
-        let committed = log.committed_index();
         let state = StateStore::open(&config.data_dir, config.limits.state_cache_bytes)?;
-        let applied = state.status();
-        let database = state.database();
         let network = Network { from_id: config.id, frame_bytes_max: config.limits.peer_frame_bytes_max };
-        let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
         let bind = |addr: String| async move {
             TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr, source })
         };
         let peers = bind(config.peer_addr.clone()).await?;
         let clients = bind(config.client_addr.clone()).await?;
-        let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits);
+        let broker = Broker::start_in_process(config, log, state, network).await?;
+        tokio::spawn(peer::serve(peers, Arc::clone(&broker)));
+        tokio::spawn(server::serve(clients, Arc::clone(&broker)));
+        tokio::spawn(Arc::clone(&broker).bootstrap());
+        Ok(broker)
+    }
+
+    /// Starts raft and the leader's duties on the given stores and network, without listeners
+    /// and without bootstrapping: the simulation runs brokers this way, reaching them in-process
+    /// and initializing the cluster itself.
+    pub async fn start_in_process(
+        config: BrokerConfig,
+        log: LogStore,
+        state: StateStore,
+        network: impl RaftNetworkFactory<TypeConfig>,
+    ) -> Result<Arc<Broker>, StartError> {
+        let committed = log.committed_index();
+        let applied = state.status();
+        let database = state.database();
+        let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
+        let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
         let forwarder =
             Forwarder::new(config.id, config.limits.forward_connections_max, config.limits.peer_frame_bytes_max);
         let broker = Arc::new(Broker {
@@ -94,16 +111,18 @@ impl Broker {
             forwarder,
             shutdown: CancellationToken::new(),
         });
-        tokio::spawn(peer::serve(peers, Arc::clone(&broker)));
-        tokio::spawn(server::serve(clients, Arc::clone(&broker)));
         tokio::spawn(Arc::clone(&broker).pulse_loop());
-        tokio::spawn(Arc::clone(&broker).bootstrap());
         tokio::spawn(Arc::clone(&broker).watch_membership());
         Ok(broker)
     }
 
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+
+    /// Milliseconds since the Unix epoch by this broker's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
     }
 
     /// Cancelled when the broker stops: on request, or once it is removed from the cluster.
@@ -138,8 +157,13 @@ impl Broker {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id())
     }
 
-    /// Proposes one command through the log and waits for its outcome.
+    /// Proposes one command through the log and waits for its outcome. `NotLeader` means the
+    /// command was not proposed; once proposed, a lost leadership answers `Unavailable` because
+    /// the outcome is unknown.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
         self.proposer.propose(command).await
     }
 
@@ -236,7 +260,7 @@ impl Broker {
         loop {
             let deadline = applied.borrow_and_update().next_deadline_ms;
             let leader = self.is_leader();
-            let now_ms = wall_ms();
+            let now_ms = self.now_ms();
             if leader && deadline.is_some_and(|d| d <= now_ms) {
                 if let Err(error) = self.propose(Command::Pulse).await {
                     tracing::debug!(%error, "pulse not applied");
@@ -253,8 +277,9 @@ impl Broker {
             };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = applied.changed() => {}
-                _ = metrics.changed() => {}
+                // A closed channel means raft stopped: so does this loop (and it must not spin).
+                changed = applied.changed() => if changed.is_err() { return },
+                changed = metrics.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
             }
         }
@@ -332,16 +357,11 @@ impl Broker {
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = metrics.changed() => {}
+                changed = metrics.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
     }
-}
-
-/// Milliseconds since the Unix epoch by this broker's clock.
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Pooled peer connections used to forward client requests to the leader.

@@ -13,6 +13,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use crate::clock::Clock;
 use crate::command::entry_to_pb;
 use crate::config::Limits;
 use crate::raft::state_store::AppliedStatus;
@@ -53,7 +54,7 @@ impl std::fmt::Debug for Proposal {
 
 impl Proposer {
     /// Starts the proposer task for `raft`.
-    pub fn start(raft: Raft, applied: watch::Receiver<AppliedStatus>, limits: &Limits) -> Proposer {
+    pub fn start(raft: Raft, applied: watch::Receiver<AppliedStatus>, limits: &Limits, clock: Clock) -> Proposer {
         let (queue, proposals) = mpsc::channel(limits.proposals_queued_max);
         let write_timeout = Duration::from_millis(limits.write_timeout_ms);
         let task = ProposerTask {
@@ -64,6 +65,7 @@ impl Proposer {
             commands_per_entry_max: limits.commands_per_entry_max,
             entry_bytes_target: limits.entry_bytes_target,
             write_timeout,
+            clock,
             last_stamp_ms: 0,
         };
         tokio::spawn(task.run());
@@ -95,6 +97,7 @@ struct ProposerTask {
     commands_per_entry_max: usize,
     entry_bytes_target: usize,
     write_timeout: Duration,
+    clock: Clock,
     last_stamp_ms: u64,
 }
 
@@ -146,9 +149,7 @@ impl ProposerTask {
     }
 
     fn encode(&mut self, batch: Vec<Proposal>) -> (Vec<u8>, Vec<oneshot::Sender<Result<Outcome, ProposeError>>>) {
-        let wall_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        self.last_stamp_ms = self.last_stamp_ms.max(wall_ms).max(self.applied.borrow().time_ms);
+        self.last_stamp_ms = self.last_stamp_ms.max(self.clock.now_ms()).max(self.applied.borrow().time_ms);
         let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let entry = Entry { time_ms: self.last_stamp_ms, commands };
         (entry_to_pb(&entry).encode_to_vec(), replies)
@@ -184,10 +185,14 @@ fn answer_all(
     }
 }
 
+/// An entry's refusal. openraft answers ForwardToLeader both when this broker was not the leader
+/// and when it appended the entry but a new leader's log replaced it here. In the second case a
+/// later leader may still hold and commit the entry (a follower that had it can win the next
+/// election), so ForwardToLeader cannot promise the command was not applied: it is unknown.
 fn write_error(error: ClientWriteError<NodeId, BrokerNode>) -> ProposeError {
     match error {
-        ClientWriteError::ForwardToLeader(forward) => {
-            ProposeError::NotLeader { leader: forward.leader_id.zip(forward.leader_node) }
+        ClientWriteError::ForwardToLeader(_) => {
+            ProposeError::Unavailable("leadership changed while proposing; the outcome is unknown".into())
         }
         ClientWriteError::ChangeMembershipError(error) => ProposeError::Internal(error.to_string()),
     }

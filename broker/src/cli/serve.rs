@@ -6,6 +6,7 @@ use anyhow::Context;
 use redb::ReadableDatabase;
 
 use super::{InspectArgs, ServeArgs, members};
+use crate::clock::Clock;
 use crate::config::{BrokerConfig, Limits};
 use crate::node::Broker;
 
@@ -20,6 +21,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth_token: args.auth_token,
         limits: Limits { in_flight_per_connection_max: args.in_flight_max.max(1), ..Limits::default() },
         raft,
+        clock: Clock::System,
     };
     let broker = Broker::start(config).await?;
     tracing::info!(id = broker.id(), clients = %broker.config.client_addr, peers = %broker.config.peer_addr, "broker started");

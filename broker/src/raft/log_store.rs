@@ -4,7 +4,8 @@
 //! transaction with `Durability::Immediate`, and only after that fsync fires the flush callbacks
 //! of the appends it carried: concurrent appends share one fsync (group commit). Appended entries
 //! stay visible to readers in `pending` until they are on disk. Vote, committed id, truncate and
-//! purge wait for their own fsync before returning.
+//! purge wait for their own fsync before returning. A simulation opens the log with
+//! [`Writer::Inline`] instead: each job commits on the caller's thread before it returns.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -60,10 +61,25 @@ pub struct LogReader {
     shared: Arc<Shared>,
 }
 
+/// How writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// A writer thread: concurrent appends share one fsync (group commit).
+    Thread,
+    /// Every job commits before the call that queued it returns, on the caller's thread, so a
+    /// single-threaded simulation stays deterministic.
+    Inline,
+}
+
+enum Jobs {
+    Thread(mpsc::Sender<Job>),
+    Inline,
+}
+
 /// The log store openraft drives.
 pub struct LogStore {
     reader: LogReader,
-    jobs: mpsc::Sender<Job>,
+    jobs: Jobs,
     /// The last committed index saved, for status reports.
     committed: Arc<AtomicU64>,
 }
@@ -97,17 +113,37 @@ impl LogStore {
     /// writer thread.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(write_error)?;
+        LogStore::on_database(db, Writer::Thread)
+    }
+
+    /// Opens or creates the log on `backend`: for simulations, whose disks are in memory.
+    pub fn open_on(
+        backend: impl redb::StorageBackend,
+        cache_bytes: usize,
+        writer: Writer,
+    ) -> Result<LogStore, StorageError> {
+        let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(write_error)?;
+        LogStore::on_database(db, writer)
+    }
+
+    fn on_database(db: Database, writer: Writer) -> Result<LogStore, StorageError> {
         let txn = db.begin_write().map_err(write_error)?;
         txn.open_table(LOG).map_err(write_error)?;
         txn.open_table(META).map_err(write_error)?;
         txn.commit().map_err(write_error)?;
         let shared = Arc::new(Shared { db, pending: Mutex::new(BTreeMap::new()) });
-        let (jobs, queue) = mpsc::channel();
-        let writer = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("chorus-log-writer".into())
-            .spawn(move || write_loop(&writer, &queue))
-            .map_err(write_error)?;
+        let jobs = match writer {
+            Writer::Inline => Jobs::Inline,
+            Writer::Thread => {
+                let (jobs, queue) = mpsc::channel();
+                let writer = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name("chorus-log-writer".into())
+                    .spawn(move || write_loop(&writer, &queue))
+                    .map_err(write_error)?;
+                Jobs::Thread(jobs)
+            }
+        };
         let store = LogStore { reader: LogReader { shared }, jobs, committed: Arc::new(AtomicU64::new(0)) };
         if let Some(committed) = store.read_log_id(COMMITTED_KEY)? {
             store.committed.store(committed.index, Ordering::Relaxed);
@@ -126,9 +162,18 @@ impl LogStore {
                 pending.insert(entry.log_id.index, entry);
             }
         }
-        self.jobs
-            .send(Job::Append { entries: encoded, flushed })
-            .map_err(|_| write_error(WriterStopped("log writer stopped".into())))
+        self.submit(Job::Append { entries: encoded, flushed })
+    }
+
+    /// Hands `job` to the writer thread, or commits it here.
+    fn submit(&self, job: Job) -> Result<(), StorageError> {
+        match &self.jobs {
+            Jobs::Thread(jobs) => jobs.send(job).map_err(|_| write_error(WriterStopped("log writer stopped".into()))),
+            Jobs::Inline => {
+                commit_jobs(&self.reader.shared, vec![job]);
+                Ok(())
+            }
+        }
     }
 
     /// Follows the committed index as openraft saves it.
@@ -139,7 +184,7 @@ impl LogStore {
     async fn sync(&self, op: SyncOp) -> Result<(), StorageError> {
         let (done, wait) = oneshot::channel();
         let closed = || write_error(WriterStopped("log writer stopped".into()));
-        self.jobs.send(Job::Sync { op, done }).map_err(|_| closed())?;
+        self.submit(Job::Sync { op, done })?;
         wait.await.map_err(|_| closed())?.map_err(|e| write_error(WriterStopped(e)))
     }
 
@@ -169,16 +214,21 @@ fn write_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = write_jobs(&shared.db, &jobs).map_err(|e| e.to_string());
-        if result.is_ok() {
-            forget_flushed(shared, &jobs);
-        }
-        for job in jobs {
-            match job {
-                Job::Append { flushed, .. } => flushed(result.clone().map_err(std::io::Error::other)),
-                Job::Sync { done, .. } => {
-                    let _ = done.send(result.clone());
-                }
+        commit_jobs(shared, jobs);
+    }
+}
+
+/// Commits `jobs` in one durable transaction, then tells each of them how it went.
+fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
+    let result = write_jobs(&shared.db, &jobs).map_err(|e| e.to_string());
+    if result.is_ok() {
+        forget_flushed(shared, &jobs);
+    }
+    for job in jobs {
+        match job {
+            Job::Append { flushed, .. } => flushed(result.clone().map_err(std::io::Error::other)),
+            Job::Sync { done, .. } => {
+                let _ = done.send(result.clone());
             }
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod state_store;
 pub mod wire;
 
@@ -39,7 +40,7 @@ openraft::declare_raft_types!(
         Node = BrokerNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::ChorusRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
 

@@ -78,6 +78,22 @@ impl StateStore {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir).map_err(write_error)?;
         let db = Database::builder().set_cache_size(cache_bytes).create(dir.join("state.redb")).map_err(write_error)?;
+        StateStore::on_database(db, snapshot_dir)
+    }
+
+    /// Opens or creates the state on `backend`, with snapshot files in `snapshot_dir`: for
+    /// simulations, whose disks are in memory.
+    pub fn open_on(
+        backend: impl redb::StorageBackend,
+        snapshot_dir: PathBuf,
+        cache_bytes: usize,
+    ) -> Result<StateStore, StorageError> {
+        std::fs::create_dir_all(&snapshot_dir).map_err(write_error)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(write_error)?;
+        StateStore::on_database(db, snapshot_dir)
+    }
+
+    fn on_database(db: Database, snapshot_dir: PathBuf) -> Result<StateStore, StorageError> {
         let txn = db.begin_write().map_err(write_error)?;
         create_tables(&txn).map_err(write_error)?;
         txn.open_table(SM_META).map_err(write_error)?;

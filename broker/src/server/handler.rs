@@ -10,7 +10,7 @@ use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server
 
 use super::respond::{self, error, find_group, find_topic, internal, machine_error, propose_error};
 use crate::command::{self, ConvertError};
-use crate::node::{Broker, wall_ms};
+use crate::node::Broker;
 use crate::proposer::ProposeError;
 
 type Answer = Result<Body, pb::Error>;
@@ -214,7 +214,7 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
             let store = broker.read().map_err(|e| propose_error(&e))?;
             let topic = find_topic(&store, &request.topic)?;
             let group = find_group(&store, &topic, &request.group)?;
-            query::lease_hint(&store, &topic, &group, wall_ms()).map_err(internal)?
+            query::lease_hint(&store, &topic, &group, broker.now_ms()).map_err(internal)?
         };
         if hint.ready_now {
             let command = Command::Lease {
@@ -249,10 +249,13 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
         if now >= deadline {
             return Ok(Body::LeaseOk(pb::LeaseOk::default()));
         }
-        let until_ready = hint.next_available_ms.map(|at| Duration::from_millis(at.saturating_sub(wall_ms()).max(1)));
+        let until_ready =
+            hint.next_available_ms.map(|at| Duration::from_millis(at.saturating_sub(broker.now_ms()).max(1)));
         let sleep = until_ready.map_or(deadline - now, |d| d.min(deadline - now));
         tokio::select! {
-            _ = applied.changed() => {}
+            changed = applied.changed() => if changed.is_err() {
+                return Err(propose_error(&ProposeError::Unavailable("the broker is stopping".into())));
+            },
             _ = tokio::time::sleep(sleep) => {}
         }
     }
