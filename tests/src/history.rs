@@ -52,6 +52,7 @@ pub struct Record {
 pub struct Verdict {
     pub publishes_ok: u64,
     pub publishes_unknown: u64,
+    pub publishes_failed: u64,
     pub lost: u64,
     pub unexpected: u64,
     pub order_violations: u64,
@@ -83,8 +84,9 @@ impl Verdict {
     /// A one-line summary table row.
     pub fn summary(&self) -> String {
         format!(
-            "ok publishes {:>7} | unknown {:>5} | lost {} | unexpected {} | order {} | stale acks {} | overlaps {} | failed-but-present {} | redeliveries {}",
+            "ok publishes {:>7} | failed {:>5} | unknown {:>5} | lost {} | unexpected {} | order {} | stale acks {} | overlaps {} | failed-but-present {} | redeliveries {}",
             self.publishes_ok,
+            self.publishes_failed,
             self.publishes_unknown,
             self.lost,
             self.unexpected,
@@ -121,6 +123,7 @@ pub fn check(history: &[Record], expect: &Expectations) -> Verdict {
                     acknowledged.insert(payload.clone());
                 }
                 Outcome::Fail => {
+                    verdict.publishes_failed += 1;
                     failed.insert(payload.clone());
                 }
                 Outcome::Info => verdict.publishes_unknown += 1,

@@ -1,7 +1,9 @@
 //! Harness for Chorus's cluster, fault and simulation tests: real broker processes on loopback
-//! (`cluster`), a fault-injecting peer proxy (`proxy`), and workload helpers (`workload`).
+//! (`cluster`), a fault-injecting peer proxy (`proxy`), workload helpers (`workload`), the
+//! history checker (`history`), and the deterministic in-process simulation (`sim`).
 
 pub mod cluster;
 pub mod history;
 pub mod proxy;
+pub mod sim;
 pub mod workload;

@@ -4,7 +4,11 @@
 //! the group drains, the subscribers catch up, and `chorus_tests::history::check` judges the
 //! history: nothing lost, nothing unexpected, one order, no stale ack accepted.
 //!
-//! `CHORUS_CHAOS_SECONDS` sets how long faults run (default 45); `CHORUS_CHAOS_SEED` picks the
+//! It runs 3 brokers, then 5. Faults: kill -9 of the leader or a follower, SIGSTOP of the leader,
+//! the leader partitioned away, a one-way cut, a random minority partitioned away, a bridge (5
+//! brokers: two halves that only the leader connects), and a wiped follower.
+//!
+//! `CHORUS_CHAOS_SECONDS` sets how long faults run per cluster (default 60); `CHORUS_CHAOS_SEED` picks the
 //! schedule, which is printed so a failing run can be repeated.
 
 use std::collections::BTreeSet;
@@ -145,10 +149,12 @@ async fn subscriber(client: Client, id: u32, history: History, last_seq: Arc<Mut
 
 /// One fault from the schedule; returns what it did.
 async fn inject(cluster: &mut Cluster, rng: &mut rand::rngs::StdRng) -> String {
-    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await;
-    let follower = [1, 2, 3].into_iter().filter(|id| *id != leader).nth(rng.random_range(0..2)).unwrap();
+    let ids = ids(cluster);
+    let leader = cluster.wait_for_leader(&ids, Duration::from_secs(30)).await;
+    let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    let follower = followers[rng.random_range(0..followers.len())];
     let pause = Duration::from_millis(rng.random_range(500..2_500));
-    match rng.random_range(0..6) {
+    match rng.random_range(0..8) {
         0 => {
             cluster.kill(leader);
             tokio::time::sleep(pause).await;
@@ -168,8 +174,7 @@ async fn inject(cluster: &mut Cluster, rng: &mut rand::rngs::StdRng) -> String {
             format!("SIGSTOP leader {leader} for {pause:?}")
         }
         3 => {
-            let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
-            cluster.faults.partition(&[&[leader], &others]);
+            cluster.faults.partition(&[&[leader], &followers]);
             tokio::time::sleep(pause * 2).await;
             cluster.faults.heal();
             format!("partition leader {leader} from the majority for {:?}", pause * 2)
@@ -180,29 +185,71 @@ async fn inject(cluster: &mut Cluster, rng: &mut rand::rngs::StdRng) -> String {
             cluster.faults.heal();
             format!("one-way partition {leader} -> {follower} for {:?}", pause * 2)
         }
+        5 => {
+            // A random minority, the leader possibly among it, against the rest.
+            let mut shuffled = ids.clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.random_range(0..=i));
+            }
+            let (minority, majority) = shuffled.split_at((ids.len() - 1) / 2);
+            cluster.faults.partition(&[minority, majority]);
+            tokio::time::sleep(pause * 2).await;
+            cluster.faults.heal();
+            format!("partition {minority:?} from {majority:?} for {:?}", pause * 2)
+        }
+        6 if ids.len() >= 5 => {
+            // Two halves that only the leader still connects.
+            let (left, right) = followers.split_at(followers.len() / 2);
+            cluster.faults.partition(&[left, right]);
+            tokio::time::sleep(pause * 2).await;
+            cluster.faults.heal();
+            format!("bridge: leader {leader} alone connects {left:?} and {right:?} for {:?}", pause * 2)
+        }
         _ => {
             // Losing a broker's data is only survivable while the others hold everything: wipe
             // only a caught-up cluster, and let the wiped broker catch up before going on.
             let applied = cluster.status(leader).await.map_or(0, |s| s.applied_index);
-            cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(60)).await;
+            cluster.wait_caught_up(&ids, applied, Duration::from_secs(60)).await;
             cluster.kill(follower);
             cluster.wipe(follower);
             cluster.spawn(follower);
             let applied = cluster.status(leader).await.map_or(applied, |s| s.applied_index);
-            cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(60)).await;
+            cluster.wait_caught_up(&ids, applied, Duration::from_secs(60)).await;
             format!("wipe follower {follower}, caught up again")
         }
     }
 }
 
+fn ids(cluster: &Cluster) -> Vec<u64> {
+    cluster.brokers.keys().copied().collect()
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// 3 brokers, then 5, each under `CHORUS_CHAOS_SECONDS` of faults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_keeps_every_promise() {
-    let seconds: u64 = std::env::var("CHORUS_CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(45);
-    let seed: u64 = std::env::var("CHORUS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
-    println!("chaos: {seconds} s of faults, seed {seed} (CHORUS_CHAOS_SEED to repeat)");
+    let seconds = env_u64("CHORUS_CHAOS_SECONDS", 60);
+    let seed = env_u64("CHORUS_CHAOS_SEED", 7);
+    let mut table = Vec::new();
+    for brokers in [3, 5] {
+        table.push(run(brokers, seconds, seed).await);
+    }
+    println!("chaos summary, seed {seed}:");
+    for row in table {
+        println!("  {row}");
+    }
+}
+
+/// One chaos run; returns its summary row.
+async fn run(brokers: u64, seconds: u64, seed: u64) -> String {
+    println!("chaos: {brokers} brokers, {seconds} s of faults, seed {seed} (CHORUS_CHAOS_SEED to repeat)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start(3).await;
-    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let mut cluster = Cluster::start(brokers).await;
+    let ids = ids(&cluster);
+    cluster.wait_for_leader(&ids, Duration::from_secs(20)).await;
     let admin = patient_client(&cluster).await;
     admin.request(Request::CreateTopic(pb::CreateTopic { name: TOPIC.into(), config: None })).await.unwrap();
     admin
@@ -243,14 +290,14 @@ async fn chaos_keeps_every_promise() {
 
     // Heal: everything runs, no partition. Then the writes stop and everything must drain.
     cluster.faults.heal();
-    for id in [1, 2, 3] {
+    for id in ids.iter().copied() {
         if cluster.exited(id) {
             cluster.spawn(id);
         }
         cluster.signal(id, "CONT");
     }
     let healed = Instant::now();
-    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    let leader = cluster.wait_for_leader(&ids, Duration::from_secs(30)).await;
     stop_producing.store(true, Ordering::Relaxed);
     for producer in producers {
         producer.await.unwrap();
@@ -259,7 +306,7 @@ async fn chaos_keeps_every_promise() {
     // group empty twice in a row.
     let mut empty_readings = 0;
     let drained = loop {
-        let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await;
+        let leader = cluster.wait_for_leader(&ids, Duration::from_secs(30)).await;
         let addr = cluster.brokers[&leader].client_addr.clone();
         let describe = Request::DescribeGroup(pb::DescribeGroup { topic: TOPIC.into(), name: GROUP.into() });
         let empty = match chorus_consumers::Connection::connect(&addr, "chaos", Duration::from_secs(2)).await {
@@ -307,4 +354,10 @@ async fn chaos_keeps_every_promise() {
         verdict.publishes_ok > 0 && faults.len() >= seconds as usize / 4,
         "the run did too little to prove anything"
     );
+    format!(
+        "{brokers} brokers | {:>3} faults | drained in {:>5.1} s | {}",
+        faults.len(),
+        drain_time.as_secs_f64(),
+        verdict.summary()
+    )
 }

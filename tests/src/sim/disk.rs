@@ -1,0 +1,143 @@
+//! A disk in memory with a crash model. Writes land in a live image at once, as in a page cache;
+//! `sync_data` makes them durable. A crash throws away every write since the last sync, and the
+//! handles opened before it fail from then on, so a crashed broker's leftover tasks cannot touch
+//! what its restarted self reads.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+/// One broker file (its log or its state), shared by every incarnation of that broker.
+#[derive(Debug, Clone, Default)]
+pub struct Disk(Arc<Mutex<Image>>);
+
+#[derive(Debug, Default)]
+struct Image {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Changes since the last sync, in order, to replay onto `durable` at the next one.
+    unsynced: Vec<Change>,
+    /// Bumped by each crash; handles from an older generation are dead.
+    generation: u64,
+    syncs: u64,
+}
+
+#[derive(Debug)]
+enum Change {
+    Write { offset: usize, bytes: Vec<u8> },
+    SetLen(usize),
+}
+
+impl Disk {
+    /// A handle for a new incarnation of the broker: a redb storage backend.
+    pub fn open(&self) -> DiskHandle {
+        let generation = self.0.lock().unwrap().generation;
+        DiskHandle { disk: self.clone(), generation }
+    }
+
+    /// Power loss: unsynced writes are gone and every open handle is dead.
+    pub fn crash(&self) {
+        let mut image = self.0.lock().unwrap();
+        image.live = image.durable.clone();
+        image.unsynced.clear();
+        image.generation += 1;
+    }
+
+    /// How many syncs reached this disk.
+    pub fn syncs(&self) -> u64 {
+        self.0.lock().unwrap().syncs
+    }
+}
+
+/// One incarnation's view of a [`Disk`].
+#[derive(Debug)]
+pub struct DiskHandle {
+    disk: Disk,
+    generation: u64,
+}
+
+impl DiskHandle {
+    fn image(&self) -> io::Result<std::sync::MutexGuard<'_, Image>> {
+        let image = self.disk.0.lock().unwrap();
+        if image.generation != self.generation {
+            return Err(io::Error::other("the broker crashed: this handle is dead"));
+        }
+        Ok(image)
+    }
+}
+
+fn apply(image: &mut Vec<u8>, change: &Change) {
+    match change {
+        Change::Write { offset, bytes } => {
+            let end = offset + bytes.len();
+            if image.len() < end {
+                image.resize(end, 0);
+            }
+            image[*offset..end].copy_from_slice(bytes);
+        }
+        Change::SetLen(len) => image.resize(*len, 0),
+    }
+}
+
+impl redb::StorageBackend for DiskHandle {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.image()?.live.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let image = self.image()?;
+        let start = offset as usize;
+        let end = start.checked_add(out.len()).filter(|end| *end <= image.live.len());
+        let end = end.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        out.copy_from_slice(&image.live[start..end]);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut image = self.image()?;
+        let change = Change::SetLen(len as usize);
+        apply(&mut image.live, &change);
+        image.unsynced.push(change);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut image = self.image()?;
+        let image = &mut *image;
+        for change in image.unsynced.drain(..) {
+            apply(&mut image.durable, &change);
+        }
+        image.syncs += 1;
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut image = self.image()?;
+        let change = Change::Write { offset: offset as usize, bytes: bytes.to_vec() };
+        apply(&mut image.live, &change);
+        image.unsynced.push(change);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::StorageBackend;
+
+    #[test]
+    fn a_crash_keeps_synced_writes_and_drops_the_rest() {
+        let disk = Disk::default();
+        let handle = disk.open();
+        handle.write(0, b"durable").unwrap();
+        handle.sync_data().unwrap();
+        handle.write(0, b"DUR").unwrap();
+        handle.set_len(20).unwrap();
+        disk.crash();
+        assert!(handle.len().is_err(), "a handle from before the crash is dead");
+        let reopened = disk.open();
+        assert_eq!(reopened.len().unwrap(), 7);
+        let mut out = [0u8; 7];
+        reopened.read(0, &mut out).unwrap();
+        assert_eq!(&out, b"durable");
+    }
+}

@@ -1,0 +1,419 @@
+//! Deterministic simulation: 3 or 5 real brokers (openraft, the redb stores, the proposer, the
+//! state machine) run in one thread on tokio's paused clock, over a simulated network
+//! ([`net`]) and in-memory disks that lose unsynced writes on a crash ([`disk`]). Producers,
+//! workers and subscribers record a history while a seeded nemesis crashes and restarts
+//! brokers, partitions the network (majority/minority, one-way, bridge) and changes its delays
+//! and drops. Then everything heals, drains and is judged by [`crate::history::check`].
+//!
+//! One seed fixes everything: the nemesis, the network, openraft's election timeouts
+//! (`seed_thread_rng`), tokio's `select!` choices (`rng_seed`, which needs `--cfg
+//! tokio_unstable`, set in `.cargo/config.toml`) and the clocks. The same seed replays the same
+//! history, which [`Report::digest`] fingerprints.
+
+pub mod disk;
+pub mod net;
+mod workload;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use chorus_broker::clock::Clock;
+use chorus_broker::config::{BrokerConfig, Limits, RaftTiming};
+use chorus_broker::node::Broker;
+use chorus_broker::raft::log_store::{LogStore, Writer};
+use chorus_broker::raft::state_store::StateStore;
+use chorus_broker::raft::{BrokerNode, NodeId};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::history::{Expectations, Verdict, check};
+use disk::Disk;
+use net::{Net, SimNetwork, Weather};
+use workload::History;
+
+/// Page cache per redb database in the simulation.
+const CACHE_BYTES: usize = 1 << 20;
+/// How long, in simulated time, the cluster has to drain after healing.
+const DRAIN_MS_MAX: u64 = 120_000;
+
+/// What one simulated run does.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub brokers: u64,
+    /// Simulated time under faults.
+    pub fault_ms: u64,
+    pub producers: u32,
+    pub workers: u32,
+    pub subscribers: u32,
+}
+
+impl SimConfig {
+    /// The run a seed gets by default: odd seeds run 5 brokers, even seeds 3.
+    pub fn for_seed(seed: u64) -> SimConfig {
+        SimConfig {
+            brokers: if seed % 2 == 1 { 5 } else { 3 },
+            fault_ms: 20_000,
+            producers: 3,
+            workers: 2,
+            subscribers: 2,
+        }
+    }
+}
+
+/// What a run did and the checker's verdict on it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub brokers: u64,
+    pub faults: Vec<String>,
+    pub operations: usize,
+    pub drained: bool,
+    pub verdict: Verdict,
+    /// A fingerprint of the history and the faults: equal for equal runs.
+    pub digest: u64,
+    /// Simulated milliseconds from start to verdict.
+    pub simulated_ms: u64,
+    /// Panics in broker tasks. Must be 0.
+    pub panics: u64,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.drained && self.panics == 0 && self.verdict.is_valid()
+    }
+
+    /// One row of the summary table.
+    pub fn row(&self) -> String {
+        format!(
+            "seed {:>5} | {} brokers | {:>2} faults | {:>5} ops | drained {} | panics {} | {}",
+            self.seed,
+            self.brokers,
+            self.faults.len(),
+            self.operations,
+            self.drained,
+            self.panics,
+            self.verdict.summary()
+        )
+    }
+}
+
+thread_local! {
+    /// Panics on this thread: a broker task that panics (openraft's own invariant checks
+    /// included) is caught by tokio, so the run counts them here.
+    static PANICS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|panics| panics.set(panics.get() + 1));
+            report(info);
+        }));
+    });
+    PANICS.with(|panics| panics.set(0));
+}
+
+/// Runs one seed to its verdict, on a fresh single-threaded runtime with a paused clock.
+pub fn run(seed: u64, config: &SimConfig) -> Report {
+    count_panics();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+        .build()
+        .expect("a runtime");
+    chorus_broker::raft::runtime::seed_thread_rng(seed);
+    let mut report = runtime.block_on(World::new(seed, config.clone()).run());
+    drop(runtime);
+    report.panics = PANICS.with(Cell::get);
+    report
+}
+
+/// One broker's disks, kept across its crashes.
+struct Node {
+    log: Disk,
+    state: Disk,
+    /// Snapshot files; the simulation does not snapshot, but the store wants a directory.
+    dir: tempfile::TempDir,
+    /// This broker's clock offset from true time, so leaders disagree about the time.
+    skew_ms: u64,
+}
+
+struct World {
+    seed: u64,
+    config: SimConfig,
+    rng: StdRng,
+    net: Arc<Net>,
+    nodes: BTreeMap<NodeId, Node>,
+    members: BTreeMap<NodeId, BrokerNode>,
+    /// When the run began, on the true clock.
+    origin: tokio::time::Instant,
+}
+
+impl World {
+    fn new(seed: u64, config: SimConfig) -> World {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ids = 1..=config.brokers;
+        let members = ids
+            .clone()
+            .map(|id| (id, BrokerNode { peer_addr: format!("sim-{id}:peer"), client_addr: format!("sim-{id}:client") }))
+            .collect();
+        let nodes = ids
+            .map(|id| {
+                let node = Node {
+                    log: Disk::default(),
+                    state: Disk::default(),
+                    dir: tempfile::tempdir().expect("a temp dir"),
+                    skew_ms: rng.random_range(0..300),
+                };
+                (id, node)
+            })
+            .collect();
+        World { seed, config, rng, net: Net::new(seed), nodes, members, origin: tokio::time::Instant::now() }
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    async fn start(&self, id: NodeId) {
+        let node = &self.nodes[&id];
+        let log = LogStore::open_on(node.log.open(), CACHE_BYTES, Writer::Inline).expect("open the log");
+        let state = StateStore::open_on(node.state.open(), node.dir.path().join("snapshots"), CACHE_BYTES)
+            .expect("open the state");
+        let config = BrokerConfig {
+            id,
+            data_dir: node.dir.path().to_path_buf(),
+            client_addr: self.members[&id].client_addr.clone(),
+            peer_addr: self.members[&id].peer_addr.clone(),
+            members: self.members.clone(),
+            auth_token: None,
+            limits: Limits { log_cache_bytes: CACHE_BYTES, state_cache_bytes: CACHE_BYTES, ..Limits::default() },
+            // Never snapshot: a crash then always recovers by replaying the log, and no
+            // snapshot file IO (off this thread) can reorder events.
+            raft: RaftTiming { snapshot_after_entries: u64::MAX / 2, ..RaftTiming::default() },
+            clock: Clock::Tokio { origin: self.origin, origin_ms: 1_700_000_000_000 + node.skew_ms },
+        };
+        let network = SimNetwork { from: id, net: Arc::clone(&self.net) };
+        let broker = Broker::start_in_process(config, log, state, network).await.expect("start a broker");
+        self.net.attach(broker);
+    }
+
+    /// Power loss: off the network, unsynced writes gone, raft stopped.
+    async fn crash(&self, id: NodeId) {
+        if let Some(broker) = self.net.detach(id) {
+            self.nodes[&id].log.crash();
+            self.nodes[&id].state.crash();
+            broker.stop().await;
+        }
+    }
+
+    fn down_ids(&self) -> Vec<NodeId> {
+        let up = self.net.up_ids();
+        self.ids().into_iter().filter(|id| !up.contains(id)).collect()
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.net.up_ids().into_iter().find(|id| self.net.broker(*id).is_some_and(|b| b.is_leader()))
+    }
+
+    async fn run(mut self) -> Report {
+        for id in self.ids() {
+            self.start(id).await;
+        }
+        let first = self.net.broker(1).expect("broker 1 runs");
+        first.raft.initialize(self.members.clone()).await.expect("initialize");
+        let history: History = Arc::default();
+        let ids = self.ids();
+        workload::setup(&self.net, &ids).await;
+
+        let stop_producing = Arc::new(AtomicBool::new(false));
+        let stop_working = Arc::new(AtomicBool::new(false));
+        let last_seq = Arc::new(std::sync::Mutex::new(None));
+        let mut producers = Vec::new();
+        for process in 0..self.config.producers {
+            let client = workload::SimClient::new(&self.net, &ids, self.seed, process);
+            producers.push(tokio::spawn(workload::producer(client, Arc::clone(&history), Arc::clone(&stop_producing))));
+        }
+        let mut workers = Vec::new();
+        for process in 10..10 + self.config.workers {
+            let client = workload::SimClient::new(&self.net, &ids, self.seed, process);
+            workers.push(tokio::spawn(workload::worker(client, Arc::clone(&history), Arc::clone(&stop_working))));
+        }
+        let mut subscribers = Vec::new();
+        for id in 0..self.config.subscribers {
+            let client = workload::SimClient::new(&self.net, &ids, self.seed, 100 + id);
+            subscribers.push(tokio::spawn(workload::subscriber(
+                client,
+                id,
+                Arc::clone(&history),
+                Arc::clone(&last_seq),
+            )));
+        }
+
+        let mut faults = Vec::new();
+        while self.elapsed_ms() < self.config.fault_ms {
+            tokio::time::sleep(Duration::from_millis(self.rng.random_range(200..1_500))).await;
+            let fault = self.inject().await;
+            faults.push(format!("{:>6} ms: {fault}", self.elapsed_ms()));
+        }
+
+        // Heal, stop writing, and let the group drain and the subscribers catch up.
+        self.net.heal();
+        self.net.set_weather(Weather::CALM);
+        for id in self.down_ids() {
+            self.start(id).await;
+        }
+        let healed_ms = self.elapsed_ms();
+        stop_producing.store(true, Ordering::Relaxed);
+        for producer in producers {
+            producer.await.expect("a producer");
+        }
+        let mut empty_readings = 0;
+        let drained = loop {
+            let empty = self.leader().and_then(|id| self.net.broker(id)).is_some_and(|b| workload::group_is_empty(&b));
+            empty_readings = if empty { empty_readings + 1 } else { 0 };
+            if empty_readings == 2 {
+                break true;
+            }
+            if self.elapsed_ms() - healed_ms > DRAIN_MS_MAX {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        stop_working.store(true, Ordering::Relaxed);
+        for worker in workers {
+            worker.await.expect("a worker");
+        }
+        let asked_ms = self.elapsed_ms();
+        let last = loop {
+            if let Some(last) = self.leader().and_then(|id| self.net.broker(id)).and_then(|b| workload::last_seq(&b)) {
+                break Some(last);
+            }
+            if self.elapsed_ms() - asked_ms > DRAIN_MS_MAX {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Without a leader to ask, the subscribers stop at once and the run fails as undrained.
+        *last_seq.lock().unwrap() = Some(last.unwrap_or(0));
+        let drained = drained && last.is_some();
+        let mut caught_up = BTreeSet::new();
+        for (id, subscriber) in (0..).zip(subscribers) {
+            let done = tokio::time::timeout(Duration::from_millis(DRAIN_MS_MAX), subscriber).await;
+            if matches!(done, Ok(Ok(()))) {
+                caught_up.insert(id);
+            }
+        }
+        let drained = drained && caught_up.len() == self.config.subscribers as usize;
+
+        let history = history.lock().unwrap().clone();
+        let expect = Expectations { caught_up_subscribers: caught_up, group_drained: drained };
+        let verdict = check(&history, &expect);
+        let mut hasher = std::hash::DefaultHasher::new();
+        format!("{history:?}{faults:?}").hash(&mut hasher);
+        for id in self.ids() {
+            self.crash(id).await;
+        }
+        Report {
+            seed: self.seed,
+            brokers: self.config.brokers,
+            faults,
+            operations: history.len(),
+            drained,
+            verdict,
+            digest: hasher.finish(),
+            simulated_ms: self.elapsed_ms(),
+            panics: 0,
+        }
+    }
+
+    /// One fault from the schedule; returns what it did. A new partition replaces the last one.
+    async fn inject(&mut self) -> String {
+        let ids = self.ids();
+        let minority = (ids.len() - 1) / 2;
+        let down = self.down_ids();
+        let leader = self.leader();
+        match self.rng.random_range(0..10) {
+            0 | 1 if !down.is_empty() => {
+                let id = down[self.rng.random_range(0..down.len())];
+                self.start(id).await;
+                format!("restart {id}")
+            }
+            // Any number may be down at once, even all: synced data must survive that too.
+            0..=2 if down.len() < minority || (down.len() < ids.len() && self.rng.random_bool(0.3)) => {
+                let up = self.net.up_ids();
+                let id = match leader {
+                    Some(leader) if self.rng.random_bool(0.5) => leader,
+                    _ => up[self.rng.random_range(0..up.len())],
+                };
+                self.crash(id).await;
+                format!("crash {id}")
+            }
+            3 => {
+                self.net.heal();
+                let mut shuffled = ids.clone();
+                shuffle(&mut self.rng, &mut shuffled);
+                let (small, large) = shuffled.split_at(minority);
+                self.net.partition(&[small.to_vec(), large.to_vec()]);
+                format!("partition {small:?} | {large:?}")
+            }
+            4 if leader.is_some() => {
+                self.net.heal();
+                let leader = leader.unwrap_or_default();
+                let others: Vec<NodeId> = ids.iter().copied().filter(|id| *id != leader).collect();
+                self.net.partition(&[vec![leader], others]);
+                format!("isolate leader {leader}")
+            }
+            5 if leader.is_some() => {
+                // The leader hears everyone, nobody hears the leader.
+                self.net.heal();
+                let leader = leader.unwrap_or_default();
+                for id in ids.iter().filter(|id| **id != leader) {
+                    self.net.cut(leader, *id);
+                }
+                format!("one-way: {leader} is not heard")
+            }
+            6 => {
+                // Two sides that only one broker (the bridge) still connects.
+                self.net.heal();
+                let mut shuffled = ids.clone();
+                shuffle(&mut self.rng, &mut shuffled);
+                let bridge = shuffled[0];
+                let half = (shuffled.len() - 1) / 2;
+                let (left, right) = shuffled[1..].split_at(half);
+                self.net.partition(&[left.to_vec(), right.to_vec()]);
+                format!("bridge {bridge} between {left:?} and {right:?}")
+            }
+            7 => {
+                let weather = Weather {
+                    drops_per_mille: self.rng.random_range(0..200),
+                    delay_ms_min: 1,
+                    delay_ms_max: self.rng.random_range(2..80),
+                };
+                self.net.set_weather(weather);
+                format!("weather {weather:?}")
+            }
+            _ => {
+                self.net.heal();
+                "heal".into()
+            }
+        }
+    }
+}
+
+fn shuffle(rng: &mut StdRng, ids: &mut [NodeId]) {
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.random_range(0..=i));
+    }
+}
