@@ -8,7 +8,9 @@
 //! - work queue: as many tasks published (as above) while `--workers` workers lease up to 256 at a
 //!   time and ack them; tasks/s from the first publish to the last ack;
 //! - fan-out: `--subscribers` subscribers read the published topic; deliveries/s;
-//! - broker cost: CPU seconds and peak RSS of each broker process (own cluster only).
+//! - broker cost: CPU seconds and peak RSS of each broker process (own cluster only);
+//! - `--peer nats`: the publish workload against NATS JetStream too (`bench_nats`), with the
+//!   ratios.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,8 +47,18 @@ pub struct BenchArgs {
     /// Subscribers in the fan-out run.
     #[arg(long, default_value_t = 8)]
     pub subscribers: usize,
+    /// Also run the publish workload against this system, in the same run.
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// A system to compare with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// NATS JetStream: a 3-node cluster and an R3 file stream, fsync always and by default.
+    Nats,
 }
 
 /// CPU seconds and peak RSS of the brokers, read from /proc.
@@ -80,7 +92,7 @@ fn broker_cost(pids: &[u32]) -> Cost {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir()?;
-    let (own, addrs) = match &args.brokers {
+    let (mut own, addrs) = match &args.brokers {
         Some(addrs) => (None, addrs.clone()),
         None => {
             let cluster =
@@ -118,10 +130,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for name in [topic, work_topic] {
         let _ = client.request(Request::DeleteTopic(pb::DeleteTopic { name })).await;
     }
+    // The peer runs alone on the machine, as Chorus did.
+    if let Some(mut cluster) = own.take() {
+        cluster.stop();
+    }
+    let peers = match args.peer {
+        Some(Peer::Nats) => compare_nats(&args).await?,
+        None => Vec::new(),
+    };
+    let ratios = |peer: &PublishFigures| (publish.rate / peer.rate, publish.p99_ms / peer.p99_ms);
 
     let conditions = json!({
         "brokers": addrs.len(),
-        "cluster": if own.is_some() { "own, loopback" } else { "given" },
+        "cluster": if pids.is_empty() { "given" } else { "own, loopback" },
         "fsync": "every commit, on a majority",
         "messages": args.messages,
         "payload_bytes": args.size,
@@ -136,6 +157,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "work_queue": { "tasks_per_s": work },
         "fanout": { "deliveries_per_s": fanout },
         "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": after.peak_rss_mib }) },
+        "peers": peers.iter().map(|(system, figures)| {
+            let (throughput, p99) = ratios(figures);
+            json!({ "system": system, "publish": figures.json(), "chorus_throughput_ratio": throughput, "chorus_p99_ratio": p99 })
+        }).collect::<Vec<_>>(),
     });
     if args.json {
         println!("{}", json!({ "conditions": conditions, "figures": figures }));
@@ -157,14 +182,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 after.peak_rss_mib
             );
         }
-    }
-    if let Some(mut cluster) = own {
-        cluster.stop();
+        for (system, figures) in &peers {
+            let (throughput, p99) = ratios(figures);
+            println!(
+                "{system}: {:.0} msg/s; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n  Chorus/NATS: {throughput:.2}x the throughput, {p99:.2}x the p99",
+                figures.rate, figures.p50_ms, figures.p99_ms, figures.p999_ms
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-struct PublishFigures {
+/// The publish workload against NATS JetStream, fsync always and by default.
+#[cfg(feature = "nats")]
+async fn compare_nats(args: &BenchArgs) -> anyhow::Result<Vec<(&'static str, PublishFigures)>> {
+    use super::bench_nats::{SyncMode, nats_server, publish};
+    let server = nats_server()?;
+    let mut peers = Vec::new();
+    for mode in [SyncMode::Always, SyncMode::Default] {
+        peers.push((mode.label(), publish(&server, mode, args).await?));
+    }
+    Ok(peers)
+}
+
+#[cfg(not(feature = "nats"))]
+async fn compare_nats(_: &BenchArgs) -> anyhow::Result<Vec<(&'static str, PublishFigures)>> {
+    bail!("this chorus was built without NATS support; run `cargo run --release --features nats -- bench --peer nats`")
+}
+
+pub(super) struct PublishFigures {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -185,27 +231,45 @@ impl PublishFigures {
 async fn publish(addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<PublishFigures> {
     let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
     let payload = Bytes::from(vec![b'x'; args.size]);
+    let topic = topic.to_owned();
+    publish_lanes(args.window, args.messages, move || {
+        let request = Request::Publish(pb::PublishRequest {
+            topic: topic.clone(),
+            messages: vec![pb::Message { payload: payload.clone(), ..Default::default() }],
+            ..Default::default()
+        });
+        let connection = connection.clone();
+        async move {
+            match connection.request(request, Duration::from_secs(30)).await {
+                Ok(Body::PublishOk(_)) => Ok(()),
+                other => Err(anyhow::anyhow!("publish failed: {other:?}")),
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `total` calls of `send` (one acknowledged publish each) in `window` lanes, and records
+/// each one's latency.
+pub(super) async fn publish_lanes<F, Fut>(window: usize, total: u64, send: F) -> anyhow::Result<PublishFigures>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let send = Arc::new(send);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut lanes = Vec::new();
-    for _ in 0..args.window.max(1) {
-        let (connection, payload, next, topic, total) =
-            (connection.clone(), payload.clone(), Arc::clone(&next), topic.to_owned(), args.messages);
+    for _ in 0..window.max(1) {
+        let (send, next) = (Arc::clone(&send), Arc::clone(&next));
         lanes.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+            let mut latencies = Histogram::<u64>::new(3)?;
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                let request = Request::Publish(pb::PublishRequest {
-                    topic: topic.clone(),
-                    messages: vec![pb::Message { payload: payload.clone(), ..Default::default() }],
-                    ..Default::default()
-                });
                 let sent = Instant::now();
-                match connection.request(request, Duration::from_secs(30)).await {
-                    Ok(Body::PublishOk(_)) => latencies.record(sent.elapsed().as_micros() as u64).expect("in range"),
-                    other => return Err(anyhow::anyhow!("publish failed: {other:?}")),
-                }
+                send().await?;
+                latencies.record(sent.elapsed().as_micros() as u64)?;
             }
-            Ok(latencies)
+            anyhow::Ok(latencies)
         }));
     }
     let mut latencies = Histogram::<u64>::new(3)?;
@@ -213,9 +277,9 @@ async fn publish(addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<Pu
         latencies.add(lane.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    ensure!(latencies.len() == args.messages, "{} of {} publishes acknowledged", latencies.len(), args.messages);
+    ensure!(latencies.len() == total, "{} of {total} publishes acknowledged", latencies.len());
     let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-    Ok(PublishFigures { rate: args.messages as f64 / elapsed, p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999) })
+    Ok(PublishFigures { rate: total as f64 / elapsed, p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999) })
 }
 
 /// Publishes `messages` tasks while workers lease (up to 256 at a time) and ack them; tasks/s

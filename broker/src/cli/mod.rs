@@ -5,6 +5,8 @@
 //! - `commands`: everyday client commands (publish, subscribe, work, topic, group, status).
 
 mod bench;
+#[cfg(feature = "nats")]
+mod bench_nats;
 mod commands;
 mod demo;
 mod local;
