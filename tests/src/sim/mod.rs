@@ -417,3 +417,33 @@ fn shuffle(rng: &mut StdRng, ids: &mut [NodeId]) {
         ids.swap(i, rng.random_range(0..=i));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: when raft stopped (after a fatal storage error, say) while the broker still
+    /// ran, the pulse and membership loops woke on their closed watch channels forever. A
+    /// spinning task keeps the paused clock from advancing, so the sleep below would never end.
+    #[test]
+    fn a_broker_whose_raft_stopped_does_not_spin() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let world = World::new(1, SimConfig { brokers: 1, ..SimConfig::for_seed(0) });
+                world.start(1).await;
+                let broker = world.net.broker(1).expect("broker 1 runs");
+                broker.raft.initialize(world.members.clone()).await.expect("initialize");
+                broker.raft.shutdown().await.expect("raft stops");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            });
+            let _ = done.send(());
+        });
+        assert!(finished.recv_timeout(Duration::from_secs(60)).is_ok(), "a broker task spins after raft stopped");
+    }
+}
