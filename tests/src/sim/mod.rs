@@ -145,6 +145,17 @@ struct Node {
     skew_ms: u64,
 }
 
+/// The workload's tasks and the flags that stop them.
+struct Clients {
+    stop_producing: Arc<AtomicBool>,
+    stop_working: Arc<AtomicBool>,
+    /// Set once the group drained: subscribers read up to it, then end.
+    last_seq: Arc<std::sync::Mutex<Option<u64>>>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    subscribers: Vec<tokio::task::JoinHandle<()>>,
+}
+
 struct World {
     seed: u64,
     config: SimConfig,
@@ -233,33 +244,9 @@ impl World {
         }
         let first = self.net.broker(1).expect("broker 1 runs");
         first.raft.initialize(self.members.clone()).await.expect("initialize");
+        workload::setup(&self.net, &self.ids()).await;
         let history: History = Arc::default();
-        let ids = self.ids();
-        workload::setup(&self.net, &ids).await;
-
-        let stop_producing = Arc::new(AtomicBool::new(false));
-        let stop_working = Arc::new(AtomicBool::new(false));
-        let last_seq = Arc::new(std::sync::Mutex::new(None));
-        let mut producers = Vec::new();
-        for process in 0..self.config.producers {
-            let client = workload::SimClient::new(&self.net, &ids, self.seed, process);
-            producers.push(tokio::spawn(workload::producer(client, Arc::clone(&history), Arc::clone(&stop_producing))));
-        }
-        let mut workers = Vec::new();
-        for process in 10..10 + self.config.workers {
-            let client = workload::SimClient::new(&self.net, &ids, self.seed, process);
-            workers.push(tokio::spawn(workload::worker(client, Arc::clone(&history), Arc::clone(&stop_working))));
-        }
-        let mut subscribers = Vec::new();
-        for id in 0..self.config.subscribers {
-            let client = workload::SimClient::new(&self.net, &ids, self.seed, 100 + id);
-            subscribers.push(tokio::spawn(workload::subscriber(
-                client,
-                id,
-                Arc::clone(&history),
-                Arc::clone(&last_seq),
-            )));
-        }
+        let clients = self.spawn_clients(&history);
 
         let mut faults = Vec::new();
         while self.elapsed_ms() < self.config.fault_ms {
@@ -267,55 +254,7 @@ impl World {
             let fault = self.inject().await;
             faults.push(format!("{:>6} ms: {fault}", self.elapsed_ms()));
         }
-
-        // Heal, stop writing, and let the group drain and the subscribers catch up.
-        self.net.heal();
-        self.net.set_weather(Weather::CALM);
-        for id in self.down_ids() {
-            self.start(id).await;
-        }
-        let healed_ms = self.elapsed_ms();
-        stop_producing.store(true, Ordering::Relaxed);
-        for producer in producers {
-            producer.await.expect("a producer");
-        }
-        let mut empty_readings = 0;
-        let drained = loop {
-            let empty = self.leader().and_then(|id| self.net.broker(id)).is_some_and(|b| workload::group_is_empty(&b));
-            empty_readings = if empty { empty_readings + 1 } else { 0 };
-            if empty_readings == 2 {
-                break true;
-            }
-            if self.elapsed_ms() - healed_ms > DRAIN_MS_MAX {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        stop_working.store(true, Ordering::Relaxed);
-        for worker in workers {
-            worker.await.expect("a worker");
-        }
-        let asked_ms = self.elapsed_ms();
-        let last = loop {
-            if let Some(last) = self.leader().and_then(|id| self.net.broker(id)).and_then(|b| workload::last_seq(&b)) {
-                break Some(last);
-            }
-            if self.elapsed_ms() - asked_ms > DRAIN_MS_MAX {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        // Without a leader to ask, the subscribers stop at once and the run fails as undrained.
-        *last_seq.lock().unwrap() = Some(last.unwrap_or(0));
-        let drained = drained && last.is_some();
-        let mut caught_up = BTreeSet::new();
-        for (id, subscriber) in (0..).zip(subscribers) {
-            let done = tokio::time::timeout(Duration::from_millis(DRAIN_MS_MAX), subscriber).await;
-            if matches!(done, Ok(Ok(()))) {
-                caught_up.insert(id);
-            }
-        }
-        let drained = drained && caught_up.len() == self.config.subscribers as usize;
+        let (drained, caught_up) = self.heal_and_drain(clients).await;
 
         let history = history.lock().unwrap().clone();
         let expect = Expectations { caught_up_subscribers: caught_up, group_drained: drained };
@@ -335,6 +274,89 @@ impl World {
             digest: hasher.finish(),
             simulated_ms: self.elapsed_ms(),
             panics: 0,
+        }
+    }
+
+    fn spawn_clients(&self, history: &History) -> Clients {
+        let ids = self.ids();
+        let mut clients = Clients {
+            stop_producing: Arc::default(),
+            stop_working: Arc::default(),
+            last_seq: Arc::default(),
+            producers: Vec::new(),
+            workers: Vec::new(),
+            subscribers: Vec::new(),
+        };
+        let client = |process| workload::SimClient::new(&self.net, &ids, self.seed, process);
+        for process in 0..self.config.producers {
+            let task = workload::producer(client(process), Arc::clone(history), Arc::clone(&clients.stop_producing));
+            clients.producers.push(tokio::spawn(task));
+        }
+        for process in 10..10 + self.config.workers {
+            let task = workload::worker(client(process), Arc::clone(history), Arc::clone(&clients.stop_working));
+            clients.workers.push(tokio::spawn(task));
+        }
+        for id in 0..self.config.subscribers {
+            let task = workload::subscriber(client(100 + id), id, Arc::clone(history), Arc::clone(&clients.last_seq));
+            clients.subscribers.push(tokio::spawn(task));
+        }
+        clients
+    }
+
+    /// Heals everything, stops the producers, waits for the group to drain and then for the
+    /// subscribers to reach the last sequence. Returns whether all of it happened in time, and
+    /// which subscribers caught up.
+    async fn heal_and_drain(&mut self, clients: Clients) -> (bool, BTreeSet<u32>) {
+        self.net.heal();
+        self.net.set_weather(Weather::CALM);
+        for id in self.down_ids() {
+            self.start(id).await;
+        }
+        clients.stop_producing.store(true, Ordering::Relaxed);
+        for producer in clients.producers {
+            producer.await.expect("a producer");
+        }
+        // Empty twice in a row, on the leader's applied state.
+        let mut empty_readings = 0;
+        let drained = self
+            .poll_leader(500, |leader| {
+                let empty = leader.is_some_and(workload::group_is_empty);
+                empty_readings = if empty { empty_readings + 1 } else { 0 };
+                (empty_readings == 2).then_some(())
+            })
+            .await
+            .is_some();
+        clients.stop_working.store(true, Ordering::Relaxed);
+        for worker in clients.workers {
+            worker.await.expect("a worker");
+        }
+        let last = self.poll_leader(100, |leader| leader.and_then(workload::last_seq)).await;
+        // Without a leader to ask, the subscribers stop at once and the run fails as undrained.
+        *clients.last_seq.lock().unwrap() = Some(last.unwrap_or(0));
+        let mut caught_up = BTreeSet::new();
+        for (id, subscriber) in (0..).zip(clients.subscribers) {
+            let done = tokio::time::timeout(Duration::from_millis(DRAIN_MS_MAX), subscriber).await;
+            if matches!(done, Ok(Ok(()))) {
+                caught_up.insert(id);
+            }
+        }
+        let everyone = caught_up.len() == self.config.subscribers as usize;
+        (drained && last.is_some() && everyone, caught_up)
+    }
+
+    /// Asks `ask` about the current leader (`None` while there is none) every `every_ms`, until
+    /// it answers, for at most `DRAIN_MS_MAX` of simulated time.
+    async fn poll_leader<T>(&self, every_ms: u64, mut ask: impl FnMut(Option<&Broker>) -> Option<T>) -> Option<T> {
+        let asked_ms = self.elapsed_ms();
+        loop {
+            let leader = self.leader().and_then(|id| self.net.broker(id));
+            if let Some(answer) = ask(leader.as_deref()) {
+                return Some(answer);
+            }
+            if self.elapsed_ms() - asked_ms > DRAIN_MS_MAX {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
         }
     }
 
