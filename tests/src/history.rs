@@ -14,6 +14,7 @@
 //! - **redeliveries**, which are reported, not failures.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 /// What one operation was.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,22 @@ pub enum Op {
     Grant { seq: u64, payload: String, token: u64, granted_ms: u64, deadline_ms: u64 },
     /// An ack or nack of `token`; `Ok` means the broker accepted it, `Fail` that it was refused.
     Settle { seq: u64, token: u64, ack: bool },
+}
+
+impl Op {
+    /// A grant of a `lease_ms` lease ending at `deadline_ms`, with the payload as text.
+    pub fn grant(seq: u64, payload: &[u8], token: u64, deadline_ms: u64, lease_ms: u64) -> Op {
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        Op::Grant { seq, payload, token, granted_ms: deadline_ms - lease_ms, deadline_ms }
+    }
+}
+
+/// A history that concurrent clients append to.
+pub type History = Arc<Mutex<Vec<Record>>>;
+
+/// Appends one completed operation to `history`.
+pub fn record(history: &History, process: u32, op: Op, outcome: Outcome) {
+    history.lock().unwrap().push(Record { process, op, outcome });
 }
 
 /// How an operation ended.

@@ -20,18 +20,13 @@ use bytes::Bytes;
 use chorus_consumers::{Client, ClientConfig, ClientError, Subscriber, SubscriberConfig};
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
 use chorus_tests::cluster::Cluster;
-use chorus_tests::history::{Expectations, Op, Outcome, Record, check};
+use chorus_tests::history::{Expectations, History, Op, Outcome, check, record};
 use futures::StreamExt;
 use rand::{RngExt, SeedableRng};
 
 const TOPIC: &str = "chaos";
 const GROUP: &str = "workers";
 const LEASE_MS: u64 = 2_000;
-type History = Arc<Mutex<Vec<Record>>>;
-
-fn record(history: &History, process: u32, op: Op, outcome: Outcome) {
-    history.lock().unwrap().push(Record { process, op, outcome });
-}
 
 async fn patient_client(cluster: &Cluster) -> Client {
     client_with_retries(cluster, Duration::from_secs(15)).await
@@ -95,14 +90,7 @@ async fn worker(client: Client, process: u32, history: History, stop: Arc<Atomic
         };
         for granted in leased.messages {
             let message = granted.message.expect("a grant carries its message");
-            let payload = String::from_utf8_lossy(&message.payload).into_owned();
-            let grant = Op::Grant {
-                seq: message.seq,
-                payload,
-                token: granted.token,
-                granted_ms: granted.deadline_ms - LEASE_MS,
-                deadline_ms: granted.deadline_ms,
-            };
+            let grant = Op::grant(message.seq, &message.payload, granted.token, granted.deadline_ms, LEASE_MS);
             record(&history, process, grant, Outcome::Ok);
             if stall_one_in > 0 && rng.random_range(0..stall_one_in) == 0 {
                 continue;

@@ -18,7 +18,6 @@ struct Image {
     unsynced: Vec<Change>,
     /// Bumped by each crash; handles from an older generation are dead.
     generation: u64,
-    syncs: u64,
 }
 
 #[derive(Debug)]
@@ -40,11 +39,6 @@ impl Disk {
         image.live = image.durable.clone();
         image.unsynced.clear();
         image.generation += 1;
-    }
-
-    /// How many syncs reached this disk.
-    pub fn syncs(&self) -> u64 {
-        self.0.lock().unwrap().syncs
     }
 }
 
@@ -106,7 +100,6 @@ impl redb::StorageBackend for DiskHandle {
         for change in image.unsynced.drain(..) {
             apply(&mut image.durable, &change);
         }
-        image.syncs += 1;
         Ok(())
     }
 

@@ -30,10 +30,10 @@ use chorus_broker::raft::{BrokerNode, NodeId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::history::History;
 use crate::history::{Expectations, Verdict, check};
 use disk::Disk;
 use net::{Net, SimNetwork, Weather};
-use workload::History;
 
 /// Page cache per redb database in the simulation.
 const CACHE_BYTES: usize = 1 << 20;
@@ -75,8 +75,6 @@ pub struct Report {
     pub verdict: Verdict,
     /// A fingerprint of the history and the faults: equal for equal runs.
     pub digest: u64,
-    /// Simulated milliseconds from start to verdict.
-    pub simulated_ms: u64,
     /// Panics in broker tasks. Must be 0.
     pub panics: u64,
 }
@@ -272,7 +270,6 @@ impl World {
             drained,
             verdict,
             digest: hasher.finish(),
-            simulated_ms: self.elapsed_ms(),
             panics: 0,
         }
     }

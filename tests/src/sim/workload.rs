@@ -17,16 +17,11 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::net::Net;
-use crate::history::{Op, Outcome, Record};
+use crate::history::{History, Op, Outcome, record};
 
 pub const TOPIC: &str = "sim";
 pub const GROUP: &str = "workers";
 const LEASE_MS: u64 = 1_000;
-pub type History = Arc<Mutex<Vec<Record>>>;
-
-fn record(history: &History, process: u32, op: Op, outcome: Outcome) {
-    history.lock().unwrap().push(Record { process, op, outcome });
-}
 
 /// A client of the simulated cluster: it keeps to the broker it believes leads, and moves on
 /// when told otherwise or when that broker is down.
@@ -147,14 +142,7 @@ pub async fn worker(mut client: SimClient, history: History, stop: Arc<AtomicBoo
             continue;
         }
         for grant in grants {
-            let payload = String::from_utf8_lossy(&grant.message.payload).into_owned();
-            let op = Op::Grant {
-                seq: grant.seq,
-                payload,
-                token: grant.token,
-                granted_ms: grant.deadline_ms - LEASE_MS,
-                deadline_ms: grant.deadline_ms,
-            };
+            let op = Op::grant(grant.seq, &grant.message.payload, grant.token, grant.deadline_ms, LEASE_MS);
             record(&history, process, op, Outcome::Ok);
             match client.rng.random_range(0..20) {
                 0 => {}
