@@ -70,12 +70,17 @@ fn run(brokers: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Waits until `chorus status` shows one broker in the leader role and two followers. (The
+/// header line has a "leader" column too, so roles are read from the third column.)
 fn wait_for_status(brokers: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let output = chorus().args(["status", "--brokers", brokers]).output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && text.contains("leader") && !text.contains("down") {
+        let roles: Vec<&str> = text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(2)).collect();
+        let leaders = roles.iter().filter(|r| **r == "leader").count();
+        let followers = roles.iter().filter(|r| **r == "follower").count();
+        if output.status.success() && leaders == 1 && followers == 2 && !text.contains("down") {
             return text;
         }
         assert!(Instant::now() < deadline, "no healthy cluster: {text}");
