@@ -303,11 +303,30 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
     wire::entry_from_pb(entry).map_err(read_error)
 }
 
+/// `range` as a half-open range of indexes, or `None` when it holds none: `BTreeMap::range`
+/// panics on a range whose start lies past its end, such as `1..=0`.
+fn index_range(range: &impl RangeBounds<u64>) -> Option<std::ops::Range<u64>> {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&end) => end.saturating_add(1),
+        Bound::Excluded(&end) => end,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start < end).then_some(start..end)
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let Some(range) = index_range(&range) else {
+            return Ok(Vec::new());
+        };
         // Pending first: an entry leaves `pending` only after its commit, so whatever is missing
         // from this copy is already on disk when the read transaction below begins.
         let pending: Vec<(u64, Entry)> = {
@@ -318,8 +337,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         {
             let txn = self.shared.db.begin_read().map_err(read_error)?;
             let table = txn.open_table(LOG).map_err(read_error)?;
-            let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-            for item in table.range::<u64>(bounds).map_err(read_error)? {
+            for item in table.range::<u64>(range).map_err(read_error)? {
                 let (index, bytes) = item.map_err(read_error)?;
                 found.insert(index.value(), decode_entry(bytes.value())?);
             }
@@ -407,6 +425,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// An empty or inverted range reads nothing instead of panicking inside `BTreeMap::range`
+    /// while it holds the pending lock, which poisoned it and stopped the writer.
+    #[tokio::test]
+    async fn empty_and_inverted_ranges_read_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+        let entry = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), 1), payload: EntryPayload::Blank };
+        store.enqueue([entry], Box::new(|_| ())).unwrap();
+        #[allow(clippy::reversed_empty_ranges)]
+        for entries in [
+            store.try_get_log_entries(1..=0).await.unwrap(),
+            store.try_get_log_entries(1..1).await.unwrap(),
+            store.try_get_log_entries(5..2).await.unwrap(),
+            store.try_get_log_entries((Bound::Excluded(u64::MAX), Bound::Unbounded)).await.unwrap(),
+        ] {
+            assert!(entries.is_empty());
+        }
+        assert_eq!(store.try_get_log_entries(..).await.unwrap().len(), 1);
+        assert_eq!(store.try_get_log_entries(1..=1).await.unwrap().len(), 1);
+    }
 
     /// Readers racing the writer thread never see a gap: an entry is always either pending or
     /// on disk. (Reading disk before pending once lost entries flushed in between.)
