@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chorus_protocol::PeerCodec;
 use chorus_protocol::pb::{self, peer_frame::Body};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use openraft::error::{InstallSnapshotError, RaftError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -45,15 +45,11 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
 
 async fn connection(stream: TcpStream, broker: Arc<Broker>) {
     let framed = Framed::new(stream, PeerCodec::new(broker.config.limits.peer_frame_bytes_max));
-    let (mut sink, mut frames) = framed.split();
+    let (sink, mut frames) = framed.split();
     let (answers, mut outbox) = mpsc::channel::<pb::PeerFrame>(PEER_ANSWERS_QUEUED_MAX);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = outbox.recv().await {
-            if sink.send(frame).await.is_err() {
-                return;
-            }
-        }
-    });
+    // `forward` flushes only when no answer is ready: a burst of answers shares one write.
+    let queued = futures::stream::poll_fn(move |cx| outbox.poll_recv(cx));
+    let writer = tokio::spawn(queued.map(Ok).forward(sink));
     let shutdown = broker.shutdown_token();
     loop {
         let next = tokio::select! {

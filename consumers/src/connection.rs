@@ -88,16 +88,11 @@ impl Connection {
             Some(Body::Error(error)) => return Err(ServerError::from(error).into()),
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
-        let (mut sink, mut frames) = framed.split();
+        let (sink, mut frames) = framed.split();
         let (outbox, mut queued) = mpsc::channel::<pb::ClientFrame>(OUTBOX_MAX);
         let routes = Arc::new(Mutex::new(Routes::default()));
-        tokio::spawn(async move {
-            while let Some(frame) = queued.recv().await {
-                if sink.send(frame).await.is_err() {
-                    return;
-                }
-            }
-        });
+        // `forward` flushes only when no request is ready: pipelined requests share one write.
+        tokio::spawn(futures::stream::poll_fn(move |cx| queued.poll_recv(cx)).map(Ok).forward(sink));
         let reader_routes = Arc::clone(&routes);
         let reader = tokio::spawn(async move {
             while let Some(Ok(frame)) = frames.next().await {

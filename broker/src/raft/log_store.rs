@@ -3,8 +3,10 @@
 //! One writer thread owns every write. It drains whatever jobs are queued, applies them in one
 //! transaction with `Durability::Immediate`, and only after that fsync fires the flush callbacks
 //! of the appends it carried: concurrent appends share one fsync (group commit). Appended entries
-//! stay visible to readers in `pending` until they are on disk. Vote, committed id, truncate and
-//! purge wait for their own fsync before returning. A simulation opens the log with
+//! stay visible to readers in `pending` until they are on disk. Vote, truncate and purge wait for
+//! their own fsync before returning. The committed id does not wait: openraft awaits it on every
+//! commit, it only spares re-applying entries after a restart, and the next durable commit (the
+//! next append) carries it to disk. A simulation opens the log with
 //! [`Writer::Inline`] instead: each job commits on the caller's thread before it returns.
 
 use std::collections::BTreeMap;
@@ -36,13 +38,20 @@ type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 
 /// What the writer thread is asked to do.
 enum Job {
-    Append { entries: Vec<(LogId, Vec<u8>)>, flushed: Flushed },
-    Sync { op: SyncOp, done: oneshot::Sender<Result<(), String>> },
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        flushed: Flushed,
+    },
+    Sync {
+        op: SyncOp,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// The committed id (`None` clears it), written without waiting for durability.
+    Committed(Option<Vec<u8>>),
 }
 
 enum SyncOp {
     Vote(Vec<u8>),
-    Committed(Option<Vec<u8>>),
     /// Delete entries from this index on.
     Truncate(u64),
     /// Delete entries up to and including this log id.
@@ -80,7 +89,9 @@ enum Jobs {
 pub struct LogStore {
     reader: LogReader,
     jobs: Jobs,
-    /// The last committed index saved, for status reports.
+    /// The last committed id saved, perhaps not yet on disk.
+    committed_id: Option<LogId>,
+    /// Its index, for status reports.
     committed: Arc<AtomicU64>,
 }
 
@@ -144,10 +155,10 @@ impl LogStore {
                 Jobs::Thread(jobs)
             }
         };
-        let store = LogStore { reader: LogReader { shared }, jobs, committed: Arc::new(AtomicU64::new(0)) };
-        if let Some(committed) = store.read_log_id(COMMITTED_KEY)? {
-            store.committed.store(committed.index, Ordering::Relaxed);
-        }
+        let mut store =
+            LogStore { reader: LogReader { shared }, jobs, committed_id: None, committed: Arc::new(AtomicU64::new(0)) };
+        store.committed_id = store.read_log_id(COMMITTED_KEY)?;
+        store.committed.store(store.committed_id.map_or(0, |id| id.index), Ordering::Relaxed);
         Ok(store)
     }
 
@@ -230,6 +241,7 @@ fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
             Job::Sync { done, .. } => {
                 let _ = done.send(result.clone());
             }
+            Job::Committed(_) => {}
         }
     }
 }
@@ -237,7 +249,8 @@ fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
 /// Every queued job in one durable transaction.
 fn write_jobs(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    let lazy = jobs.iter().all(|job| matches!(job, Job::Committed(_)));
+    txn.set_durability(if lazy { Durability::None } else { Durability::Immediate })?;
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;
@@ -251,7 +264,7 @@ fn write_jobs(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
                 Job::Sync { op: SyncOp::Vote(bytes), .. } => {
                     meta.insert(VOTE_KEY, bytes.as_slice())?;
                 }
-                Job::Sync { op: SyncOp::Committed(bytes), .. } => match bytes {
+                Job::Committed(bytes) => match bytes {
                     Some(bytes) => {
                         meta.insert(COMMITTED_KEY, bytes.as_slice())?;
                     }
@@ -387,13 +400,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes = committed.as_ref().map(|id| wire::log_id_to_pb(id).encode_to_vec());
-        self.sync(SyncOp::Committed(bytes)).await?;
+        self.submit(Job::Committed(bytes))?;
+        self.committed_id = committed;
         self.committed.store(committed.map_or(0, |id| id.index), Ordering::Relaxed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.read_log_id(COMMITTED_KEY)
+        Ok(self.committed_id)
     }
 
     async fn append<I>(&mut self, entries: I, flushed: LogFlushed<TypeConfig>) -> Result<(), StorageError>

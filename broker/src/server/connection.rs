@@ -35,16 +35,11 @@ pub async fn refuse(stream: TcpStream, broker: Arc<Broker>) {
 
 pub async fn run(stream: TcpStream, broker: Arc<Broker>) {
     let limits = &broker.config.limits;
-    let (mut sink, mut frames) = Framed::new(stream, ServerCodec::new(limits.frame_bytes_max)).split();
+    let (sink, mut frames) = Framed::new(stream, ServerCodec::new(limits.frame_bytes_max)).split();
     let (answers, mut outbox) = mpsc::channel::<pb::ServerFrame>(limits.in_flight_per_connection_max + 16);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = outbox.recv().await {
-            if sink.send(frame).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    // `forward` flushes only when no answer is ready: a burst of answers shares one write.
+    let queued = futures::stream::poll_fn(move |cx| outbox.poll_recv(cx));
+    let writer = tokio::spawn(queued.map(Ok).forward(sink));
     if hello(&broker, &mut frames, &answers).await {
         serve_requests(&broker, &mut frames, &answers).await;
     }
