@@ -1,7 +1,11 @@
-//! Publishing. A [`Producer`] batches messages in the background, per topic, by count, bytes and
-//! linger time; keeps a window of batches in flight; and retries each batch under the same
-//! (producer id, sequence), so a retry after a failover is deduplicated by the broker instead of
-//! published twice. A send resolves once its batch is durable on a majority.
+//! Publishing. A [`Producer`] batches messages in the background, per topic; keeps a window of
+//! batches in flight; and retries each batch under the same (producer id, sequence), so a retry
+//! after a failover is deduplicated by the broker instead of published twice. A send resolves
+//! once its batch is durable on a majority.
+//!
+//! Batching adapts to load: while the window has room, whatever is queued goes out at once; while
+//! it is full, messages queue, and the next free slot takes them all (up to the batch limits) in
+//! one request. `linger` (300 µs by default) lets a burst of sends gather into one batch.
 //!
 //! With a window above 1, batches may commit in a different order than they were sent, most of
 //! all across a failover; use a window of 1 where one producer's order matters.
@@ -34,11 +38,14 @@ pub struct ProducerConfig {
     /// Identifies this producer for deduplication; random by default. Reuse an id only for the
     /// same logical producer.
     pub producer_id: String,
-    /// How long a batch waits for more messages.
+    /// How long a batch waits for more messages once a slot in the window is free: a burst of
+    /// sends (say, after a batch of acks) then goes out as one request. Zero sends at once;
+    /// batches still form while the window is full.
     pub linger: Duration,
     pub batch_messages_max: usize,
     pub batch_bytes_max: usize,
-    /// Batches in flight at once.
+    /// Batches in flight at once. A few suffice: the broker packs concurrent requests into one
+    /// log entry, and a full window is what lets batches grow.
     pub window: usize,
     /// Messages waiting to be batched; `send` waits when it is full.
     pub queue_max: usize,
@@ -48,10 +55,10 @@ impl Default for ProducerConfig {
     fn default() -> ProducerConfig {
         ProducerConfig {
             producer_id: format!("producer-{:016x}", rand::random::<u64>()),
-            linger: Duration::from_millis(2),
+            linger: Duration::from_micros(300),
             batch_messages_max: 1024,
             batch_bytes_max: 1024 * 1024,
-            window: 64,
+            window: 8,
             queue_max: 64 * 1024,
         }
     }
@@ -142,30 +149,17 @@ async fn batch_loop(client: Client, config: ProducerConfig, mut queued: mpsc::Re
     let mut next_seq: u64 = 0;
     let mut flights = tokio::task::JoinSet::new();
     while let Some(first) = queued.recv().await {
-        // Gather per topic until a limit is reached or the linger time passes.
-        let mut batches: BTreeMap<String, (Vec<Queued>, usize)> = BTreeMap::new();
-        let linger = tokio::time::sleep(config.linger);
-        tokio::pin!(linger);
-        let mut next = Some(first);
-        loop {
-            if let Some(item) = next.take() {
-                let (batch, bytes) = batches.entry(item.topic.clone()).or_default();
-                *bytes += item.message.size();
-                batch.push(item);
-                if batch.len() >= config.batch_messages_max || *bytes >= config.batch_bytes_max {
-                    break;
-                }
-            }
-            tokio::select! {
-                _ = &mut linger => break,
-                item = queued.recv() => match item {
-                    Some(item) => next = Some(item),
-                    None => break,
+        // Wait for a free slot first: what queues meanwhile joins this batch.
+        let Ok(permit) = Arc::clone(&window).acquire_owned().await else { return };
+        let mut permit = Some(permit);
+        for (topic, batch) in gather(&config, &mut queued, first).await {
+            let permit = match permit.take() {
+                Some(permit) => permit,
+                None => match Arc::clone(&window).acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
                 },
-            }
-        }
-        for (topic, (batch, _)) in batches {
-            let Ok(permit) = Arc::clone(&window).acquire_owned().await else { return };
+            };
             next_seq += 1;
             let (client, producer_id, seq) = (client.clone(), config.producer_id.clone(), next_seq);
             flights.spawn(async move {
@@ -176,6 +170,36 @@ async fn batch_loop(client: Client, config: ProducerConfig, mut queued: mpsc::Re
         while flights.try_join_next().is_some() {}
     }
     while flights.join_next().await.is_some() {}
+}
+
+/// `first` and what else is queued, per topic, until a batch limit is reached, nothing more is
+/// queued, or (with a linger) the linger time passes.
+async fn gather(
+    config: &ProducerConfig,
+    queued: &mut mpsc::Receiver<Queued>,
+    first: Queued,
+) -> BTreeMap<String, Vec<Queued>> {
+    let mut batches: BTreeMap<String, (Vec<Queued>, usize)> = BTreeMap::new();
+    let linger = tokio::time::sleep(config.linger);
+    tokio::pin!(linger);
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        let (batch, bytes) = batches.entry(item.topic.clone()).or_default();
+        *bytes += item.message.size();
+        batch.push(item);
+        if batch.len() >= config.batch_messages_max || *bytes >= config.batch_bytes_max {
+            break;
+        }
+        next = match queued.try_recv() {
+            Ok(item) => Some(item),
+            Err(_) if config.linger.is_zero() => None,
+            Err(_) => tokio::select! {
+                _ = &mut linger => None,
+                item = queued.recv() => item,
+            },
+        };
+    }
+    batches.into_iter().map(|(topic, (batch, _))| (topic, batch)).collect()
 }
 
 async fn publish_batch(client: &Client, topic: &str, producer_id: &str, producer_seq: u64, batch: Vec<Queued>) {
@@ -219,5 +243,66 @@ async fn publish_batch(client: &Client, topic: &str, producer_id: &str, producer
                 let _ = waiter.send(Err(failure));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(items: &[&str]) -> (mpsc::Sender<Queued>, mpsc::Receiver<Queued>) {
+        let (sender, receiver) = mpsc::channel(64);
+        for topic in items {
+            let (done, _) = oneshot::channel();
+            sender.try_send(Queued { topic: (*topic).to_owned(), message: Message::new("x"), done }).unwrap();
+        }
+        (sender, receiver)
+    }
+
+    fn sizes(batches: &BTreeMap<String, Vec<Queued>>) -> Vec<(&str, usize)> {
+        batches.iter().map(|(topic, batch)| (topic.as_str(), batch.len())).collect()
+    }
+
+    fn config(linger: Duration, batch_messages_max: usize) -> ProducerConfig {
+        ProducerConfig { linger, batch_messages_max, ..ProducerConfig::default() }
+    }
+
+    /// Without a linger, a batch is exactly what was queued, per topic.
+    #[tokio::test]
+    async fn a_batch_takes_what_is_queued_per_topic() {
+        let (_sender, mut queued) = queue(&["a", "b", "a", "a", "b"]);
+        let first = queued.recv().await.unwrap();
+        let batches = gather(&config(Duration::ZERO, 1024), &mut queued, first).await;
+        assert_eq!(sizes(&batches), [("a", 3), ("b", 2)]);
+        assert!(queued.try_recv().is_err());
+    }
+
+    /// A batch stops at its message limit; the rest waits for the next one.
+    #[tokio::test]
+    async fn a_batch_stops_at_its_limit() {
+        let (_sender, mut queued) = queue(&["a", "a", "a", "a", "a"]);
+        let first = queued.recv().await.unwrap();
+        let batches = gather(&config(Duration::ZERO, 2), &mut queued, first).await;
+        assert_eq!(sizes(&batches), [("a", 2)]);
+        assert_eq!(std::iter::from_fn(|| queued.try_recv().ok()).count(), 3);
+    }
+
+    /// With a linger, a send that arrives within it joins the batch; one after it does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_linger_gathers_sends_that_arrive_within_it() {
+        let (sender, mut queued) = queue(&["a"]);
+        let first = queued.recv().await.unwrap();
+        let late = tokio::spawn(async move {
+            for delay_ms in [5, 20] {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                let (done, _) = oneshot::channel();
+                sender.send(Queued { topic: "a".into(), message: Message::new("y"), done }).await.unwrap();
+            }
+            sender
+        });
+        let batches = gather(&config(Duration::from_millis(10), 1024), &mut queued, first).await;
+        assert_eq!(sizes(&batches), [("a", 2)]);
+        let _sender = late.await.unwrap();
+        assert_eq!(std::iter::from_fn(|| queued.try_recv().ok()).count(), 1);
     }
 }

@@ -3,8 +3,10 @@
 //! run it from a release build. It prints the conditions with the figures; `--json` prints one
 //! JSON object.
 //!
-//! - publish: `--messages` messages of `--size` bytes, one per request, `--window` requests in
-//!   flight on one connection; msg/s, MB/s, and ack latency p50/p99/p99.9;
+//! - publish: `--messages` messages of `--size` bytes, `--window` of them sent and not yet
+//!   acknowledged, through the client library's batching `Producer` with its default settings
+//!   (or, with `--raw`, one message per request on one connection); msg/s, MB/s, and each
+//!   message's ack latency p50/p99/p99.9;
 //! - work queue: as many tasks published (as above) while `--workers` workers lease up to 256 at a
 //!   time and ack them; tasks/s from the first publish to the last ack;
 //! - fan-out: `--subscribers` subscribers read the published topic; deliveries/s;
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use chorus_consumers::{Client, Connection, Subscriber, SubscriberConfig};
+use chorus_consumers::{Client, Connection, Producer, ProducerConfig, Subscriber, SubscriberConfig};
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
 use clap::Args;
 use futures::StreamExt;
@@ -38,9 +40,13 @@ pub struct BenchArgs {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
-    /// Publish requests in flight.
+    /// Messages in flight: sent and not yet acknowledged.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
+    /// Publish one message per request on one connection, instead of through the client
+    /// library's batching `Producer`.
+    #[arg(long)]
+    pub raw: bool,
     /// Workers in the work-queue run, each keeping its leases and acks pipelined.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -122,8 +128,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     client.request(Request::CreateGroup(group)).await?;
 
     let before = broker_cost(&pids);
-    let publish = publish(&leader_addr, &topic, &args).await?;
-    let work = work(&leader_addr, &work_topic, &args).await?;
+    let publish = publish(&client, &leader_addr, &topic, &args).await?;
+    let work = work(&client, &leader_addr, &work_topic, &args).await?;
     let fanout = fanout(&client, &topic, &args).await?;
     let after = broker_cost(&pids);
     let cpu_s = after.cpu_s - before.cpu_s;
@@ -147,6 +153,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "messages": args.messages,
         "payload_bytes": args.size,
         "window": args.window,
+        "publisher": if args.raw { "one message per request" } else { "batching Producer" },
         "workers": args.workers,
         "subscribers": args.subscribers,
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -227,11 +234,24 @@ impl PublishFigures {
     }
 }
 
-/// Publishes `messages` single-message requests with `window` in flight; records each ack latency.
-async fn publish(addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<PublishFigures> {
-    let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
+/// Publishes `messages` messages of `size` bytes with `window` of them in flight, through the
+/// batching `Producer` (or, with `--raw`, one request each on one connection); records each
+/// message's ack latency.
+async fn publish(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<PublishFigures> {
     let payload = Bytes::from(vec![b'x'; args.size]);
     let topic = topic.to_owned();
+    if !args.raw {
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        return publish_lanes(args.window, args.messages, move || {
+            let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+            async move {
+                producer.send(&topic, payload).await?;
+                Ok(())
+            }
+        })
+        .await;
+    }
+    let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
     publish_lanes(args.window, args.messages, move || {
         let request = Request::Publish(pb::PublishRequest {
             topic: topic.clone(),
@@ -284,13 +304,13 @@ where
 
 /// Publishes `messages` tasks while workers lease (up to 256 at a time) and ack them; tasks/s
 /// from the first publish to the last ack.
-async fn work(addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<f64> {
+async fn work(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let publisher = {
-        let (addr, topic) = (addr.to_owned(), topic.to_owned());
+        let (client, addr, topic) = (client.clone(), addr.to_owned(), topic.to_owned());
         let args = args.clone();
-        tokio::spawn(async move { publish(&addr, &topic, &args).await })
+        tokio::spawn(async move { publish(&client, &addr, &topic, &args).await })
     };
     let mut workers = Vec::new();
     for worker in 0..args.workers.max(1) {
