@@ -28,7 +28,7 @@ def messages_for(window):
 
 
 def run(window):
-    command = [str(CHORUS), "bench", "--json", "--window", str(window), "--messages", str(messages_for(window))]
+    command = [str(CHORUS), "bench", "--json", "--publish-only", "--window", str(window), "--messages", str(messages_for(window))]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     report = json.loads(out.strip().splitlines()[-1])
     publish = report["figures"]["publish"]

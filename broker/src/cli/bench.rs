@@ -10,7 +10,9 @@
 //! - work queue: as many tasks published (as above) while `--workers` workers lease up to 256 at a
 //!   time and ack them; tasks/s from the first publish to the last ack;
 //! - fan-out: `--subscribers` subscribers read the published topic; deliveries/s;
-//! - broker cost: CPU seconds and peak RSS of each broker process (own cluster only);
+//! - broker cost: CPU seconds of the brokers, and the largest one's peak and current RSS (own
+//!   cluster only); `--publish-only` skips the work queue and fan-out, leaving the messages
+//!   backlogged, so a large `--messages` measures memory against the backlog;
 //! - `--peer nats`: the publish workload against NATS JetStream too (`bench_nats`), with the
 //!   ratios.
 
@@ -47,6 +49,10 @@ pub struct BenchArgs {
     /// library's batching `Producer`.
     #[arg(long)]
     pub raw: bool,
+    /// Run only the publish workload, leaving the messages backlogged: with a large
+    /// `--messages`, it measures broker memory against the backlog.
+    #[arg(long)]
+    pub publish_only: bool,
     /// Workers in the work-queue run, each keeping its leases and acks pipelined.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -67,11 +73,12 @@ pub enum Peer {
     Nats,
 }
 
-/// CPU seconds and peak RSS of the brokers, read from /proc.
+/// CPU seconds, and peak and current RSS of the largest broker, read from /proc.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cost {
     cpu_s: f64,
     peak_rss_mib: f64,
+    rss_mib: f64,
 }
 
 fn broker_cost(pids: &[u32]) -> Cost {
@@ -85,12 +92,15 @@ fn broker_cost(pids: &[u32]) -> Cost {
             cost.cpu_s += ticks / ticks_per_s;
         }
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let hwm_kib: f64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0.0);
-            cost.peak_rss_mib = cost.peak_rss_mib.max(hwm_kib / 1024.0);
+            let mib = |field: &str| -> f64 {
+                let kib: Option<f64> = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+                kib.unwrap_or(0.0) / 1024.0
+            };
+            cost.peak_rss_mib = cost.peak_rss_mib.max(mib("VmHWM:"));
+            cost.rss_mib = cost.rss_mib.max(mib("VmRSS:"));
         }
     }
     cost
@@ -129,8 +139,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let before = broker_cost(&pids);
     let publish = publish(&client, &leader_addr, &topic, &args).await?;
-    let work = work(&client, &leader_addr, &work_topic, &args).await?;
-    let fanout = fanout(&client, &topic, &args).await?;
+    let (work, fanout) = if args.publish_only {
+        (None, None)
+    } else {
+        (Some(work(&client, &leader_addr, &work_topic, &args).await?), Some(fanout(&client, &topic, &args).await?))
+    };
     let after = broker_cost(&pids);
     let cpu_s = after.cpu_s - before.cpu_s;
     for name in [topic, work_topic] {
@@ -163,7 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "publish": publish.json(),
         "work_queue": { "tasks_per_s": work },
         "fanout": { "deliveries_per_s": fanout },
-        "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": after.peak_rss_mib }) },
+        "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": after.peak_rss_mib, "rss_mib": after.rss_mib }) },
         "peers": peers.iter().map(|(system, figures)| {
             let (throughput, p99) = ratios(figures);
             json!({ "system": system, "publish": figures.json(), "chorus_throughput_ratio": throughput, "chorus_p99_ratio": p99 })
@@ -181,12 +194,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             publish.p99_ms,
             publish.p999_ms
         );
-        println!("work queue: {work:.0} tasks/s (publish, lease, ack)");
-        println!("fan-out:    {fanout:.0} deliveries/s to {} subscribers", args.subscribers);
+        if let (Some(work), Some(fanout)) = (work, fanout) {
+            println!("work queue: {work:.0} tasks/s (publish, lease, ack)");
+            println!("fan-out:    {fanout:.0} deliveries/s to {} subscribers", args.subscribers);
+        }
         if !pids.is_empty() {
             println!(
-                "brokers:    {cpu_s:.1} CPU-seconds in all; peak RSS {:.0} MiB (largest broker)",
-                after.peak_rss_mib
+                "brokers:    {cpu_s:.1} CPU-seconds in all; RSS peak {:.0} MiB, now {:.0} MiB (largest broker)",
+                after.peak_rss_mib, after.rss_mib
             );
         }
         for (system, figures) in &peers {
@@ -302,10 +317,10 @@ where
     Ok(PublishFigures { rate: total as f64 / elapsed, p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999) })
 }
 
-/// Publishes `messages` tasks while workers lease (up to 256 at a time) and ack them; tasks/s
-/// from the first publish to the last ack.
+/// Publishes `messages` tasks while workers lease (up to 256 at a time) and ack them, each worker
+/// acking one batch while it leases the next; tasks/s from the first publish to the last ack.
 async fn work(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<f64> {
-    let done = Arc::new(AtomicU64::new(0));
+    let leased_total = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let publisher = {
         let (client, addr, topic) = (client.clone(), addr.to_owned(), topic.to_owned());
@@ -315,9 +330,11 @@ async fn work(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> any
     let mut workers = Vec::new();
     for worker in 0..args.workers.max(1) {
         let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
-        let (done, topic, total) = (Arc::clone(&done), topic.to_owned(), args.messages);
+        let (leased_total, topic, total) = (Arc::clone(&leased_total), topic.to_owned(), args.messages);
         workers.push(tokio::spawn(async move {
-            while done.load(Ordering::Relaxed) < total {
+            // One ack in flight while the next lease is taken, as a pipelining worker would.
+            let mut acking: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+            while leased_total.load(Ordering::Relaxed) < total {
                 let lease = Request::Lease(pb::LeaseRequest {
                     topic: topic.clone(),
                     group: "bench".into(),
@@ -332,11 +349,22 @@ async fn work(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> any
                 if leased.messages.is_empty() {
                     continue;
                 }
+                leased_total.fetch_add(leased.messages.len() as u64, Ordering::Relaxed);
+                if let Some(previous) = acking.take() {
+                    previous.await??;
+                }
                 let tokens: Vec<u64> = leased.messages.iter().map(|m| m.token).collect();
-                let count = tokens.len() as u64;
                 let ack = Request::Ack(pb::AckRequest { topic: topic.clone(), group: "bench".into(), tokens });
-                let Body::SettleOk(_) = connection.request(ack, Duration::from_secs(30)).await? else { bail!("ack") };
-                done.fetch_add(count, Ordering::Relaxed);
+                let connection = connection.clone();
+                acking = Some(tokio::spawn(async move {
+                    let Body::SettleOk(_) = connection.request(ack, Duration::from_secs(30)).await? else {
+                        bail!("ack")
+                    };
+                    Ok(())
+                }));
+            }
+            if let Some(last) = acking {
+                last.await??;
             }
             Ok(())
         }));
