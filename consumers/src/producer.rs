@@ -5,7 +5,8 @@
 //!
 //! Batching adapts to load: while the window has room, whatever is queued goes out at once; while
 //! it is full, messages queue, and the next free slot takes them all (up to the batch limits) in
-//! one request. `linger` (300 µs by default) lets a burst of sends gather into one batch.
+//! one request. Behind a batch in flight, `linger` (300 µs by default) lets a burst of sends
+//! gather into one batch; with nothing in flight, a send goes out at once.
 //!
 //! With a window above 1, batches may commit in a different order than they were sent, most of
 //! all across a failover; use a window of 1 where one producer's order matters.
@@ -38,9 +39,10 @@ pub struct ProducerConfig {
     /// Identifies this producer for deduplication; random by default. Reuse an id only for the
     /// same logical producer.
     pub producer_id: String,
-    /// How long a batch waits for more messages once a slot in the window is free: a burst of
-    /// sends (say, after a batch of acks) then goes out as one request. Zero sends at once;
-    /// batches still form while the window is full.
+    /// How long a batch waits for more messages once a slot in the window is free, while another
+    /// batch is in flight: a burst of sends (say, after a batch of acks) then goes out as one
+    /// request. A send with nothing in flight goes out at once. Zero never waits; batches still
+    /// form while the window is full.
     pub linger: Duration,
     pub batch_messages_max: usize,
     pub batch_bytes_max: usize,
@@ -151,8 +153,9 @@ async fn batch_loop(client: Client, config: ProducerConfig, mut queued: mpsc::Re
     while let Some(first) = queued.recv().await {
         // Wait for a free slot first: what queues meanwhile joins this batch.
         let Ok(permit) = Arc::clone(&window).acquire_owned().await else { return };
+        let linger = linger_behind(&config, window.available_permits());
         let mut permit = Some(permit);
-        for (topic, batch) in gather(&config, &mut queued, first).await {
+        for (topic, batch) in gather(&config, linger, &mut queued, first).await {
             let permit = match permit.take() {
                 Some(permit) => permit,
                 None => match Arc::clone(&window).acquire_owned().await {
@@ -172,15 +175,22 @@ async fn batch_loop(client: Client, config: ProducerConfig, mut queued: mpsc::Re
     while flights.join_next().await.is_some() {}
 }
 
+/// The linger for a batch that holds a slot while `free` others are free: the configured one
+/// behind a batch in flight, none when this is the only one (Nagle's rule).
+fn linger_behind(config: &ProducerConfig, free: usize) -> Duration {
+    if free + 1 < config.window.max(1) { config.linger } else { Duration::ZERO }
+}
+
 /// `first` and what else is queued, per topic, until a batch limit is reached, nothing more is
 /// queued, or (with a linger) the linger time passes.
 async fn gather(
     config: &ProducerConfig,
+    linger_time: Duration,
     queued: &mut mpsc::Receiver<Queued>,
     first: Queued,
 ) -> BTreeMap<String, Vec<Queued>> {
     let mut batches: BTreeMap<String, (Vec<Queued>, usize)> = BTreeMap::new();
-    let linger = tokio::time::sleep(config.linger);
+    let linger = tokio::time::sleep(linger_time);
     tokio::pin!(linger);
     let mut next = Some(first);
     while let Some(item) = next.take() {
@@ -192,7 +202,7 @@ async fn gather(
         }
         next = match queued.try_recv() {
             Ok(item) => Some(item),
-            Err(_) if config.linger.is_zero() => None,
+            Err(_) if linger_time.is_zero() => None,
             Err(_) => tokio::select! {
                 _ = &mut linger => None,
                 item = queued.recv() => item,
@@ -267,12 +277,21 @@ mod tests {
         ProducerConfig { linger, batch_messages_max, ..ProducerConfig::default() }
     }
 
+    /// A batch lingers only behind another batch in flight.
+    #[test]
+    fn only_a_batch_behind_another_lingers() {
+        let config = ProducerConfig { window: 4, linger: Duration::from_millis(1), ..ProducerConfig::default() };
+        assert_eq!(linger_behind(&config, 3), Duration::ZERO);
+        assert_eq!(linger_behind(&config, 2), Duration::from_millis(1));
+        assert_eq!(linger_behind(&config, 0), Duration::from_millis(1));
+    }
+
     /// Without a linger, a batch is exactly what was queued, per topic.
     #[tokio::test]
     async fn a_batch_takes_what_is_queued_per_topic() {
         let (_sender, mut queued) = queue(&["a", "b", "a", "a", "b"]);
         let first = queued.recv().await.unwrap();
-        let batches = gather(&config(Duration::ZERO, 1024), &mut queued, first).await;
+        let batches = gather(&config(Duration::ZERO, 1024), Duration::ZERO, &mut queued, first).await;
         assert_eq!(sizes(&batches), [("a", 3), ("b", 2)]);
         assert!(queued.try_recv().is_err());
     }
@@ -282,7 +301,7 @@ mod tests {
     async fn a_batch_stops_at_its_limit() {
         let (_sender, mut queued) = queue(&["a", "a", "a", "a", "a"]);
         let first = queued.recv().await.unwrap();
-        let batches = gather(&config(Duration::ZERO, 2), &mut queued, first).await;
+        let batches = gather(&config(Duration::ZERO, 2), Duration::ZERO, &mut queued, first).await;
         assert_eq!(sizes(&batches), [("a", 2)]);
         assert_eq!(std::iter::from_fn(|| queued.try_recv().ok()).count(), 3);
     }
@@ -300,7 +319,8 @@ mod tests {
             }
             sender
         });
-        let batches = gather(&config(Duration::from_millis(10), 1024), &mut queued, first).await;
+        let batches =
+            gather(&config(Duration::from_millis(10), 1024), Duration::from_millis(10), &mut queued, first).await;
         assert_eq!(sizes(&batches), [("a", 2)]);
         let _sender = late.await.unwrap();
         assert_eq!(std::iter::from_fn(|| queued.try_recv().ok()).count(), 1);
