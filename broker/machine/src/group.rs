@@ -8,6 +8,7 @@ use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
 use crate::keys;
 use crate::limits::{GROUPS_PER_TOPIC_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX};
 use crate::machine::{Ctx, Fail, Res};
+use crate::messages;
 use crate::outcome::{Grant, Leased, MachineError, Output};
 use crate::records::{GroupCounts, GroupRecord, MessageRecord, PendingRecord, PendingState, TopicRecord};
 use crate::store::{Store, StoreError, Table, prefix_end};
@@ -140,7 +141,7 @@ impl Lessor<'_> {
                 group.counts.ready -= 1;
                 let pending = load_pending(ctx, group.id, seq)?;
                 assert!(matches!(pending.state, PendingState::Ready { .. }), "ready index points at {pending:?}");
-                let Some(message) = ctx.load::<MessageRecord>(Table::Messages, &keys::message(topic.id, seq))? else {
+                let Some(message) = messages::get(&*ctx.store, topic, seq)? else {
                     group.counts.trimmed_total += 1;
                     finish(ctx, group, seq, &pending)?;
                     continue;
@@ -160,23 +161,19 @@ impl Lessor<'_> {
             group.counts.trimmed_total += topic.first_seq - group.next_seq;
             group.next_seq = topic.first_seq;
         }
-        let end = keys::message(topic.id, topic.last_seq + 1);
         while self.wants_more() && group.next_seq <= topic.last_seq {
-            let page_len = LEASE_PAGE_MAX.min(LEASE_SCAN_MAX - self.examined);
-            let start = keys::message(topic.id, group.next_seq);
-            let page = ctx.range(Table::Messages, &start, Some(&end), page_len)?;
+            let count_max = LEASE_SCAN_MAX - self.examined;
+            let page = messages::scan(&*ctx.store, topic.id, group.next_seq, count_max, LEASE_PAGE_MAX)?;
             if page.is_empty() {
                 return Err(StoreError::new(format!("topic {} lost message {}", topic.id, group.next_seq)).into());
             }
-            for (key, value) in page {
+            for (seq, message) in page {
                 if !self.wants_more() {
                     break;
                 }
-                let seq = keys::read_u64(&key, 8)?;
                 assert_eq!(seq, group.next_seq, "topic {} has a gap before {seq}", topic.id);
                 group.next_seq = seq + 1;
                 self.examined += 1;
-                let message: MessageRecord = crate::records::decode(&value)?;
                 self.examine(ctx, group, seq, message)?;
             }
         }
@@ -408,11 +405,16 @@ fn dead_letter<S: Store>(
     reason: &str,
 ) -> Res<()> {
     finish(ctx, group, seq, pending)?;
-    let Some(message) = ctx.load::<MessageRecord>(Table::Messages, &keys::message(group.topic_id, seq))? else {
+    let origin = ctx.topic_by_id(group.topic_id)?;
+    let message = match &origin {
+        Some(origin) => messages::get(&*ctx.store, origin, seq)?,
+        None => None,
+    };
+    let Some(message) = message else {
         group.counts.trimmed_total += 1;
         return Ok(());
     };
-    let origin = ctx.topic_by_id(group.topic_id)?.map(|t| t.name).unwrap_or_default();
+    let origin = origin.map(|t| t.name).unwrap_or_default();
     let target = match &group.config.dead_letter_topic {
         Some(name) => query::topic(&*ctx.store, name)?,
         None => None,
@@ -486,6 +488,24 @@ mod tests {
         h.create_topic("dlq", TopicConfig::default());
         h.create_group("t", "g", config);
         h
+    }
+
+    /// A message trimmed while it waits for redelivery is counted as trimmed, not granted, even
+    /// though its batch still holds it.
+    #[test]
+    fn a_trimmed_message_is_not_redelivered_from_its_batch() {
+        let mut h = Harness::new();
+        h.create_topic("t", TopicConfig { messages_max: Some(3), ..TopicConfig::default() });
+        h.create_group("t", "g", GroupConfig::default());
+        h.publish("t", &["a", "b", "c"]);
+        let first = h.lease("t", "g", "w1", 1, 5_000);
+        assert_eq!(payloads(&first.grants), ["a"]);
+        assert_eq!(h.nack("t", "g", &[first.grants[0].token], 0), [Ok(())]);
+        h.publish("t", &["d"]);
+        assert_eq!(h.topic("t").first_seq, 2, "a is trimmed; its batch still holds b and c");
+        let next = h.lease("t", "g", "w1", 10, 5_000);
+        assert_eq!(payloads(&next.grants), ["b", "c", "d"]);
+        assert_eq!(h.group("t", "g").counts.trimmed_total, 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod group;
 mod keys;
 pub mod limits;
 mod machine;
+mod messages;
 pub mod outcome;
 mod pulse;
 pub mod query;

@@ -5,6 +5,7 @@ use crate::command::StartPosition;
 use crate::keys;
 use crate::limits::{GROUPS_PER_TOPIC_MAX, LIST_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX};
 use crate::machine::read_ids;
+use crate::messages;
 use crate::records::{self, GroupRecord, MessageRecord, MetaRecord, SubRecord, TopicRecord};
 use crate::store::{StoreError, StoreRead, Table, prefix_end};
 
@@ -74,17 +75,18 @@ pub fn read(
     count_max: usize,
     bytes_max: u64,
 ) -> Read<Vec<(u64, MessageRecord)>> {
-    let start = keys::message(topic_id, from_seq);
-    let end = keys::message(topic_id.saturating_add(1), 0);
+    // A trimmed message may linger in its batch: start at the oldest retained one.
+    let Some(topic) = records::load::<TopicRecord>(store, Table::Topics, &keys::id(topic_id))? else {
+        return Ok(Vec::new());
+    };
     let mut found = Vec::new();
     let mut bytes = 0u64;
-    for (key, value) in store.range(Table::Messages, &start, Some(&end), count_max)? {
-        let message: MessageRecord = records::decode(&value)?;
+    for (seq, message) in messages::scan(store, topic_id, from_seq.max(topic.first_seq), count_max, count_max)? {
         bytes += message.size();
         if bytes > bytes_max && !found.is_empty() {
             break;
         }
-        found.push((keys::read_u64(&key, 8)?, message));
+        found.push((seq, message));
     }
     Ok(found)
 }
@@ -115,7 +117,7 @@ fn first_at_or_after(store: &impl StoreRead, topic: &TopicRecord, time_ms: u64) 
     let (mut low, mut high) = (topic.first_seq, topic.last_seq + 1);
     while low < high {
         let mid = low + (high - low) / 2;
-        let message: MessageRecord = records::load(store, Table::Messages, &keys::message(topic.id, mid))?
+        let message = messages::get(store, topic, mid)?
             .ok_or_else(|| StoreError::new(format!("topic {} lost message {mid}", topic.id)))?;
         if message.time_ms < time_ms {
             low = mid + 1;

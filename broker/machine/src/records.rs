@@ -52,7 +52,8 @@ impl TopicRecord {
     }
 }
 
-/// A stored message.
+/// A message as readers see it; the message table stores it inside its publish's batch
+/// (`messages::BatchRecord`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
     /// The Raft index of the entry that published it.

@@ -6,7 +6,8 @@ use crate::command::RetentionPolicy;
 use crate::keys;
 use crate::limits::TRIM_MESSAGES_MAX;
 use crate::machine::{Ctx, Res};
-use crate::records::{GroupRecord, MessageRecord, SubRecord, TopicRecord};
+use crate::messages::{self, BatchRecord};
+use crate::records::{GroupRecord, SubRecord, TopicRecord};
 use crate::store::{Store, StoreError, Table, prefix_end};
 use crate::topic::{CHORE_TRIM_TOPIC, group_ids, subscription_ids};
 
@@ -14,6 +15,8 @@ use crate::topic::{CHORE_TRIM_TOPIC, group_ids, subscription_ids};
 pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floor: Option<u64>) -> Res<u64> {
     let first_before = topic.first_seq;
     let mut trimmed = 0u64;
+    // The batch holding the oldest message, loaded once for all of its messages.
+    let mut holding: Option<BatchRecord> = None;
     while topic.messages() > 0 {
         if trimmed == TRIM_MESSAGES_MAX as u64 {
             ctx.mark(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
@@ -26,15 +29,18 @@ pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floo
         if !(over_count || over_bytes || consumed || may_be_aged) {
             break;
         }
-        let key = keys::message(topic.id, topic.first_seq);
-        let oldest: MessageRecord = ctx
-            .load(Table::Messages, &key)?
-            .ok_or_else(|| StoreError::new(format!("topic {} lost message {}", topic.id, topic.first_seq)))?;
+        if holding.as_ref().is_none_or(|batch| batch.last_seq() < topic.first_seq) {
+            holding = Some(oldest_batch(ctx, topic)?);
+        }
+        let batch = holding.as_ref().expect("loaded above");
+        let oldest = batch.message(topic.first_seq).expect("the batch holds the oldest message");
         let aged = topic.config.age_ms_max.is_some_and(|age_ms| oldest.time_ms.saturating_add(age_ms) <= ctx.now_ms);
         if !(over_count || over_bytes || consumed || aged) {
             break;
         }
-        ctx.remove(Table::Messages, &key)?;
+        if topic.first_seq == batch.last_seq() {
+            messages::remove(&mut *ctx.store, topic.id, topic.first_seq)?;
+        }
         topic.bytes -= oldest.size();
         topic.first_seq += 1;
         trimmed += 1;
@@ -43,6 +49,12 @@ pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floo
         set_age_deadline(ctx, topic)?;
     }
     Ok(trimmed)
+}
+
+/// The batch holding the topic's oldest retained message, which must exist.
+fn oldest_batch<S: Store>(ctx: &Ctx<'_, S>, topic: &TopicRecord) -> Res<BatchRecord> {
+    let batch = messages::batch_at(&*ctx.store, topic.id, topic.first_seq)?;
+    Ok(batch.ok_or_else(|| StoreError::new(format!("topic {} lost message {}", topic.id, topic.first_seq)))?)
 }
 
 /// Points the age index at the time the topic's oldest message ages out.
@@ -56,10 +68,7 @@ pub(crate) fn set_age_deadline<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut Topic
     if topic.messages() == 0 {
         return Ok(());
     }
-    let oldest: MessageRecord = ctx
-        .load(Table::Messages, &keys::message(topic.id, topic.first_seq))?
-        .ok_or_else(|| StoreError::new(format!("topic {} lost message {}", topic.id, topic.first_seq)))?;
-    let deadline_ms = oldest.time_ms.saturating_add(age_ms);
+    let deadline_ms = oldest_batch(ctx, topic)?.time_ms.saturating_add(age_ms);
     ctx.mark(Table::AgeDeadlines, &keys::age_deadline(deadline_ms, topic.id))?;
     topic.age_deadline_ms = Some(deadline_ms);
     Ok(())

@@ -14,7 +14,8 @@ pub enum Table {
     TopicNames = 1,
     /// Topic id → topic record.
     Topics = 2,
-    /// (topic id, seq) → message record. The backlog: the only table that grows with it.
+    /// (topic id, seq of its last message) → one publish's batch of messages. The backlog: the
+    /// only table that grows with it.
     Messages = 3,
     /// (topic id, producer id, producer seq) → idempotency record.
     Dedup = 4,

@@ -5,8 +5,9 @@ use crate::command::{NewMessage, Publish, TopicConfig};
 use crate::keys;
 use crate::limits::{DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX};
 use crate::machine::{Ctx, Res, read_ids};
+use crate::messages::{BatchRecord, StoredMessage};
 use crate::outcome::{MachineError, Output, Published};
-use crate::records::{DedupRecord, MessageRecord, TopicRecord};
+use crate::records::{DedupRecord, TopicRecord};
 use crate::retention;
 use crate::store::{Store, Table, prefix_end};
 use crate::validate;
@@ -127,21 +128,17 @@ pub(crate) fn append<S: Store>(
         batch_pos: ctx.batch_pos,
         duplicate: false,
     };
-    for message in messages {
-        let record = MessageRecord {
-            log_index: ctx.log_index,
-            batch_pos: ctx.batch_pos,
-            time_ms: ctx.now_ms,
-            not_before_ms: message.not_before_ms,
-            key: message.key.clone(),
-            headers: message.headers.clone(),
-            payload: message.payload.clone(),
-        };
-        topic.last_seq += 1;
-        topic.bytes += record.size();
-        ctx.batch_pos += 1;
-        ctx.save(Table::Messages, &keys::message(topic.id, topic.last_seq), &record)?;
-    }
+    let batch = BatchRecord {
+        first_seq: published.first_seq,
+        log_index: ctx.log_index,
+        batch_pos: ctx.batch_pos,
+        time_ms: ctx.now_ms,
+        messages: messages.iter().map(StoredMessage::from).collect(),
+    };
+    topic.bytes += batch.messages.iter().map(StoredMessage::size).sum::<u64>();
+    topic.last_seq = batch.last_seq();
+    ctx.batch_pos += published.count;
+    crate::messages::put(&mut *ctx.store, topic.id, &batch)?;
     if was_empty {
         retention::set_age_deadline(ctx, topic)?;
     }
@@ -269,6 +266,33 @@ mod tests {
         h.publish("bytes", &["aaa", "bbb", "cc"]);
         let topic = h.topic("bytes");
         assert_eq!((topic.first_seq, topic.bytes), (2, 5));
+    }
+
+    /// A batch is one record: trimming part of it keeps the record and its later messages, and
+    /// trimming its last message removes the record.
+    #[test]
+    fn trimming_part_of_a_batch_keeps_the_rest_readable() {
+        let mut h = Harness::new();
+        h.create_topic("t", TopicConfig { messages_max: Some(2), ..TopicConfig::default() });
+        h.publish("t", &["a", "bb", "ccc"]);
+        let topic = h.topic("t");
+        assert_eq!((topic.first_seq, topic.bytes), (2, 5));
+        let read = |h: &Harness| -> Vec<(u64, String)> {
+            let topic = h.topic("t");
+            crate::query::read(h.machine.store(), topic.id, 1, 10, u64::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(seq, m)| (seq, String::from_utf8(m.payload.to_vec()).unwrap()))
+                .collect()
+        };
+        assert_eq!(read(&h), [(2, "bb".into()), (3, "ccc".into())], "from inside the first batch");
+        assert_eq!(h.machine.store().len(Table::Messages), 1);
+        h.publish("t", &["d"]);
+        assert_eq!(h.machine.store().len(Table::Messages), 2, "the first batch still holds message 3");
+        h.publish("t", &["e"]);
+        assert_eq!(h.machine.store().len(Table::Messages), 2, "the first batch is gone with message 3");
+        assert_eq!(read(&h), [(4, "d".into()), (5, "e".into())]);
+        assert_eq!(h.topic("t").bytes, 2);
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! The message table: one record per publish (a [`BatchRecord`]), under (topic id, the sequence
+//! of the batch's last message), so a publish of many messages is one insert. A topic's records
+//! cover its retained sequences without gaps, so the first record at or after a sequence holds
+//! it. Trimming removes a record with its last message; until then a record may also hold
+//! messages older than the topic's `first_seq`, which readers skip.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Header, NewMessage};
+use crate::keys;
+use crate::records::{self, MessageRecord, TopicRecord};
+use crate::store::{Store, StoreError, StoreRead, Table};
+
+/// The messages one publish appended to a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BatchRecord {
+    pub first_seq: u64,
+    /// The Raft index of the entry that published it.
+    pub log_index: u64,
+    /// The first message's position among the messages its entry published.
+    pub batch_pos: u32,
+    pub time_ms: u64,
+    /// Never empty: a publish carries at least one message.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// One message of a batch; the rest of its [`MessageRecord`] is the batch's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredMessage {
+    pub not_before_ms: Option<u64>,
+    pub key: Option<Bytes>,
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+}
+
+impl From<&NewMessage> for StoredMessage {
+    fn from(message: &NewMessage) -> StoredMessage {
+        StoredMessage {
+            not_before_ms: message.not_before_ms,
+            key: message.key.clone(),
+            headers: message.headers.clone(),
+            payload: message.payload.clone(),
+        }
+    }
+}
+
+impl StoredMessage {
+    /// The bytes it counts against a topic's `bytes_max`, as [`MessageRecord::size`].
+    pub fn size(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        (self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + headers) as u64
+    }
+}
+
+impl BatchRecord {
+    pub fn last_seq(&self) -> u64 {
+        assert!(!self.messages.is_empty(), "a batch holds at least one message");
+        self.first_seq + self.messages.len() as u64 - 1
+    }
+
+    /// The message at `seq`, if this batch holds it.
+    pub fn message(&self, seq: u64) -> Option<MessageRecord> {
+        let offset = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let stored = self.messages.get(offset)?;
+        Some(MessageRecord {
+            log_index: self.log_index,
+            batch_pos: self.batch_pos + u32::try_from(offset).expect("batches are bounded by limits"),
+            time_ms: self.time_ms,
+            not_before_ms: stored.not_before_ms,
+            key: stored.key.clone(),
+            headers: stored.headers.clone(),
+            payload: stored.payload.clone(),
+        })
+    }
+}
+
+/// Stores `batch` as one record.
+pub(crate) fn put(store: &mut impl Store, topic_id: u64, batch: &BatchRecord) -> Result<(), StoreError> {
+    store.put(Table::Messages, &keys::message(topic_id, batch.last_seq()), &records::encode(batch)?)
+}
+
+/// Removes the batch whose last message is `last_seq`.
+pub(crate) fn remove(store: &mut impl Store, topic_id: u64, last_seq: u64) -> Result<(), StoreError> {
+    store.delete(Table::Messages, &keys::message(topic_id, last_seq))
+}
+
+/// The batch holding `seq`, if it is stored.
+pub(crate) fn batch_at(store: &impl StoreRead, topic_id: u64, seq: u64) -> Result<Option<BatchRecord>, StoreError> {
+    let end = keys::message(topic_id.saturating_add(1), 0);
+    let Some((_, value)) = store.range(Table::Messages, &keys::message(topic_id, seq), Some(&end), 1)?.pop() else {
+        return Ok(None);
+    };
+    let batch: BatchRecord = records::decode(&value)?;
+    Ok((batch.first_seq <= seq).then_some(batch))
+}
+
+/// The message at `seq` of `topic`, if it is retained: a trimmed message may linger in its batch.
+pub(crate) fn get(store: &impl StoreRead, topic: &TopicRecord, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
+    if seq < topic.first_seq {
+        return Ok(None);
+    }
+    Ok(batch_at(store, topic.id, seq)?.and_then(|batch| batch.message(seq)))
+}
+
+/// Up to `count_max` messages from `from_seq` on, in order, read from at most `batches_max`
+/// records. The caller starts at or after the topic's `first_seq`.
+pub(crate) fn scan(
+    store: &impl StoreRead,
+    topic_id: u64,
+    from_seq: u64,
+    count_max: usize,
+    batches_max: usize,
+) -> Result<Vec<(u64, MessageRecord)>, StoreError> {
+    let end = keys::message(topic_id.saturating_add(1), 0);
+    let mut found = Vec::new();
+    for (_, value) in store.range(Table::Messages, &keys::message(topic_id, from_seq), Some(&end), batches_max)? {
+        let batch: BatchRecord = records::decode(&value)?;
+        let first = batch.first_seq.max(from_seq);
+        let wanted = count_max - found.len();
+        found.extend((first..=batch.last_seq()).take(wanted).filter_map(|seq| Some((seq, batch.message(seq)?))));
+        if found.len() == count_max {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn batch(first_seq: u64, payloads: &[&'static str]) -> BatchRecord {
+        let messages = payloads
+            .iter()
+            .map(|p| StoredMessage { not_before_ms: None, key: None, headers: vec![], payload: Bytes::from(*p) })
+            .collect();
+        BatchRecord { first_seq, log_index: first_seq * 10, batch_pos: 2, time_ms: 7, messages }
+    }
+
+    fn topic(id: u64, first_seq: u64) -> TopicRecord {
+        TopicRecord {
+            id,
+            name: "t".into(),
+            config: crate::command::TopicConfig::default(),
+            created_ms: 0,
+            first_seq,
+            last_seq: 4,
+            bytes: 0,
+            groups: 0,
+            subscriptions: 0,
+            age_deadline_ms: None,
+        }
+    }
+
+    fn store() -> MemStore {
+        let mut store = MemStore::new();
+        put(&mut store, 1, &batch(1, &["a", "b", "c"])).unwrap();
+        put(&mut store, 1, &batch(4, &["d"])).unwrap();
+        put(&mut store, 2, &batch(1, &["other"])).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_message_is_found_in_the_batch_that_holds_it() {
+        let store = store();
+        let b = get(&store, &topic(1, 1), 2).unwrap().unwrap();
+        assert_eq!((b.payload.as_ref(), b.log_index, b.batch_pos, b.time_ms), (b"b".as_ref(), 10, 3, 7));
+        assert_eq!(get(&store, &topic(1, 1), 4).unwrap().unwrap().payload, Bytes::from("d"));
+        assert!(get(&store, &topic(1, 1), 5).unwrap().is_none(), "past the topic's last message");
+        assert!(get(&store, &topic(1, 1), 0).unwrap().is_none(), "before its first");
+        assert!(get(&store, &topic(1, 3), 2).unwrap().is_none(), "trimmed, though its batch remains");
+        assert_eq!(store.len(Table::Messages), 3);
+    }
+
+    #[test]
+    fn a_scan_starts_mid_batch_and_stays_in_its_topic() {
+        let store = store();
+        let seqs = |from, count_max, batches_max| -> Vec<u64> {
+            scan(&store, 1, from, count_max, batches_max).unwrap().into_iter().map(|(seq, _)| seq).collect()
+        };
+        assert_eq!(seqs(2, 10, 10), [2, 3, 4]);
+        assert_eq!(seqs(1, 10, 1), [1, 2, 3], "one record");
+        assert_eq!(seqs(1, 2, 10), [1, 2], "two messages");
+        assert!(seqs(5, 10, 10).is_empty());
+    }
+
+    #[test]
+    fn removing_a_batch_removes_all_of_it() {
+        let mut store = store();
+        remove(&mut store, 1, 3).unwrap();
+        assert!(batch_at(&store, 1, 1).unwrap().is_none());
+        assert_eq!(get(&store, &topic(1, 4), 4).unwrap().unwrap().payload, Bytes::from("d"));
+    }
+}
