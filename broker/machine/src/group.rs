@@ -601,7 +601,7 @@ mod tests {
         assert_eq!((report.expired, report.dead_lettered), (1, 1));
         assert!(h.lease("t", "g", "w", 1, 1_000).grants.is_empty());
         let dlq = h.topic("dlq");
-        let dead = crate::query::read(h.machine.store(), dlq.id, 1, 10, u64::MAX).unwrap();
+        let dead = crate::query::read(h.machine.store(), &dlq, 1, 10, u64::MAX).unwrap();
         assert_eq!(dead.len(), 1);
         let header = |name: &str| dead[0].1.headers.iter().find(|h| h.name == name).map(|h| h.value.clone());
         assert_eq!(dead[0].1.payload, "poison");

@@ -75,6 +75,61 @@ impl BatchRecord {
     }
 }
 
+/// A stored batch read in place: decoding borrows the payloads instead of copying them, so a
+/// reader that wants a few messages of a large batch copies only those.
+#[derive(Debug, Deserialize)]
+struct BatchView<'a> {
+    first_seq: u64,
+    log_index: u64,
+    batch_pos: u32,
+    time_ms: u64,
+    #[serde(borrow)]
+    messages: Vec<MessageView<'a>>,
+}
+
+/// [`StoredMessage`] in place; the same encoding.
+#[derive(Debug, Deserialize)]
+struct MessageView<'a> {
+    not_before_ms: Option<u64>,
+    #[serde(borrow)]
+    key: Option<&'a [u8]>,
+    #[serde(borrow)]
+    headers: Vec<HeaderView<'a>>,
+    payload: &'a [u8],
+}
+
+/// [`Header`] in place.
+#[derive(Debug, Deserialize)]
+struct HeaderView<'a> {
+    name: &'a str,
+    value: &'a [u8],
+}
+
+impl BatchView<'_> {
+    fn last_seq(&self) -> u64 {
+        self.first_seq + self.messages.len() as u64 - 1
+    }
+
+    /// The message at `seq`, copied out, if this batch holds it.
+    fn message(&self, seq: u64) -> Option<MessageRecord> {
+        let offset = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let stored = self.messages.get(offset)?;
+        Some(MessageRecord {
+            log_index: self.log_index,
+            batch_pos: self.batch_pos + u32::try_from(offset).expect("batches are bounded by limits"),
+            time_ms: self.time_ms,
+            not_before_ms: stored.not_before_ms,
+            key: stored.key.map(Bytes::copy_from_slice),
+            headers: stored
+                .headers
+                .iter()
+                .map(|h| Header { name: h.name.to_owned(), value: Bytes::copy_from_slice(h.value) })
+                .collect(),
+            payload: Bytes::copy_from_slice(stored.payload),
+        })
+    }
+}
+
 /// Stores `batch` as one record.
 pub(crate) fn put(store: &mut impl Store, topic_id: u64, batch: &BatchRecord) -> Result<(), StoreError> {
     store.put(Table::Messages, &keys::message(topic_id, batch.last_seq()), &records::encode(batch)?)
@@ -100,8 +155,15 @@ pub(crate) fn get(store: &impl StoreRead, topic: &TopicRecord, seq: u64) -> Resu
     if seq < topic.first_seq {
         return Ok(None);
     }
-    Ok(batch_at(store, topic.id, seq)?.and_then(|batch| batch.message(seq)))
+    let end = keys::message(topic.id.saturating_add(1), 0);
+    let Some((_, value)) = store.range(Table::Messages, &keys::message(topic.id, seq), Some(&end), 1)?.pop() else {
+        return Ok(None);
+    };
+    Ok(records::decode::<BatchView<'_>>(&value)?.message(seq))
 }
+
+/// Records one scan step fetches: a read usually needs one or two, and each may be large.
+const SCAN_PAGE_BATCHES: usize = 4;
 
 /// Up to `count_max` messages from `from_seq` on, in order, read from at most `batches_max`
 /// records. The caller starts at or after the topic's `first_seq`.
@@ -113,14 +175,25 @@ pub(crate) fn scan(
     batches_max: usize,
 ) -> Result<Vec<(u64, MessageRecord)>, StoreError> {
     let end = keys::message(topic_id.saturating_add(1), 0);
+    let mut next_seq = from_seq;
+    let mut batches_left = batches_max;
     let mut found = Vec::new();
-    for (_, value) in store.range(Table::Messages, &keys::message(topic_id, from_seq), Some(&end), batches_max)? {
-        let batch: BatchRecord = records::decode(&value)?;
-        let first = batch.first_seq.max(from_seq);
-        let wanted = count_max - found.len();
-        found.extend((first..=batch.last_seq()).take(wanted).filter_map(|seq| Some((seq, batch.message(seq)?))));
-        if found.len() == count_max {
+    while batches_left > 0 && found.len() < count_max {
+        let page_len = batches_left.min(SCAN_PAGE_BATCHES);
+        let page = store.range(Table::Messages, &keys::message(topic_id, next_seq), Some(&end), page_len)?;
+        if page.is_empty() {
             break;
+        }
+        for (_, value) in &page {
+            let batch: BatchView<'_> = records::decode(value)?;
+            let wanted = count_max - found.len();
+            let first = batch.first_seq.max(next_seq);
+            found.extend((first..=batch.last_seq()).take(wanted).filter_map(|seq| Some((seq, batch.message(seq)?))));
+            next_seq = batch.last_seq() + 1;
+            batches_left -= 1;
+            if found.len() == count_max {
+                break;
+            }
         }
     }
     Ok(found)
@@ -172,6 +245,25 @@ mod tests {
         assert!(get(&store, &topic(1, 1), 0).unwrap().is_none(), "before its first");
         assert!(get(&store, &topic(1, 3), 2).unwrap().is_none(), "trimmed, though its batch remains");
         assert_eq!(store.len(Table::Messages), 3);
+    }
+
+    /// Readers decode batches in place; what they read equals what was stored, field for field.
+    #[test]
+    fn the_in_place_view_reads_what_the_record_stored() {
+        let mut store = MemStore::new();
+        let mut stored = batch(1, &["plain", "full"]);
+        stored.messages[1].not_before_ms = Some(99);
+        stored.messages[1].key = Some(Bytes::from("k"));
+        stored.messages[1].headers = vec![
+            Header { name: "h1".into(), value: Bytes::from("v1") },
+            Header { name: "h2".into(), value: Bytes::new() },
+        ];
+        put(&mut store, 1, &stored).unwrap();
+        for seq in 1..=2 {
+            assert_eq!(get(&store, &topic(1, 1), seq).unwrap(), stored.message(seq));
+        }
+        let scanned: Vec<_> = scan(&store, 1, 1, 10, 10).unwrap().into_iter().map(|(_, m)| Some(m)).collect();
+        assert_eq!(scanned, [stored.message(1), stored.message(2)]);
     }
 
     #[test]

@@ -66,22 +66,21 @@ pub fn subscriptions(store: &impl StoreRead, topic_id: u64) -> Read<Vec<SubRecor
     Ok(found)
 }
 
-/// Messages of a topic from `from_seq` on, in order, stopping at `count_max` messages or once
-/// `bytes_max` is reached (at least one message is returned when any is there).
+/// Messages of `topic` (as read from `store`) from `from_seq` on, in order, stopping at
+/// `count_max` messages or once `bytes_max` is reached (at least one message is returned when
+/// any is there).
 pub fn read(
     store: &impl StoreRead,
-    topic_id: u64,
+    topic: &TopicRecord,
     from_seq: u64,
     count_max: usize,
     bytes_max: u64,
 ) -> Read<Vec<(u64, MessageRecord)>> {
     // A trimmed message may linger in its batch: start at the oldest retained one.
-    let Some(topic) = records::load::<TopicRecord>(store, Table::Topics, &keys::id(topic_id))? else {
-        return Ok(Vec::new());
-    };
+    let from_seq = from_seq.max(topic.first_seq);
     let mut found = Vec::new();
     let mut bytes = 0u64;
-    for (seq, message) in messages::scan(store, topic_id, from_seq.max(topic.first_seq), count_max, count_max)? {
+    for (seq, message) in messages::scan(store, topic.id, from_seq, count_max, count_max)? {
         bytes += message.size();
         if bytes > bytes_max && !found.is_empty() {
             break;

@@ -279,7 +279,7 @@ mod tests {
         assert_eq!((topic.first_seq, topic.bytes), (2, 5));
         let read = |h: &Harness| -> Vec<(u64, String)> {
             let topic = h.topic("t");
-            crate::query::read(h.machine.store(), topic.id, 1, 10, u64::MAX)
+            crate::query::read(h.machine.store(), &topic, 1, 10, u64::MAX)
                 .unwrap()
                 .into_iter()
                 .map(|(seq, m)| (seq, String::from_utf8(m.payload.to_vec()).unwrap()))

@@ -63,7 +63,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut next = topic.first_seq;
     loop {
-        let page = chorus_machine::query::read(&store, topic.id, next, 1024, u64::MAX)?;
+        let page = chorus_machine::query::read(&store, &topic, next, 1024, u64::MAX)?;
         let Some((last, _)) = page.last() else { break };
         next = last + 1;
         for (seq, message) in page {

@@ -145,7 +145,7 @@ impl Delivery {
             .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("topic {:?} was deleted", self.topic)))?;
         self.next_seq = self.next_seq.max(topic.first_seq);
         let bytes_max = self.broker.config.limits.delivery_bytes_max;
-        let messages = query::read(&store, topic.id, self.next_seq, count, bytes_max).map_err(internal)?;
+        let messages = query::read(&store, &topic, self.next_seq, count, bytes_max).map_err(internal)?;
         Ok(messages.into_iter().map(|(seq, message)| respond::stored_message(seq, message)).collect())
     }
 }

@@ -199,7 +199,7 @@ pub async fn subscriber(mut client: SimClient, id: u32, history: History, last_s
 fn read_from(broker: &Broker, from_seq: u64) -> Vec<(u64, String)> {
     let Ok(store) = broker.read() else { return Vec::new() };
     let Ok(Some(topic)) = query::topic(&store, TOPIC) else { return Vec::new() };
-    let messages = query::read(&store, topic.id, from_seq, 64, 1 << 20).unwrap_or_default();
+    let messages = query::read(&store, &topic, from_seq, 64, 1 << 20).unwrap_or_default();
     messages.into_iter().map(|(seq, m)| (seq, String::from_utf8_lossy(&m.payload).into_owned())).collect()
 }
 
