@@ -59,19 +59,9 @@ impl BatchRecord {
         self.first_seq + self.messages.len() as u64 - 1
     }
 
-    /// The message at `seq`, if this batch holds it.
-    pub fn message(&self, seq: u64) -> Option<MessageRecord> {
-        let offset = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
-        let stored = self.messages.get(offset)?;
-        Some(MessageRecord {
-            log_index: self.log_index,
-            batch_pos: self.batch_pos + u32::try_from(offset).expect("batches are bounded by limits"),
-            time_ms: self.time_ms,
-            not_before_ms: stored.not_before_ms,
-            key: stored.key.clone(),
-            headers: stored.headers.clone(),
-            payload: stored.payload.clone(),
-        })
+    /// The stored message at `seq`, if this batch holds it.
+    pub fn stored(&self, seq: u64) -> Option<&StoredMessage> {
+        self.messages.get(usize::try_from(seq.checked_sub(self.first_seq)?).ok()?)
     }
 }
 
@@ -259,11 +249,18 @@ mod tests {
             Header { name: "h2".into(), value: Bytes::new() },
         ];
         put(&mut store, 1, &stored).unwrap();
+        let expected = |seq: u64| {
+            let message = stored.stored(seq).unwrap().clone();
+            let batch_pos = stored.batch_pos + (seq - stored.first_seq) as u32;
+            let (log_index, time_ms) = (stored.log_index, stored.time_ms);
+            let StoredMessage { not_before_ms, key, headers, payload } = message;
+            MessageRecord { log_index, batch_pos, time_ms, not_before_ms, key, headers, payload }
+        };
         for seq in 1..=2 {
-            assert_eq!(get(&store, &topic(1, 1), seq).unwrap(), stored.message(seq));
+            assert_eq!(get(&store, &topic(1, 1), seq).unwrap(), Some(expected(seq)));
         }
-        let scanned: Vec<_> = scan(&store, 1, 1, 10, 10).unwrap().into_iter().map(|(_, m)| Some(m)).collect();
-        assert_eq!(scanned, [stored.message(1), stored.message(2)]);
+        let scanned: Vec<_> = scan(&store, 1, 1, 10, 10).unwrap().into_iter().map(|(_, m)| m).collect();
+        assert_eq!(scanned, [expected(1), expected(2)]);
     }
 
     #[test]

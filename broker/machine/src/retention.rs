@@ -33,8 +33,8 @@ pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floo
             holding = Some(oldest_batch(ctx, topic)?);
         }
         let batch = holding.as_ref().expect("loaded above");
-        let oldest = batch.message(topic.first_seq).expect("the batch holds the oldest message");
-        let aged = topic.config.age_ms_max.is_some_and(|age_ms| oldest.time_ms.saturating_add(age_ms) <= ctx.now_ms);
+        let oldest = batch.stored(topic.first_seq).expect("the batch holds the oldest message");
+        let aged = topic.config.age_ms_max.is_some_and(|age_ms| batch.time_ms.saturating_add(age_ms) <= ctx.now_ms);
         if !(over_count || over_bytes || consumed || aged) {
             break;
         }
