@@ -96,8 +96,9 @@ struct HeaderView<'a> {
 }
 
 impl BatchView<'_> {
+    /// Saturating: a record is never empty, but a read must not panic on one.
     fn last_seq(&self) -> u64 {
-        self.first_seq + self.messages.len() as u64 - 1
+        (self.first_seq + self.messages.len() as u64).saturating_sub(1)
     }
 
     /// The message at `seq`, copied out, if this batch holds it.
@@ -130,12 +131,15 @@ pub(crate) fn remove(store: &mut impl Store, topic_id: u64, last_seq: u64) -> Re
     store.delete(Table::Messages, &keys::message(topic_id, last_seq))
 }
 
+/// The raw record at or after `seq`: the batch that holds `seq`, when `seq` is stored.
+fn record_at(store: &impl StoreRead, topic_id: u64, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let end = keys::message(topic_id.saturating_add(1), 0);
+    Ok(store.range(Table::Messages, &keys::message(topic_id, seq), Some(&end), 1)?.pop().map(|(_, value)| value))
+}
+
 /// The batch holding `seq`, if it is stored.
 pub(crate) fn batch_at(store: &impl StoreRead, topic_id: u64, seq: u64) -> Result<Option<BatchRecord>, StoreError> {
-    let end = keys::message(topic_id.saturating_add(1), 0);
-    let Some((_, value)) = store.range(Table::Messages, &keys::message(topic_id, seq), Some(&end), 1)?.pop() else {
-        return Ok(None);
-    };
+    let Some(value) = record_at(store, topic_id, seq)? else { return Ok(None) };
     let batch: BatchRecord = records::decode(&value)?;
     Ok((batch.first_seq <= seq).then_some(batch))
 }
@@ -145,10 +149,7 @@ pub(crate) fn get(store: &impl StoreRead, topic: &TopicRecord, seq: u64) -> Resu
     if seq < topic.first_seq {
         return Ok(None);
     }
-    let end = keys::message(topic.id.saturating_add(1), 0);
-    let Some((_, value)) = store.range(Table::Messages, &keys::message(topic.id, seq), Some(&end), 1)?.pop() else {
-        return Ok(None);
-    };
+    let Some(value) = record_at(store, topic.id, seq)? else { return Ok(None) };
     Ok(records::decode::<BatchView<'_>>(&value)?.message(seq))
 }
 
