@@ -48,8 +48,7 @@ impl From<&NewMessage> for StoredMessage {
 impl StoredMessage {
     /// The bytes it counts against a topic's `bytes_max`, as [`MessageRecord::size`].
     pub fn size(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-        (self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + headers) as u64
+        records::message_size(&self.payload, self.key.as_ref(), &self.headers)
     }
 }
 

@@ -54,7 +54,7 @@ impl TopicRecord {
 
 /// A message as readers see it; the message table stores it inside its publish's batch
 /// (`messages::BatchRecord`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {
     /// The Raft index of the entry that published it.
     pub log_index: u64,
@@ -71,9 +71,14 @@ pub struct MessageRecord {
 impl MessageRecord {
     /// The bytes this message counts against a topic's `bytes_max`.
     pub fn size(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-        (self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + headers) as u64
+        message_size(&self.payload, self.key.as_ref(), &self.headers)
     }
+}
+
+/// The bytes a message counts against a topic's `bytes_max`: payload, key and headers.
+pub(crate) fn message_size(payload: &Bytes, key: Option<&Bytes>, headers: &[Header]) -> u64 {
+    let headers: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    (payload.len() + key.map_or(0, Bytes::len) + headers) as u64
 }
 
 /// What a (producer id, sequence) pair published.
