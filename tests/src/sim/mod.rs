@@ -127,7 +127,10 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
         .build()
         .expect("a runtime");
     chorus_broker::raft::runtime::seed_thread_rng(seed);
-    let mut report = runtime.block_on(World::new(seed, config.clone()).run());
+    // The world is made inside the runtime: outside it, `tokio::time::Instant::now()` reads the
+    // real clock, and the origin would sit a load-dependent fraction of a millisecond past the
+    // paused clock's.
+    let mut report = runtime.block_on(async { World::new(seed, config.clone()).run().await });
     drop(runtime);
     report.panics = PANICS.with(Cell::get);
     report
@@ -166,7 +169,9 @@ struct World {
 }
 
 impl World {
+    /// Must run inside the simulation's runtime, so the origin is on its paused clock.
     fn new(seed: u64, config: SimConfig) -> World {
+        assert!(tokio::runtime::Handle::try_current().is_ok(), "World::new outside the paused runtime");
         let mut rng = StdRng::seed_from_u64(seed);
         let ids = 1..=config.brokers;
         let members = ids
