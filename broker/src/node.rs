@@ -90,10 +90,11 @@ impl Broker {
     /// and initializing the cluster itself.
     pub async fn start_in_process(
         config: BrokerConfig,
-        log: LogStore,
+        mut log: LogStore,
         state: StateStore,
         network: impl RaftNetworkFactory<TypeConfig>,
     ) -> Result<Arc<Broker>, StartError> {
+        log.purge_behind_state(state.durable());
         let committed = log.committed_index();
         let applied = state.status();
         let database = state.database();

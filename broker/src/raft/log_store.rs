@@ -8,6 +8,12 @@
 //! commit, it only spares re-applying entries after a restart, and the next durable commit (the
 //! next append) carries it to disk. A simulation opens the log with
 //! [`Writer::Inline`] instead: each job commits on the caller's thread before it returns.
+//!
+//! Once tied to the state machine ([`LogStore::purge_behind_state`]), a purge waits until the
+//! state is durable at the purge point. openraft 0.9 purges a follower's log as soon as it hands
+//! a received snapshot to the state machine; without the wait, a crash before the install
+//! finished left the log purged past a state that never got the snapshot, and the broker could
+//! not restart.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -21,7 +27,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
 
@@ -93,6 +99,8 @@ pub struct LogStore {
     committed_id: Option<LogId>,
     /// Its index, for status reports.
     committed: Arc<AtomicU64>,
+    /// The last log index the state machine holds durably, when tied to one.
+    state_durable: Option<watch::Receiver<Option<u64>>>,
 }
 
 impl Debug for LogStore {
@@ -118,6 +126,10 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct WriterStopped(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the state machine stopped while a purge waited for it")]
+struct StateStopped;
 
 impl LogStore {
     /// Opens or creates the log at `path`, with a page cache of `cache_bytes`, and starts its
@@ -155,8 +167,13 @@ impl LogStore {
                 Jobs::Thread(jobs)
             }
         };
-        let mut store =
-            LogStore { reader: LogReader { shared }, jobs, committed_id: None, committed: Arc::new(AtomicU64::new(0)) };
+        let mut store = LogStore {
+            reader: LogReader { shared },
+            jobs,
+            committed_id: None,
+            committed: Arc::new(AtomicU64::new(0)),
+            state_durable: None,
+        };
         store.committed_id = store.read_log_id(COMMITTED_KEY)?;
         store.committed.store(store.committed_id.map_or(0, |id| id.index), Ordering::Relaxed);
         Ok(store)
@@ -184,6 +201,24 @@ impl LogStore {
                 commit_jobs(&self.reader.shared, vec![job]);
                 Ok(())
             }
+        }
+    }
+
+    /// Ties purges to the state machine: `state_durable` follows the last log index it holds
+    /// durably ([`super::state_store::StateStore::durable`]), and a purge waits for it to reach
+    /// the purge point. Untied, the log purges at once.
+    pub fn purge_behind_state(&mut self, state_durable: watch::Receiver<Option<u64>>) {
+        self.state_durable = Some(state_durable);
+    }
+
+    /// Waits until the state machine is durable through `index`.
+    async fn state_durable_through(&mut self, index: u64) -> Result<(), StorageError> {
+        let Some(state_durable) = self.state_durable.as_mut() else {
+            return Ok(());
+        };
+        match state_durable.wait_for(|durable| durable.is_some_and(|durable| durable >= index)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(write_error(StateStopped)),
         }
     }
 
@@ -427,6 +462,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.state_durable_through(log_id.index).await?;
         {
             let mut pending = self.reader.shared.pending.lock().expect("pending lock");
             pending.retain(|index, _| (Bound::Excluded(log_id.index), Bound::Unbounded).contains(index));
@@ -459,6 +495,29 @@ mod tests {
         }
         assert_eq!(store.try_get_log_entries(..).await.unwrap().len(), 1);
         assert_eq!(store.try_get_log_entries(1..=1).await.unwrap().len(), 1);
+    }
+
+    /// Tied to the state machine, a purge waits until the state is durable at the purge point,
+    /// and fails instead of hanging once the state machine is gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_tied_purge_waits_for_the_state_to_be_durable_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+        let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        let (durable, state_durable) = watch::channel(Some(3));
+        store.purge_behind_state(state_durable);
+        store.purge(log_id(2)).await.expect("a purge the state already covers needs no wait");
+        {
+            let purge = store.purge(log_id(5));
+            tokio::pin!(purge);
+            let early = tokio::time::timeout(std::time::Duration::from_secs(60), &mut purge).await;
+            assert!(early.is_err(), "purged to 5 while the state was durable only to 3");
+            durable.send_replace(Some(5));
+            purge.await.unwrap();
+        }
+        assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, Some(log_id(5)));
+        drop(durable);
+        assert!(store.purge(log_id(8)).await.is_err(), "a purge waited on a state machine that is gone");
     }
 
     /// Readers racing the writer thread never see a gap: an entry is always either pending or

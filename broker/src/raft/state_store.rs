@@ -2,7 +2,9 @@
 //! `chorus_machine::Machine` in one write transaction, which also records the last applied log id
 //! and the membership. Applies commit without fsync: the log holds every committed entry, so a
 //! crash only means re-applying them. Before a snapshot is built (after which the log may be
-//! purged), an fsync'd commit makes the applied state durable.
+//! purged), an fsync'd commit makes the applied state durable; an installed snapshot is durable
+//! too. [`StateStore::durable`] follows the last log index the state holds durably, and the log
+//! store purges no further than that.
 //!
 //! Snapshots are files: built from one consistent read transaction, shipped by openraft in
 //! bounded chunks, and installed by replacing every table in one transaction.
@@ -44,6 +46,7 @@ pub struct StateStore {
     snapshot_dir: PathBuf,
     receiving: Option<PathBuf>,
     status: watch::Sender<AppliedStatus>,
+    durable: Arc<watch::Sender<Option<u64>>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -53,10 +56,11 @@ impl std::fmt::Debug for StateStore {
 }
 
 /// Builds snapshots off the apply path.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SnapshotBuilder {
     db: Arc<Database>,
     snapshot_dir: PathBuf,
+    durable: Arc<watch::Sender<Option<u64>>>,
 }
 
 fn sm_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
@@ -99,13 +103,30 @@ impl StateStore {
         txn.open_table(SM_META).map_err(write_error)?;
         txn.commit().map_err(write_error)?;
         let db = Arc::new(db);
-        let status = watch::Sender::new(read_status(&db.begin_read().map_err(read_error)?)?);
-        Ok(StateStore { db, snapshot_dir, receiving: None, status })
+        let read = db.begin_read().map_err(read_error)?;
+        let status = watch::Sender::new(read_status(&read)?);
+        // What an open finds is durable: redb recovers to its last durable commit.
+        let durable = Arc::new(watch::Sender::new(read_log_id(&read, APPLIED_KEY)?.map(|id| id.index)));
+        Ok(StateStore { db, snapshot_dir, receiving: None, status, durable })
     }
 
     /// Follows the applied index, time and next deadline.
     pub fn status(&self) -> watch::Receiver<AppliedStatus> {
         self.status.subscribe()
+    }
+
+    /// Follows the last log index whose effects a crash cannot undo: it moves when a snapshot is
+    /// built or installed, not on each apply. Closed once the state machine is dropped.
+    pub fn durable(&self) -> watch::Receiver<Option<u64>> {
+        self.durable.subscribe()
+    }
+
+    fn snapshot_builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: Arc::clone(&self.db),
+            snapshot_dir: self.snapshot_dir.clone(),
+            durable: Arc::clone(&self.durable),
+        }
     }
 
     /// The database, for read-only queries by the broker.
@@ -208,19 +229,32 @@ fn set_current_snapshot(txn: &WriteTransaction, dir: &Path, meta: &SnapshotMeta)
     Ok(())
 }
 
+/// Records that the state is durable through `index`; it never moves back.
+fn advance_durable(durable: &watch::Sender<Option<u64>>, index: Option<u64>) {
+    durable.send_if_modified(|current| {
+        let advanced = index > *current;
+        if advanced {
+            *current = index;
+        }
+        advanced
+    });
+}
+
 fn unique_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 impl SnapshotBuilder {
     fn build_blocking(&self) -> Result<SnapshotMeta, StorageError> {
-        // Make every applied entry durable: once this snapshot exists the log may be purged.
+        // Make every applied entry durable: once this snapshot exists the log may be purged. The
+        // read is taken while the (empty) write transaction shuts out applies, so the snapshot
+        // holds exactly the state the commit makes durable, never an apply that came after it.
         let mut txn = self.db.begin_write().map_err(write_error)?;
         txn.set_durability(Durability::Immediate).map_err(write_error)?;
-        txn.commit().map_err(write_error)?;
-
         let read = self.db.begin_read().map_err(read_error)?;
+        txn.commit().map_err(write_error)?;
         let last_log_id = read_log_id(&read, APPLIED_KEY)?;
+        advance_durable(&self.durable, last_log_id.map(|id| id.index));
         let last_membership = read_membership(&read)?;
         let snapshot_id = match &last_log_id {
             Some(id) => format!("{}-{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index, unique_suffix()),
@@ -246,7 +280,7 @@ impl SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let builder = SnapshotBuilder { db: Arc::clone(&self.db), snapshot_dir: self.snapshot_dir.clone() };
+        let builder = self.clone();
         let meta = tokio::task::spawn_blocking(move || builder.build_blocking()).await.map_err(write_error)??;
         let file =
             tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)).await.map_err(read_error)?;
@@ -271,7 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { db: Arc::clone(&self.db), snapshot_dir: self.snapshot_dir.clone() }
+        self.snapshot_builder()
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -312,12 +346,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         }
         let db = Arc::clone(&self.db);
         let dir = self.snapshot_dir.clone();
-        let meta = meta.clone();
-        let meta_id = meta.snapshot_id.clone();
-        let status = tokio::task::spawn_blocking(move || install_blocking(&db, &dir, &path, &meta))
+        let installing = meta.clone();
+        let status = tokio::task::spawn_blocking(move || install_blocking(&db, &dir, &path, &installing))
             .await
             .map_err(write_error)??;
-        tracing::info!(snapshot = %meta_id, "installed snapshot");
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        advance_durable(&self.durable, meta.last_log_id.map(|id| id.index));
         self.status.send_replace(status);
         Ok(())
     }
@@ -361,4 +395,43 @@ fn install_blocking(
     set_current_snapshot(&txn, dir, meta)?;
     txn.commit().map_err(write_error)?;
     read_status(&db.begin_read().map_err(read_error)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        indexes.map(|index| Entry { log_id: log_id(index), payload: EntryPayload::Blank }).collect()
+    }
+
+    /// The durable index moves when a snapshot is built or installed, never on a plain apply
+    /// (which commits without fsync), and a reopened store starts from what it finds.
+    #[tokio::test]
+    async fn the_durable_index_follows_snapshots_not_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = StateStore::open(dir.path(), 1 << 20).unwrap();
+        let durable = state.durable();
+        assert_eq!(*durable.borrow(), None);
+        state.apply(blanks(0..=9)).await.unwrap();
+        assert_eq!(*durable.borrow(), None, "an apply is not durable");
+        let snapshot = state.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(9));
+        assert_eq!(*durable.borrow(), Some(9), "a built snapshot is durable");
+
+        let other = tempfile::tempdir().unwrap();
+        let mut follower = StateStore::open(other.path(), 1 << 20).unwrap();
+        let follower_durable = follower.durable();
+        follower.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        assert_eq!(*follower_durable.borrow(), Some(9), "an installed snapshot is durable");
+        drop(follower);
+        assert!(follower_durable.has_changed().is_err(), "the watch closes with the state machine");
+
+        state.apply(blanks(10..=12)).await.unwrap();
+        drop(state);
+        let reopened = StateStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(*reopened.durable().borrow(), Some(12), "a reopened store is durable at what it finds");
+    }
 }
