@@ -1,9 +1,11 @@
 //! Leased work. A [`WorkerPool`] runs a handler on a group's messages with a bounded concurrency.
 //! One fetcher long-polls leases for as many messages as there are free slots; each message runs
 //! in its own task while its lease is extended in the background; `Ok` acks it, `Err` nacks it
-//! with an exponential backoff by delivery count. Messages past the group's `deliveries_max` go
-//! to its dead-letter topic on the broker. Shutdown stops leasing and lets running handlers
-//! finish and settle.
+//! with an exponential backoff by delivery count. Acks are batched: one ack request is in flight
+//! per pool, and the jobs that finish meanwhile are acked together in the next one (a slot is
+//! freed only once its ack is answered). Messages past the group's `deliveries_max` go to its
+//! dead-letter topic on the broker. Shutdown stops leasing and lets running handlers finish and
+//! settle.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), chorus_consumers::ClientError> {
@@ -22,12 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
-use crate::error::ClientError;
+use crate::error::{ClientError, ServerError};
 use crate::message::Delivered;
+
+/// Most tokens in one ack request (the broker takes up to 4096).
+const ACK_TOKENS_PER_REQUEST_MAX: usize = 1024;
 
 /// What a worker pool consumes and how.
 #[derive(Debug, Clone)]
@@ -105,6 +110,8 @@ where
 {
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let config = Arc::new(config);
+    let (acks, queued_acks) = mpsc::channel(config.concurrency.max(1));
+    let acker = tokio::spawn(ack_loop(client.clone(), Arc::clone(&config), queued_acks));
     let mut running = tokio::task::JoinSet::new();
     let mut backoff = client.config().backoff_min;
     loop {
@@ -148,17 +155,77 @@ where
             let permit = permits.pop().expect("never more grants than asked for");
             let job = Job { message: message.into(), token: leased.token, delivery_count: leased.delivery_count };
             let (client, config, handler) = (client.clone(), Arc::clone(&config), Arc::clone(&handler));
+            let acks = acks.clone();
             running.spawn(async move {
-                run_job(&client, &config, handler.as_ref(), job).await;
+                run_job(&client, &config, &acks, handler.as_ref(), job).await;
                 drop(permit);
             });
         }
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+    drop(acks);
+    let _ = acker.await;
 }
 
-async fn run_job<H, F, E>(client: &Client, config: &WorkerConfig, handler: &H, job: Job)
+/// A finished job's ack, and where its answer goes.
+#[derive(Debug)]
+struct QueuedAck {
+    token: u64,
+    answer: oneshot::Sender<Result<(), Arc<ClientError>>>,
+}
+
+/// Sends the queued acks, one request at a time, each carrying every ack queued while the last
+/// was in flight. Ends when every sender is gone and the queue is empty.
+async fn ack_loop(client: Client, config: Arc<WorkerConfig>, mut queued: mpsc::Receiver<QueuedAck>) {
+    while let Some(first) = queued.recv().await {
+        let batch = gather_acks(first, &mut queued);
+        let request = Request::Ack(pb::AckRequest {
+            topic: config.topic.clone(),
+            group: config.group.clone(),
+            tokens: batch.iter().map(|ack| ack.token).collect(),
+        });
+        let tokens: Vec<u64> = batch.iter().map(|ack| ack.token).collect();
+        let results = per_token_results(client.request(request).await, &tokens);
+        for (ack, result) in batch.into_iter().zip(results) {
+            let _ = ack.answer.send(result);
+        }
+    }
+}
+
+/// `first` and whatever else is queued now, up to a request's worth.
+fn gather_acks(first: QueuedAck, queued: &mut mpsc::Receiver<QueuedAck>) -> Vec<QueuedAck> {
+    let mut batch = vec![first];
+    while batch.len() < ACK_TOKENS_PER_REQUEST_MAX {
+        match queued.try_recv() {
+            Ok(ack) => batch.push(ack),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// One result per token of a settle request: the broker's verdict on each, or the request's own
+/// failure for all of them.
+fn per_token_results(answer: Result<Body, ClientError>, tokens: &[u64]) -> Vec<Result<(), Arc<ClientError>>> {
+    let answers = match answer {
+        Ok(Body::SettleOk(ok)) if ok.results.iter().map(|r| r.token).eq(tokens.iter().copied()) => ok.results,
+        Ok(other) => {
+            let error = Arc::new(ClientError::Unexpected(format!("not one result per token: {other:?}")));
+            return vec![Err(error); tokens.len()];
+        }
+        Err(error) => return vec![Err(Arc::new(error)); tokens.len()],
+    };
+    answers
+        .into_iter()
+        .map(|result| match result.error {
+            Some(error) => Err(Arc::new(ServerError::from(error).into())),
+            None => Ok(()),
+        })
+        .collect()
+}
+
+async fn run_job<H, F, E>(client: &Client, config: &WorkerConfig, acks: &mpsc::Sender<QueuedAck>, handler: &H, job: Job)
 where
     H: Fn(Job) -> F,
     F: Future<Output = Result<(), E>>,
@@ -187,27 +254,32 @@ where
             }
         }
     };
-    let request = match result {
-        Ok(()) => Request::Ack(pb::AckRequest {
-            topic: config.topic.clone(),
-            group: config.group.clone(),
-            tokens: vec![token],
-        }),
+    let settled = match result {
+        Ok(()) => ack(acks, token).await,
         Err(error) => {
             tracing::debug!(token, %error, "handler failed; nacking");
             let shift = delivery_count.saturating_sub(1).min(16);
             let delay = config.nack_delay_min.saturating_mul(1 << shift).min(config.nack_delay_max);
-            Request::Nack(pb::NackRequest {
+            let request = Request::Nack(pb::NackRequest {
                 topic: config.topic.clone(),
                 group: config.group.clone(),
                 tokens: vec![token],
                 delay_ms: delay.as_millis() as u64,
-            })
+            });
+            settle(client, request).await.map_err(Arc::new)
         }
     };
-    if let Err(error) = settle(client, request).await {
+    if let Err(error) = settled {
         tracing::warn!(token, %error, "could not settle a message; it will be delivered again");
     }
+}
+
+/// Queues an ack for the next batch and waits for the broker's answer to it.
+async fn ack(acks: &mpsc::Sender<QueuedAck>, token: u64) -> Result<(), Arc<ClientError>> {
+    let (answer, answered) = oneshot::channel();
+    let closed = || Arc::new(ClientError::Closed);
+    acks.send(QueuedAck { token, answer }).await.map_err(|_| closed())?;
+    answered.await.map_err(|_| closed())?
 }
 
 /// Sends an ack, nack or extend for one token; a refused token (say a stale lease) is an error.
@@ -218,5 +290,59 @@ async fn settle(client: &Client, request: Request) -> Result<(), ClientError> {
             None => Ok(()),
         },
         other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(token: u64) -> (QueuedAck, oneshot::Receiver<Result<(), Arc<ClientError>>>) {
+        let (answer, answered) = oneshot::channel();
+        (QueuedAck { token, answer }, answered)
+    }
+
+    #[tokio::test]
+    async fn gathering_takes_what_is_queued_up_to_a_request() {
+        let (acks, mut queue) = mpsc::channel(2 * ACK_TOKENS_PER_REQUEST_MAX);
+        let mut waiting = Vec::new();
+        for token in 1..=ACK_TOKENS_PER_REQUEST_MAX as u64 + 5 {
+            let (ack, answered) = queued(token);
+            acks.send(ack).await.unwrap();
+            waiting.push(answered);
+        }
+        let first = queue.recv().await.unwrap();
+        let batch = gather_acks(first, &mut queue);
+        assert_eq!(batch.len(), ACK_TOKENS_PER_REQUEST_MAX);
+        assert!(batch.iter().map(|ack| ack.token).eq(1..=ACK_TOKENS_PER_REQUEST_MAX as u64), "in queue order");
+        let first = queue.recv().await.unwrap();
+        assert_eq!(gather_acks(first, &mut queue).len(), 5, "the rest, without waiting for more");
+    }
+
+    #[test]
+    fn each_token_gets_its_own_verdict_or_the_requests_failure() {
+        let refused =
+            pb::Error { code: pb::ErrorCode::StaleLease as i32, message: "stale".into(), ..Default::default() };
+        let ok = pb::SettleOk {
+            results: vec![
+                pb::SettleResult { token: 7, ..Default::default() },
+                pb::SettleResult { token: 9, error: Some(refused), ..Default::default() },
+            ],
+        };
+        let results = per_token_results(Ok(Body::SettleOk(ok.clone())), &[7, 9]);
+        assert!(results[0].is_ok());
+        assert_eq!(results[1].as_ref().unwrap_err().code(), Some(pb::ErrorCode::StaleLease));
+
+        let results = per_token_results(Err(ClientError::Closed), &[1, 2, 3]);
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(|r| matches!(r.as_ref().map_err(|e| &**e), Err(ClientError::Closed))));
+
+        for tokens in [&[7][..], &[9, 7], &[7, 9, 11]] {
+            let results = per_token_results(Ok(Body::SettleOk(ok.clone())), tokens);
+            let unexpected = |r: &Result<(), Arc<ClientError>>| {
+                matches!(r.as_ref().map_err(|e| &**e), Err(ClientError::Unexpected(_)))
+            };
+            assert!(results.iter().all(unexpected), "answers for other tokens fail all of {tokens:?}");
+        }
     }
 }
