@@ -21,6 +21,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerClient};
 use crate::raft::state_store::{AppliedStatus, StateStore};
 use crate::raft::{BrokerNode, NodeId, Raft, StorageError, TypeConfig};
+use crate::server::claims::LeaseClaims;
 use crate::storage::ReadStore;
 use crate::{peer, server};
 
@@ -55,6 +56,7 @@ pub struct Broker {
     committed: Arc<AtomicU64>,
     proposer: Proposer,
     forwarder: Forwarder,
+    lease_claims: LeaseClaims,
     shutdown: CancellationToken,
 }
 
@@ -110,6 +112,7 @@ impl Broker {
             committed,
             proposer,
             forwarder,
+            lease_claims: LeaseClaims::default(),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(Arc::clone(&broker).pulse_loop());
@@ -150,6 +153,11 @@ impl Broker {
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node))
+    }
+
+    /// Messages claimed by the leases this broker has in flight, per group.
+    pub fn lease_claims(&self) -> &LeaseClaims {
+        &self.lease_claims
     }
 
     pub fn is_leader(&self) -> bool {

@@ -524,6 +524,25 @@ mod tests {
         assert_eq!(h.group("t", "g").counts.leased, 3);
     }
 
+    /// The hint counts messages never offered, plus one for due redeliveries, and names when a
+    /// delayed redelivery comes due.
+    #[test]
+    fn the_lease_hint_estimates_what_is_ready() {
+        let mut h = harness(GroupConfig::default());
+        let hint =
+            |h: &Harness| query::lease_hint(h.machine.store(), &h.topic("t"), &h.group("t", "g"), h.now_ms).unwrap();
+        assert_eq!((hint(&h).ready_now, hint(&h).ready_estimate), (false, 0));
+        h.publish("t", &["a", "b", "c"]);
+        assert_eq!((hint(&h).ready_now, hint(&h).ready_estimate), (true, 3));
+        let leased = h.lease("t", "g", "w1", 3, 5_000);
+        assert_eq!(hint(&h).ready_estimate, 0);
+        assert_eq!(h.nack("t", "g", &[leased.grants[0].token], 1_000), [Ok(())]);
+        assert_eq!(hint(&h).next_available_ms, Some(h.now_ms + 1_000));
+        assert!(!hint(&h).ready_now);
+        h.advance(1_000);
+        assert_eq!((hint(&h).ready_now, hint(&h).ready_estimate), (true, 1));
+    }
+
     #[test]
     fn acks_settle_once_and_stale_tokens_are_refused() {
         let mut h = harness(GroupConfig::default());

@@ -161,24 +161,31 @@ pub fn next_deadline(store: &impl StoreRead) -> Read<Option<u64>> {
     Ok(due.into_iter().flatten().min())
 }
 
-/// Whether a lease on `group` could grant a message at `now_ms`, and when its next delayed
-/// message becomes available. Lets a long-poll wait without proposing empty leases.
+/// Whether a lease on `group` could grant a message at `now_ms`, about how many, and when its
+/// next delayed message becomes available. Lets a long-poll wait without proposing empty leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseHint {
     pub ready_now: bool,
+    /// Messages never offered, plus one if a redelivery is due: an estimate, since keys and
+    /// delays may hold some back, and more redeliveries may be due.
+    pub ready_estimate: u64,
     pub next_available_ms: Option<u64>,
 }
 
 pub fn lease_hint(store: &impl StoreRead, topic: &TopicRecord, group: &GroupRecord, now_ms: u64) -> Read<LeaseHint> {
-    let fresh = topic.last_seq >= group.next_seq.max(topic.first_seq);
+    let first_fresh = group.next_seq.max(topic.first_seq);
+    let fresh = topic.last_seq >= first_fresh;
+    let fresh_count = if fresh { topic.last_seq - first_fresh + 1 } else { 0 };
     let prefix = keys::id(group.id);
     let end = prefix_end(&prefix);
     let next_ready = match store.range(Table::Ready, &prefix, end.as_deref(), 1)?.first() {
         Some((key, _)) => Some(keys::read_u64(key, 8)?),
         None => None,
     };
+    let redelivery_due = next_ready.is_some_and(|at| at <= now_ms);
     Ok(LeaseHint {
-        ready_now: fresh || next_ready.is_some_and(|at| at <= now_ms),
+        ready_now: fresh || redelivery_due,
+        ready_estimate: fresh_count + u64::from(redelivery_due),
         next_available_ms: next_ready.filter(|&at| at > now_ms),
     })
 }

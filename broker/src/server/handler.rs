@@ -194,8 +194,9 @@ pub async fn create_subscription(
     }
 }
 
-/// A long-poll: waits (up to `wait_ms`) until the group may have something, then leases through
-/// the log. Waiting is done against local applied state, so idle pollers propose nothing.
+/// A long-poll: waits (up to `wait_ms`) until the group may have something that the leases in
+/// flight have not claimed ([`super::claims`]), then leases through the log. Waiting is done
+/// against local applied state, so idle pollers propose nothing.
 async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::ClientFrame, forwarded: bool) -> Answer {
     chorus_machine::validate::lease(&request.consumer, request.count_max, request.lease_ms)
         .map_err(|e| machine_error(&e))?;
@@ -209,6 +210,7 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
     }
     let deadline = tokio::time::Instant::now() + wait;
     let mut applied = broker.applied();
+    let mut releases = broker.lease_claims().releases();
     loop {
         let hint = {
             let store = broker.read().map_err(|e| propose_error(&e))?;
@@ -216,7 +218,11 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
             let group = find_group(&store, &topic, &request.group)?;
             query::lease_hint(&store, &topic, &group, broker.now_ms()).map_err(internal)?
         };
-        if hint.ready_now {
+        let claim = hint.ready_now.then(|| {
+            let count = u64::from(request.count_max);
+            broker.lease_claims().claim(&request.topic, &request.group, hint.ready_estimate, count)
+        });
+        if let Some(Some(claim)) = claim {
             let command = Command::Lease {
                 topic: request.topic.clone(),
                 group: request.group.clone(),
@@ -230,6 +236,7 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
                 Ok(Err(rejected)) => return Err(machine_error(&rejected)),
                 Err(failed) => return Err(propose_error(&failed)),
             };
+            drop(claim);
             if !leased.grants.is_empty() || tokio::time::Instant::now() >= deadline {
                 let messages = leased
                     .grants
@@ -256,6 +263,7 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
             changed = applied.changed() => if changed.is_err() {
                 return Err(propose_error(&ProposeError::Unavailable("the broker is stopping".into())));
             },
+            _ = releases.changed() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }

@@ -2,6 +2,7 @@
 //! separate read and write halves, and graceful shutdown (stop accepting, finish what is in
 //! flight, close).
 
+pub mod claims;
 pub mod connection;
 pub mod handler;
 pub mod respond;
