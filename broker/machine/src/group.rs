@@ -2,6 +2,8 @@
 //! has a pending record that is exactly one of leased, ready (available again, maybe later) or
 //! waiting for its key. Leases carry fencing tokens that only grow; only a live token settles.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
@@ -238,13 +240,15 @@ pub(crate) fn ack<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, group_name: 
     validate::tokens(tokens)?;
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
+    let mut holds = Holds::default();
     let results = per_token(tokens, |token| {
         let (seq, pending) = live_lease(ctx, &group, token)?;
-        end_lease(ctx, &mut group, &pending)?;
+        end_lease(ctx, &mut group, &pending, &mut holds)?;
         finish(ctx, &mut group, seq, &pending)?;
         group.counts.acked_total += 1;
         Ok(())
     })?;
+    holds.release(ctx, group.id)?;
     ctx.save_group(&group)?;
     retention::after_consume(ctx, topic)?;
     Ok(Output::Settled(results))
@@ -264,12 +268,14 @@ pub(crate) fn nack<S: Store>(
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
     let available_ms = ctx.now_ms.saturating_add(delay_ms);
+    let mut holds = Holds::default();
     let results = per_token(tokens, |token| {
         let (seq, pending) = live_lease(ctx, &group, token)?;
-        end_lease(ctx, &mut group, &pending)?;
+        end_lease(ctx, &mut group, &pending, &mut holds)?;
         group.counts.nacked_total += 1;
         requeue(ctx, &mut group, seq, pending, available_ms, "nacked")
     })?;
+    holds.release(ctx, group.id)?;
     ctx.save_group(&group)?;
     retention::after_consume(ctx, topic)?;
     Ok(Output::Settled(results))
@@ -308,7 +314,9 @@ pub(crate) fn expire<S: Store>(ctx: &mut Ctx<'_, S>, group: &mut GroupRecord, to
         matches!(pending.state, PendingState::Leased { token: live, .. } if live == token),
         "deadline index names token {token} but message {seq} is {pending:?}"
     );
-    end_lease(ctx, group, &pending)?;
+    let mut holds = Holds::default();
+    end_lease(ctx, group, &pending, &mut holds)?;
+    holds.release(ctx, group.id)?;
     group.counts.expired_total += 1;
     let now_ms = ctx.now_ms;
     requeue(ctx, group, seq, pending, now_ms, "expired")
@@ -347,23 +355,42 @@ fn load_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64, seq: u64) -> Res<Pend
         .ok_or_else(|| StoreError::new(format!("group {group_id} lost pending message {seq}")).into())
 }
 
-/// Drops the lease indexes of a leased pending record.
-fn end_lease<S: Store>(ctx: &mut Ctx<'_, S>, group: &mut GroupRecord, pending: &PendingRecord) -> Res<()> {
+/// Drops the lease indexes of a leased pending record; its consumer's count goes to `holds`.
+fn end_lease<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    pending: &PendingRecord,
+    holds: &mut Holds,
+) -> Res<()> {
     let PendingState::Leased { token, deadline_ms, consumer } = &pending.state else {
         panic!("ending a lease that is not live: {pending:?}");
     };
     ctx.remove(Table::Leases, &keys::pair(group.id, *token))?;
     ctx.remove(Table::Deadlines, &keys::deadline(*deadline_ms, group.id, *token))?;
-    let consumer_key = keys::child_name(group.id, consumer);
-    let held: u32 = ctx.load(Table::Consumers, &consumer_key)?.unwrap_or(0);
-    assert!(held > 0, "consumer {consumer:?} ends a lease it does not hold");
-    if held == 1 {
-        ctx.remove(Table::Consumers, &consumer_key)?;
-    } else {
-        ctx.save(Table::Consumers, &consumer_key, &(held - 1))?;
-    }
+    *holds.0.entry(consumer.clone()).or_default() += 1;
     group.counts.leased -= 1;
     Ok(())
+}
+
+/// Leases ended per consumer during one command, written to the consumers table once at its end
+/// rather than once per lease.
+#[derive(Debug, Default)]
+struct Holds(BTreeMap<String, u32>);
+
+impl Holds {
+    fn release<S: Store>(self, ctx: &mut Ctx<'_, S>, group_id: u64) -> Res<()> {
+        for (consumer, ended) in self.0 {
+            let consumer_key = keys::child_name(group_id, &consumer);
+            let held: u32 = ctx.load(Table::Consumers, &consumer_key)?.unwrap_or(0);
+            assert!(held >= ended, "consumer {consumer:?} ends {ended} leases but holds {held}");
+            if held == ended {
+                ctx.remove(Table::Consumers, &consumer_key)?;
+            } else {
+                ctx.save(Table::Consumers, &consumer_key, &(held - ended))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Makes a message available again at `available_ms`, or dead-letters it past max deliveries.
@@ -720,18 +747,31 @@ mod tests {
         for _ in 0..3 {
             h.publish("t", &batch);
         }
+        let mut greedy_tokens = Vec::new();
         for _ in 0..(LEASES_PER_CONSUMER_MAX / LEASE_COUNT_MAX) {
-            assert_eq!(h.lease("t", "g", "greedy", LEASE_COUNT_MAX, 60_000).grants.len(), LEASE_COUNT_MAX as usize);
+            let leased = h.lease("t", "g", "greedy", LEASE_COUNT_MAX, 60_000);
+            assert_eq!(leased.grants.len(), LEASE_COUNT_MAX as usize);
+            greedy_tokens.extend(leased.grants.iter().map(|g| g.token));
         }
-        let refused = h.err(Command::Lease {
+        let greedy_more = |count_max| Command::Lease {
             topic: "t".into(),
             group: "g".into(),
             consumer: "greedy".into(),
-            count_max: 1,
+            count_max,
             lease_ms: None,
-        });
-        assert!(matches!(refused, MachineError::LimitReached(_)));
-        assert_eq!(h.lease("t", "g", "other", 1, 60_000).grants.len(), 1);
+        };
+        assert!(matches!(h.err(greedy_more(1)), MachineError::LimitReached(_)));
+        let other = h.lease("t", "g", "other", 1, 60_000);
+        assert_eq!(other.grants.len(), 1);
+        // One ack settling both consumers' leases frees exactly each one's share.
+        let mut tokens = greedy_tokens[..10].to_vec();
+        tokens.push(other.grants[0].token);
+        assert!(h.ack("t", "g", &tokens).iter().all(Result::is_ok));
+        match h.ok(greedy_more(LEASE_COUNT_MAX)) {
+            Output::Leased(leased) => assert_eq!(leased.grants.len(), 10, "greedy got back the 10 it acked"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(h.lease("t", "g", "other", 5, 60_000).grants.len(), 5);
     }
 
     #[test]
