@@ -180,12 +180,12 @@ struct QueuedAck {
 async fn ack_loop(client: Client, config: Arc<WorkerConfig>, mut queued: mpsc::Receiver<QueuedAck>) {
     while let Some(first) = queued.recv().await {
         let batch = gather_acks(first, &mut queued);
+        let tokens: Vec<u64> = batch.iter().map(|ack| ack.token).collect();
         let request = Request::Ack(pb::AckRequest {
             topic: config.topic.clone(),
             group: config.group.clone(),
-            tokens: batch.iter().map(|ack| ack.token).collect(),
+            tokens: tokens.clone(),
         });
-        let tokens: Vec<u64> = batch.iter().map(|ack| ack.token).collect();
         let results = per_token_results(client.request(request).await, &tokens);
         for (ack, result) in batch.into_iter().zip(results) {
             let _ = ack.answer.send(result);
