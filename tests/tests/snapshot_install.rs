@@ -9,14 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_broker::clock::Clock;
-use chorus_broker::config::{BrokerConfig, Limits, RaftTiming};
 use chorus_broker::node::Broker;
-use chorus_broker::raft::log_store::{LogStore, Writer};
 use chorus_broker::raft::state_store::StateStore;
 use chorus_broker::raft::{BrokerNode, Entry, LogId, Membership, NodeId, Vote};
 use chorus_tests::sim::disk::Disk;
-use chorus_tests::sim::net::{Net, SimNetwork};
+use chorus_tests::sim::net::Net;
+use chorus_tests::sim::{broker_config, open_stores, start_broker};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
@@ -47,27 +45,12 @@ async fn leader_snapshot(dir: &std::path::Path) -> openraft::storage::Snapshot<c
 
 /// Broker 3 on its own disks, with no peers reachable: only the test talks to it.
 async fn start_follower(log: &Disk, state: &Disk, dir: &std::path::Path) -> Arc<Broker> {
-    let config = BrokerConfig {
-        id: 3,
-        data_dir: dir.to_path_buf(),
-        client_addr: "n3:client".into(),
-        peer_addr: "n3:peer".into(),
-        members: members(),
-        auth_token: None,
-        limits: Limits { log_cache_bytes: CACHE_BYTES, state_cache_bytes: CACHE_BYTES, ..Limits::default() },
-        raft: RaftTiming::default(),
-        clock: Clock::System,
-    };
-    let log = LogStore::open_on(log.open(), CACHE_BYTES, Writer::Inline).expect("open the log");
-    let state = StateStore::open_on(state.open(), dir.join("snapshots"), CACHE_BYTES).expect("open the state");
-    let network = SimNetwork { from: 3, net: Net::new(0) };
-    Broker::start_in_process(config, log, state, network).await.expect("start broker 3")
+    start_broker(broker_config(3, &members(), dir), log, state, &Net::new(0)).await
 }
 
 /// What the disks hold after a crash: the state machine's applied id and the log's purge point.
 async fn durable_points(log: &Disk, state: &Disk, dir: &std::path::Path) -> (Option<LogId>, Option<LogId>) {
-    let mut log = LogStore::open_on(log.open(), CACHE_BYTES, Writer::Inline).expect("reopen the log");
-    let mut state = StateStore::open_on(state.open(), dir.join("snapshots"), CACHE_BYTES).expect("reopen the state");
+    let (mut log, mut state) = open_stores(log, state, dir);
     let (applied, _) = state.applied_state().await.expect("applied state");
     let purged = log.get_log_state().await.expect("log state").last_purged_log_id;
     (applied, purged)

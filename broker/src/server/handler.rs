@@ -222,7 +222,7 @@ async fn lease(broker: &Arc<Broker>, request: pb::LeaseRequest, frame: &pb::Clie
             let count = u64::from(request.count_max);
             broker.lease_claims().claim(&request.topic, &request.group, hint.ready_estimate, count)
         });
-        if let Some(Some(claim)) = claim {
+        if let Some(claim) = claim.flatten() {
             let command = Command::Lease {
                 topic: request.topic.clone(),
                 group: request.group.clone(),

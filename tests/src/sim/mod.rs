@@ -17,6 +17,7 @@ mod workload;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -136,6 +137,37 @@ pub fn run(seed: u64, config: &SimConfig) -> Report {
     report
 }
 
+/// A broker's configuration on simulated disks: its addresses from `members`, small page caches,
+/// default raft timing and the system clock.
+pub fn broker_config(id: NodeId, members: &BTreeMap<NodeId, BrokerNode>, data_dir: &Path) -> BrokerConfig {
+    BrokerConfig {
+        id,
+        data_dir: data_dir.to_path_buf(),
+        client_addr: members[&id].client_addr.clone(),
+        peer_addr: members[&id].peer_addr.clone(),
+        members: members.clone(),
+        auth_token: None,
+        limits: Limits { log_cache_bytes: CACHE_BYTES, state_cache_bytes: CACHE_BYTES, ..Limits::default() },
+        raft: RaftTiming::default(),
+        clock: Clock::System,
+    }
+}
+
+/// Opens a broker's log and state on its simulated disks (snapshot files under `data_dir`).
+pub fn open_stores(log: &Disk, state: &Disk, data_dir: &Path) -> (LogStore, StateStore) {
+    let log = LogStore::open_on(log.open(), CACHE_BYTES, Writer::Inline).expect("open the log");
+    let state = StateStore::open_on(state.open(), data_dir.join("snapshots"), CACHE_BYTES).expect("open the state");
+    (log, state)
+}
+
+/// Starts a broker on simulated disks, its peers reached through `net`; attaching it to `net`
+/// (so others reach it) is the caller's choice.
+pub async fn start_broker(config: BrokerConfig, log: &Disk, state: &Disk, net: &Arc<Net>) -> Arc<Broker> {
+    let (log, state) = open_stores(log, state, &config.data_dir);
+    let network = SimNetwork { from: config.id, net: Arc::clone(net) };
+    Broker::start_in_process(config, log, state, network).await.expect("start a broker")
+}
+
 /// One broker's disks, kept across its crashes.
 struct Node {
     log: Disk,
@@ -202,24 +234,14 @@ impl World {
 
     async fn start(&self, id: NodeId) {
         let node = &self.nodes[&id];
-        let log = LogStore::open_on(node.log.open(), CACHE_BYTES, Writer::Inline).expect("open the log");
-        let state = StateStore::open_on(node.state.open(), node.dir.path().join("snapshots"), CACHE_BYTES)
-            .expect("open the state");
         let config = BrokerConfig {
-            id,
-            data_dir: node.dir.path().to_path_buf(),
-            client_addr: self.members[&id].client_addr.clone(),
-            peer_addr: self.members[&id].peer_addr.clone(),
-            members: self.members.clone(),
-            auth_token: None,
-            limits: Limits { log_cache_bytes: CACHE_BYTES, state_cache_bytes: CACHE_BYTES, ..Limits::default() },
             // Never snapshot: a crash then always recovers by replaying the log, and no
             // snapshot file IO (off this thread) can reorder events.
             raft: RaftTiming { snapshot_after_entries: u64::MAX / 2, ..RaftTiming::default() },
             clock: Clock::Tokio { origin: self.origin, origin_ms: 1_700_000_000_000 + node.skew_ms },
+            ..broker_config(id, &self.members, node.dir.path())
         };
-        let network = SimNetwork { from: id, net: Arc::clone(&self.net) };
-        let broker = Broker::start_in_process(config, log, state, network).await.expect("start a broker");
+        let broker = start_broker(config, &node.log, &node.state, &self.net).await;
         self.net.attach(broker);
     }
 
