@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_broker::node::Broker;
+use chorus_broker::raft::crash_disk::Disks;
 use chorus_broker::raft::state_store::StateStore;
 use chorus_broker::raft::{BrokerNode, Entry, LogId, Membership, NodeId, Vote};
-use chorus_tests::sim::disk::Disk;
 use chorus_tests::sim::net::Net;
 use chorus_tests::sim::{broker_config, open_stores, start_broker};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
@@ -44,13 +44,13 @@ async fn leader_snapshot(dir: &std::path::Path) -> openraft::storage::Snapshot<c
 }
 
 /// Broker 3 on its own disks, with no peers reachable: only the test talks to it.
-async fn start_follower(log: &Disk, state: &Disk, dir: &std::path::Path) -> Arc<Broker> {
-    start_broker(broker_config(3, &members(), dir), log, state, &Net::new(0)).await
+async fn start_follower(disks: &Disks, dir: &std::path::Path) -> Arc<Broker> {
+    start_broker(broker_config(3, &members(), dir), disks, &Net::new(0)).await
 }
 
 /// What the disks hold after a crash: the state machine's applied id and the log's purge point.
-async fn durable_points(log: &Disk, state: &Disk, dir: &std::path::Path) -> (Option<LogId>, Option<LogId>) {
-    let (mut log, mut state) = open_stores(log, state, dir);
+async fn durable_points(disks: &Disks, dir: &std::path::Path) -> (Option<LogId>, Option<LogId>) {
+    let (mut log, mut state) = open_stores(disks, dir);
     let (applied, _) = state.applied_state().await.expect("applied state");
     let purged = log.get_log_state().await.expect("log state").last_purged_log_id;
     (applied, purged)
@@ -61,9 +61,9 @@ async fn a_follower_crashed_while_installing_a_snapshot_restarts() {
     let leader_dir = tempfile::tempdir().expect("a temp dir");
     let follower_dir = tempfile::tempdir().expect("a temp dir");
     let snapshot = leader_snapshot(leader_dir.path()).await;
-    let (log, state) = (Disk::default(), Disk::default());
+    let disks = Disks::default();
 
-    let follower = start_follower(&log, &state, follower_dir.path()).await;
+    let follower = start_follower(&disks, follower_dir.path()).await;
     let raft = follower.raft.clone();
     let install =
         tokio::spawn(async move { raft.install_full_snapshot(Vote::new_committed(1_000, 1), snapshot).await });
@@ -73,17 +73,16 @@ async fn a_follower_crashed_while_installing_a_snapshot_restarts() {
     let purged =
         within(metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= SNAPSHOT_INDEX)), "the purge").await.is_ok();
     assert!(purged, "the follower stopped before it purged its log to the snapshot");
-    log.crash();
-    state.crash();
+    disks.crash();
     within(follower.stop(), "the crashed follower stops").await;
     let _ = within(install, "the interrupted install returns").await;
 
-    let (applied, purged) = durable_points(&log, &state, follower_dir.path()).await;
+    let (applied, purged) = durable_points(&disks, follower_dir.path()).await;
     assert!(purged.is_some(), "the purge was durable when the power failed");
     assert!(applied >= purged, "the log is purged to {purged:?} but the state machine is durable only at {applied:?}");
 
     // And the broker starts again from those disks, with the snapshot's state.
-    let restarted = start_follower(&log, &state, follower_dir.path()).await;
+    let restarted = start_follower(&disks, follower_dir.path()).await;
     assert_eq!(restarted.applied().borrow().log_index, SNAPSHOT_INDEX);
     within(restarted.stop(), "the restarted follower stops").await;
 }

@@ -1,12 +1,16 @@
-//! The Raft log on redb (`log.redb`): entries, the vote, the committed id and the purge point.
+//! The Raft log: entries, the vote, the committed id and the purge point, on redb (`log.redb`)
+//! with a write-ahead file (`log.wal`, [`super::wal`]).
 //!
-//! One writer thread owns every write. It drains whatever jobs are queued, applies them in one
-//! transaction with `Durability::Immediate`, and only after that fsync fires the flush callbacks
-//! of the appends it carried: concurrent appends share one fsync (group commit). Appended entries
-//! stay visible to readers in `pending` until they are on disk. Vote, truncate and purge wait for
-//! their own fsync before returning. The committed id does not wait: openraft awaits it on every
-//! commit, it only spares re-applying entries after a restart, and the next durable commit (the
-//! next append) carries it to disk. A simulation opens the log with
+//! One writer thread owns every write. It drains whatever jobs are queued and applies them in one
+//! redb transaction. A batch of appends commits to redb without durability and reaches the disk
+//! through the write-ahead file: one write and one `sync_data`, after which the flush callbacks of
+//! the appends it carried fire, so concurrent appends share one fsync (group commit). Vote,
+//! truncate and purge commit durably instead (a checkpoint), wait for it, and start the
+//! write-ahead file over under the next epoch, which the same commit records; so does any batch
+//! once the file holds [`WAL_BYTES_MAX`]. Opening replays the file into redb and checkpoints.
+//! Appended entries stay visible to readers in `pending` until they are on disk. The committed
+//! id does not wait: openraft awaits it on every commit, it only spares re-applying entries after
+//! a restart, and the next checkpoint carries it to disk. A simulation opens the log with
 //! [`Writer::Inline`] instead: each job commits on the caller's thread before it returns.
 //!
 //! Once tied to the state machine ([`LogStore::purge_behind_state`]), a purge waits until the
@@ -26,9 +30,10 @@ use chorus_protocol::pb;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use tokio::sync::{oneshot, watch};
 
+use super::wal::Wal;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -36,6 +41,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const VOTE_KEY: &str = "vote";
 const COMMITTED_KEY: &str = "committed";
 const PURGED_KEY: &str = "purged";
+/// The epoch of the write-ahead file whose records redb does not yet hold durably.
+const WAL_EPOCH_KEY: &str = "wal_epoch";
+/// A batch that finds the write-ahead file this large checkpoints. It bounds replay at open and
+/// the pages redb keeps back between durable commits, and with them the stall of a checkpoint,
+/// which writes those pages and syncs them: the publish benchmark's p99.9 ack latency measured
+/// 12 ms at 1 MiB, 26 ms at 4 MiB and 46 ms at 16 MiB, with throughput alike.
+pub const WAL_BYTES_MAX: u64 = 2 << 20;
 /// Most jobs one transaction carries.
 const JOBS_PER_COMMIT_MAX: usize = 4096;
 
@@ -66,6 +78,8 @@ enum SyncOp {
 
 struct Shared {
     db: Database,
+    /// Used by whoever writes: the writer thread, or the caller under [`Writer::Inline`].
+    wal: Mutex<Wal>,
     /// Appended, maybe not yet on disk: readers see them here.
     pending: Mutex<BTreeMap<u64, Entry>>,
 }
@@ -132,29 +146,37 @@ struct WriterStopped(String);
 struct StateStopped;
 
 impl LogStore {
-    /// Opens or creates the log at `path`, with a page cache of `cache_bytes`, and starts its
-    /// writer thread.
+    /// Opens or creates the log at `path` (a redb file; its write-ahead file is the same path
+    /// with the extension `wal`), with a page cache of `cache_bytes`, and starts its writer
+    /// thread.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(write_error)?;
-        LogStore::on_database(db, Writer::Thread)
+        let wal = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.with_extension("wal"))
+            .map_err(write_error)?;
+        let wal = redb::backends::FileBackend::new(wal).map_err(write_error)?;
+        LogStore::on_database(db, Box::new(wal), Writer::Thread)
     }
 
-    /// Opens or creates the log on `backend`: for simulations, whose disks are in memory.
+    /// Opens or creates the log on `backend`, its write-ahead file on `wal`: for simulations,
+    /// whose disks are in memory.
     pub fn open_on(
-        backend: impl redb::StorageBackend,
+        backend: impl StorageBackend,
+        wal: impl StorageBackend,
         cache_bytes: usize,
         writer: Writer,
     ) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(write_error)?;
-        LogStore::on_database(db, writer)
+        LogStore::on_database(db, Box::new(wal), writer)
     }
 
-    fn on_database(db: Database, writer: Writer) -> Result<LogStore, StorageError> {
-        let txn = db.begin_write().map_err(write_error)?;
-        txn.open_table(LOG).map_err(write_error)?;
-        txn.open_table(META).map_err(write_error)?;
-        txn.commit().map_err(write_error)?;
-        let shared = Arc::new(Shared { db, pending: Mutex::new(BTreeMap::new()) });
+    fn on_database(db: Database, wal: Box<dyn StorageBackend>, writer: Writer) -> Result<LogStore, StorageError> {
+        let wal = recover(&db, wal).map_err(write_error)?;
+        let shared = Arc::new(Shared { db, wal: Mutex::new(wal), pending: Mutex::new(BTreeMap::new()) });
         let jobs = match writer {
             Writer::Inline => Jobs::Inline,
             Writer::Thread => {
@@ -251,6 +273,43 @@ impl LogStore {
     }
 }
 
+/// Creates the tables, replays the write-ahead file into redb and checkpoints: afterwards redb
+/// holds every entry durably, and the file is empty under the next epoch.
+fn recover(db: &Database, file: Box<dyn StorageBackend>) -> Result<Wal, WriteFailed> {
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    let mut wal = {
+        let mut log = txn.open_table(LOG).map_err(redb::Error::from)?;
+        let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+        let epoch = match meta.get(WAL_EPOCH_KEY).map_err(redb::Error::from)? {
+            Some(bytes) => u64::from_le_bytes(bytes.value().try_into().map_err(|_| WriteFailed::CorruptEpoch)?),
+            None => 0,
+        };
+        let (wal, bodies) = Wal::open(file, epoch)?;
+        for body in &bodies {
+            let index = decode_entry(body).map_err(|_| WriteFailed::CorruptRecord)?.log_id.index;
+            log.insert(index, body.as_slice()).map_err(redb::Error::from)?;
+        }
+        meta.insert(WAL_EPOCH_KEY, (epoch + 1).to_le_bytes().as_slice()).map_err(redb::Error::from)?;
+        wal
+    };
+    txn.commit().map_err(redb::Error::from)?;
+    wal.reset(wal.epoch() + 1)?;
+    Ok(wal)
+}
+
+/// Why a batch of jobs did not reach the disk.
+#[derive(Debug, thiserror::Error)]
+enum WriteFailed {
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    #[error("write-ahead file: {0}")]
+    Wal(#[from] std::io::Error),
+    #[error("the write-ahead epoch in the log's metadata is corrupt")]
+    CorruptEpoch,
+    #[error("a write-ahead record with a valid checksum is not a log entry")]
+    CorruptRecord,
+}
+
 fn write_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
@@ -264,9 +323,12 @@ fn write_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
     }
 }
 
-/// Commits `jobs` in one durable transaction, then tells each of them how it went.
+/// Makes `jobs` durable, then tells each of them how it went.
 fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
-    let result = write_jobs(&shared.db, &jobs).map_err(|e| e.to_string());
+    let result = {
+        let mut wal = shared.wal.lock().expect("wal lock");
+        write_jobs(&shared.db, &mut wal, &jobs).map_err(|e| e.to_string())
+    };
     if result.is_ok() {
         forget_flushed(shared, &jobs);
     }
@@ -281,11 +343,36 @@ fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
     }
 }
 
-/// Every queued job in one durable transaction.
-fn write_jobs(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
+/// Every queued job in one redb transaction. A checkpoint commits it durably and starts the
+/// write-ahead file over; otherwise the appends it carries go to that file and its sync.
+fn write_jobs(db: &Database, wal: &mut Wal, jobs: &[Job]) -> Result<(), WriteFailed> {
+    let checkpoint = wal.bytes() >= WAL_BYTES_MAX || jobs.iter().any(|job| matches!(job, Job::Sync { .. }));
+    let next_epoch = checkpoint.then(|| wal.epoch() + 1);
+    commit_to_redb(db, jobs, next_epoch)?;
+    if let Some(epoch) = next_epoch {
+        wal.reset(epoch)?;
+        return Ok(());
+    }
+    let mut bodies = jobs
+        .iter()
+        .filter_map(|job| match job {
+            Job::Append { entries, .. } => Some(entries.iter().map(|(_, bytes)| bytes.as_slice())),
+            _ => None,
+        })
+        .flatten()
+        .peekable();
+    if bodies.peek().is_some() {
+        wal.append(bodies)?;
+        wal.sync()?;
+    }
+    Ok(())
+}
+
+/// Applies `jobs` to redb: durably, recording the write-ahead file's next epoch, when
+/// `next_epoch` is given (a checkpoint); otherwise without durability.
+fn commit_to_redb(db: &Database, jobs: &[Job], next_epoch: Option<u64>) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
-    let lazy = jobs.iter().all(|job| matches!(job, Job::Committed(_)));
-    txn.set_durability(if lazy { Durability::None } else { Durability::Immediate })?;
+    txn.set_durability(if next_epoch.is_some() { Durability::Immediate } else { Durability::None })?;
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;
@@ -315,6 +402,9 @@ fn write_jobs(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
                     meta.insert(PURGED_KEY, bytes.as_slice())?;
                 }
             }
+        }
+        if let Some(epoch) = next_epoch {
+            meta.insert(WAL_EPOCH_KEY, epoch.to_le_bytes().as_slice())?;
         }
     }
     txn.commit()?;
@@ -474,7 +564,105 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::EntryBytes;
+    use crate::raft::crash_disk::Disk;
     use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// The log's two files on crashable disks.
+    #[derive(Default)]
+    struct Files {
+        log: Disk,
+        wal: Disk,
+    }
+
+    impl Files {
+        fn open(&self) -> LogStore {
+            LogStore::open_on(self.log.open(), self.wal.open(), 1 << 20, Writer::Inline).unwrap()
+        }
+        fn crash(&self) {
+            self.log.crash();
+            self.wal.crash();
+        }
+    }
+
+    fn entry(term: u64, index: u64, payload_bytes: usize) -> Entry {
+        let payload = match payload_bytes {
+            0 => EntryPayload::Blank,
+            n => EntryPayload::Normal(EntryBytes(bytes::Bytes::from(vec![term as u8; n]))),
+        };
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload }
+    }
+
+    /// Appends and returns once the append is flushed (the inline writer flushes before it
+    /// returns; the assertion keeps the test honest if that changes).
+    fn append_flushed(store: &mut LogStore, entry: Entry) {
+        let flushed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::clone(&flushed);
+        store.enqueue([entry], Box::new(move |result| done.store(result.is_ok(), Ordering::SeqCst))).unwrap();
+        assert!(flushed.load(Ordering::SeqCst), "the append was not flushed");
+    }
+
+    async fn terms(store: &mut LogStore) -> Vec<(u64, u64)> {
+        let entries = store.try_get_log_entries(..).await.unwrap();
+        entries.iter().map(|e| (e.log_id.index, e.log_id.leader_id.term)).collect()
+    }
+
+    /// Appends reach redb without durability; what makes them survive a power loss is the
+    /// write-ahead file, replayed when the log opens again.
+    #[tokio::test]
+    async fn flushed_appends_survive_a_power_loss() {
+        let files = Files::default();
+        let mut store = files.open();
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        for index in 1..=50 {
+            append_flushed(&mut store, entry(1, index, 100));
+        }
+        files.crash();
+        let mut store = files.open();
+        assert_eq!(terms(&mut store).await, (1..=50).map(|index| (index, 1)).collect::<Vec<_>>());
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id.map(|id| id.index), Some(50));
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
+        // The replay was checkpointed: a second power loss loses nothing either.
+        files.crash();
+        assert_eq!(terms(&mut files.open()).await.len(), 50);
+    }
+
+    /// A truncate checkpoints and starts a new epoch, so the truncated entries still in the
+    /// write-ahead file are not replayed over the new ones.
+    #[tokio::test]
+    async fn a_truncated_suffix_stays_truncated_after_a_power_loss() {
+        let files = Files::default();
+        let mut store = files.open();
+        for index in 1..=10 {
+            append_flushed(&mut store, entry(1, index, 10));
+        }
+        store.truncate(LogId::new(CommittedLeaderId::new(1, 1), 6)).await.unwrap();
+        for index in 6..=8 {
+            append_flushed(&mut store, entry(2, index, 10));
+        }
+        files.crash();
+        let expected: Vec<_> = (1..=5).map(|i| (i, 1)).chain((6..=8).map(|i| (i, 2))).collect();
+        assert_eq!(terms(&mut files.open()).await, expected);
+    }
+
+    /// Once the write-ahead file holds `WAL_BYTES_MAX`, the next batch checkpoints, so the file
+    /// (and the replay at open) stays bounded.
+    #[tokio::test]
+    async fn a_full_write_ahead_file_checkpoints() {
+        let files = Files::default();
+        let mut store = files.open();
+        let entry_bytes = 1 << 18;
+        let entries = 2 * WAL_BYTES_MAX / entry_bytes as u64;
+        let epoch_at_open = store.reader.shared.wal.lock().unwrap().epoch();
+        for index in 1..=entries {
+            append_flushed(&mut store, entry(1, index, entry_bytes));
+            let wal_bytes = store.reader.shared.wal.lock().unwrap().bytes();
+            assert!(wal_bytes < WAL_BYTES_MAX + 2 * entry_bytes as u64, "the write-ahead file grew to {wal_bytes}");
+        }
+        assert!(store.reader.shared.wal.lock().unwrap().epoch() > epoch_at_open, "never checkpointed");
+        files.crash();
+        assert_eq!(terms(&mut files.open()).await.len() as u64, entries);
+    }
 
     /// An empty or inverted range reads nothing instead of panicking inside `BTreeMap::range`
     /// while it holds the pending lock, which poisoned it and stopped the writer.

@@ -5,10 +5,12 @@
 // openraft's `StorageError` is large by its design, and every store method must return it.
 #![allow(clippy::result_large_err)]
 
+pub mod crash_disk;
 pub mod log_store;
 pub mod network;
 pub mod runtime;
 pub mod state_store;
+mod wal;
 pub mod wire;
 
 use bytes::Bytes;

@@ -10,7 +10,6 @@
 //! tokio_unstable`, set in `.cargo/config.toml`) and the clocks. The same seed replays the same
 //! history, which [`Report::digest`] fingerprints.
 
-pub mod disk;
 pub mod net;
 mod workload;
 
@@ -33,7 +32,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::history::History;
 use crate::history::{Expectations, Verdict, check};
-use disk::Disk;
+use chorus_broker::raft::crash_disk::Disks;
 use net::{Net, SimNetwork, Weather};
 
 /// Page cache per redb database in the simulation.
@@ -154,24 +153,24 @@ pub fn broker_config(id: NodeId, members: &BTreeMap<NodeId, BrokerNode>, data_di
 }
 
 /// Opens a broker's log and state on its simulated disks (snapshot files under `data_dir`).
-pub fn open_stores(log: &Disk, state: &Disk, data_dir: &Path) -> (LogStore, StateStore) {
-    let log = LogStore::open_on(log.open(), CACHE_BYTES, Writer::Inline).expect("open the log");
-    let state = StateStore::open_on(state.open(), data_dir.join("snapshots"), CACHE_BYTES).expect("open the state");
+pub fn open_stores(disks: &Disks, data_dir: &Path) -> (LogStore, StateStore) {
+    let log = LogStore::open_on(disks.log.open(), disks.wal.open(), CACHE_BYTES, Writer::Inline).expect("open the log");
+    let state =
+        StateStore::open_on(disks.state.open(), data_dir.join("snapshots"), CACHE_BYTES).expect("open the state");
     (log, state)
 }
 
 /// Starts a broker on simulated disks, its peers reached through `net`; attaching it to `net`
 /// (so others reach it) is the caller's choice.
-pub async fn start_broker(config: BrokerConfig, log: &Disk, state: &Disk, net: &Arc<Net>) -> Arc<Broker> {
-    let (log, state) = open_stores(log, state, &config.data_dir);
+pub async fn start_broker(config: BrokerConfig, disks: &Disks, net: &Arc<Net>) -> Arc<Broker> {
+    let (log, state) = open_stores(disks, &config.data_dir);
     let network = SimNetwork { from: config.id, net: Arc::clone(net) };
     Broker::start_in_process(config, log, state, network).await.expect("start a broker")
 }
 
 /// One broker's disks, kept across its crashes.
 struct Node {
-    log: Disk,
-    state: Disk,
+    disks: Disks,
     /// Snapshot files; the simulation does not snapshot, but the store wants a directory.
     dir: tempfile::TempDir,
     /// This broker's clock offset from true time, so leaders disagree about the time.
@@ -213,8 +212,7 @@ impl World {
         let nodes = ids
             .map(|id| {
                 let node = Node {
-                    log: Disk::default(),
-                    state: Disk::default(),
+                    disks: Disks::default(),
                     dir: tempfile::tempdir().expect("a temp dir"),
                     skew_ms: rng.random_range(0..300),
                 };
@@ -241,15 +239,14 @@ impl World {
             clock: Clock::Tokio { origin: self.origin, origin_ms: 1_700_000_000_000 + node.skew_ms },
             ..broker_config(id, &self.members, node.dir.path())
         };
-        let broker = start_broker(config, &node.log, &node.state, &self.net).await;
+        let broker = start_broker(config, &node.disks, &self.net).await;
         self.net.attach(broker);
     }
 
     /// Power loss: off the network, unsynced writes gone, raft stopped.
     async fn crash(&self, id: NodeId) {
         if let Some(broker) = self.net.detach(id) {
-            self.nodes[&id].log.crash();
-            self.nodes[&id].state.crash();
+            self.nodes[&id].disks.crash();
             broker.stop().await;
         }
     }

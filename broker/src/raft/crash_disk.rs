@@ -1,5 +1,7 @@
-//! A disk in memory with a crash model. Writes land in a live image at once, as in a page cache;
-//! `sync_data` makes them durable. A crash throws away every write since the last sync, and the
+//! A disk in memory with a crash model, for simulations and crash tests: a
+//! [`redb::StorageBackend`], so the log, its write-ahead file and the state open on it as they do
+//! on files. Writes land in a live image at once, as in a page cache; `sync_data` makes them
+//! durable. A crash throws away every write since the last sync, and the
 //! handles opened before it fail from then on, so a crashed broker's leftover tasks cannot touch
 //! what its restarted self reads.
 
@@ -39,6 +41,26 @@ impl Disk {
         image.live = image.durable.clone();
         image.unsynced.clear();
         image.generation += 1;
+    }
+}
+
+/// The files of one broker, kept across its crashes. A power loss hits them all at once.
+#[derive(Debug, Clone, Default)]
+pub struct Disks {
+    /// The Raft log's redb file.
+    pub log: Disk,
+    /// The Raft log's write-ahead file.
+    pub wal: Disk,
+    /// The state machine's redb file.
+    pub state: Disk,
+}
+
+impl Disks {
+    /// Power loss on every file.
+    pub fn crash(&self) {
+        self.log.crash();
+        self.wal.crash();
+        self.state.crash();
     }
 }
 
