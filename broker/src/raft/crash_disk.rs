@@ -49,17 +49,22 @@ impl Disk {
 pub struct Disks {
     /// The Raft log's redb file.
     pub log: Disk,
-    /// The Raft log's write-ahead file.
-    pub wal: Disk,
+    /// The Raft log's two write-ahead files.
+    pub wal: [Disk; 2],
     /// The state machine's redb file.
     pub state: Disk,
 }
 
 impl Disks {
+    /// Handles on the log's write-ahead files, for [`super::log_store::LogStore::open_on`].
+    pub fn wal_handles(&self) -> [Box<dyn redb::StorageBackend>; 2] {
+        [Box::new(self.wal[0].open()), Box::new(self.wal[1].open())]
+    }
+
     /// Power loss on every file.
     pub fn crash(&self) {
         self.log.crash();
-        self.wal.crash();
+        self.wal.iter().for_each(Disk::crash);
         self.state.crash();
     }
 }

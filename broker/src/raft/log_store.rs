@@ -1,17 +1,12 @@
 //! The Raft log: entries, the vote, the committed id and the purge point, on redb (`log.redb`)
-//! with a write-ahead file (`log.wal`, [`super::wal`]).
-//!
-//! One writer thread owns every write. It drains whatever jobs are queued and applies them in one
-//! redb transaction. A batch of appends commits to redb without durability and reaches the disk
-//! through the write-ahead file: one write and one `sync_data`, after which the flush callbacks of
-//! the appends it carried fire, so concurrent appends share one fsync (group commit). Vote,
-//! truncate and purge commit durably instead (a checkpoint), wait for it, and start the
-//! write-ahead file over under the next epoch, which the same commit records; so does any batch
-//! once the file holds [`WAL_BYTES_MAX`]. Opening replays the file into redb and checkpoints.
-//! Appended entries stay visible to readers in `pending` until they are on disk. The committed
-//! id does not wait: openraft awaits it on every commit, it only spares re-applying entries after
-//! a restart, and the next checkpoint carries it to disk. A simulation opens the log with
-//! [`Writer::Inline`] instead: each job commits on the caller's thread before it returns.
+//! with two write-ahead files beside it (`log.wal0`, `log.wal1`). Appends are durable once their
+//! write-ahead record is synced; redb takes them after that, off the append path
+//! ([`super::log_write`]). Appended entries stay visible to readers in `pending` until redb holds
+//! them. Vote, truncate and purge return once a durable checkpoint holds them. The committed id
+//! does not wait: openraft awaits it on every commit, it only spares re-applying entries after a
+//! restart, and the next checkpoint carries it to disk. A simulation opens the log with
+//! [`Writer::Inline`] instead: each job goes through both stages on the caller's thread before
+//! it returns.
 //!
 //! Once tied to the state machine ([`LogStore::purge_behind_state`]), a purge waits until the
 //! state is durable at the purge point. openraft 0.9 purges a follower's log as soon as it hands
@@ -30,60 +25,17 @@ use chorus_protocol::pb;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use tokio::sync::{oneshot, watch};
 
-use super::wal::Wal;
+use super::log_write::{self, Flushed, Job, Shared, SyncOp, WalPair};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-const VOTE_KEY: &str = "vote";
-const COMMITTED_KEY: &str = "committed";
-const PURGED_KEY: &str = "purged";
-/// The epoch of the write-ahead file whose records redb does not yet hold durably.
-const WAL_EPOCH_KEY: &str = "wal_epoch";
-/// A batch that finds the write-ahead file this large checkpoints. It bounds replay at open and
-/// the pages redb keeps back between durable commits, and with them the stall of a checkpoint,
-/// which writes those pages and syncs them: the publish benchmark's p99.9 ack latency measured
-/// 12 ms at 1 MiB, 26 ms at 4 MiB and 46 ms at 16 MiB, with throughput alike.
-pub const WAL_BYTES_MAX: u64 = 2 << 20;
-/// Most jobs one transaction carries.
-const JOBS_PER_COMMIT_MAX: usize = 4096;
-
-/// Called once an append is on disk (or failed to get there).
-type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
-
-/// What the writer thread is asked to do.
-enum Job {
-    Append {
-        entries: Vec<(LogId, Vec<u8>)>,
-        flushed: Flushed,
-    },
-    Sync {
-        op: SyncOp,
-        done: oneshot::Sender<Result<(), String>>,
-    },
-    /// The committed id (`None` clears it), written without waiting for durability.
-    Committed(Option<Vec<u8>>),
-}
-
-enum SyncOp {
-    Vote(Vec<u8>),
-    /// Delete entries from this index on.
-    Truncate(u64),
-    /// Delete entries up to and including this log id.
-    Purge(LogId, Vec<u8>),
-}
-
-struct Shared {
-    db: Database,
-    /// Used by whoever writes: the writer thread, or the caller under [`Writer::Inline`].
-    wal: Mutex<Wal>,
-    /// Appended, maybe not yet on disk: readers see them here.
-    pending: Mutex<BTreeMap<u64, Entry>>,
-}
-
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(super) const VOTE_KEY: &str = "vote";
+pub(super) const COMMITTED_KEY: &str = "committed";
+pub(super) const PURGED_KEY: &str = "purged";
 /// Reads the log: on-disk entries overlaid with pending ones.
 #[derive(Clone)]
 pub struct LogReader {
@@ -102,7 +54,7 @@ pub enum Writer {
 
 enum Jobs {
     Thread(mpsc::Sender<Job>),
-    Inline,
+    Inline(Mutex<WalPair>),
 }
 
 /// The log store openraft drives.
@@ -146,48 +98,42 @@ struct WriterStopped(String);
 struct StateStopped;
 
 impl LogStore {
-    /// Opens or creates the log at `path` (a redb file; its write-ahead file is the same path
-    /// with the extension `wal`), with a page cache of `cache_bytes`, and starts its writer
-    /// thread.
+    /// Opens or creates the log at `path` (a redb file; its write-ahead files are the same path
+    /// with the extensions `wal0` and `wal1`), with a page cache of `cache_bytes`, and starts
+    /// its writer threads.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(write_error)?;
-        let wal = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path.with_extension("wal"))
-            .map_err(write_error)?;
-        let wal = redb::backends::FileBackend::new(wal).map_err(write_error)?;
-        LogStore::on_database(db, Box::new(wal), Writer::Thread)
+        let wal = |extension: &str| -> Result<Box<dyn StorageBackend>, StorageError> {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path.with_extension(extension))
+                .map_err(write_error)?;
+            Ok(Box::new(redb::backends::FileBackend::new(file).map_err(write_error)?))
+        };
+        LogStore::on_database(db, [wal("wal0")?, wal("wal1")?], Writer::Thread)
     }
 
-    /// Opens or creates the log on `backend`, its write-ahead file on `wal`: for simulations,
+    /// Opens or creates the log on `backend`, its write-ahead files on `wal`: for simulations,
     /// whose disks are in memory.
     pub fn open_on(
         backend: impl StorageBackend,
-        wal: impl StorageBackend,
+        wal: [Box<dyn StorageBackend>; 2],
         cache_bytes: usize,
         writer: Writer,
     ) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(write_error)?;
-        LogStore::on_database(db, Box::new(wal), writer)
+        LogStore::on_database(db, wal, writer)
     }
 
-    fn on_database(db: Database, wal: Box<dyn StorageBackend>, writer: Writer) -> Result<LogStore, StorageError> {
-        let wal = recover(&db, wal).map_err(write_error)?;
-        let shared = Arc::new(Shared { db, wal: Mutex::new(wal), pending: Mutex::new(BTreeMap::new()) });
+    fn on_database(db: Database, wal: [Box<dyn StorageBackend>; 2], writer: Writer) -> Result<LogStore, StorageError> {
+        let (shared, wal) = log_write::recover(db, wal).map_err(write_error)?;
+        let shared = Arc::new(shared);
         let jobs = match writer {
-            Writer::Inline => Jobs::Inline,
-            Writer::Thread => {
-                let (jobs, queue) = mpsc::channel();
-                let writer = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name("chorus-log-writer".into())
-                    .spawn(move || write_loop(&writer, &queue))
-                    .map_err(write_error)?;
-                Jobs::Thread(jobs)
-            }
+            Writer::Inline => Jobs::Inline(Mutex::new(wal)),
+            Writer::Thread => Jobs::Thread(log_write::spawn(wal, Arc::clone(&shared)).map_err(write_error)?),
         };
         let mut store = LogStore {
             reader: LogReader { shared },
@@ -208,7 +154,7 @@ impl LogStore {
         {
             let mut pending = self.reader.shared.pending.lock().expect("pending lock");
             for entry in entries {
-                encoded.push((entry.log_id, wire::entry_to_pb(&entry).encode_to_vec()));
+                encoded.push((entry.log_id, log_write::entry_record(&wire::entry_to_pb(&entry))));
                 pending.insert(entry.log_id.index, entry);
             }
         }
@@ -219,8 +165,8 @@ impl LogStore {
     fn submit(&self, job: Job) -> Result<(), StorageError> {
         match &self.jobs {
             Jobs::Thread(jobs) => jobs.send(job).map_err(|_| write_error(WriterStopped("log writer stopped".into()))),
-            Jobs::Inline => {
-                commit_jobs(&self.reader.shared, vec![job]);
+            Jobs::Inline(wal) => {
+                log_write::run_inline(&mut wal.lock().expect("wal lock"), &self.reader.shared, vec![job]);
                 Ok(())
             }
         }
@@ -273,158 +219,6 @@ impl LogStore {
     }
 }
 
-/// Creates the tables, replays the write-ahead file into redb and checkpoints: afterwards redb
-/// holds every entry durably, and the file is empty under the next epoch.
-fn recover(db: &Database, file: Box<dyn StorageBackend>) -> Result<Wal, WriteFailed> {
-    let txn = db.begin_write().map_err(redb::Error::from)?;
-    let mut wal = {
-        let mut log = txn.open_table(LOG).map_err(redb::Error::from)?;
-        let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-        let epoch = match meta.get(WAL_EPOCH_KEY).map_err(redb::Error::from)? {
-            Some(bytes) => u64::from_le_bytes(bytes.value().try_into().map_err(|_| WriteFailed::CorruptEpoch)?),
-            None => 0,
-        };
-        let (wal, bodies) = Wal::open(file, epoch)?;
-        for body in &bodies {
-            let index = decode_entry(body).map_err(|_| WriteFailed::CorruptRecord)?.log_id.index;
-            log.insert(index, body.as_slice()).map_err(redb::Error::from)?;
-        }
-        meta.insert(WAL_EPOCH_KEY, (epoch + 1).to_le_bytes().as_slice()).map_err(redb::Error::from)?;
-        wal
-    };
-    txn.commit().map_err(redb::Error::from)?;
-    wal.reset(wal.epoch() + 1)?;
-    Ok(wal)
-}
-
-/// Why a batch of jobs did not reach the disk.
-#[derive(Debug, thiserror::Error)]
-enum WriteFailed {
-    #[error(transparent)]
-    Redb(#[from] redb::Error),
-    #[error("write-ahead file: {0}")]
-    Wal(#[from] std::io::Error),
-    #[error("the write-ahead epoch in the log's metadata is corrupt")]
-    CorruptEpoch,
-    #[error("a write-ahead record with a valid checksum is not a log entry")]
-    CorruptRecord,
-}
-
-fn write_loop(shared: &Shared, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < JOBS_PER_COMMIT_MAX {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        commit_jobs(shared, jobs);
-    }
-}
-
-/// Makes `jobs` durable, then tells each of them how it went.
-fn commit_jobs(shared: &Shared, jobs: Vec<Job>) {
-    let result = {
-        let mut wal = shared.wal.lock().expect("wal lock");
-        write_jobs(&shared.db, &mut wal, &jobs).map_err(|e| e.to_string())
-    };
-    if result.is_ok() {
-        forget_flushed(shared, &jobs);
-    }
-    for job in jobs {
-        match job {
-            Job::Append { flushed, .. } => flushed(result.clone().map_err(std::io::Error::other)),
-            Job::Sync { done, .. } => {
-                let _ = done.send(result.clone());
-            }
-            Job::Committed(_) => {}
-        }
-    }
-}
-
-/// Every queued job in one redb transaction. A checkpoint commits it durably and starts the
-/// write-ahead file over; otherwise the appends it carries go to that file and its sync.
-fn write_jobs(db: &Database, wal: &mut Wal, jobs: &[Job]) -> Result<(), WriteFailed> {
-    let checkpoint = wal.bytes() >= WAL_BYTES_MAX || jobs.iter().any(|job| matches!(job, Job::Sync { .. }));
-    let next_epoch = checkpoint.then(|| wal.epoch() + 1);
-    commit_to_redb(db, jobs, next_epoch)?;
-    if let Some(epoch) = next_epoch {
-        wal.reset(epoch)?;
-        return Ok(());
-    }
-    let mut bodies = jobs
-        .iter()
-        .filter_map(|job| match job {
-            Job::Append { entries, .. } => Some(entries.iter().map(|(_, bytes)| bytes.as_slice())),
-            _ => None,
-        })
-        .flatten()
-        .peekable();
-    if bodies.peek().is_some() {
-        wal.append(bodies)?;
-        wal.sync()?;
-    }
-    Ok(())
-}
-
-/// Applies `jobs` to redb: durably, recording the write-ahead file's next epoch, when
-/// `next_epoch` is given (a checkpoint); otherwise without durability.
-fn commit_to_redb(db: &Database, jobs: &[Job], next_epoch: Option<u64>) -> Result<(), redb::Error> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(if next_epoch.is_some() { Durability::Immediate } else { Durability::None })?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        for job in jobs {
-            match job {
-                Job::Append { entries, .. } => {
-                    for (log_id, bytes) in entries {
-                        log.insert(log_id.index, bytes.as_slice())?;
-                    }
-                }
-                Job::Sync { op: SyncOp::Vote(bytes), .. } => {
-                    meta.insert(VOTE_KEY, bytes.as_slice())?;
-                }
-                Job::Committed(bytes) => match bytes {
-                    Some(bytes) => {
-                        meta.insert(COMMITTED_KEY, bytes.as_slice())?;
-                    }
-                    None => {
-                        meta.remove(COMMITTED_KEY)?;
-                    }
-                },
-                Job::Sync { op: SyncOp::Truncate(from), .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
-                }
-                Job::Sync { op: SyncOp::Purge(log_id, bytes), .. } => {
-                    log.retain_in(..=log_id.index, |_, _| false)?;
-                    meta.insert(PURGED_KEY, bytes.as_slice())?;
-                }
-            }
-        }
-        if let Some(epoch) = next_epoch {
-            meta.insert(WAL_EPOCH_KEY, epoch.to_le_bytes().as_slice())?;
-        }
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-/// Entries now on disk leave `pending`, unless a newer append has replaced them there.
-fn forget_flushed(shared: &Shared, jobs: &[Job]) {
-    let mut pending = shared.pending.lock().expect("pending lock");
-    for job in jobs {
-        if let Job::Append { entries, .. } = job {
-            for (log_id, _) in entries {
-                if pending.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
-                    pending.remove(&log_id.index);
-                }
-            }
-        }
-    }
-}
-
 impl LogReader {
     fn last_on_disk(&self) -> Result<Option<LogId>, StorageError> {
         let txn = self.shared.db.begin_read().map_err(read_error)?;
@@ -436,7 +230,7 @@ impl LogReader {
     }
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
+pub(super) fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
     let entry = pb::RaftEntry::decode(bytes).map_err(read_error)?;
     wire::entry_from_pb(entry).map_err(read_error)
 }
@@ -565,23 +359,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use crate::raft::EntryBytes;
-    use crate::raft::crash_disk::Disk;
+    use crate::raft::crash_disk::Disks;
+    use crate::raft::log_write::WAL_BYTES_MAX;
     use openraft::{CommittedLeaderId, EntryPayload};
 
-    /// The log's two files on crashable disks.
+    /// The log's files on crashable disks (the state's disk goes unused).
     #[derive(Default)]
-    struct Files {
-        log: Disk,
-        wal: Disk,
-    }
+    struct Files(Disks);
 
     impl Files {
         fn open(&self) -> LogStore {
-            LogStore::open_on(self.log.open(), self.wal.open(), 1 << 20, Writer::Inline).unwrap()
+            LogStore::open_on(self.0.log.open(), self.0.wal_handles(), 1 << 20, Writer::Inline).unwrap()
         }
         fn crash(&self) {
-            self.log.crash();
-            self.wal.crash();
+            self.0.crash();
         }
     }
 
@@ -627,6 +418,23 @@ mod tests {
         assert_eq!(terms(&mut files.open()).await.len(), 50);
     }
 
+    /// The committed id rides the next append's sync, so after a power loss openraft re-applies
+    /// what it had applied before serving, instead of serving a state that went back in time
+    /// (seen in chaos as a subscriber told its topic did not exist).
+    #[tokio::test]
+    async fn the_committed_id_survives_a_power_loss_with_the_next_append() {
+        let files = Files::default();
+        let mut store = files.open();
+        for index in 1..=5 {
+            append_flushed(&mut store, entry(1, index, 10));
+        }
+        let committed = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        store.save_committed(Some(committed)).await.unwrap();
+        append_flushed(&mut store, entry(1, 6, 10));
+        files.crash();
+        assert_eq!(files.open().read_committed().await.unwrap(), Some(committed));
+    }
+
     /// A truncate checkpoints and starts a new epoch, so the truncated entries still in the
     /// write-ahead file are not replayed over the new ones.
     #[tokio::test]
@@ -645,21 +453,24 @@ mod tests {
         assert_eq!(terms(&mut files.open()).await, expected);
     }
 
-    /// Once the write-ahead file holds `WAL_BYTES_MAX`, the next batch checkpoints, so the file
-    /// (and the replay at open) stays bounded.
+    /// Once a write-ahead file holds `WAL_BYTES_MAX`, the next batch switches files and
+    /// checkpoints, so the files (and the replay at open) stay bounded; the entries of both files
+    /// survive a power loss.
     #[tokio::test]
-    async fn a_full_write_ahead_file_checkpoints() {
+    async fn a_full_write_ahead_file_switches_and_checkpoints() {
         let files = Files::default();
         let mut store = files.open();
         let entry_bytes = 1 << 18;
-        let entries = 2 * WAL_BYTES_MAX / entry_bytes as u64;
-        let epoch_at_open = store.reader.shared.wal.lock().unwrap().epoch();
+        let entries = 3 * WAL_BYTES_MAX / entry_bytes as u64;
+        let epoch_at_open = store.reader.shared.durable_epoch();
         for index in 1..=entries {
             append_flushed(&mut store, entry(1, index, entry_bytes));
-            let wal_bytes = store.reader.shared.wal.lock().unwrap().bytes();
+            let Jobs::Inline(wal) = &store.jobs else { unreachable!("the test opens the log inline") };
+            let wal_bytes = wal.lock().unwrap().current_bytes();
             assert!(wal_bytes < WAL_BYTES_MAX + 2 * entry_bytes as u64, "the write-ahead file grew to {wal_bytes}");
         }
-        assert!(store.reader.shared.wal.lock().unwrap().epoch() > epoch_at_open, "never checkpointed");
+        assert!(store.reader.shared.durable_epoch() > epoch_at_open, "never checkpointed");
+        assert!(files.0.wal.iter().all(|disk| disk.open().len().unwrap() > 0), "one write-ahead file was never used");
         files.crash();
         assert_eq!(terms(&mut files.open()).await.len() as u64, entries);
     }

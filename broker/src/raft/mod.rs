@@ -7,6 +7,7 @@
 
 pub mod crash_disk;
 pub mod log_store;
+mod log_write;
 pub mod network;
 pub mod runtime;
 pub mod state_store;

@@ -41,12 +41,16 @@ impl std::fmt::Debug for Wal {
 }
 
 impl Wal {
-    /// Opens `file` and reads back the bodies it holds for `epoch`, in append order. A file of
-    /// another epoch, or none, holds nothing; the caller checkpoints and [`Wal::reset`]s next.
-    pub(crate) fn open(file: Box<dyn StorageBackend>, epoch: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
+    /// Opens `file` under the epoch its header gives (0 without one), and reads back the bodies
+    /// it holds, in append order, if that epoch is `epoch_min` or later.
+    pub(crate) fn open(file: Box<dyn StorageBackend>, epoch_min: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
         let len = file.len()?;
-        let mut wal = Wal { file, epoch, end: HEADER_BYTES, broken: false };
-        if len < HEADER_BYTES || wal.read_header()? != Some(epoch) {
+        let mut wal = Wal { file, epoch: 0, end: HEADER_BYTES, broken: false };
+        if len < HEADER_BYTES {
+            return Ok((wal, Vec::new()));
+        }
+        wal.epoch = wal.read_header()?.unwrap_or(0);
+        if wal.epoch < epoch_min {
             return Ok((wal, Vec::new()));
         }
         let mut bodies = Vec::new();
@@ -176,7 +180,9 @@ mod tests {
         wal.append([b"one".as_slice(), b"".as_slice()]).unwrap();
         wal.append([b"three".as_slice()]).unwrap();
         assert_eq!(reopen(&file, 3), vec![b"one".to_vec(), Vec::new(), b"three".to_vec()]);
-        assert!(reopen(&file, 4).is_empty(), "a file of epoch 3 replayed under epoch 4");
+        assert!(reopen(&file, 4).is_empty(), "a file of epoch 3 replayed when epoch 4 was durable");
+        assert_eq!(reopen(&file, 2).len(), 3, "a file of epoch 3 is replayed while epoch 2 is the durable one");
+        assert_eq!(Wal::open(Box::new(file.open()), 9).unwrap().0.epoch(), 3, "the header's epoch");
     }
 
     /// The file is overwritten in place: after a reset, the longer records of the old epoch that

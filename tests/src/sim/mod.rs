@@ -154,7 +154,8 @@ pub fn broker_config(id: NodeId, members: &BTreeMap<NodeId, BrokerNode>, data_di
 
 /// Opens a broker's log and state on its simulated disks (snapshot files under `data_dir`).
 pub fn open_stores(disks: &Disks, data_dir: &Path) -> (LogStore, StateStore) {
-    let log = LogStore::open_on(disks.log.open(), disks.wal.open(), CACHE_BYTES, Writer::Inline).expect("open the log");
+    let log =
+        LogStore::open_on(disks.log.open(), disks.wal_handles(), CACHE_BYTES, Writer::Inline).expect("open the log");
     let state =
         StateStore::open_on(disks.state.open(), data_dir.join("snapshots"), CACHE_BYTES).expect("open the state");
     (log, state)
