@@ -3,10 +3,10 @@
 //! write-ahead record is synced; redb takes them after that, off the append path
 //! ([`super::log_write`]). Appended entries stay visible to readers in `pending` until redb holds
 //! them. Vote, truncate and purge return once a durable checkpoint holds them. The committed id
-//! does not wait: openraft awaits it on every commit, it only spares re-applying entries after a
-//! restart, and the next checkpoint carries it to disk. A simulation opens the log with
-//! [`Writer::Inline`] instead: each job goes through both stages on the caller's thread before
-//! it returns.
+//! does not wait: openraft awaits it on every commit, so it goes to the write-ahead file as a
+//! record that the next append's sync carries to disk; after a restart openraft re-applies the
+//! log up to it before the broker serves. A simulation opens the log with [`Writer::Inline`]
+//! instead: each job goes through both stages on the caller's thread before it returns.
 //!
 //! Once tied to the state machine ([`LogStore::purge_behind_state`]), a purge waits until the
 //! state is durable at the purge point. openraft 0.9 purges a follower's log as soon as it hands
