@@ -1,5 +1,5 @@
 //! A disk in memory with a crash model, for simulations and crash tests: a
-//! [`redb::StorageBackend`], so the log, its write-ahead file and the state open on it as they do
+//! [`redb::StorageBackend`], so the log, its write-ahead files and the state open on it as they do
 //! on files. Writes land in a live image at once, as in a page cache; `sync_data` makes them
 //! durable. A crash throws away every write since the last sync, and the
 //! handles opened before it fail from then on, so a crashed broker's leftover tasks cannot touch

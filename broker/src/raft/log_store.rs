@@ -393,6 +393,12 @@ mod tests {
         assert!(flushed.load(Ordering::SeqCst), "the append was not flushed");
     }
 
+    fn append_all(store: &mut LogStore, term: u64, indexes: std::ops::RangeInclusive<u64>, payload_bytes: usize) {
+        for index in indexes {
+            append_flushed(store, entry(term, index, payload_bytes));
+        }
+    }
+
     async fn terms(store: &mut LogStore) -> Vec<(u64, u64)> {
         let entries = store.try_get_log_entries(..).await.unwrap();
         entries.iter().map(|e| (e.log_id.index, e.log_id.leader_id.term)).collect()
@@ -405,9 +411,7 @@ mod tests {
         let files = Files::default();
         let mut store = files.open();
         store.save_vote(&Vote::new(1, 1)).await.unwrap();
-        for index in 1..=50 {
-            append_flushed(&mut store, entry(1, index, 100));
-        }
+        append_all(&mut store, 1, 1..=50, 100);
         files.crash();
         let mut store = files.open();
         assert_eq!(terms(&mut store).await, (1..=50).map(|index| (index, 1)).collect::<Vec<_>>());
@@ -425,9 +429,7 @@ mod tests {
     async fn the_committed_id_survives_a_power_loss_with_the_next_append() {
         let files = Files::default();
         let mut store = files.open();
-        for index in 1..=5 {
-            append_flushed(&mut store, entry(1, index, 10));
-        }
+        append_all(&mut store, 1, 1..=5, 10);
         let committed = LogId::new(CommittedLeaderId::new(1, 1), 5);
         store.save_committed(Some(committed)).await.unwrap();
         append_flushed(&mut store, entry(1, 6, 10));
@@ -441,13 +443,9 @@ mod tests {
     async fn a_truncated_suffix_stays_truncated_after_a_power_loss() {
         let files = Files::default();
         let mut store = files.open();
-        for index in 1..=10 {
-            append_flushed(&mut store, entry(1, index, 10));
-        }
+        append_all(&mut store, 1, 1..=10, 10);
         store.truncate(LogId::new(CommittedLeaderId::new(1, 1), 6)).await.unwrap();
-        for index in 6..=8 {
-            append_flushed(&mut store, entry(2, index, 10));
-        }
+        append_all(&mut store, 2, 6..=8, 10);
         files.crash();
         let expected: Vec<_> = (1..=5).map(|i| (i, 1)).chain((6..=8).map(|i| (i, 2))).collect();
         assert_eq!(terms(&mut files.open()).await, expected);

@@ -221,14 +221,12 @@ fn write_ahead(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) -> Vec<StoreJ
     let mut store = Vec::with_capacity(jobs.len() + 1);
     let mut flushes = Vec::new();
     let mut sync = None;
-    let committed: Vec<Vec<u8>> = jobs
-        .iter()
-        .filter_map(|job| match job {
-            Job::Committed(Some(bytes)) => Some([&[RECORD_COMMITTED], bytes.as_slice()].concat()),
-            Job::Committed(None) => Some(vec![RECORD_COMMITTED_NONE]),
-            _ => None,
-        })
-        .collect();
+    // The latest committed id is all replay needs of them.
+    let committed = jobs.iter().rev().find_map(|job| match job {
+        Job::Committed(Some(bytes)) => Some([&[RECORD_COMMITTED], bytes.as_slice()].concat()),
+        Job::Committed(None) => Some(vec![RECORD_COMMITTED_NONE]),
+        _ => None,
+    });
     let mut records: Vec<&[u8]> = Vec::new();
     for job in &jobs {
         if let Job::Append { entries, .. } = job {
@@ -236,8 +234,7 @@ fn write_ahead(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) -> Vec<StoreJ
         }
     }
     let appends = !records.is_empty();
-    // The latest committed id is all replay needs of them.
-    records.extend(committed.last().map(Vec::as_slice));
+    records.extend(committed.as_deref());
     let file = &mut wal.files[wal.current];
     let written = match &wal.failed {
         Some(failed) => Err(failed.clone()),

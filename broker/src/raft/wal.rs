@@ -1,7 +1,8 @@
-//! The log's write-ahead file (`log.wal`). Appended entries reach the disk here: one write and one
-//! `sync_data` per group commit, where a durable redb commit costs about eight page writes before
-//! its sync. The redb log takes the same entries in non-durable commits; a checkpoint, a durable
-//! redb commit, makes them durable there too and starts this file over under the next epoch.
+//! One of the log's two write-ahead files (`log.wal0`, `log.wal1`; [`super::log_write`] drives
+//! them). Records reach the disk here: one write and one `sync_data` per group commit, where a
+//! durable redb commit costs about eight page writes before its sync. A file is started over
+//! under a new epoch ([`Wal::reset`]) once a checkpoint holds its records. The bodies are opaque
+//! here.
 //!
 //! Layout: a header (magic, then the epoch as a little-endian u64), then records: a u32 body
 //! length, a u32 CRC-32 of the epoch, length and body, then the body. Replay stops at the first
@@ -17,12 +18,12 @@ use redb::StorageBackend;
 
 const MAGIC: &[u8; 8] = b"CHORUSWL";
 /// Magic and epoch.
-pub(crate) const HEADER_BYTES: u64 = 16;
+const HEADER_BYTES: u64 = 16;
 /// Length and checksum before each body.
 const RECORD_HEAD_BYTES: usize = 8;
 /// The largest body replay accepts; a longer length is garbage. Entries are bounded far below it
 /// by the peer frame limit.
-pub(crate) const RECORD_BODY_BYTES_MAX: usize = 256 << 20;
+const RECORD_BODY_BYTES_MAX: usize = 256 << 20;
 
 /// The write-ahead file of one epoch.
 pub(crate) struct Wal {
