@@ -1,6 +1,7 @@
 //! Work groups: competing consumers over a topic. A message a group has examined but not finished
 //! has a pending record that is exactly one of leased, ready (available again, maybe later) or
-//! waiting for its key. Leases carry fencing tokens that only grow; only a live token settles.
+//! waiting for its key. Leases carry fencing tokens that only grow; only a live token settles: one
+//! its message's pending record still holds, before its deadline. `leases` maps tokens to messages.
 
 use std::collections::BTreeMap;
 
@@ -8,11 +9,14 @@ use bytes::Bytes;
 
 use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
 use crate::keys;
+use crate::leases::{self, Touched};
 use crate::limits::{GROUPS_PER_TOPIC_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX};
 use crate::machine::{Ctx, Fail, Res};
 use crate::messages;
 use crate::outcome::{Grant, Leased, MachineError, Output};
-use crate::records::{GroupCounts, GroupRecord, MessageRecord, PendingRecord, PendingState, TopicRecord};
+use crate::records::{
+    GroupCounts, GroupRecord, LeaseBatchRecord, MessageRecord, PendingRecord, PendingState, TopicRecord,
+};
 use crate::store::{Store, StoreError, Table, prefix_end};
 use crate::{query, retention, topic, validate};
 
@@ -97,15 +101,22 @@ pub(crate) fn lease<S: Store>(
     }
     let mut lessor = Lessor {
         want: count_max.min(LEASES_PER_CONSUMER_MAX - held) as usize,
-        consumer,
         lease_ms,
         grants: Vec::new(),
         examined: 0,
     };
     lessor.lease_ready(ctx, &topic, &mut group)?;
     lessor.lease_fresh(ctx, &topic, &mut group)?;
-    if !lessor.grants.is_empty() {
-        ctx.save(Table::Consumers, &consumer_key, &(held + lessor.grants.len() as u32))?;
+    if let Some(first) = lessor.grants.first() {
+        let batch = LeaseBatchRecord {
+            first_token: first.token,
+            consumer: consumer.to_owned(),
+            seqs: lessor.grants.iter().map(|grant| grant.seq).collect(),
+            live: lessor.grants.len() as u32,
+            deadline_ms: first.deadline_ms,
+        };
+        leases::open(ctx, group.id, &batch)?;
+        ctx.save(Table::Consumers, &consumer_key, &(held + batch.live))?;
     }
     ctx.save_group(&group)?;
     let next_available_ms = next_ready(ctx, group.id)?;
@@ -113,16 +124,15 @@ pub(crate) fn lease<S: Store>(
 }
 
 /// One lease command in progress.
-struct Lessor<'a> {
+struct Lessor {
     want: usize,
-    consumer: &'a str,
     lease_ms: u64,
     grants: Vec<Grant>,
     /// Messages looked at, granted or not: bounds the command's work.
     examined: usize,
 }
 
-impl Lessor<'_> {
+impl Lessor {
     fn wants_more(&self) -> bool {
         self.grants.len() < self.want && self.examined < LEASE_SCAN_MAX
     }
@@ -221,16 +231,14 @@ fn grant<S: Store>(
     seq: u64,
     message: MessageRecord,
     mut pending: PendingRecord,
-    lessor: &Lessor<'_>,
+    lessor: &Lessor,
 ) -> Res<Grant> {
     let token = group.next_token;
     group.next_token += 1;
     let deadline_ms = ctx.now_ms.saturating_add(lessor.lease_ms);
     pending.deliveries += 1;
-    pending.state = PendingState::Leased { token, deadline_ms, consumer: lessor.consumer.to_owned() };
+    pending.state = PendingState::Leased { token, deadline_ms };
     ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
-    ctx.save(Table::Leases, &keys::pair(group.id, token), &seq)?;
-    ctx.save(Table::Deadlines, &keys::deadline(deadline_ms, group.id, token), &seq)?;
     group.counts.leased += 1;
     group.counts.delivered_total += 1;
     Ok(Grant { seq, token, deadline_ms, delivery_count: pending.deliveries, message })
@@ -240,14 +248,14 @@ pub(crate) fn ack<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, group_name: 
     validate::tokens(tokens)?;
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
-    let mut holds = Holds::default();
+    let (mut touched, mut holds) = (Touched::new(group.id), Holds::default());
     let results = per_token(tokens, |token| {
-        let (seq, pending) = live_lease(ctx, &group, token)?;
-        end_lease(ctx, &mut group, &pending, &mut holds)?;
+        let (seq, pending) = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
         finish(ctx, &mut group, seq, &pending)?;
         group.counts.acked_total += 1;
         Ok(())
     })?;
+    touched.store(ctx)?;
     holds.release(ctx, group.id)?;
     ctx.save_group(&group)?;
     retention::after_consume(ctx, topic)?;
@@ -268,13 +276,13 @@ pub(crate) fn nack<S: Store>(
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
     let available_ms = ctx.now_ms.saturating_add(delay_ms);
-    let mut holds = Holds::default();
+    let (mut touched, mut holds) = (Touched::new(group.id), Holds::default());
     let results = per_token(tokens, |token| {
-        let (seq, pending) = live_lease(ctx, &group, token)?;
-        end_lease(ctx, &mut group, &pending, &mut holds)?;
+        let (seq, pending) = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
         group.counts.nacked_total += 1;
         requeue(ctx, &mut group, seq, pending, available_ms, "nacked")
     })?;
+    touched.store(ctx)?;
     holds.release(ctx, group.id)?;
     ctx.save_group(&group)?;
     retention::after_consume(ctx, topic)?;
@@ -293,33 +301,69 @@ pub(crate) fn extend<S: Store>(
     let topic = ctx.topic(topic_name)?;
     let group = ctx.group(&topic, group_name)?;
     let deadline_ms = ctx.now_ms.saturating_add(lease_ms);
+    let mut touched = Touched::new(group.id);
     let results = per_token(tokens, |token| {
-        let (seq, mut pending) = live_lease(ctx, &group, token)?;
+        let (seq, mut pending, batch) = live_lease(ctx, &group, &mut touched, token)?;
         let PendingState::Leased { deadline_ms: old_ms, .. } = &mut pending.state else {
             unreachable!("live_lease returns leased records");
         };
-        ctx.remove(Table::Deadlines, &keys::deadline(*old_ms, group.id, token))?;
         *old_ms = deadline_ms;
-        ctx.save(Table::Deadlines, &keys::deadline(deadline_ms, group.id, token), &seq)?;
+        // The batch's deadlines entry may stay earlier than its live deadlines, never later.
+        batch.deadline_ms = batch.deadline_ms.min(deadline_ms);
         ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
         Ok(deadline_ms)
     })?;
+    touched.store(ctx)?;
     Ok(Output::Extended(results))
 }
 
-/// Ends the live lease `token` because its deadline passed. Called by pulses.
-pub(crate) fn expire<S: Store>(ctx: &mut Ctx<'_, S>, group: &mut GroupRecord, token: u64, seq: u64) -> Res<()> {
-    let pending = load_pending(ctx, group.id, seq)?;
-    assert!(
-        matches!(pending.state, PendingState::Leased { token: live, .. } if live == token),
-        "deadline index names token {token} but message {seq} is {pending:?}"
-    );
-    let mut holds = Holds::default();
-    end_lease(ctx, group, &pending, &mut holds)?;
+/// What a pulse did to one lease batch.
+#[derive(Debug, Default)]
+pub(crate) struct BatchExpiry {
+    /// Tokens looked at, live or not: bounds the pulse's work.
+    pub examined: usize,
+    pub expired: u64,
+}
+
+/// Expires the live leases of the batch ending at `last_token` whose deadline has passed, then
+/// files the batch under its earliest live deadline, or drops it. Called by pulses.
+pub(crate) fn expire_batch<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    last_token: u64,
+) -> Res<BatchExpiry> {
+    let mut batch: LeaseBatchRecord = ctx
+        .load(Table::Leases, &keys::pair(group.id, last_token))?
+        .ok_or_else(|| StoreError::new(format!("group {} lost lease batch {last_token}", group.id)))?;
+    let indexed_ms = batch.deadline_ms;
+    let (now_ms, mut holds) = (ctx.now_ms, Holds::default());
+    let mut expiry = BatchExpiry { examined: batch.seqs.len(), expired: 0 };
+    let mut live_after: Vec<u64> = Vec::new();
+    for (token, seq) in batch.slots().collect::<Vec<_>>() {
+        let Some(pending) = ctx.load::<PendingRecord>(Table::Pending, &keys::pair(group.id, seq))? else {
+            continue;
+        };
+        match pending.state {
+            PendingState::Leased { token: live, deadline_ms } if live == token => {
+                if deadline_ms > now_ms {
+                    live_after.push(deadline_ms);
+                    continue;
+                }
+                end_lease(group, &mut batch, &mut holds);
+                group.counts.expired_total += 1;
+                expiry.expired += 1;
+                requeue(ctx, group, seq, pending, now_ms, "expired")?;
+            }
+            _ => continue,
+        }
+    }
+    assert_eq!(batch.live as usize, live_after.len(), "lease batch {last_token} of group {} miscounts", group.id);
+    if let Some(&earliest_ms) = live_after.iter().min() {
+        batch.deadline_ms = earliest_ms;
+    }
+    leases::store(ctx, group.id, &batch, indexed_ms)?;
     holds.release(ctx, group.id)?;
-    group.counts.expired_total += 1;
-    let now_ms = ctx.now_ms;
-    requeue(ctx, group, seq, pending, now_ms, "expired")
+    Ok(expiry)
 }
 
 /// Runs `settle` for each token; a rejected token does not stop the others.
@@ -335,18 +379,38 @@ fn per_token<T>(tokens: &[u64], mut settle: impl FnMut(u64) -> Res<T>) -> Res<Ve
     Ok(results)
 }
 
-/// The message leased under `token`, if that lease is live at this entry's time.
-fn live_lease<S: Store>(ctx: &Ctx<'_, S>, group: &GroupRecord, token: u64) -> Res<(u64, PendingRecord)> {
+/// The message leased under `token` and its batch, if that lease is live at this entry's time.
+fn live_lease<'t, S: Store>(
+    ctx: &Ctx<'_, S>,
+    group: &GroupRecord,
+    touched: &'t mut Touched,
+    token: u64,
+) -> Res<(u64, PendingRecord, &'t mut LeaseBatchRecord)> {
     let stale = || Fail::Rejected(MachineError::StaleLease(token));
-    let seq: u64 = ctx.load(Table::Leases, &keys::pair(group.id, token))?.ok_or_else(stale)?;
-    let pending = load_pending(ctx, group.id, seq)?;
-    let PendingState::Leased { token: live, deadline_ms, .. } = &pending.state else {
-        panic!("lease index names token {token} but message {seq} is {pending:?}");
-    };
-    assert_eq!(*live, token, "lease index and pending record disagree on message {seq}");
-    if *deadline_ms <= ctx.now_ms {
-        return Err(stale());
+    let batch = touched.find(ctx, token)?.ok_or_else(stale)?;
+    let seq = batch.seq_of(token).ok_or_else(stale)?;
+    let pending: Option<PendingRecord> = ctx.load(Table::Pending, &keys::pair(group.id, seq))?;
+    match pending {
+        Some(pending)
+            if matches!(pending.state, PendingState::Leased { token: live, deadline_ms }
+            if live == token && deadline_ms > ctx.now_ms) =>
+        {
+            Ok((seq, pending, batch))
+        }
+        _ => Err(stale()),
     }
+}
+
+/// Ends the live lease `token` for an ack or nack: the message and its pending record.
+fn settle<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    touched: &mut Touched,
+    holds: &mut Holds,
+    token: u64,
+) -> Res<(u64, PendingRecord)> {
+    let (seq, pending, batch) = live_lease(ctx, group, touched, token)?;
+    end_lease(group, batch, holds);
     Ok((seq, pending))
 }
 
@@ -355,21 +419,13 @@ fn load_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64, seq: u64) -> Res<Pend
         .ok_or_else(|| StoreError::new(format!("group {group_id} lost pending message {seq}")).into())
 }
 
-/// Drops the lease indexes of a leased pending record; its consumer's count goes to `holds`.
-fn end_lease<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    group: &mut GroupRecord,
-    pending: &PendingRecord,
-    holds: &mut Holds,
-) -> Res<()> {
-    let PendingState::Leased { token, deadline_ms, consumer } = &pending.state else {
-        panic!("ending a lease that is not live: {pending:?}");
-    };
-    ctx.remove(Table::Leases, &keys::pair(group.id, *token))?;
-    ctx.remove(Table::Deadlines, &keys::deadline(*deadline_ms, group.id, *token))?;
-    *holds.0.entry(consumer.clone()).or_default() += 1;
+/// Counts a live lease of `batch` as ended; its consumer's count goes to `holds`. The caller moves
+/// the message's pending record on.
+fn end_lease(group: &mut GroupRecord, batch: &mut LeaseBatchRecord, holds: &mut Holds) {
+    assert!(batch.live > 0, "ending a lease of a batch with none live: {batch:?}");
+    batch.live -= 1;
+    *holds.0.entry(batch.consumer.clone()).or_default() += 1;
     group.counts.leased -= 1;
-    Ok(())
 }
 
 /// Leases ended per consumer during one command, written to the consumers table once at its end
@@ -602,6 +658,57 @@ mod tests {
         assert!(retry[0].token > stalled);
         assert_eq!(h.ack("t", "g", &[stalled]), vec![Err(MachineError::StaleLease(stalled))]);
         assert_eq!(h.ack("t", "g", &[retry[0].token]), vec![Ok(())]);
+    }
+
+    /// One lease command's grants share one batch record; it goes with its last live lease, however
+    /// each one ended.
+    #[test]
+    fn a_lease_batch_goes_with_its_last_live_lease() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a", "b", "c"]);
+        let tokens: Vec<u64> = h.lease("t", "g", "w", 3, 1_000).grants.iter().map(|g| g.token).collect();
+        let tables = |h: &Harness| (h.machine.store().len(Table::Leases), h.machine.store().len(Table::Deadlines));
+        assert_eq!(tables(&h), (1, 1), "one batch, one deadline entry");
+        assert_eq!(h.ack("t", "g", &[tokens[0]]), [Ok(())]);
+        assert_eq!(h.nack("t", "g", &[tokens[1]], 0), [Ok(())]);
+        assert_eq!(tables(&h), (1, 1), "one lease is still live");
+        assert_eq!(query::leases(h.machine.store(), h.group("t", "g").id, 10).unwrap(), [(tokens[2], 3)]);
+        h.advance(1_000);
+        assert_eq!(h.pulse().expired, 1);
+        assert_eq!(tables(&h), (0, 0));
+        assert_eq!(h.machine.store().len(Table::Consumers), 0);
+        let again: Vec<u64> = h.lease("t", "g", "w", 3, 1_000).grants.iter().map(|g| g.seq).collect();
+        assert_eq!(again, [2, 3], "the nacked and the expired message come back");
+        assert_eq!(
+            h.ack("t", "g", &tokens),
+            [
+                Err(MachineError::StaleLease(tokens[0])),
+                Err(MachineError::StaleLease(tokens[1])),
+                Err(MachineError::StaleLease(tokens[2]))
+            ]
+        );
+    }
+
+    /// An extend that shortens a lease moves its batch's deadline entry earlier at once; one that
+    /// lengthens it leaves the entry early, and the pulse that finds nothing due moves it on.
+    #[test]
+    fn a_lease_batch_is_filed_by_its_earliest_live_deadline() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a", "b"]);
+        let start_ms = h.now_ms;
+        let tokens: Vec<u64> = h.lease("t", "g", "w", 2, 10_000).grants.iter().map(|g| g.token).collect();
+        let extend =
+            |token, lease_ms| Command::Extend { topic: "t".into(), group: "g".into(), tokens: vec![token], lease_ms };
+        h.ok(extend(tokens[0], 1_000));
+        assert_eq!(query::next_deadline(h.machine.store()).unwrap(), Some(start_ms + 1_000));
+        h.advance(1_000);
+        assert_eq!(h.pulse().expired, 1);
+        assert_eq!(query::next_deadline(h.machine.store()).unwrap(), Some(start_ms + 10_000));
+        h.ok(extend(tokens[1], 20_000));
+        h.advance(9_000);
+        assert_eq!(h.pulse().expired, 0, "extended past the entry's time");
+        assert_eq!(query::next_deadline(h.machine.store()).unwrap(), Some(start_ms + 21_000));
+        assert_eq!(h.ack("t", "g", &[tokens[1]]), [Ok(())]);
     }
 
     #[test]

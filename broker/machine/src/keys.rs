@@ -67,15 +67,15 @@ pub(crate) fn age_deadline(deadline_ms: u64, topic_id: u64) -> Vec<u8> {
 pub(crate) fn child_name(parent_id: u64, name: &str) -> Vec<u8> {
     KeyBuf::new().u64(parent_id).tail(name.as_bytes()).done()
 }
-/// (group id, seq) for pending records, or (group id, token) for leases.
+/// (group id, seq) for pending records, or (group id, last token) for lease batches.
 pub(crate) fn pair(first: u64, second: u64) -> Vec<u8> {
     KeyBuf::new().u64(first).u64(second).done()
 }
 pub(crate) fn ready(group_id: u64, available_ms: u64, seq: u64) -> Vec<u8> {
     KeyBuf::new().u64(group_id).u64(available_ms).u64(seq).done()
 }
-pub(crate) fn deadline(deadline_ms: u64, group_id: u64, token: u64) -> Vec<u8> {
-    KeyBuf::new().u64(deadline_ms).u64(group_id).u64(token).done()
+pub(crate) fn deadline(deadline_ms: u64, group_id: u64, last_token: u64) -> Vec<u8> {
+    KeyBuf::new().u64(deadline_ms).u64(group_id).u64(last_token).done()
 }
 pub(crate) fn key_lock(group_id: u64, key: &[u8]) -> Vec<u8> {
     KeyBuf::new().u64(group_id).tail(key).done()

@@ -9,6 +9,7 @@
 pub mod command;
 mod group;
 mod keys;
+mod leases;
 pub mod limits;
 mod machine;
 mod messages;

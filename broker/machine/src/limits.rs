@@ -35,7 +35,8 @@ pub const SETTLE_TOKENS_MAX: usize = 4096;
 /// many messages are delayed or wait behind a busy key.
 pub const LEASE_SCAN_MAX: usize = 4096;
 
-/// Most expired leases one pulse returns to the queue; the rest wait for the next pulse.
+/// Most lease tokens one pulse examines for expiry, give or take the rest of one lease batch; the
+/// rest wait for the next pulse.
 pub const PULSE_EXPIRIES_MAX: usize = 4096;
 /// Most keys one pulse purges for deleted topics and groups.
 pub const PULSE_PURGE_KEYS_MAX: usize = 8192;

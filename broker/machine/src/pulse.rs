@@ -27,9 +27,13 @@ fn expire_leases<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Re
     let end = keys::deadline(ctx.now_ms.saturating_add(1), 0, 0);
     let due = ctx.range(Table::Deadlines, &[], Some(&end), PULSE_EXPIRIES_MAX)?;
     let mut groups: BTreeMap<u64, GroupRecord> = BTreeMap::new();
-    for (key, value) in due {
+    let mut examined = 0;
+    for (key, _) in due {
+        if examined >= PULSE_EXPIRIES_MAX {
+            break;
+        }
         let group_id = keys::read_u64(&key, 8)?;
-        let token = keys::read_u64(&key, 16)?;
+        let last_token = keys::read_u64(&key, 16)?;
         let group = match groups.entry(group_id) {
             Entry::Occupied(cached) => cached.into_mut(),
             Entry::Vacant(slot) => {
@@ -44,8 +48,9 @@ fn expire_leases<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Re
             }
         };
         let before = (group.counts.dead_lettered_total, group.counts.dropped_total);
-        group::expire(ctx, group, token, crate::records::decode(&value)?)?;
-        report.expired += 1;
+        let expiry = group::expire_batch(ctx, group, last_token)?;
+        examined += expiry.examined;
+        report.expired += expiry.expired;
         report.dead_lettered += group.counts.dead_lettered_total - before.0;
         report.dropped += group.counts.dropped_total - before.1;
     }

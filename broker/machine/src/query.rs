@@ -129,13 +129,7 @@ fn first_at_or_after(store: &impl StoreRead, topic: &TopicRecord, time_ms: u64) 
 
 /// The live leases of a group as (token, seq), in token order.
 pub fn leases(store: &impl StoreRead, group_id: u64, limit: usize) -> Read<Vec<(u64, u64)>> {
-    let prefix = keys::id(group_id);
-    let end = prefix_end(&prefix);
-    store
-        .range(Table::Leases, &prefix, end.as_deref(), limit)?
-        .into_iter()
-        .map(|(key, seq)| Ok((keys::read_u64(&key, 8)?, records::decode(&seq)?)))
-        .collect()
+    crate::leases::live(store, group_id, limit)
 }
 
 /// The index and time of the last applied entry.

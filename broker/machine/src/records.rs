@@ -136,9 +136,47 @@ pub(crate) struct PendingRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum PendingState {
-    Leased { token: u64, deadline_ms: u64, consumer: String },
-    Ready { available_ms: u64 },
+    /// Leased under `token`, which its lease command's [`LeaseBatchRecord`] maps back to the seq.
+    Leased {
+        token: u64,
+        deadline_ms: u64,
+    },
+    Ready {
+        available_ms: u64,
+    },
     WaitingKey,
+}
+
+/// The grants of one lease command: tokens `first_token..first_token + seqs.len()`, in order.
+/// A token finds its message here, and its message's pending record says whether it is still live,
+/// so a grant writes one pending record and an ack removes one, whatever the batch size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaseBatchRecord {
+    pub first_token: u64,
+    pub consumer: String,
+    /// The message leased under each token.
+    pub seqs: Vec<u64>,
+    /// Tokens not yet settled or expired; the batch goes when this reaches 0.
+    pub live: u32,
+    /// Where the batch sits in the deadlines index: no later than the deadline of any live token.
+    pub deadline_ms: u64,
+}
+
+impl LeaseBatchRecord {
+    pub fn last_token(&self) -> u64 {
+        self.first_token + self.seqs.len() as u64 - 1
+    }
+
+    /// The message leased under `token`, if this batch issued it.
+    pub fn seq_of(&self, token: u64) -> Option<u64> {
+        let slot = token.checked_sub(self.first_token)?;
+        self.seqs.get(usize::try_from(slot).ok()?).copied()
+    }
+
+    /// Each token with its message.
+    pub fn slots(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (self.first_token..).zip(self.seqs.iter().copied())
+    }
 }
 
 /// A durable subscription.

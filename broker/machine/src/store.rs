@@ -31,9 +31,10 @@ pub enum Table {
     Pending = 9,
     /// (group id, available time, seq) → (): pending messages not leased, by availability.
     Ready = 10,
-    /// (group id, token) → seq: the live leases.
+    /// (group id, last token of the batch) → one lease command's grants: token → seq.
     Leases = 11,
-    /// (deadline, group id, token) → seq: live leases by expiry.
+    /// (deadline, group id, last token of the batch) → (): lease batches by expiry, each at or
+    /// before the earliest deadline of its live tokens.
     Deadlines = 12,
     /// (group id, key) → seq: per-key ordering, the one message that holds each key.
     KeyLocks = 13,
