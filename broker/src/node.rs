@@ -180,7 +180,7 @@ impl Broker {
     pub fn read(&self) -> Result<ReadStore, ProposeError> {
         let internal = |e: &dyn std::fmt::Display| ProposeError::Internal(e.to_string());
         let txn = self.state.begin_read().map_err(|e| internal(&e))?;
-        ReadStore::open(&txn).map_err(|e| internal(&e))
+        Ok(ReadStore::open(txn))
     }
 
     /// Passes a client request to the leader and returns its answer.

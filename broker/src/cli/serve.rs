@@ -57,7 +57,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let path = args.data_dir.join("state.redb");
     let db = redb::Database::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let txn = db.begin_read()?;
-    let store = crate::storage::ReadStore::open(&txn)?;
+    let store = crate::storage::ReadStore::open(txn);
     let topic =
         chorus_machine::query::topic(&store, &args.topic)?.with_context(|| format!("no topic {:?}", args.topic))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -104,9 +104,9 @@ impl StateStore {
         txn.commit().map_err(write_error)?;
         let db = Arc::new(db);
         let read = db.begin_read().map_err(read_error)?;
-        let status = watch::Sender::new(read_status(&read)?);
         // What an open finds is durable: redb recovers to its last durable commit.
         let durable = Arc::new(watch::Sender::new(read_log_id(&read, APPLIED_KEY)?.map(|id| id.index)));
+        let status = watch::Sender::new(read_status(read)?);
         Ok(StateStore { db, snapshot_dir, receiving: None, status, durable })
     }
 
@@ -141,7 +141,7 @@ impl StateStore {
         let mut last_applied = None;
         let mut membership = None;
         let status = {
-            let mut machine = Machine::new(WriteStore::open(&txn).map_err(write_error)?);
+            let mut machine = Machine::new(WriteStore::open(&txn));
             for entry in entries {
                 last_applied = Some(entry.log_id);
                 results.push(match entry.payload {
@@ -181,9 +181,10 @@ fn machine_status(store: &impl chorus_machine::StoreRead) -> Result<AppliedStatu
     Ok(AppliedStatus { log_index, time_ms, next_deadline_ms })
 }
 
-fn read_status(txn: &ReadTransaction) -> Result<AppliedStatus, StorageError> {
-    let mut status = machine_status(&ReadStore::open(txn).map_err(read_error)?)?;
-    if let Some(applied) = read_log_id(txn, APPLIED_KEY)? {
+fn read_status(txn: ReadTransaction) -> Result<AppliedStatus, StorageError> {
+    let store = ReadStore::open(txn);
+    let mut status = machine_status(&store)?;
+    if let Some(applied) = read_log_id(store.transaction(), APPLIED_KEY)? {
         status.log_index = applied.index;
     }
     Ok(status)
@@ -265,7 +266,7 @@ impl SnapshotBuilder {
         {
             let file = std::fs::File::create(&partial).map_err(write_error)?;
             let mut out = BufWriter::new(file);
-            snapshot::export(&ReadStore::open(&read).map_err(read_error)?, &mut out).map_err(write_error)?;
+            snapshot::export(&ReadStore::open(read), &mut out).map_err(write_error)?;
             out.flush().map_err(write_error)?;
             out.get_ref().sync_all().map_err(write_error)?;
         }
@@ -380,7 +381,7 @@ fn install_blocking(
     let mut txn = db.begin_write().map_err(write_error)?;
     txn.set_durability(Durability::Immediate).map_err(write_error)?;
     {
-        let mut store = WriteStore::open(&txn).map_err(write_error)?;
+        let mut store = WriteStore::open(&txn);
         let mut input = BufReader::new(std::fs::File::open(path).map_err(read_error)?);
         snapshot::import(&mut store, &mut input).map_err(write_error)?;
         let mut table = txn.open_table(SM_META).map_err(write_error)?;
@@ -394,7 +395,7 @@ fn install_blocking(
     }
     set_current_snapshot(&txn, dir, meta)?;
     txn.commit().map_err(write_error)?;
-    read_status(&db.begin_read().map_err(read_error)?)
+    read_status(db.begin_read().map_err(read_error)?)
 }
 
 #[cfg(test)]
