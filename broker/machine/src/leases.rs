@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use crate::keys;
 use crate::machine::{Ctx, Res};
-use crate::records::LeaseBatchRecord;
-use crate::store::{Store, Table, prefix_end};
+use crate::records::{LeaseBatchRecord, PendingRecord, PendingState, decode, load};
+use crate::store::{Store, StoreError, StoreRead, Table, prefix_end};
 
 /// Stores a new batch and its deadlines entry.
 pub(crate) fn open<S: Store>(ctx: &mut Ctx<'_, S>, group_id: u64, batch: &LeaseBatchRecord) -> Res<()> {
@@ -69,7 +69,7 @@ impl Touched {
                 let Some((key, value)) = ctx.range(Table::Leases, &start, end.as_deref(), 1)?.pop() else {
                     return Ok(None);
                 };
-                let batch: LeaseBatchRecord = crate::records::decode(&value)?;
+                let batch: LeaseBatchRecord = decode(&value)?;
                 let last_token = keys::read_u64(&key, 8)?;
                 assert_eq!(batch.last_token(), last_token, "lease batch stored under the wrong key");
                 if batch.first_token > token {
@@ -94,12 +94,7 @@ impl Touched {
 }
 
 /// The live leases of a group as (token, seq), in token order, up to `limit`.
-pub(crate) fn live<R: crate::store::StoreRead>(
-    store: &R,
-    group_id: u64,
-    limit: usize,
-) -> Result<Vec<(u64, u64)>, crate::store::StoreError> {
-    use crate::records::{PendingRecord, PendingState, load};
+pub(crate) fn live(store: &impl StoreRead, group_id: u64, limit: usize) -> Result<Vec<(u64, u64)>, StoreError> {
     const PAGE: usize = 64;
     let end = prefix_end(&keys::id(group_id));
     let mut start = keys::pair(group_id, 0);
@@ -107,16 +102,18 @@ pub(crate) fn live<R: crate::store::StoreRead>(
     loop {
         let page = store.range(Table::Leases, &start, end.as_deref(), PAGE)?;
         for (_, value) in &page {
-            let batch: LeaseBatchRecord = crate::records::decode(value)?;
+            let batch: LeaseBatchRecord = decode(value)?;
             for (token, seq) in batch.slots() {
                 let pending: Option<PendingRecord> = load(store, Table::Pending, &keys::pair(group_id, seq))?;
-                if matches!(pending, Some(PendingRecord { state: PendingState::Leased { token: live, .. }, .. }) if live == token)
-                {
-                    if found.len() == limit {
-                        return Ok(found);
-                    }
-                    found.push((token, seq));
+                let holds_token =
+                    |p: &PendingRecord| matches!(p.state, PendingState::Leased { token: live, .. } if live == token);
+                if !pending.as_ref().is_some_and(holds_token) {
+                    continue;
                 }
+                if found.len() == limit {
+                    return Ok(found);
+                }
+                found.push((token, seq));
             }
         }
         match page.last() {
