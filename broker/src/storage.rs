@@ -27,18 +27,17 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One lazily opened table: a transaction opens a table only when the machine first touches it,
-/// so an apply or a query pays for the tables it uses, not for all of them.
-type Cell<T> = OnceCell<T>;
 type WriteTable<'txn> = redb::Table<'txn, Bytes<'static>, Bytes<'static>>;
 type ReadTable = redb::ReadOnlyTable<Bytes<'static>, Bytes<'static>>;
 
-fn cells<T>() -> [Cell<T>; Table::ALL.len()] {
-    std::array::from_fn(|_| Cell::new())
+/// One empty cell per table: a view opens a table when the machine first touches it, so an apply
+/// or a query pays for the tables it uses, not for all of them.
+fn cells<T>() -> [OnceCell<T>; Table::ALL.len()] {
+    std::array::from_fn(|_| OnceCell::new())
 }
 
 /// The cell's table, opened by `open` if this is its first use.
-fn opened<T>(cell: &Cell<T>, open: impl FnOnce() -> Result<T, StoreError>) -> Result<&T, StoreError> {
+fn opened<T>(cell: &OnceCell<T>, open: impl FnOnce() -> Result<T, StoreError>) -> Result<&T, StoreError> {
     if let Some(table) = cell.get() {
         return Ok(table);
     }
@@ -49,7 +48,7 @@ fn opened<T>(cell: &Cell<T>, open: impl FnOnce() -> Result<T, StoreError>) -> Re
 /// The machine's tables, open for writing within one transaction.
 pub struct WriteStore<'txn> {
     txn: &'txn WriteTransaction,
-    tables: [Cell<WriteTable<'txn>>; Table::ALL.len()],
+    tables: [OnceCell<WriteTable<'txn>>; Table::ALL.len()],
 }
 
 impl<'txn> WriteStore<'txn> {
@@ -76,7 +75,7 @@ impl std::fmt::Debug for WriteStore<'_> {
 /// The machine's tables, open for reading at one consistent point: the transaction it owns.
 pub struct ReadStore {
     txn: ReadTransaction,
-    tables: [Cell<ReadTable>; Table::ALL.len()],
+    tables: [OnceCell<ReadTable>; Table::ALL.len()],
 }
 
 impl ReadStore {

@@ -318,7 +318,7 @@ pub(crate) fn extend<S: Store>(
 }
 
 /// What a pulse did to one lease batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BatchExpiry {
     /// Tokens looked at, live or not: bounds the pulse's work.
     pub examined: usize,
@@ -338,27 +338,27 @@ pub(crate) fn expire_batch<S: Store>(
     let indexed_ms = batch.deadline_ms;
     let (now_ms, mut holds) = (ctx.now_ms, Holds::default());
     let mut expiry = BatchExpiry { examined: batch.seqs.len(), expired: 0 };
-    let mut live_after: Vec<u64> = Vec::new();
+    let (mut live_left, mut earliest_ms) = (0u32, None::<u64>);
     for (token, seq) in batch.slots().collect::<Vec<_>>() {
         let Some(pending) = ctx.load::<PendingRecord>(Table::Pending, &keys::pair(group.id, seq))? else {
             continue;
         };
-        match pending.state {
-            PendingState::Leased { token: live, deadline_ms } if live == token => {
-                if deadline_ms > now_ms {
-                    live_after.push(deadline_ms);
-                    continue;
-                }
+        match pending.deadline_under(token) {
+            None => {}
+            Some(deadline_ms) if deadline_ms > now_ms => {
+                live_left += 1;
+                earliest_ms = Some(earliest_ms.map_or(deadline_ms, |at: u64| at.min(deadline_ms)));
+            }
+            Some(_) => {
                 end_lease(group, &mut batch, &mut holds);
                 group.counts.expired_total += 1;
                 expiry.expired += 1;
                 requeue(ctx, group, seq, pending, now_ms, "expired")?;
             }
-            _ => continue,
         }
     }
-    assert_eq!(batch.live as usize, live_after.len(), "lease batch {last_token} of group {} miscounts", group.id);
-    if let Some(&earliest_ms) = live_after.iter().min() {
+    assert_eq!(batch.live, live_left, "lease batch {last_token} of group {} miscounts", group.id);
+    if let Some(earliest_ms) = earliest_ms {
         batch.deadline_ms = earliest_ms;
     }
     leases::store(ctx, group.id, &batch, indexed_ms)?;
@@ -391,10 +391,7 @@ fn live_lease<'t, S: Store>(
     let seq = batch.seq_of(token).ok_or_else(stale)?;
     let pending: Option<PendingRecord> = ctx.load(Table::Pending, &keys::pair(group.id, seq))?;
     match pending {
-        Some(pending)
-            if matches!(pending.state, PendingState::Leased { token: live, deadline_ms }
-            if live == token && deadline_ms > ctx.now_ms) =>
-        {
+        Some(pending) if pending.deadline_under(token).is_some_and(|deadline_ms| deadline_ms > ctx.now_ms) => {
             Ok((seq, pending, batch))
         }
         _ => Err(stale()),

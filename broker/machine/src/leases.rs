@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::keys;
 use crate::machine::{Ctx, Res};
-use crate::records::{LeaseBatchRecord, PendingRecord, PendingState, decode, load};
+use crate::records::{LeaseBatchRecord, PendingRecord, decode, load};
 use crate::store::{Store, StoreError, StoreRead, Table, prefix_end};
 
 /// Stores a new batch and its deadlines entry.
@@ -49,8 +49,16 @@ pub(crate) fn store<S: Store>(
 #[derive(Debug)]
 pub(crate) struct Touched {
     group_id: u64,
-    /// By last token; with what the batch was when read, to write back only what changed.
-    batches: BTreeMap<u64, (LeaseBatchRecord, LeaseBatchRecord)>,
+    /// By last token. Only `live` and `deadline_ms` ever change, so their values as read tell
+    /// whether the batch needs writing back.
+    batches: BTreeMap<u64, TouchedBatch>,
+}
+
+#[derive(Debug)]
+struct TouchedBatch {
+    batch: LeaseBatchRecord,
+    live_read: u32,
+    indexed_ms: u64,
 }
 
 impl Touched {
@@ -60,7 +68,7 @@ impl Touched {
 
     /// The batch that issued `token`, if it is still stored.
     pub(crate) fn find<S: Store>(&mut self, ctx: &Ctx<'_, S>, token: u64) -> Res<Option<&mut LeaseBatchRecord>> {
-        let cached = self.batches.range(token..).next().filter(|(_, (batch, _))| batch.first_token <= token);
+        let cached = self.batches.range(token..).next().filter(|(_, touched)| touched.batch.first_token <= token);
         let last_token = match cached {
             Some((&last_token, _)) => last_token,
             None => {
@@ -75,18 +83,19 @@ impl Touched {
                 if batch.first_token > token {
                     return Ok(None);
                 }
-                self.batches.entry(last_token).or_insert_with(|| (batch.clone(), batch));
+                let (live_read, indexed_ms) = (batch.live, batch.deadline_ms);
+                self.batches.entry(last_token).or_insert(TouchedBatch { batch, live_read, indexed_ms });
                 last_token
             }
         };
-        Ok(self.batches.get_mut(&last_token).map(|(batch, _)| batch))
+        Ok(self.batches.get_mut(&last_token).map(|touched| &mut touched.batch))
     }
 
     /// Writes back every batch that changed.
     pub(crate) fn store<S: Store>(self, ctx: &mut Ctx<'_, S>) -> Res<()> {
-        for (batch, read) in self.batches.into_values() {
-            if batch != read {
-                store(ctx, self.group_id, &batch, read.deadline_ms)?;
+        for TouchedBatch { batch, live_read, indexed_ms } in self.batches.into_values() {
+            if batch.live != live_read || batch.deadline_ms != indexed_ms {
+                store(ctx, self.group_id, &batch, indexed_ms)?;
             }
         }
         Ok(())
@@ -105,9 +114,7 @@ pub(crate) fn live(store: &impl StoreRead, group_id: u64, limit: usize) -> Resul
             let batch: LeaseBatchRecord = decode(value)?;
             for (token, seq) in batch.slots() {
                 let pending: Option<PendingRecord> = load(store, Table::Pending, &keys::pair(group_id, seq))?;
-                let holds_token =
-                    |p: &PendingRecord| matches!(p.state, PendingState::Leased { token: live, .. } if live == token);
-                if !pending.as_ref().is_some_and(holds_token) {
+                if pending.and_then(|p| p.deadline_under(token)).is_none() {
                     continue;
                 }
                 if found.len() == limit {

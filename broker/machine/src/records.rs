@@ -134,6 +134,17 @@ pub(crate) struct PendingRecord {
     pub state: PendingState,
 }
 
+impl PendingRecord {
+    /// The lease deadline, if the message is leased under `token`: the one test of whether a
+    /// token is still the message's lease.
+    pub fn deadline_under(&self, token: u64) -> Option<u64> {
+        match self.state {
+            PendingState::Leased { token: live, deadline_ms } if live == token => Some(deadline_ms),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum PendingState {
     /// Leased under `token`, which its lease command's [`LeaseBatchRecord`] maps back to the seq.
