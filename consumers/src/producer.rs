@@ -5,8 +5,10 @@
 //!
 //! Batching adapts to load: while the window has room, whatever is queued goes out at once; while
 //! it is full, messages queue, and the next free slot takes them all (up to the batch limits) in
-//! one request. Behind a batch in flight, `linger` (300 µs by default) lets a burst of sends
-//! gather into one batch; with nothing in flight, a send goes out at once.
+//! one request. Behind a batch in flight, a batch lingers until a batch in flight lands or
+//! `linger` (5 ms by default, a cap on a slow round trip) passes, whichever is first: the senders
+//! a batch of acks wakes then go out together as the next batch (ack clocking, as in Nagle's
+//! rule). With nothing in flight, a send goes out at once.
 //!
 //! With a window above 1, batches may commit in a different order than they were sent, most of
 //! all across a failover; use a window of 1 where one producer's order matters.
@@ -28,10 +30,14 @@ use std::time::Duration;
 
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::message::Message;
+
+/// Times a lingering batch yields to ready tasks before it waits; see [`after_yields`].
+const BURST_YIELDS: usize = 4;
 
 /// How a producer batches.
 #[derive(Debug, Clone)]
@@ -39,10 +45,11 @@ pub struct ProducerConfig {
     /// Identifies this producer for deduplication; random by default. Reuse an id only for the
     /// same logical producer.
     pub producer_id: String,
-    /// How long a batch waits for more messages once a slot in the window is free, while another
-    /// batch is in flight: a burst of sends (say, after a batch of acks) then goes out as one
-    /// request. A send with nothing in flight goes out at once. Zero never waits; batches still
-    /// form while the window is full.
+    /// The longest a batch waits for more messages behind a batch in flight. It stops waiting
+    /// as soon as a batch in flight lands, so a batch of acks and the sends it wakes go out as
+    /// one request; the linger only caps the wait behind a slow round trip. A send with nothing
+    /// in flight goes out at once. Zero never waits, nor yields to let a burst of sends queue;
+    /// batches still form while the window is full.
     pub linger: Duration,
     pub batch_messages_max: usize,
     pub batch_bytes_max: usize,
@@ -57,7 +64,7 @@ impl Default for ProducerConfig {
     fn default() -> ProducerConfig {
         ProducerConfig {
             producer_id: format!("producer-{:016x}", rand::random::<u64>()),
-            linger: Duration::from_micros(300),
+            linger: Duration::from_millis(5),
             batch_messages_max: 1024,
             batch_bytes_max: 1024 * 1024,
             window: 8,
@@ -149,13 +156,13 @@ impl Producer {
 async fn batch_loop(client: Client, config: ProducerConfig, mut queued: mpsc::Receiver<Queued>) {
     let window = Arc::new(Semaphore::new(config.window.max(1)));
     let mut next_seq: u64 = 0;
-    let mut flights = tokio::task::JoinSet::new();
+    let mut flights = JoinSet::new();
     while let Some(first) = queued.recv().await {
         // Wait for a free slot first: what queues meanwhile joins this batch.
         let Ok(permit) = Arc::clone(&window).acquire_owned().await else { return };
         let linger = linger_behind(&config, window.available_permits());
         let mut permit = Some(permit);
-        for (topic, batch) in gather(&config, linger, &mut queued, first).await {
+        for (topic, batch) in gather(&config, linger, &mut queued, &mut flights, first).await {
             let permit = match permit.take() {
                 Some(permit) => permit,
                 None => match Arc::clone(&window).acquire_owned().await {
@@ -181,17 +188,21 @@ fn linger_behind(config: &ProducerConfig, free: usize) -> Duration {
     if free + 1 < config.window.max(1) { config.linger } else { Duration::ZERO }
 }
 
-/// `first` and what else is queued, per topic, until a batch limit is reached, nothing more is
-/// queued, or (with a linger) the linger time passes.
+/// `first` and what else is queued, per topic, until a batch limit is reached or nothing more is
+/// queued. Unless the configured linger is zero, "nothing more" first lets the tasks that are
+/// ready queue theirs (a burst of sends woken together); behind a batch in flight (a non-zero
+/// `linger_time`) it then waits for `linger_time` to pass or for a batch in `flights` to land.
 async fn gather(
     config: &ProducerConfig,
     linger_time: Duration,
     queued: &mut mpsc::Receiver<Queued>,
+    flights: &mut JoinSet<()>,
     first: Queued,
 ) -> BTreeMap<String, Vec<Queued>> {
     let mut batches: BTreeMap<String, (Vec<Queued>, usize)> = BTreeMap::new();
     let linger = tokio::time::sleep(linger_time);
     tokio::pin!(linger);
+    let mut lingering = !linger_time.is_zero();
     let mut next = Some(first);
     while let Some(item) = next.take() {
         let (batch, bytes) = batches.entry(item.topic.clone()).or_default();
@@ -202,14 +213,34 @@ async fn gather(
         }
         next = match queued.try_recv() {
             Ok(item) => Some(item),
-            Err(_) if linger_time.is_zero() => None,
-            Err(_) => tokio::select! {
-                _ = &mut linger => None,
-                item = queued.recv() => item,
+            Err(_) if config.linger.is_zero() => None,
+            Err(_) => match after_yields(queued).await {
+                Some(item) => Some(item),
+                None if !lingering => None,
+                None => tokio::select! {
+                    _ = &mut linger => None,
+                    item = queued.recv() => item,
+                    Some(_) = flights.join_next() => {
+                        lingering = false;
+                        after_yields(queued).await
+                    }
+                },
             },
         };
     }
     batches.into_iter().map(|(topic, (batch, _))| (topic, batch)).collect()
+}
+
+/// The next queued message, after letting the tasks that are ready run a few times: a batch of
+/// acks wakes its senders all at once, and their next sends belong in one batch.
+async fn after_yields(queued: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
+    for _ in 0..BURST_YIELDS {
+        tokio::task::yield_now().await;
+        if let Ok(item) = queued.try_recv() {
+            return Some(item);
+        }
+    }
+    None
 }
 
 async fn publish_batch(client: &Client, topic: &str, producer_id: &str, producer_seq: u64, batch: Vec<Queued>) {
@@ -291,7 +322,8 @@ mod tests {
     async fn a_batch_takes_what_is_queued_per_topic() {
         let (_sender, mut queued) = queue(&["a", "b", "a", "a", "b"]);
         let first = queued.recv().await.unwrap();
-        let batches = gather(&config(Duration::ZERO, 1024), Duration::ZERO, &mut queued, first).await;
+        let batches =
+            gather(&config(Duration::ZERO, 1024), Duration::ZERO, &mut queued, &mut JoinSet::new(), first).await;
         assert_eq!(sizes(&batches), [("a", 3), ("b", 2)]);
         assert!(queued.try_recv().is_err());
     }
@@ -301,7 +333,7 @@ mod tests {
     async fn a_batch_stops_at_its_limit() {
         let (_sender, mut queued) = queue(&["a", "a", "a", "a", "a"]);
         let first = queued.recv().await.unwrap();
-        let batches = gather(&config(Duration::ZERO, 2), Duration::ZERO, &mut queued, first).await;
+        let batches = gather(&config(Duration::ZERO, 2), Duration::ZERO, &mut queued, &mut JoinSet::new(), first).await;
         assert_eq!(sizes(&batches), [("a", 2)]);
         assert_eq!(std::iter::from_fn(|| queued.try_recv().ok()).count(), 3);
     }
@@ -319,10 +351,57 @@ mod tests {
             }
             sender
         });
-        let batches =
-            gather(&config(Duration::from_millis(10), 1024), Duration::from_millis(10), &mut queued, first).await;
+        let linger = Duration::from_millis(10);
+        let batches = gather(&config(linger, 1024), linger, &mut queued, &mut JoinSet::new(), first).await;
         assert_eq!(sizes(&batches), [("a", 2)]);
         let _sender = late.await.unwrap();
+        assert_eq!(std::iter::from_fn(|| queued.try_recv().ok()).count(), 1);
+    }
+
+    /// With nothing in flight a batch does not wait, but it takes the sends of tasks that are
+    /// ready to run, as a batch of acks leaves its senders.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_a_burst_of_ready_senders_without_waiting() {
+        let (sender, mut queued) = queue(&["a"]);
+        let first = queued.recv().await.unwrap();
+        let burst = tokio::spawn(async move {
+            for _ in 0..3 {
+                let (done, _) = oneshot::channel();
+                sender.send(Queued { topic: "a".into(), message: Message::new("woken"), done }).await.unwrap();
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let config = config(Duration::from_millis(5), 1024);
+        let batches = gather(&config, Duration::ZERO, &mut queued, &mut JoinSet::new(), first).await;
+        assert_eq!(sizes(&batches), [("a", 4)]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        burst.await.unwrap();
+    }
+
+    /// A batch stops lingering once the batch in flight lands, taking what its acks woke: a send
+    /// queued as it lands joins, one after it does not, though the linger has not passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_linger_ends_when_a_batch_in_flight_lands() {
+        let (sender, mut queued) = queue(&["a"]);
+        let first = queued.recv().await.unwrap();
+        let mut flights = JoinSet::new();
+        let landing = sender.clone();
+        flights.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            let (done, _) = oneshot::channel();
+            landing.send(Queued { topic: "a".into(), message: Message::new("woken"), done }).await.unwrap();
+        });
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(6)).await;
+            let (done, _) = oneshot::channel();
+            sender.send(Queued { topic: "a".into(), message: Message::new("late"), done }).await.unwrap();
+        });
+        let linger = Duration::from_millis(50);
+        let started = tokio::time::Instant::now();
+        let batches = gather(&config(linger, 1024), linger, &mut queued, &mut flights, first).await;
+        assert_eq!(sizes(&batches), [("a", 2)]);
+        assert!(started.elapsed() < Duration::from_millis(6), "gathered for {:?}", started.elapsed());
+        late.await.unwrap();
         assert_eq!(std::iter::from_fn(|| queued.try_recv().ok()).count(), 1);
     }
 }
