@@ -1,7 +1,9 @@
 //! Work groups: competing consumers over a topic. A message a group has examined but not finished
-//! has a pending record that is exactly one of leased, ready (available again, maybe later) or
-//! waiting for its key. Leases carry fencing tokens that only grow; only a live token settles: one
-//! its message's pending record still holds, before its deadline. `leases` maps tokens to messages.
+//! is exactly one of leased, ready (available again, maybe later) or waiting for its key. Its
+//! pending record says which, except under a fresh lease (a first delivery without a key, not
+//! extended), which its lease batch alone holds. Leases carry fencing tokens that only grow; only a
+//! live token settles: one its batch or its message's pending record still holds, before its
+//! deadline. `leases` maps tokens to messages.
 
 use std::collections::BTreeMap;
 
@@ -9,13 +11,13 @@ use bytes::Bytes;
 
 use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
 use crate::keys;
-use crate::leases::{self, Touched};
+use crate::leases::{self, Indexed, Touched};
 use crate::limits::{GROUPS_PER_TOPIC_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX};
 use crate::machine::{Ctx, Fail, Res};
 use crate::messages;
 use crate::outcome::{Grant, Leased, MachineError, Output};
 use crate::records::{
-    GroupCounts, GroupRecord, LeaseBatchRecord, MessageRecord, PendingRecord, PendingState, TopicRecord,
+    GroupCounts, GroupRecord, LeaseBatchRecord, MessageRecord, PendingRecord, PendingState, TopicRecord, fresh_bits,
 };
 use crate::store::{Store, StoreError, Table, prefix_end};
 use crate::{query, retention, topic, validate};
@@ -103,17 +105,21 @@ pub(crate) fn lease<S: Store>(
         want: count_max.min(LEASES_PER_CONSUMER_MAX - held) as usize,
         lease_ms,
         grants: Vec::new(),
+        fresh: Vec::new(),
         examined: 0,
     };
     lessor.lease_ready(ctx, &topic, &mut group)?;
     lessor.lease_fresh(ctx, &topic, &mut group)?;
     if let Some(first) = lessor.grants.first() {
+        assert!(lessor.grants.iter().all(|grant| grant.deadline_ms == first.deadline_ms), "one deadline per lease");
         let batch = LeaseBatchRecord {
             first_token: first.token,
             consumer: consumer.to_owned(),
             seqs: lessor.grants.iter().map(|grant| grant.seq).collect(),
             live: lessor.grants.len() as u32,
             deadline_ms: first.deadline_ms,
+            fresh: fresh_bits(&lessor.fresh),
+            fresh_deadline_ms: first.deadline_ms,
         };
         leases::open(ctx, group.id, &batch)?;
         ctx.save(Table::Consumers, &consumer_key, &(held + batch.live))?;
@@ -123,11 +129,20 @@ pub(crate) fn lease<S: Store>(
     Ok(Output::Leased(Leased { grants: lessor.grants, next_available_ms }))
 }
 
+/// Whether a message about to be leased has a pending record stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Yes,
+    No,
+}
+
 /// One lease command in progress.
 struct Lessor {
     want: usize,
     lease_ms: u64,
     grants: Vec<Grant>,
+    /// Per grant: whether it is a fresh lease, held by the batch alone.
+    fresh: Vec<bool>,
     /// Messages looked at, granted or not: bounds the command's work.
     examined: usize,
 }
@@ -160,7 +175,7 @@ impl Lessor {
                 };
                 match message.not_before_ms.filter(|&at| at > ctx.now_ms) {
                     Some(at) => make_ready(ctx, group, seq, pending, at)?,
-                    None => self.grants.push(grant(ctx, group, seq, message, pending, self)?),
+                    None => self.grant(ctx, group, seq, message, pending, Recorded::Yes)?,
                 }
             }
         }
@@ -216,32 +231,36 @@ impl Lessor {
         }
         match message.not_before_ms.filter(|&at| at > ctx.now_ms) {
             Some(at) => make_ready(ctx, group, seq, pending, at),
-            None => {
-                let grant = grant(ctx, group, seq, message, pending, self)?;
-                self.grants.push(grant);
-                Ok(())
-            }
+            None => self.grant(ctx, group, seq, message, pending, Recorded::No),
         }
     }
-}
 
-fn grant<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    group: &mut GroupRecord,
-    seq: u64,
-    message: MessageRecord,
-    mut pending: PendingRecord,
-    lessor: &Lessor,
-) -> Res<Grant> {
-    let token = group.next_token;
-    group.next_token += 1;
-    let deadline_ms = ctx.now_ms.saturating_add(lessor.lease_ms);
-    pending.deliveries += 1;
-    pending.state = PendingState::Leased { token, deadline_ms };
-    ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
-    group.counts.leased += 1;
-    group.counts.delivered_total += 1;
-    Ok(Grant { seq, token, deadline_ms, delivery_count: pending.deliveries, message })
+    /// Leases `seq` under the group's next token. A first delivery without a key and without a
+    /// pending record yet is a fresh lease: its batch holds it, and it writes no pending record.
+    fn grant<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        group: &mut GroupRecord,
+        seq: u64,
+        message: MessageRecord,
+        mut pending: PendingRecord,
+        recorded: Recorded,
+    ) -> Res<()> {
+        let token = group.next_token;
+        group.next_token += 1;
+        let deadline_ms = ctx.now_ms.saturating_add(self.lease_ms);
+        let fresh = recorded == Recorded::No && pending.deliveries == 0 && pending.key.is_none();
+        pending.deliveries += 1;
+        pending.state = PendingState::Leased { token, deadline_ms };
+        if !fresh {
+            ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
+        }
+        group.counts.leased += 1;
+        group.counts.delivered_total += 1;
+        self.grants.push(Grant { seq, token, deadline_ms, delivery_count: pending.deliveries, message });
+        self.fresh.push(fresh);
+        Ok(())
+    }
 }
 
 pub(crate) fn ack<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, group_name: &str, tokens: &[u64]) -> Res<Output> {
@@ -250,8 +269,10 @@ pub(crate) fn ack<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, group_name: 
     let mut group = ctx.group(&topic, group_name)?;
     let (mut touched, mut holds) = (Touched::new(group.id), Holds::default());
     let results = per_token(tokens, |token| {
-        let (seq, pending) = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
-        finish(ctx, &mut group, seq, &pending)?;
+        let lease = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
+        if !lease.fresh {
+            finish(ctx, &mut group, lease.seq, &lease.pending)?;
+        }
         group.counts.acked_total += 1;
         Ok(())
     })?;
@@ -278,9 +299,9 @@ pub(crate) fn nack<S: Store>(
     let available_ms = ctx.now_ms.saturating_add(delay_ms);
     let (mut touched, mut holds) = (Touched::new(group.id), Holds::default());
     let results = per_token(tokens, |token| {
-        let (seq, pending) = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
+        let lease = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
         group.counts.nacked_total += 1;
-        requeue(ctx, &mut group, seq, pending, available_ms, "nacked")
+        requeue(ctx, &mut group, lease.seq, lease.pending, available_ms, "nacked")
     })?;
     touched.store(ctx)?;
     holds.release(ctx, group.id)?;
@@ -303,14 +324,18 @@ pub(crate) fn extend<S: Store>(
     let deadline_ms = ctx.now_ms.saturating_add(lease_ms);
     let mut touched = Touched::new(group.id);
     let results = per_token(tokens, |token| {
-        let (seq, mut pending, batch) = live_lease(ctx, &group, &mut touched, token)?;
-        let PendingState::Leased { deadline_ms: old_ms, .. } = &mut pending.state else {
+        let (mut lease, batch) = live_lease(ctx, &group, &mut touched, token)?;
+        let PendingState::Leased { deadline_ms: old_ms, .. } = &mut lease.pending.state else {
             unreachable!("live_lease returns leased records");
         };
         *old_ms = deadline_ms;
+        // An extended fresh lease gets its own deadline, so it moves to a pending record.
+        if lease.fresh {
+            batch.clear_fresh(token);
+        }
         // The batch's deadlines entry may stay earlier than its live deadlines, never later.
         batch.deadline_ms = batch.deadline_ms.min(deadline_ms);
-        ctx.save(Table::Pending, &keys::pair(group.id, seq), &pending)?;
+        ctx.save(Table::Pending, &keys::pair(group.id, lease.seq), &lease.pending)?;
         Ok(deadline_ms)
     })?;
     touched.store(ctx)?;
@@ -335,13 +360,18 @@ pub(crate) fn expire_batch<S: Store>(
     let mut batch: LeaseBatchRecord = ctx
         .load(Table::Leases, &keys::pair(group.id, last_token))?
         .ok_or_else(|| StoreError::new(format!("group {} lost lease batch {last_token}", group.id)))?;
-    let indexed_ms = batch.deadline_ms;
+    let indexed = Indexed::of(&batch);
     let (now_ms, mut holds) = (ctx.now_ms, Holds::default());
     let mut expiry = BatchExpiry { examined: batch.seqs.len(), expired: 0 };
     let (mut live_left, mut earliest_ms) = (0u32, None::<u64>);
     for (token, seq) in batch.slots().collect::<Vec<_>>() {
-        let Some(pending) = ctx.load::<PendingRecord>(Table::Pending, &keys::pair(group.id, seq))? else {
-            continue;
+        let fresh = batch.is_fresh(token);
+        let pending = match fresh {
+            true => fresh_pending(token, batch.fresh_deadline_ms),
+            false => match ctx.load::<PendingRecord>(Table::Pending, &keys::pair(group.id, seq))? {
+                Some(pending) => pending,
+                None => continue,
+            },
         };
         match pending.deadline_under(token) {
             None => {}
@@ -350,6 +380,9 @@ pub(crate) fn expire_batch<S: Store>(
                 earliest_ms = Some(earliest_ms.map_or(deadline_ms, |at: u64| at.min(deadline_ms)));
             }
             Some(_) => {
+                if fresh {
+                    batch.clear_fresh(token);
+                }
                 end_lease(group, &mut batch, &mut holds);
                 group.counts.expired_total += 1;
                 expiry.expired += 1;
@@ -361,7 +394,7 @@ pub(crate) fn expire_batch<S: Store>(
     if let Some(earliest_ms) = earliest_ms {
         batch.deadline_ms = earliest_ms;
     }
-    leases::store(ctx, group.id, &batch, indexed_ms)?;
+    leases::store(ctx, group.id, &batch, indexed)?;
     holds.release(ctx, group.id)?;
     Ok(expiry)
 }
@@ -379,36 +412,58 @@ fn per_token<T>(tokens: &[u64], mut settle: impl FnMut(u64) -> Res<T>) -> Res<Ve
     Ok(results)
 }
 
+/// A lease found live by [`live_lease`].
+#[derive(Debug)]
+struct LiveLease {
+    seq: u64,
+    /// The message's pending record; for a fresh lease, the one it would have.
+    pending: PendingRecord,
+    /// Held by its batch alone: there is no pending record.
+    fresh: bool,
+}
+
+/// The pending record a fresh lease stands for.
+fn fresh_pending(token: u64, deadline_ms: u64) -> PendingRecord {
+    PendingRecord { deliveries: 1, key: None, state: PendingState::Leased { token, deadline_ms } }
+}
+
 /// The message leased under `token` and its batch, if that lease is live at this entry's time.
 fn live_lease<'t, S: Store>(
     ctx: &Ctx<'_, S>,
     group: &GroupRecord,
     touched: &'t mut Touched,
     token: u64,
-) -> Res<(u64, PendingRecord, &'t mut LeaseBatchRecord)> {
+) -> Res<(LiveLease, &'t mut LeaseBatchRecord)> {
     let stale = || Fail::Rejected(MachineError::StaleLease(token));
     let batch = touched.find(ctx, token)?.ok_or_else(stale)?;
     let seq = batch.seq_of(token).ok_or_else(stale)?;
-    let pending: Option<PendingRecord> = ctx.load(Table::Pending, &keys::pair(group.id, seq))?;
+    let fresh = batch.is_fresh(token);
+    let pending = match fresh {
+        true => Some(fresh_pending(token, batch.fresh_deadline_ms)),
+        false => ctx.load::<PendingRecord>(Table::Pending, &keys::pair(group.id, seq))?,
+    };
     match pending {
         Some(pending) if pending.deadline_under(token).is_some_and(|deadline_ms| deadline_ms > ctx.now_ms) => {
-            Ok((seq, pending, batch))
+            Ok((LiveLease { seq, pending, fresh }, batch))
         }
         _ => Err(stale()),
     }
 }
 
-/// Ends the live lease `token` for an ack or nack: the message and its pending record.
+/// Ends the live lease `token` for an ack or nack; the caller moves its message on.
 fn settle<S: Store>(
     ctx: &mut Ctx<'_, S>,
     group: &mut GroupRecord,
     touched: &mut Touched,
     holds: &mut Holds,
     token: u64,
-) -> Res<(u64, PendingRecord)> {
-    let (seq, pending, batch) = live_lease(ctx, group, touched, token)?;
+) -> Res<LiveLease> {
+    let (lease, batch) = live_lease(ctx, group, touched, token)?;
+    if lease.fresh {
+        batch.clear_fresh(token);
+    }
     end_lease(group, batch, holds);
-    Ok((seq, pending))
+    Ok(lease)
 }
 
 fn load_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64, seq: u64) -> Res<PendingRecord> {
@@ -558,7 +613,7 @@ fn next_ready<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, StartPosition, TopicConfig};
+    use crate::command::{Command, RetentionPolicy, StartPosition, TopicConfig};
     use crate::limits::LEASE_COUNT_MAX;
     use crate::testkit::{Harness, message, payloads};
 
@@ -684,6 +739,52 @@ mod tests {
                 Err(MachineError::StaleLease(tokens[2]))
             ]
         );
+    }
+
+    /// A first delivery without a key is a fresh lease: the batch alone holds it, so leasing and
+    /// acking write no pending records. Its state moves to a pending record once it is nacked,
+    /// extended or expired, and the batch leaves the fresh index with its last fresh lease.
+    #[test]
+    fn fresh_leases_live_in_their_batch_alone() {
+        let mut h = harness(GroupConfig::default());
+        h.publish("t", &["a", "b", "c", "d"]);
+        let tokens: Vec<u64> = h.lease("t", "g", "w", 4, 1_000).grants.iter().map(|g| g.token).collect();
+        let tables = |h: &Harness| (h.machine.store().len(Table::Pending), h.machine.store().len(Table::FreshBatches));
+        assert_eq!(tables(&h), (0, 1), "no pending records; the batch is indexed as fresh");
+        assert_eq!(h.ack("t", "g", &[tokens[0]]), [Ok(())]);
+        assert_eq!(tables(&h), (0, 1));
+        assert_eq!(h.nack("t", "g", &[tokens[1]], 60_000), [Ok(())]);
+        assert_eq!(tables(&h), (1, 1), "the nacked message is ready again, in a pending record");
+        h.ok(Command::Extend { topic: "t".into(), group: "g".into(), tokens: vec![tokens[2]], lease_ms: 5_000 });
+        assert_eq!(tables(&h), (2, 1), "the extended lease has its own deadline, in a pending record");
+        let group_id = h.group("t", "g").id;
+        assert_eq!(query::leases(h.machine.store(), group_id, 10).unwrap(), [(tokens[2], 3), (tokens[3], 4)]);
+        h.advance(1_000);
+        assert_eq!(h.pulse().expired, 1, "the fresh lease of message 4 expires; the extended one does not");
+        assert_eq!(tables(&h), (3, 0), "no fresh lease is left");
+        assert_eq!(
+            h.ack("t", "g", &[tokens[3], tokens[0]]),
+            [Err(MachineError::StaleLease(tokens[3])), Err(MachineError::StaleLease(tokens[0]))]
+        );
+        assert_eq!(h.ack("t", "g", &[tokens[2]]), [Ok(())]);
+        assert_eq!(query::leases(h.machine.store(), group_id, 10).unwrap(), []);
+        assert_eq!(h.machine.store().len(Table::Leases), 0);
+    }
+
+    /// Work-queue retention keeps a message under a fresh lease, though it has no pending record.
+    #[test]
+    fn work_queue_retention_keeps_messages_under_fresh_leases() {
+        let mut h = Harness::new();
+        let config = TopicConfig { retention: RetentionPolicy::WorkQueue, ..TopicConfig::default() };
+        h.create_topic("jobs", config);
+        h.create_group("jobs", "g", GroupConfig::default());
+        h.publish("jobs", &["1", "2", "3"]);
+        let first: Vec<u64> = h.lease("jobs", "g", "w", 2, 10_000).grants.iter().map(|g| g.token).collect();
+        let second: Vec<u64> = h.lease("jobs", "g", "w", 1, 10_000).grants.iter().map(|g| g.token).collect();
+        assert_eq!(h.ack("jobs", "g", &[first[1], second[0]]), [Ok(()), Ok(())]);
+        assert_eq!(h.topic("jobs").first_seq, 1, "message 1 is still leased");
+        assert_eq!(h.ack("jobs", "g", &[first[0]]), [Ok(())]);
+        assert_eq!(h.topic("jobs").messages(), 0);
     }
 
     /// An extend that shortens a lease moves its batch's deadline entry earlier at once; one that

@@ -1,7 +1,8 @@
 //! The lease index of work groups. Each lease command's grants are one [`LeaseBatchRecord`] under
 //! (group id, last token), so a token finds its message with one range read, and one deadlines
-//! entry per batch drives expiry. Whether a token is still live is its message's pending record's
-//! say, never the batch's: a batch only counts its live tokens, to know when it can go.
+//! entry per batch drives expiry. A batch holds its fresh leases (first deliveries without a key)
+//! itself; any other token is live while its message's pending record says so. A batch counts its
+//! live tokens, to know when it can go, and sits in `fresh_batches` while it holds fresh leases.
 //!
 //! The deadlines entry of a batch is a lower bound: at or before the earliest deadline among its
 //! live tokens. An extend that moves a deadline later leaves it in place, and the pulse that finds
@@ -14,34 +15,71 @@ use crate::machine::{Ctx, Res};
 use crate::records::{LeaseBatchRecord, PendingRecord, decode, load};
 use crate::store::{Store, StoreError, StoreRead, Table, prefix_end};
 
-/// Stores a new batch and its deadlines entry.
+/// Stores a new batch and its index entries.
 pub(crate) fn open<S: Store>(ctx: &mut Ctx<'_, S>, group_id: u64, batch: &LeaseBatchRecord) -> Res<()> {
     assert!(!batch.seqs.is_empty() && batch.live as usize == batch.seqs.len(), "a new batch is all live: {batch:?}");
     let last_token = batch.last_token();
     ctx.save(Table::Leases, &keys::pair(group_id, last_token), batch)?;
+    if batch.fresh_count() > 0 {
+        ctx.mark(Table::FreshBatches, &keys::pair(group_id, last_token))?;
+    }
     ctx.mark(Table::Deadlines, &keys::deadline(batch.deadline_ms, group_id, last_token))
 }
 
-/// Replaces a batch's deadlines entry at `indexed_ms` with one at its `deadline_ms`, or drops the
-/// batch and its entry when nothing in it is live.
+/// A batch's index entries as they were read: where it sits in the deadlines index, and whether
+/// it sits in `fresh_batches`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Indexed {
+    pub deadline_ms: u64,
+    pub fresh: bool,
+}
+
+impl Indexed {
+    pub(crate) fn of(batch: &LeaseBatchRecord) -> Indexed {
+        Indexed { deadline_ms: batch.deadline_ms, fresh: batch.fresh_count() > 0 }
+    }
+}
+
+/// Writes a changed batch back and moves its index entries from `indexed` to where it now
+/// belongs, or drops the batch and its entries when nothing in it is live.
 pub(crate) fn store<S: Store>(
     ctx: &mut Ctx<'_, S>,
     group_id: u64,
     batch: &LeaseBatchRecord,
-    indexed_ms: u64,
+    indexed: Indexed,
 ) -> Res<()> {
     let last_token = batch.last_token();
     let key = keys::pair(group_id, last_token);
+    let fresh = batch.fresh_count() > 0;
+    assert!(indexed.fresh || !fresh, "a batch gained fresh leases: {batch:?}");
+    if indexed.fresh && !fresh {
+        ctx.remove(Table::FreshBatches, &key)?;
+    }
     if batch.live == 0 {
         ctx.remove(Table::Leases, &key)?;
-        return ctx.remove(Table::Deadlines, &keys::deadline(indexed_ms, group_id, last_token));
+        return ctx.remove(Table::Deadlines, &keys::deadline(indexed.deadline_ms, group_id, last_token));
     }
     ctx.save(Table::Leases, &key, batch)?;
-    if batch.deadline_ms != indexed_ms {
-        ctx.remove(Table::Deadlines, &keys::deadline(indexed_ms, group_id, last_token))?;
+    if batch.deadline_ms != indexed.deadline_ms {
+        ctx.remove(Table::Deadlines, &keys::deadline(indexed.deadline_ms, group_id, last_token))?;
         ctx.mark(Table::Deadlines, &keys::deadline(batch.deadline_ms, group_id, last_token))?;
     }
     Ok(())
+}
+
+/// The lowest message under a live fresh lease of the group, if any.
+pub(crate) fn first_fresh<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
+    let prefix = keys::id(group_id);
+    let end = prefix_end(&prefix);
+    let Some((key, _)) = ctx.range(Table::FreshBatches, &prefix, end.as_deref(), 1)?.pop() else {
+        return Ok(None);
+    };
+    let batch: LeaseBatchRecord = ctx
+        .load(Table::Leases, &key)?
+        .ok_or_else(|| StoreError::new(format!("group {group_id} indexes a lease batch it lost")))?;
+    let first = batch.first_fresh_seq();
+    assert!(first.is_some(), "a batch without fresh leases is indexed as fresh: {batch:?}");
+    Ok(first)
 }
 
 /// The batches one settle command touches: each read once, changed in memory, and written back
@@ -49,8 +87,8 @@ pub(crate) fn store<S: Store>(
 #[derive(Debug)]
 pub(crate) struct Touched {
     group_id: u64,
-    /// By last token. Only `live` and `deadline_ms` ever change, so their values as read tell
-    /// whether the batch needs writing back.
+    /// By last token. Only `live`, `deadline_ms` and `fresh` ever change, so their values as read
+    /// tell whether the batch needs writing back.
     batches: BTreeMap<u64, TouchedBatch>,
 }
 
@@ -58,7 +96,8 @@ pub(crate) struct Touched {
 struct TouchedBatch {
     batch: LeaseBatchRecord,
     live_read: u32,
-    indexed_ms: u64,
+    fresh_read: u32,
+    indexed: Indexed,
 }
 
 impl Touched {
@@ -83,8 +122,13 @@ impl Touched {
                 if batch.first_token > token {
                     return Ok(None);
                 }
-                let (live_read, indexed_ms) = (batch.live, batch.deadline_ms);
-                self.batches.entry(last_token).or_insert(TouchedBatch { batch, live_read, indexed_ms });
+                let touched = TouchedBatch {
+                    live_read: batch.live,
+                    fresh_read: batch.fresh_count(),
+                    indexed: Indexed::of(&batch),
+                    batch,
+                };
+                self.batches.entry(last_token).or_insert(touched);
                 last_token
             }
         };
@@ -93,9 +137,12 @@ impl Touched {
 
     /// Writes back every batch that changed.
     pub(crate) fn store<S: Store>(self, ctx: &mut Ctx<'_, S>) -> Res<()> {
-        for TouchedBatch { batch, live_read, indexed_ms } in self.batches.into_values() {
-            if batch.live != live_read || batch.deadline_ms != indexed_ms {
-                store(ctx, self.group_id, &batch, indexed_ms)?;
+        for TouchedBatch { batch, live_read, fresh_read, indexed } in self.batches.into_values() {
+            let changed = batch.live != live_read
+                || batch.fresh_count() != fresh_read
+                || batch.deadline_ms != indexed.deadline_ms;
+            if changed {
+                store(ctx, self.group_id, &batch, indexed)?;
             }
         }
         Ok(())
@@ -113,8 +160,11 @@ pub(crate) fn live(store: &impl StoreRead, group_id: u64, limit: usize) -> Resul
         for (_, value) in &page {
             let batch: LeaseBatchRecord = decode(value)?;
             for (token, seq) in batch.slots() {
-                let pending: Option<PendingRecord> = load(store, Table::Pending, &keys::pair(group_id, seq))?;
-                if pending.and_then(|p| p.deadline_under(token)).is_none() {
+                let live = batch.is_fresh(token) || {
+                    let pending: Option<PendingRecord> = load(store, Table::Pending, &keys::pair(group_id, seq))?;
+                    pending.and_then(|p| p.deadline_under(token)).is_some()
+                };
+                if !live {
                     continue;
                 }
                 if found.len() == limit {

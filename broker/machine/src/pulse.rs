@@ -92,8 +92,15 @@ fn do_chores<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()
         let done = match chore[0] {
             CHORE_PURGE_TOPIC => purge(ctx, &[Table::Messages, Table::Dedup], id, &mut budget, report)?,
             CHORE_PURGE_GROUP => {
-                let tables =
-                    [Table::Pending, Table::Ready, Table::Leases, Table::KeyLocks, Table::KeyWaits, Table::Consumers];
+                let tables = [
+                    Table::Pending,
+                    Table::Ready,
+                    Table::Leases,
+                    Table::FreshBatches,
+                    Table::KeyLocks,
+                    Table::KeyWaits,
+                    Table::Consumers,
+                ];
                 purge(ctx, &tables, id, &mut budget, report)?
             }
             CHORE_TRIM_TOPIC => {

@@ -159,8 +159,12 @@ pub(crate) enum PendingState {
 }
 
 /// The grants of one lease command: tokens `first_token..first_token + seqs.len()`, in order.
-/// A token finds its message here, and its message's pending record says whether it is still live,
-/// so a grant writes one pending record and an ack removes one, whatever the batch size.
+/// A token finds its message here. Whether it is still live is said in one of two places:
+/// - **fresh** slots (bit `token - first_token` of `fresh`): a message's first delivery, without a
+///   key, not extended since. The batch alone holds such a lease, with `fresh_deadline_ms` as its
+///   deadline, and the message has no pending record until the lease ends other than by an ack.
+///   This is the common case, and it makes a task's lease and ack cost no pending-record writes.
+/// - every other slot: the message's pending record, live while it is leased under the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LeaseBatchRecord {
     pub first_token: u64,
@@ -171,6 +175,10 @@ pub(crate) struct LeaseBatchRecord {
     pub live: u32,
     /// Where the batch sits in the deadlines index: no later than the deadline of any live token.
     pub deadline_ms: u64,
+    /// One bit per slot: set while the slot is a live fresh lease.
+    pub fresh: Vec<u64>,
+    /// The deadline of every fresh lease of the batch: their lease command's.
+    pub fresh_deadline_ms: u64,
 }
 
 impl LeaseBatchRecord {
@@ -180,14 +188,51 @@ impl LeaseBatchRecord {
 
     /// The message leased under `token`, if this batch issued it.
     pub fn seq_of(&self, token: u64) -> Option<u64> {
-        let slot = token.checked_sub(self.first_token)?;
-        self.seqs.get(usize::try_from(slot).ok()?).copied()
+        self.seqs.get(self.slot(token)?).copied()
     }
 
     /// Each token with its message.
     pub fn slots(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         (self.first_token..).zip(self.seqs.iter().copied())
     }
+
+    /// Whether `token` is a live fresh lease of this batch.
+    pub fn is_fresh(&self, token: u64) -> bool {
+        self.slot(token).is_some_and(|slot| self.fresh.get(slot / 64).is_some_and(|word| word >> (slot % 64) & 1 == 1))
+    }
+
+    /// Ends the fresh lease `token`: its state moves to a pending record, or it is done.
+    pub fn clear_fresh(&mut self, token: u64) {
+        assert!(self.is_fresh(token), "token {token} is not a fresh lease of {self:?}");
+        let slot = self.slot(token).expect("a fresh token is the batch's");
+        self.fresh[slot / 64] &= !(1 << (slot % 64));
+    }
+
+    /// Live fresh leases.
+    pub fn fresh_count(&self) -> u32 {
+        self.fresh.iter().map(|word| word.count_ones()).sum()
+    }
+
+    /// The lowest message under a live fresh lease. Fresh grants take messages in topic order,
+    /// so this is the first fresh slot's.
+    pub fn first_fresh_seq(&self) -> Option<u64> {
+        let (index, word) = self.fresh.iter().enumerate().find(|(_, word)| **word != 0)?;
+        self.seqs.get(index * 64 + word.trailing_zeros() as usize).copied()
+    }
+
+    fn slot(&self, token: u64) -> Option<usize> {
+        let slot = usize::try_from(token.checked_sub(self.first_token)?).ok()?;
+        (slot < self.seqs.len()).then_some(slot)
+    }
+}
+
+/// The bits of a [`LeaseBatchRecord::fresh`] set where `flags` is true.
+pub(crate) fn fresh_bits(flags: &[bool]) -> Vec<u64> {
+    let mut bits = vec![0u64; flags.len().div_ceil(64)];
+    for (slot, _) in flags.iter().enumerate().filter(|(_, fresh)| **fresh) {
+        bits[slot / 64] |= 1 << (slot % 64);
+    }
+    bits
 }
 
 /// A durable subscription.

@@ -85,7 +85,10 @@ pub(crate) fn work_queue_floor<S: Store>(ctx: &Ctx<'_, S>, topic: &TopicRecord) 
         let Some(group) = ctx.load::<GroupRecord>(Table::Groups, &keys::id(group_id))? else {
             continue;
         };
-        let needed = first_pending(ctx, group.id)?.map_or(group.next_seq, |seq| seq.min(group.next_seq));
+        let mut needed = group.next_seq;
+        for first in [first_pending(ctx, group.id)?, crate::leases::first_fresh(ctx, group.id)?].into_iter().flatten() {
+            needed = needed.min(first);
+        }
         floor = Some(floor.map_or(needed, |f| f.min(needed)));
     }
     for sub_id in subscription_ids(ctx, topic.id)? {
@@ -96,7 +99,8 @@ pub(crate) fn work_queue_floor<S: Store>(ctx: &Ctx<'_, S>, topic: &TopicRecord) 
     Ok(floor)
 }
 
-/// The lowest sequence the group has examined but not finished.
+/// The lowest sequence with a pending record in the group; fresh leases have none (see
+/// [`crate::leases::first_fresh`]).
 pub(crate) fn first_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
     let prefix = keys::id(group_id);
     let end = prefix_end(&prefix);

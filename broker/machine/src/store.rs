@@ -27,7 +27,8 @@ pub enum Table {
     GroupNames = 7,
     /// Group id → group record.
     Groups = 8,
-    /// (group id, seq) → pending record: a message delivered at least once but not yet done.
+    /// (group id, seq) → pending record: a message examined but not yet done, unless a fresh
+    /// lease in its lease batch holds it (see `LeaseBatchRecord`).
     Pending = 9,
     /// (group id, available time, seq) → (): pending messages not leased, by availability.
     Ready = 10,
@@ -48,11 +49,14 @@ pub enum Table {
     Subs = 17,
     /// (chore kind, id) → (): deferred bounded work such as purging a deleted topic.
     Chores = 18,
+    /// (group id, last token) → (): the lease batches holding live fresh leases. Fresh grants
+    /// take messages in topic order, so the first one's first fresh slot is the group's lowest.
+    FreshBatches = 19,
 }
 
 impl Table {
     /// Every table, in snapshot order.
-    pub const ALL: [Table; 19] = [
+    pub const ALL: [Table; 20] = [
         Table::Meta,
         Table::TopicNames,
         Table::Topics,
@@ -72,6 +76,7 @@ impl Table {
         Table::SubNames,
         Table::Subs,
         Table::Chores,
+        Table::FreshBatches,
     ];
 
     /// A stable name, used by the broker for its redb table names.
@@ -96,6 +101,7 @@ impl Table {
             Table::SubNames => "sub_names",
             Table::Subs => "subs",
             Table::Chores => "chores",
+            Table::FreshBatches => "fresh_batches",
         }
     }
 

@@ -348,7 +348,15 @@ mod tests {
         let report = h.pulse();
         assert!(report.purged >= 3, "{report:?}");
         let store = h.machine.store();
-        for table in [Table::Messages, Table::Pending, Table::Leases, Table::Chores, Table::Groups, Table::Consumers] {
+        for table in [
+            Table::Messages,
+            Table::Pending,
+            Table::Leases,
+            Table::FreshBatches,
+            Table::Chores,
+            Table::Groups,
+            Table::Consumers,
+        ] {
             assert_eq!(store.len(table), 0, "{table:?} keeps data of the deleted topic");
         }
     }
