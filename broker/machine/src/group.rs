@@ -366,12 +366,8 @@ pub(crate) fn expire_batch<S: Store>(
     let (mut live_left, mut earliest_ms) = (0u32, None::<u64>);
     for (token, seq) in batch.slots().collect::<Vec<_>>() {
         let fresh = batch.is_fresh(token);
-        let pending = match fresh {
-            true => fresh_pending(token, batch.fresh_deadline_ms),
-            false => match ctx.load::<PendingRecord>(Table::Pending, &keys::pair(group.id, seq))? {
-                Some(pending) => pending,
-                None => continue,
-            },
+        let Some(pending) = slot_record(ctx, group.id, &batch, token, seq)? else {
+            continue;
         };
         match pending.deadline_under(token) {
             None => {}
@@ -422,9 +418,20 @@ struct LiveLease {
     fresh: bool,
 }
 
-/// The pending record a fresh lease stands for.
-fn fresh_pending(token: u64, deadline_ms: u64) -> PendingRecord {
-    PendingRecord { deliveries: 1, key: None, state: PendingState::Leased { token, deadline_ms } }
+/// The pending record that says whether `token` of `batch`, which leased `seq`, is live: the
+/// one a fresh lease stands for, or else the message's stored one.
+fn slot_record<S: Store>(
+    ctx: &Ctx<'_, S>,
+    group_id: u64,
+    batch: &LeaseBatchRecord,
+    token: u64,
+    seq: u64,
+) -> Res<Option<PendingRecord>> {
+    if batch.is_fresh(token) {
+        let state = PendingState::Leased { token, deadline_ms: batch.fresh_deadline_ms };
+        return Ok(Some(PendingRecord { deliveries: 1, key: None, state }));
+    }
+    ctx.load(Table::Pending, &keys::pair(group_id, seq))
 }
 
 /// The message leased under `token` and its batch, if that lease is live at this entry's time.
@@ -438,11 +445,7 @@ fn live_lease<'t, S: Store>(
     let batch = touched.find(ctx, token)?.ok_or_else(stale)?;
     let seq = batch.seq_of(token).ok_or_else(stale)?;
     let fresh = batch.is_fresh(token);
-    let pending = match fresh {
-        true => Some(fresh_pending(token, batch.fresh_deadline_ms)),
-        false => ctx.load::<PendingRecord>(Table::Pending, &keys::pair(group.id, seq))?,
-    };
-    match pending {
+    match slot_record(ctx, group.id, batch, token, seq)? {
         Some(pending) if pending.deadline_under(token).is_some_and(|deadline_ms| deadline_ms > ctx.now_ms) => {
             Ok((LiveLease { seq, pending, fresh }, batch))
         }
