@@ -109,6 +109,27 @@ fn range(
     end: Option<&[u8]>,
     limit: usize,
 ) -> Result<Vec<KeyValue>, StoreError> {
+    scan(table, start, end, limit, |key, value| (key.to_vec(), value.to_vec()))
+}
+
+/// Like [`range`], without copying the values.
+fn keys(
+    table: &impl ReadableTable<Bytes<'static>, Bytes<'static>>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    scan(table, start, end, limit, |key, _| key.to_vec())
+}
+
+/// What `take` makes of each of up to `limit` entries with `start <= key < end`, in key order.
+fn scan<T>(
+    table: &impl ReadableTable<Bytes<'static>, Bytes<'static>>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+    take: impl Fn(&[u8], &[u8]) -> T,
+) -> Result<Vec<T>, StoreError> {
     if end.is_some_and(|end| end <= start) || limit == 0 {
         return Ok(Vec::new());
     }
@@ -116,7 +137,7 @@ fn range(
     let mut found = Vec::new();
     for item in table.range::<&[u8]>((Bound::Included(start), upper)).map_err(store_error)? {
         let (key, value) = item.map_err(store_error)?;
-        found.push((key.value().to_vec(), value.value().to_vec()));
+        found.push(take(key.value(), value.value()));
         if found.len() == limit {
             break;
         }
@@ -131,6 +152,10 @@ impl StoreRead for WriteStore<'_> {
 
     fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         range(self.table(table)?, start, end, limit)
+    }
+
+    fn keys(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        keys(self.table(table)?, start, end, limit)
     }
 }
 
@@ -157,6 +182,10 @@ impl StoreRead for ReadStore {
 
     fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         range(self.table(table)?, start, end, limit)
+    }
+
+    fn keys(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        keys(self.table(table)?, start, end, limit)
     }
 }
 
@@ -220,6 +249,10 @@ mod tests {
                 prop_assert_eq!(
                     read.range(*table, &start, end.as_deref(), limit).unwrap(),
                     model.range(*table, &start, end.as_deref(), limit).unwrap()
+                );
+                prop_assert_eq!(
+                    read.keys(*table, &start, end.as_deref(), limit).unwrap(),
+                    model.keys(*table, &start, end.as_deref(), limit).unwrap()
                 );
                 prop_assert_eq!(read.get(*table, &start).unwrap(), model.get(*table, &start).unwrap());
             }

@@ -139,6 +139,10 @@ impl<S: Store> Ctx<'_, S> {
         Ok(self.store.range(table, start, end, limit)?)
     }
 
+    pub(crate) fn keys(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Res<Vec<Vec<u8>>> {
+        Ok(self.store.keys(table, start, end, limit)?)
+    }
+
     pub(crate) fn topic(&self, name: &str) -> Res<TopicRecord> {
         crate::query::topic(&*self.store, name)?
             .ok_or_else(|| Fail::Rejected(MachineError::UnknownTopic(name.to_owned())))

@@ -138,8 +138,8 @@ fn purge<S: Store>(
     let prefix = keys::id(id);
     let end = prefix_end(&prefix);
     for &table in tables {
-        let keys = ctx.range(table, &prefix, end.as_deref(), *budget)?;
-        for (key, _) in &keys {
+        let keys = ctx.keys(table, &prefix, end.as_deref(), *budget)?;
+        for key in &keys {
             ctx.remove(table, key)?;
         }
         *budget -= keys.len();

@@ -135,6 +135,12 @@ pub trait StoreRead {
     /// Up to `limit` entries with `start <= key < end` (no upper bound when `end` is `None`),
     /// in ascending key order.
     fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// The keys of [`StoreRead::range`]'s entries. A store that can skip reading the values
+    /// should: purging a topic reads thousands of message batches' keys at a time.
+    fn keys(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.range(table, start, end, limit)?.into_iter().map(|(key, _)| key).collect())
+    }
 }
 
 /// Write access to the machine's tables. Only the machine writes through it.
