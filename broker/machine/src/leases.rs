@@ -26,17 +26,17 @@ pub(crate) fn open<S: Store>(ctx: &mut Ctx<'_, S>, group_id: u64, batch: &LeaseB
     ctx.mark(Table::Deadlines, &keys::deadline(batch.deadline_ms, group_id, last_token))
 }
 
-/// A batch's index entries as they were read: where it sits in the deadlines index, and whether
-/// it sits in `fresh_batches`.
+/// What of a batch decides its index entries, as it was read: where it sits in the deadlines
+/// index, and its fresh leases (it sits in `fresh_batches` while it has any).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Indexed {
     pub deadline_ms: u64,
-    pub fresh: bool,
+    pub fresh: u32,
 }
 
 impl Indexed {
     pub(crate) fn of(batch: &LeaseBatchRecord) -> Indexed {
-        Indexed { deadline_ms: batch.deadline_ms, fresh: batch.fresh_count() > 0 }
+        Indexed { deadline_ms: batch.deadline_ms, fresh: batch.fresh_count() }
     }
 }
 
@@ -50,9 +50,9 @@ pub(crate) fn store<S: Store>(
 ) -> Res<()> {
     let last_token = batch.last_token();
     let key = keys::pair(group_id, last_token);
-    let fresh = batch.fresh_count() > 0;
-    assert!(indexed.fresh || !fresh, "a batch gained fresh leases: {batch:?}");
-    if indexed.fresh && !fresh {
+    let fresh = batch.fresh_count();
+    assert!(fresh <= indexed.fresh, "a batch gained fresh leases: {batch:?}");
+    if indexed.fresh > 0 && fresh == 0 {
         ctx.remove(Table::FreshBatches, &key)?;
     }
     if batch.live == 0 {
@@ -96,7 +96,6 @@ pub(crate) struct Touched {
 struct TouchedBatch {
     batch: LeaseBatchRecord,
     live_read: u32,
-    fresh_read: u32,
     indexed: Indexed,
 }
 
@@ -122,12 +121,7 @@ impl Touched {
                 if batch.first_token > token {
                     return Ok(None);
                 }
-                let touched = TouchedBatch {
-                    live_read: batch.live,
-                    fresh_read: batch.fresh_count(),
-                    indexed: Indexed::of(&batch),
-                    batch,
-                };
+                let touched = TouchedBatch { live_read: batch.live, indexed: Indexed::of(&batch), batch };
                 self.batches.entry(last_token).or_insert(touched);
                 last_token
             }
@@ -137,9 +131,9 @@ impl Touched {
 
     /// Writes back every batch that changed.
     pub(crate) fn store<S: Store>(self, ctx: &mut Ctx<'_, S>) -> Res<()> {
-        for TouchedBatch { batch, live_read, fresh_read, indexed } in self.batches.into_values() {
+        for TouchedBatch { batch, live_read, indexed } in self.batches.into_values() {
             let changed = batch.live != live_read
-                || batch.fresh_count() != fresh_read
+                || batch.fresh_count() != indexed.fresh
                 || batch.deadline_ms != indexed.deadline_ms;
             if changed {
                 store(ctx, self.group_id, &batch, indexed)?;
