@@ -146,22 +146,22 @@ pub async fn status_of(addr: &str, token: &str) -> Option<pb::ClusterStatus> {
 
 /// Waits until some broker in `addrs` reports itself leader; returns its status.
 pub async fn wait_for_leader(addrs: &[String], token: &str, timeout: Duration) -> anyhow::Result<pb::ClusterStatus> {
-    wait_for_leader_after(addrs, token, 0, timeout).await
+    wait_for_leader_where(addrs, token, timeout, |_| true).await
 }
 
-/// Waits for a leader elected in a term after `term`.
-pub async fn wait_for_leader_after(
+/// Waits until some broker in `addrs` reports itself leader with a status `accept` takes.
+pub async fn wait_for_leader_where(
     addrs: &[String],
     token: &str,
-    term: u64,
     timeout: Duration,
+    accept: impl Fn(&pb::ClusterStatus) -> bool,
 ) -> anyhow::Result<pb::ClusterStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         for addr in addrs {
             if let Some(status) = status_of(addr, token).await
                 && status.role == "leader"
-                && status.term > term
+                && accept(&status)
             {
                 return Ok(status);
             }
