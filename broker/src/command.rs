@@ -2,9 +2,10 @@
 //! boundary. The log stores `pb::Entry`; the machine applies `chorus_machine::Entry`. Client
 //! input that does not convert is rejected as an invalid argument before anything is proposed.
 
+use chorus_machine::access::{Action, Actor, Pattern, Permission, Quotas};
 use chorus_machine::command::{
-    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish, RetentionPolicy,
-    StartPosition, TopicConfig,
+    Command, Entry, GroupConfig, Header, KeyOrdering, MembershipChange, NewMessage, NewUser, ProducerStamp, Publish,
+    RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
 };
 use chorus_machine::limits::{DEDUP_WINDOW_MS_DEFAULT, LEASE_MS_DEFAULT};
 use chorus_protocol::pb;
@@ -21,12 +22,111 @@ fn missing(what: &str) -> ConvertError {
 }
 
 pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
-    pb::Entry { time_ms: entry.time_ms, commands: entry.commands.iter().map(command_to_pb).collect() }
+    pb::Entry { time_ms: entry.time_ms, commands: entry.submissions.iter().map(submission_to_pb).collect() }
 }
 
 pub fn entry_from_pb(entry: pb::Entry) -> Converted<Entry> {
-    let commands = entry.commands.into_iter().map(command_from_pb).collect::<Converted<_>>()?;
-    Ok(Entry { time_ms: entry.time_ms, commands })
+    let submissions = entry.commands.into_iter().map(submission_from_pb).collect::<Converted<_>>()?;
+    Ok(Entry { time_ms: entry.time_ms, submissions })
+}
+
+pub fn submission_to_pb(submission: &Submission) -> pb::Command {
+    pb::Command { actor: Some(actor_to_pb(&submission.actor)), ..command_to_pb(&submission.command) }
+}
+
+/// A command without an actor was written before users existed: it was anonymous.
+pub fn submission_from_pb(command: pb::Command) -> Converted<Submission> {
+    let actor = actor_from_pb(command.actor.clone())?;
+    Ok(Submission { actor, command: command_from_pb(command)? })
+}
+
+pub fn actor_to_pb(actor: &Actor) -> pb::Actor {
+    use pb::actor::Kind;
+    let kind = match actor {
+        Actor::Broker => Kind::Broker(pb::Empty {}),
+        Actor::Anonymous => Kind::Anonymous(pb::Empty {}),
+        Actor::User(name) => Kind::User(name.clone()),
+    };
+    pb::Actor { kind: Some(kind) }
+}
+
+pub fn actor_from_pb(actor: Option<pb::Actor>) -> Converted<Actor> {
+    use pb::actor::Kind;
+    Ok(match actor {
+        None => Actor::Anonymous,
+        Some(pb::Actor { kind: None }) => return Err(missing("actor kind")),
+        Some(pb::Actor { kind: Some(Kind::Broker(_)) }) => Actor::Broker,
+        Some(pb::Actor { kind: Some(Kind::Anonymous(_)) }) => Actor::Anonymous,
+        Some(pb::Actor { kind: Some(Kind::User(name)) }) => Actor::User(name),
+    })
+}
+
+pub fn permission_to_pb(permission: &Permission) -> pb::Permission {
+    let action = match permission.action {
+        Action::Publish => pb::Action::Publish,
+        Action::Subscribe => pb::Action::Subscribe,
+        Action::Consume => pb::Action::Consume,
+        Action::Manage => pb::Action::Manage,
+        Action::Admin => pb::Action::Admin,
+    };
+    pb::Permission { action: action as i32, pattern: permission.pattern.as_str().to_owned() }
+}
+
+pub fn permission_from_pb(permission: pb::Permission) -> Converted<Permission> {
+    let action = match permission.action() {
+        pb::Action::Publish => Action::Publish,
+        pb::Action::Subscribe => Action::Subscribe,
+        pb::Action::Consume => Action::Consume,
+        pb::Action::Manage => Action::Manage,
+        pb::Action::Admin => Action::Admin,
+        pb::Action::Unspecified => return Err(missing("permission action")),
+    };
+    let pattern = Pattern::parse(&permission.pattern).map_err(|e| ConvertError(e.to_string()))?;
+    Ok(Permission::new(action, pattern))
+}
+
+fn permissions_from_pb(permissions: Vec<pb::Permission>) -> Converted<Vec<Permission>> {
+    permissions.into_iter().map(permission_from_pb).collect()
+}
+
+pub fn quotas_to_pb(quotas: &Quotas) -> pb::Quotas {
+    pb::Quotas {
+        topics_max: quotas.topics_max,
+        groups_max: quotas.groups_max,
+        connections_max: quotas.connections_max,
+        in_flight_bytes_max: quotas.in_flight_bytes_max,
+    }
+}
+
+/// An absent field is unlimited.
+pub fn quotas_from_pb(quotas: pb::Quotas) -> Quotas {
+    Quotas {
+        topics_max: quotas.topics_max,
+        groups_max: quotas.groups_max,
+        connections_max: quotas.connections_max,
+        in_flight_bytes_max: quotas.in_flight_bytes_max,
+    }
+}
+
+pub fn membership_change_from_pb(change: pb::ChangeMembership) -> Converted<MembershipChange> {
+    use pb::change_membership::Change;
+    Ok(match change.change.ok_or_else(|| missing("membership change"))? {
+        Change::Add(add) => {
+            MembershipChange::Add { id: add.id, peer_addr: add.peer_addr, client_addr: add.client_addr }
+        }
+        Change::Remove(remove) => MembershipChange::Remove { id: remove.id },
+    })
+}
+
+pub fn membership_change_to_pb(change: &MembershipChange) -> pb::ChangeMembership {
+    use pb::change_membership::Change;
+    let change = match change {
+        MembershipChange::Add { id, peer_addr, client_addr } => {
+            Change::Add(pb::AddBroker { id: *id, peer_addr: peer_addr.clone(), client_addr: client_addr.clone() })
+        }
+        MembershipChange::Remove { id } => Change::Remove(pb::RemoveBroker { id: *id }),
+    };
+    pb::ChangeMembership { change: Some(change) }
 }
 
 pub fn command_to_pb(command: &Command) -> pb::Command {
@@ -57,8 +157,30 @@ pub fn command_to_pb(command: &Command) -> pb::Command {
             Op::Extend(pb::ExtendRequest { topic, group, tokens, lease_ms })
         }
         Command::Pulse => Op::Pulse(pb::Empty {}),
+        Command::CreateUser(new) => Op::CreateUser(pb::UserCommand {
+            name: new.name,
+            password_hash: new.password_hash,
+            permissions: new.permissions.iter().map(permission_to_pb).collect(),
+            quotas: Some(quotas_to_pb(&new.quotas)),
+        }),
+        Command::UpdateUser(update) => Op::UpdateUser(pb::UserUpdateCommand {
+            name: update.name,
+            password_hash: update.password_hash,
+            permissions: update
+                .permissions
+                .map(|p| pb::PermissionList { permissions: p.iter().map(permission_to_pb).collect() }),
+            quotas: update.quotas.as_ref().map(quotas_to_pb),
+        }),
+        Command::DeleteUser { name } => Op::DeleteUser(pb::DeleteUser { name }),
+        Command::BootstrapAdmin { name, password_hash } => {
+            Op::BootstrapAdmin(pb::BootstrapAdmin { name, password_hash })
+        }
+        Command::RecordMembershipChange(change) => Op::RecordMembershipChange(membership_change_to_pb(&change)),
+        Command::MembershipApplied { voters, learners } => {
+            Op::MembershipApplied(pb::MembershipApplied { voters, learners })
+        }
     };
-    pb::Command { op: Some(op) }
+    pb::Command { op: Some(op), actor: None }
 }
 
 pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
@@ -87,6 +209,24 @@ pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
         Op::Nack(c) => Command::Nack { topic: c.topic, group: c.group, tokens: c.tokens, delay_ms: c.delay_ms },
         Op::Extend(c) => Command::Extend { topic: c.topic, group: c.group, tokens: c.tokens, lease_ms: c.lease_ms },
         Op::Pulse(_) => Command::Pulse,
+        Op::CreateUser(new) => Command::CreateUser(NewUser {
+            name: new.name,
+            password_hash: new.password_hash,
+            permissions: permissions_from_pb(new.permissions)?,
+            quotas: quotas_from_pb(new.quotas.unwrap_or_default()),
+        }),
+        Op::UpdateUser(update) => Command::UpdateUser(UserUpdate {
+            name: update.name,
+            password_hash: update.password_hash,
+            permissions: update.permissions.map(|list| permissions_from_pb(list.permissions)).transpose()?,
+            quotas: update.quotas.map(quotas_from_pb),
+        }),
+        Op::DeleteUser(delete) => Command::DeleteUser { name: delete.name },
+        Op::BootstrapAdmin(admin) => Command::BootstrapAdmin { name: admin.name, password_hash: admin.password_hash },
+        Op::RecordMembershipChange(change) => Command::RecordMembershipChange(membership_change_from_pb(change)?),
+        Op::MembershipApplied(applied) => {
+            Command::MembershipApplied { voters: applied.voters, learners: applied.learners }
+        }
     })
 }
 
@@ -305,7 +445,46 @@ mod tests {
             (name, name, tokens, any::<u64>())
                 .prop_map(|(topic, group, tokens, lease_ms)| { Command::Extend { topic, group, tokens, lease_ms } }),
             Just(Command::Pulse),
+            (name, prop::option::of("[a-z$]{1,8}"), permissions(), quotas()).prop_map(
+                |(name, password_hash, permissions, quotas)| {
+                    Command::CreateUser(NewUser { name, password_hash, permissions, quotas })
+                }
+            ),
+            (name, prop::option::of("[a-z$]{1,8}"), prop::option::of(permissions()), prop::option::of(quotas()))
+                .prop_map(|(name, password_hash, permissions, quotas)| {
+                    Command::UpdateUser(UserUpdate { name, password_hash, permissions, quotas })
+                }),
+            name.prop_map(|name| Command::DeleteUser { name }),
+            (name, "[a-z$]{1,8}").prop_map(|(name, password_hash)| Command::BootstrapAdmin { name, password_hash }),
+            (any::<u64>(), name, name).prop_map(|(id, peer_addr, client_addr)| {
+                Command::RecordMembershipChange(MembershipChange::Add { id, peer_addr, client_addr })
+            }),
+            any::<u64>().prop_map(|id| Command::RecordMembershipChange(MembershipChange::Remove { id })),
+            (prop::collection::vec(any::<u64>(), 0..4), prop::collection::vec(any::<u64>(), 0..3))
+                .prop_map(|(voters, learners)| Command::MembershipApplied { voters, learners }),
         ]
+    }
+
+    fn permissions() -> impl Strategy<Value = Vec<Permission>> {
+        let action = prop::sample::select(Action::ALL.to_vec());
+        let pattern = "[a-z]{1,3}(/[a-z]{1,2})?\\*?".prop_map(|p| Pattern::parse(&p).unwrap());
+        prop::collection::vec((action, pattern).prop_map(|(a, p)| Permission::new(a, p)), 0..4)
+    }
+
+    fn quotas() -> impl Strategy<Value = Quotas> {
+        let limit = || prop::option::of(any::<u64>());
+        (limit(), limit(), prop::option::of(any::<u32>()), limit()).prop_map(
+            |(topics_max, groups_max, connections_max, in_flight_bytes_max)| Quotas {
+                topics_max,
+                groups_max,
+                connections_max,
+                in_flight_bytes_max,
+            },
+        )
+    }
+
+    fn actor() -> impl Strategy<Value = Actor> {
+        prop_oneof![Just(Actor::Broker), Just(Actor::Anonymous), "[a-z]{1,4}".prop_map(Actor::User)]
     }
 
     proptest! {
@@ -313,8 +492,9 @@ mod tests {
 
         /// What the leader encodes is what every broker applies.
         #[test]
-        fn entries_survive_the_log_encoding(time_ms in any::<u64>(), commands in prop::collection::vec(command(), 0..6)) {
-            let entry = Entry { time_ms, commands };
+        fn entries_survive_the_log_encoding(time_ms in any::<u64>(), commands in prop::collection::vec((actor(), command()), 0..6)) {
+            let submissions = commands.into_iter().map(|(actor, command)| Submission { actor, command }).collect();
+            let entry = Entry { time_ms, submissions };
             let bytes = entry_to_pb(&entry).encode_to_vec();
             let back = entry_from_pb(pb::Entry::decode(bytes.as_slice()).unwrap()).unwrap();
             prop_assert_eq!(back, entry);
@@ -323,7 +503,12 @@ mod tests {
 
     #[test]
     fn malformed_commands_are_errors() {
-        assert!(command_from_pb(pb::Command { op: None }).is_err());
+        assert!(command_from_pb(pb::Command { op: None, actor: None }).is_err());
+        let kindless =
+            pb::Command { op: Some(pb::command::Op::Pulse(pb::Empty {})), actor: Some(pb::Actor { kind: None }) };
+        assert!(submission_from_pb(kindless).is_err());
+        let unchecked = pb::Permission { action: pb::Action::Publish as i32, pattern: "a b".into() };
+        assert!(permission_from_pb(unchecked).is_err(), "patterns are checked where they enter");
         let half_producer = pb::PublishRequest { producer_id: Some("p".into()), ..Default::default() };
         assert!(publish_from_pb(half_producer).is_err());
     }

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::raft::{BrokerNode, NodeId};
+use crate::security::peer_link::PeerAuth;
 
 /// Runtime limits: what one broker holds in memory or lets clients do at once.
 #[derive(Debug, Clone)]
@@ -109,15 +111,52 @@ pub struct BrokerConfig {
     pub peer_addr: String,
     /// The initial members, bootstrapped once when the cluster is new.
     pub members: BTreeMap<NodeId, BrokerNode>,
-    /// When set, a client's Hello must carry this token.
-    pub auth_token: Option<String>,
+    pub security: Security,
     pub limits: Limits,
     pub raft: RaftTiming,
     /// Where leader time stamps come from.
     pub clock: Clock,
 }
 
+/// How a broker authenticates its peers and its clients.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Peers authenticate before their first frame: mutual TLS, a cluster secret, or (loopback
+    /// only) not at all.
+    pub peers: PeerAuth,
+    /// TLS on the client port, when set.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Clients must authenticate as users, whose permissions the state machine enforces. Off, every
+    /// client is anonymous and may do anything a client can.
+    pub authenticate_clients: bool,
+    /// The first admin, created by the leader when the cluster has no user yet.
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+}
+
+impl Default for Security {
+    /// No authentication at all: loopback development and in-process tests.
+    fn default() -> Security {
+        Security { peers: PeerAuth::Open, client_tls: None, authenticate_clients: false, bootstrap_admin: None }
+    }
+}
+
+/// The first admin's name and argon2 password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapAdmin {
+    pub name: String,
+    pub password_hash: String,
+}
+
 impl BrokerConfig {
+    /// How this broker dials its peers.
+    pub fn network(&self) -> crate::raft::network::Network {
+        crate::raft::network::Network {
+            from_id: self.id,
+            frame_bytes_max: self.limits.peer_frame_bytes_max,
+            auth: self.security.peers.clone(),
+        }
+    }
+
     pub(crate) fn openraft(&self) -> Result<openraft::Config, Box<openraft::ConfigError>> {
         let config = openraft::Config {
             cluster_name: "chorus".into(),

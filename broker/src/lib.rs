@@ -6,6 +6,7 @@
 //! - `proposer`: the leader's batched, time-stamped write path;
 //! - `node`: a running broker and its leader duties;
 //! - `peer`, `server`: the broker-to-broker and client listeners;
+//! - `security`: peer authentication, TLS, users' passwords and certificates;
 //! - `command`: conversions between the wire and the machine.
 
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod node;
 pub mod peer;
 pub mod proposer;
 pub mod raft;
+pub mod security;
 pub mod server;
 pub mod storage;

@@ -1,13 +1,14 @@
 //! A running broker: opens its stores, starts openraft, listens for peers and clients, and runs
-//! the leader's duties (proposing, pulses). Membership is bootstrapped once, by the lowest-id
-//! initial member, and only when no peer already belongs to an initialized cluster.
+//! the leader's duties (proposing, pulses, the first admin). Membership is bootstrapped once, by
+//! the lowest-id initial member, and only when no peer already belongs to an initialized cluster.
+//! A broker whose Raft core stops stops serving: it never answers from a core that is gone.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chorus_machine::{Command, Outcome};
+use chorus_machine::{Actor, Command, MembershipChange, Outcome, Submission, query};
 use chorus_protocol::pb::{self, peer_frame::Body as PeerBody};
 use openraft::{RaftNetworkFactory, ServerState};
 use redb::{Database, ReadableDatabase};
@@ -21,7 +22,10 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{Network, PeerClient};
 use crate::raft::state_store::{AppliedStatus, StateStore};
 use crate::raft::{BrokerNode, NodeId, Raft, StorageError, TypeConfig};
+use crate::security::password;
+use crate::security::peer_link::PeerAuth;
 use crate::server::claims::LeaseClaims;
+use crate::server::sessions::Sessions;
 use crate::storage::ReadStore;
 use crate::{peer, server};
 
@@ -45,6 +49,11 @@ pub enum StartError {
     Raft(#[from] openraft::error::Fatal<NodeId>),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error(
+        "the peer address {0} is not a loopback address, and peers are not authenticated: \
+         give the broker a certificate (--tls-cert, --tls-key, --tls-ca) or a cluster secret (--cluster-secret-file)"
+    )]
+    OpenPeerPort(String),
 }
 
 /// A broker and its running tasks.
@@ -57,6 +66,10 @@ pub struct Broker {
     proposer: Proposer,
     forwarder: Forwarder,
     lease_claims: LeaseClaims,
+    passwords: password::Checker,
+    sessions: Sessions,
+    /// Why the Raft core stopped, once it has: the broker stops serving then.
+    core_failure: std::sync::OnceLock<String>,
     shutdown: CancellationToken,
 }
 
@@ -74,11 +87,15 @@ impl Broker {
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let log = LogStore::open(&config.data_dir.join("log.redb"), config.limits.log_cache_bytes)?;
         let state = StateStore::open(&config.data_dir, config.limits.state_cache_bytes)?;
-        let network = Network { from_id: config.id, frame_bytes_max: config.limits.peer_frame_bytes_max };
+        let network = config.network();
         let bind = |addr: String| async move {
             TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr, source })
         };
         let peers = bind(config.peer_addr.clone()).await?;
+        let open_peers = matches!(config.security.peers, PeerAuth::Open);
+        if open_peers && !peers.local_addr().is_ok_and(|addr| addr.ip().is_loopback()) {
+            return Err(StartError::OpenPeerPort(config.peer_addr.clone()));
+        }
         let clients = bind(config.client_addr.clone()).await?;
         let broker = Broker::start_in_process(config, log, state, network).await?;
         tokio::spawn(peer::serve(peers, Arc::clone(&broker)));
@@ -102,8 +119,7 @@ impl Broker {
         let database = state.database();
         let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
         let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
-        let forwarder =
-            Forwarder::new(config.id, config.limits.forward_connections_max, config.limits.peer_frame_bytes_max);
+        let forwarder = Forwarder::new(config.network(), config.limits.forward_connections_max);
         let broker = Arc::new(Broker {
             config,
             raft,
@@ -113,10 +129,17 @@ impl Broker {
             proposer,
             forwarder,
             lease_claims: LeaseClaims::default(),
+            passwords: password::Checker::default(),
+            sessions: Sessions::default(),
+            core_failure: std::sync::OnceLock::new(),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(Arc::clone(&broker).pulse_loop());
         tokio::spawn(Arc::clone(&broker).watch_membership());
+        tokio::spawn(Arc::clone(&broker).watch_core());
+        if broker.config.security.bootstrap_admin.is_some() {
+            tokio::spawn(Arc::clone(&broker).bootstrap_admin());
+        }
         Ok(broker)
     }
 
@@ -160,6 +183,21 @@ impl Broker {
         &self.lease_claims
     }
 
+    /// Checks users' passwords.
+    pub fn passwords(&self) -> &password::Checker {
+        &self.passwords
+    }
+
+    /// What each user holds open on this broker, against its quotas.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Why the Raft core stopped, if it has.
+    pub fn core_failure(&self) -> Option<&str> {
+        self.core_failure.get().map(String::as_str)
+    }
+
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
@@ -169,11 +207,11 @@ impl Broker {
     /// Proposes one command through the log and waits for its outcome. `NotLeader` means the
     /// command was not proposed; once proposed, a lost leadership answers `Unavailable` because
     /// the outcome is unknown.
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+    pub async fn propose(&self, submission: Submission) -> Result<Outcome, ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader { leader: self.leader() });
         }
-        self.proposer.propose(command).await
+        self.proposer.propose(submission).await
     }
 
     /// A consistent read view of the applied state.
@@ -183,14 +221,16 @@ impl Broker {
         Ok(ReadStore::open(txn))
     }
 
-    /// Passes a client request to the leader and returns its answer.
+    /// Passes a client request to the leader, as `actor`, and returns its answer.
     pub async fn forward(
         &self,
         leader: &(NodeId, BrokerNode),
         frame: pb::ClientFrame,
+        actor: &Actor,
         timeout: Duration,
     ) -> Result<pb::ServerFrame, ProposeError> {
-        self.forwarder.forward(leader, frame, timeout).await
+        let forwarded = pb::Forwarded { request: Some(frame), actor: Some(crate::command::actor_to_pb(actor)) };
+        self.forwarder.forward(leader, forwarded, timeout).await
     }
 
     /// Role, term, leader, indexes and each follower's lag.
@@ -232,34 +272,39 @@ impl Broker {
         }
     }
 
-    /// Adds a broker (as a learner that catches up, then a voter) or removes one.
-    pub async fn change_membership(&self, change: pb::change_membership::Change) -> Result<(), ProposeError> {
-        use pb::change_membership::Change;
+    /// Adds a broker (as a learner that catches up, then a voter) or removes one, for `actor`.
+    /// The change is first recorded through the log, where the state machine checks that the
+    /// actor is an admin, and made only if that record was accepted.
+    pub async fn change_membership(&self, change: MembershipChange, actor: &Actor) -> Result<Outcome, ProposeError> {
         let voters: std::collections::BTreeSet<NodeId> = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             metrics.membership_config.membership().voter_ids().collect()
         };
-        match change {
-            Change::Add(add) => {
-                let node = BrokerNode { peer_addr: add.peer_addr, client_addr: add.client_addr };
-                self.raft.add_learner(add.id, node, true).await.map_err(raft_error)?;
-                let mut next = voters;
-                next.insert(add.id);
-                self.raft.change_membership(next, false).await.map_err(raft_error)?;
+        let mut next = voters;
+        match &change {
+            MembershipChange::Add { id, .. } => {
+                next.insert(*id);
             }
-            Change::Remove(remove) => {
-                let mut next = voters;
-                if !next.remove(&remove.id) {
-                    return Err(ProposeError::Invalid(format!("broker {} is not a voter", remove.id)));
-                }
-                if next.is_empty() {
-                    return Err(ProposeError::Invalid("cannot remove the last broker".into()));
-                }
-                self.raft.change_membership(next, false).await.map_err(raft_error)?;
+            MembershipChange::Remove { id } if !next.remove(id) => {
+                return Err(ProposeError::Invalid(format!("broker {id} is not a voter")));
             }
+            MembershipChange::Remove { .. } if next.is_empty() => {
+                return Err(ProposeError::Invalid("cannot remove the last broker".into()));
+            }
+            MembershipChange::Remove { .. } => {}
         }
-        Ok(())
+        let recorded =
+            self.propose(Submission::new(actor.clone(), Command::RecordMembershipChange(change.clone()))).await?;
+        if recorded.is_err() {
+            return Ok(recorded);
+        }
+        if let MembershipChange::Add { id, peer_addr, client_addr } = change {
+            let node = BrokerNode { peer_addr, client_addr };
+            self.raft.add_learner(id, node, true).await.map_err(raft_error)?;
+        }
+        self.raft.change_membership(next, false).await.map_err(raft_error)?;
+        Ok(recorded)
     }
 
     /// Proposes a pulse whenever the machine's next deadline has passed, while leader.
@@ -271,7 +316,7 @@ impl Broker {
             let leader = self.is_leader();
             let now_ms = self.now_ms();
             if leader && deadline.is_some_and(|d| d <= now_ms) {
-                if let Err(error) = self.propose(Command::Pulse).await {
+                if let Err(error) = self.propose(Submission::broker(Command::Pulse)).await {
                     tracing::debug!(%error, "pulse not applied");
                 }
                 tokio::select! {
@@ -328,9 +373,9 @@ impl Broker {
             from_id: self.id(),
             initialized: false,
         });
+        let network = self.config.network();
         for (id, node) in self.config.members.iter().filter(|(id, _)| **id != self.id()) {
-            let mut client =
-                PeerClient::new(self.id(), *id, node.peer_addr.clone(), self.config.limits.peer_frame_bytes_max);
+            let mut client = PeerClient::new(&network, *id, node.peer_addr.clone());
             let answer = client.call(hello.clone(), Duration::from_millis(PROBE_TIMEOUT_MS)).await;
             if let Ok(PeerBody::Hello(answer)) = answer
                 && answer.initialized
@@ -339,6 +384,70 @@ impl Broker {
             }
         }
         false
+    }
+
+    /// Proposes the configured first admin while leader, until the cluster has a user.
+    async fn bootstrap_admin(self: Arc<Broker>) {
+        let Some(admin) = self.config.security.bootstrap_admin.clone() else { return };
+        let mut applied = self.applied.clone();
+        let mut metrics = self.raft.metrics();
+        loop {
+            let has_users = self.read().ok().map(|store| query::has_users(&store));
+            match has_users {
+                Some(Ok(true)) => return,
+                _ if self.is_leader() => {
+                    let command = Command::BootstrapAdmin {
+                        name: admin.name.clone(),
+                        password_hash: admin.password_hash.clone(),
+                    };
+                    match self.propose(Submission::broker(command)).await {
+                        Ok(Ok(_)) => tracing::info!(user = %admin.name, "the cluster has its first admin"),
+                        Ok(Err(refused)) => tracing::error!(%refused, "the first admin was refused"),
+                        Err(error) => tracing::debug!(%error, "first admin not proposed yet"),
+                    }
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                changed = applied.changed() => if changed.is_err() { return },
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Stops the broker when its Raft core stops (a storage failure, an entry that does not
+    /// apply): a broker without a core must not answer as if it had one.
+    async fn watch_core(self: Arc<Broker>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            // A core stopped by `stop` is no failure.
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let failure = match &metrics.borrow_and_update().running_state {
+                Ok(()) => None,
+                Err(fatal) => Some(fatal.to_string()),
+            };
+            if let Some(failure) = failure {
+                tracing::error!(id = self.id(), %failure, "the raft core stopped; this broker stops serving");
+                let _ = self.core_failure.set(failure);
+                self.shutdown.cancel();
+                return;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() {
+                    // The core is gone without a word: still no core to serve from.
+                    if !self.shutdown.is_cancelled() {
+                        let _ = self.core_failure.set("the raft core ended".into());
+                        self.shutdown.cancel();
+                    }
+                    return;
+                },
+            }
+        }
     }
 
     /// Stops the broker once the newest membership leaves it out for longer than a grace period.
@@ -375,34 +484,27 @@ impl Broker {
 
 /// Pooled peer connections used to forward client requests to the leader.
 struct Forwarder {
-    from_id: NodeId,
+    network: Network,
     idle: Mutex<BTreeMap<NodeId, Vec<PeerClient>>>,
     permits: Semaphore,
-    frame_bytes_max: usize,
 }
 
 impl Forwarder {
-    fn new(from_id: NodeId, connections_max: usize, frame_bytes_max: usize) -> Forwarder {
-        Forwarder {
-            from_id,
-            idle: Mutex::new(BTreeMap::new()),
-            permits: Semaphore::new(connections_max),
-            frame_bytes_max,
-        }
+    fn new(network: Network, connections_max: usize) -> Forwarder {
+        Forwarder { network, idle: Mutex::new(BTreeMap::new()), permits: Semaphore::new(connections_max) }
     }
 
     async fn forward(
         &self,
         leader: &(NodeId, BrokerNode),
-        frame: pb::ClientFrame,
+        forwarded: pb::Forwarded,
         timeout: Duration,
     ) -> Result<pb::ServerFrame, ProposeError> {
         let _permit = self.permits.acquire().await.map_err(|_| ProposeError::Unavailable("shutting down".into()))?;
         let (id, node) = leader;
         let pooled = self.idle.lock().await.get_mut(id).and_then(Vec::pop);
-        let mut client =
-            pooled.unwrap_or_else(|| PeerClient::new(self.from_id, *id, node.peer_addr.clone(), self.frame_bytes_max));
-        match client.call(PeerBody::Forward(frame), timeout).await {
+        let mut client = pooled.unwrap_or_else(|| PeerClient::new(&self.network, *id, node.peer_addr.clone()));
+        match client.call(PeerBody::Forward(forwarded), timeout).await {
             Ok(PeerBody::ForwardOk(answer)) => {
                 self.idle.lock().await.entry(*id).or_default().push(client);
                 Ok(answer)

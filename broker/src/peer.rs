@@ -1,49 +1,90 @@
-//! Incoming broker-to-broker traffic: Raft RPCs answered in order per connection, and client
-//! requests forwarded by followers, answered concurrently. A malformed frame closes the
-//! connection after an error answer; the sender reconnects.
+//! Incoming broker-to-broker traffic. A connection is authenticated before its first frame
+//! (`security::peer_link`); one that fails is closed without an answer. Then Raft RPCs are
+//! answered in order per connection, after `raft::inbound` checked them, and client requests
+//! forwarded by followers are answered concurrently, as the client the follower authenticated. A
+//! malformed frame closes the connection after an error answer; the sender reconnects.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use chorus_machine::Actor;
 use chorus_protocol::PeerCodec;
 use chorus_protocol::pb::{self, peer_frame::Body};
 use futures::StreamExt;
 use openraft::error::{InstallSnapshotError, RaftError};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::Framed;
 
+use crate::command;
 use crate::node::Broker;
-use crate::raft::wire;
+use crate::raft::{inbound, wire};
+use crate::security::Stream;
 use crate::server::handler;
 
 /// Peer connections open at once.
 const PEER_CONNECTIONS_MAX: usize = 256;
 /// Answers queued for one peer connection's writer.
 const PEER_ANSWERS_QUEUED_MAX: usize = 256;
+/// How long a new peer connection may take to authenticate.
+const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// At most one warning about refused peer connections per this many milliseconds: a stranger
+/// knocking must not flood the log.
+const REFUSAL_LOG_SPACING_MS: u64 = 10_000;
 
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     let permits = Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX));
+    let refusals = Arc::new(Refusals::default());
     let shutdown = broker.shutdown_token();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, remote)) = accepted else { continue };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             tracing::warn!("too many peer connections; refusing one");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let broker = Arc::clone(&broker);
+        let (broker, refusals) = (Arc::clone(&broker), Arc::clone(&refusals));
         tokio::spawn(async move {
-            connection(stream, broker).await;
+            let auth = &broker.config.security.peers;
+            let handshake =
+                tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), auth.accept(stream, broker.id()));
+            match handshake.await {
+                Ok(Ok((stream, _from))) => connection(stream, broker).await,
+                Ok(Err(error)) => refusals.note(remote, &error),
+                Err(_) => refusals.note(remote, &"no handshake within 5 s"),
+            }
             drop(permit);
         });
     }
 }
 
-async fn connection(stream: TcpStream, broker: Arc<Broker>) {
+/// Counts peer connections refused at the handshake, and warns about them now and then.
+#[derive(Debug, Default)]
+struct Refusals {
+    count: AtomicU64,
+    last_warned_ms: AtomicU64,
+}
+
+impl Refusals {
+    fn note(&self, remote: std::net::SocketAddr, why: &dyn std::fmt::Display) {
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_warned_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= REFUSAL_LOG_SPACING_MS
+            && self.last_warned_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(%remote, %why, refused_total = count, "refused a peer connection");
+        }
+    }
+}
+
+async fn connection(stream: Stream, broker: Arc<Broker>) {
     let framed = Framed::new(stream, PeerCodec::new(broker.config.limits.peer_frame_bytes_max));
     let (sink, mut frames) = framed.split();
     let (answers, mut outbox) = mpsc::channel::<pb::PeerFrame>(PEER_ANSWERS_QUEUED_MAX);
@@ -67,11 +108,11 @@ async fn connection(stream: TcpStream, broker: Arc<Broker>) {
         };
         let request_id = frame.request_id;
         match frame.body {
-            Some(Body::Forward(request)) => {
+            Some(Body::Forward(forwarded)) => {
                 let broker = Arc::clone(&broker);
                 let answers = answers.clone();
                 tokio::spawn(async move {
-                    let answer = handler::handle(&broker, request, true).await;
+                    let answer = answer_forwarded(&broker, forwarded).await;
                     let _ = answers.send(pb::PeerFrame { request_id, body: Some(Body::ForwardOk(answer)) }).await;
                 });
             }
@@ -87,6 +128,24 @@ async fn connection(stream: TcpStream, broker: Arc<Broker>) {
     let _ = writer.await;
 }
 
+/// Serves a client request a follower forwarded, as the client it authenticated. A client is
+/// never a broker, and a broker that authenticates its clients takes no anonymous one from a
+/// broker that does not (a cluster whose brokers disagree about `--auth`).
+async fn answer_forwarded(broker: &Arc<Broker>, forwarded: pb::Forwarded) -> pb::ServerFrame {
+    let request = forwarded.request.unwrap_or_default();
+    let request_id = request.request_id;
+    let refused = |code, why: String| pb::ServerFrame::error(request_id, pb::Error::new(code, why));
+    match command::actor_from_pb(forwarded.actor) {
+        Ok(Actor::Broker) => refused(pb::ErrorCode::InvalidArgument, "a forwarded request is a client's".into()),
+        Ok(Actor::Anonymous) if broker.config.security.authenticate_clients => refused(
+            pb::ErrorCode::Unauthorized,
+            "the broker that forwarded this does not authenticate its clients; this one requires a user".into(),
+        ),
+        Ok(actor) => handler::handle(broker, request, &actor, true).await,
+        Err(error) => refused(pb::ErrorCode::InvalidArgument, format!("forwarded request: {error}")),
+    }
+}
+
 fn refuse(message: impl std::fmt::Display) -> Body {
     Body::Error(pb::PeerError { message: message.to_string(), ..Default::default() })
 }
@@ -99,10 +158,7 @@ async fn answer_raft(broker: &Broker, body: Option<Body>) -> Body {
             initialized: broker.raft.is_initialized().await.unwrap_or(false),
         }),
         Some(Body::AppendEntries(request)) => match wire::append_request_from_pb(request) {
-            Ok(request) => match broker.raft.append_entries(request).await {
-                Ok(response) => Body::AppendEntriesOk(wire::append_response_to_pb(&response)),
-                Err(error) => refuse(error),
-            },
+            Ok(request) => append(broker, request).await,
             Err(error) => refuse(error),
         },
         Some(Body::Vote(request)) => match wire::vote_request_from_pb(request) {
@@ -113,22 +169,38 @@ async fn answer_raft(broker: &Broker, body: Option<Body>) -> Body {
             Err(error) => refuse(error),
         },
         Some(Body::SnapshotChunk(chunk)) => match wire::snapshot_chunk_from_pb(chunk) {
-            Ok(request) => match broker.raft.install_snapshot(request).await {
-                Ok(response) => {
-                    Body::SnapshotChunkOk(pb::SnapshotChunkOk { vote: Some(wire::vote_to_pb(&response.vote)) })
-                }
-                Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch))) => {
-                    Body::Error(pb::PeerError {
-                        message: mismatch.to_string(),
-                        snapshot_mismatch: true,
-                        ..Default::default()
-                    })
-                }
-                Err(error) => refuse(error),
-            },
+            Ok(request) => install_chunk(broker, request).await,
             Err(error) => refuse(error),
         },
         Some(other) => refuse(format!("not a request: {other:?}")),
         None => refuse("empty frame"),
+    }
+}
+
+async fn append(broker: &Broker, request: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig>) -> Body {
+    if let Err(error) = inbound::check_append(&request) {
+        tracing::warn!(%error, "refused an append from a peer");
+        return refuse(error);
+    }
+    match broker.raft.append_entries(request).await {
+        Ok(response) => Body::AppendEntriesOk(wire::append_response_to_pb(&response)),
+        Err(error) => refuse(error),
+    }
+}
+
+async fn install_chunk(
+    broker: &Broker,
+    request: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig>,
+) -> Body {
+    if let Err(error) = inbound::check_snapshot_id(&request.meta.snapshot_id) {
+        tracing::warn!(%error, "refused a snapshot chunk from a peer");
+        return refuse(error);
+    }
+    match broker.raft.install_snapshot(request).await {
+        Ok(response) => Body::SnapshotChunkOk(pb::SnapshotChunkOk { vote: Some(wire::vote_to_pb(&response.vote)) }),
+        Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch))) => {
+            Body::Error(pb::PeerError { message: mismatch.to_string(), snapshot_mismatch: true, ..Default::default() })
+        }
+        Err(error) => refuse(error),
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_machine::{Command, Entry, Outcome};
+use chorus_machine::{Command, Entry, Outcome, Submission};
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -35,7 +35,7 @@ pub enum ProposeError {
 }
 
 struct Proposal {
-    command: Command,
+    submission: Submission,
     reply: oneshot::Sender<Result<Outcome, ProposeError>>,
 }
 
@@ -48,7 +48,7 @@ pub struct Proposer {
 
 impl std::fmt::Debug for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proposal").field("command", &self.command).finish()
+        f.debug_struct("Proposal").field("submission", &self.submission).finish()
     }
 }
 
@@ -73,9 +73,9 @@ impl Proposer {
     }
 
     /// Proposes one command and waits for its outcome.
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+    pub async fn propose(&self, submission: Submission) -> Result<Outcome, ProposeError> {
         let (reply, outcome) = oneshot::channel();
-        self.queue.try_send(Proposal { command, reply }).map_err(|error| match error {
+        self.queue.try_send(Proposal { submission, reply }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded("too many writes queued".into()),
             mpsc::error::TrySendError::Closed(_) => ProposeError::Unavailable("broker is shutting down".into()),
         })?;
@@ -150,8 +150,8 @@ impl ProposerTask {
 
     fn encode(&mut self, batch: Vec<Proposal>) -> (Vec<u8>, Vec<oneshot::Sender<Result<Outcome, ProposeError>>>) {
         self.last_stamp_ms = self.last_stamp_ms.max(self.clock.now_ms()).max(self.applied.borrow().time_ms);
-        let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-        let entry = Entry { time_ms: self.last_stamp_ms, commands };
+        let (submissions, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
+        let entry = Entry { time_ms: self.last_stamp_ms, submissions };
         (entry_to_pb(&entry).encode_to_vec(), replies)
     }
 }
@@ -159,7 +159,7 @@ impl ProposerTask {
 impl Proposal {
     /// A rough size, enough to bound an entry.
     fn command_size(&self) -> usize {
-        match &self.command {
+        match &self.submission.command {
             Command::Publish(publish) => publish.messages.iter().map(|m| m.payload.len() + 64).sum(),
             _ => 64,
         }

@@ -18,16 +18,19 @@ use std::time::Duration;
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
 use tokio::sync::Mutex;
 
-use crate::connection::Connection;
+use crate::connection::{ConnectOptions, Connection, Credentials};
 use crate::error::ClientError;
+use crate::tls::Tls;
 
 /// How a client connects and retries.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub seeds: Vec<String>,
     pub client_name: String,
-    /// Presented in Hello; empty when the cluster requires none.
-    pub auth_token: String,
+    /// The user to act as, for brokers that authenticate clients.
+    pub credentials: Option<Credentials>,
+    /// TLS, for brokers whose client port has it.
+    pub tls: Option<Tls>,
     pub connect_timeout: Duration,
     /// How long one attempt of a request may take.
     pub request_timeout: Duration,
@@ -42,12 +45,25 @@ impl ClientConfig {
         ClientConfig {
             seeds: seeds.into_iter().map(Into::into).collect(),
             client_name: "chorus-client".into(),
-            auth_token: String::new(),
+            credentials: None,
+            tls: None,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             retry_deadline: Duration::from_secs(30),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// How each connection of this client opens.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            client_name: self.client_name.clone(),
+            credentials: self.credentials.clone(),
+            tls: self.tls.clone(),
+            timeout: self.connect_timeout,
         }
     }
 }
@@ -142,8 +158,7 @@ impl Client {
     }
 
     async fn open(&self, addr: &str) -> Result<Connection, ClientError> {
-        let config = &self.config;
-        Connection::connect_with_token(addr, &config.client_name, &config.auth_token, config.connect_timeout).await
+        Connection::connect_with(addr, &self.config.connect_options()).await
     }
 
     async fn after_failure(&self, connection: &Connection, error: &ClientError) {

@@ -1,6 +1,7 @@
-//! One connection to one broker: says Hello, then pipelines requests. Each request gets the next
-//! request id; a reader task routes every answer to its waiter by id, and pushed deliveries to
-//! their subscription's channel. Dropping the connection closes it.
+//! One connection to one broker: TLS when configured, says Hello (with the user's credentials
+//! when given), then pipelines requests. Each request gets the next request id; a reader task
+//! routes every answer to its waiter by id, and pushed deliveries to their subscription's
+//! channel. Dropping the connection closes it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,11 +11,57 @@ use std::time::Duration;
 use chorus_protocol::ClientCodec;
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
 use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::error::{ClientError, ServerError};
+use crate::tls::Tls;
+
+/// A user's name and password, presented in Hello.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials { user: user.into(), password: password.into() }
+    }
+}
+
+/// How to open a connection: the client's name, its credentials and TLS.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub client_name: String,
+    pub credentials: Option<Credentials>,
+    pub tls: Option<Tls>,
+    /// For connecting, TLS and Hello together.
+    pub timeout: Duration,
+}
+
+impl ConnectOptions {
+    pub fn new(client_name: impl Into<String>) -> ConnectOptions {
+        ConnectOptions {
+            client_name: client_name.into(),
+            credentials: None,
+            tls: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Frames queued for the writer task.
 const OUTBOX_MAX: usize = 1024;
@@ -56,31 +103,36 @@ impl Drop for Inner {
 }
 
 impl Connection {
-    /// Connects to `addr` and says Hello, all within `timeout`.
+    /// Connects to `addr` without TLS or credentials and says Hello, all within `timeout`.
     pub async fn connect(addr: &str, client_name: &str, timeout: Duration) -> Result<Connection, ClientError> {
-        Connection::connect_with_token(addr, client_name, "", timeout).await
+        Connection::connect_with(addr, &ConnectOptions { timeout, ..ConnectOptions::new(client_name) }).await
     }
 
-    /// Connects presenting `auth_token`, for brokers that require one.
-    pub async fn connect_with_token(
-        addr: &str,
-        client_name: &str,
-        auth_token: &str,
-        timeout: Duration,
-    ) -> Result<Connection, ClientError> {
-        let open = Connection::open(addr, client_name, auth_token);
-        tokio::time::timeout(timeout, open).await.map_err(|_| ClientError::Timeout(timeout))?
+    /// Connects to `addr` as `options` say, all within its timeout.
+    pub async fn connect_with(addr: &str, options: &ConnectOptions) -> Result<Connection, ClientError> {
+        let timeout = options.timeout;
+        tokio::time::timeout(timeout, Connection::open(addr, options))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
     }
 
-    async fn open(addr: &str, client_name: &str, auth_token: &str) -> Result<Connection, ClientError> {
+    async fn open(addr: &str, options: &ConnectOptions) -> Result<Connection, ClientError> {
         let stream =
             TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
         stream.set_nodelay(true).map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
+        let stream: Box<dyn Io> = match &options.tls {
+            Some(tls) => Box::new(tls.connect(stream, addr).await?),
+            None => Box::new(stream),
+        };
         let mut framed = Framed::new(stream, ClientCodec::new(chorus_protocol::limits::FRAME_BYTES_MAX_DEFAULT));
+        let credentials = options
+            .credentials
+            .as_ref()
+            .map(|c| pb::Credentials { user: c.user.clone(), password: c.password.clone() });
         let hello = pb::Hello {
             protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
-            client_name: client_name.to_owned(),
-            auth_token: auth_token.to_owned(),
+            client_name: options.client_name.clone(),
+            credentials,
         };
         framed.send(pb::ClientFrame { request_id: 0, body: Some(Request::Hello(hello)) }).await?;
         let hello = match framed.next().await.ok_or(ClientError::Closed)??.body {

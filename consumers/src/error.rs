@@ -42,6 +42,8 @@ pub enum ClientError {
     Unexpected(String),
     #[error("no broker could serve the request: {0}")]
     Exhausted(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ClientError {
@@ -56,7 +58,11 @@ impl ClientError {
             ClientError::Server(error) => {
                 matches!(error.code, ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Overloaded)
             }
-            ClientError::Unexpected(_) | ClientError::Exhausted(_) => false,
+            // A handshake that failed may be a broker restarting; a wrong CA or file never heals.
+            ClientError::Tls(crate::tls::TlsError::Handshake { source, .. }) => {
+                !matches!(source.kind(), std::io::ErrorKind::InvalidData)
+            }
+            ClientError::Unexpected(_) | ClientError::Exhausted(_) | ClientError::Tls(_) => false,
         }
     }
 

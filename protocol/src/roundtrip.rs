@@ -104,7 +104,11 @@ fn tokens() -> (String, String, Vec<u64>) {
 fn client_bodies() -> Vec<C> {
     let (topic, group, tokens) = tokens();
     vec![
-        C::Hello(pb::Hello { protocol_version: 1, client_name: "c".into(), auth_token: "secret".into() }),
+        C::Hello(pb::Hello {
+            protocol_version: 1,
+            client_name: "c".into(),
+            credentials: Some(pb::Credentials { user: "alice".into(), password: "secret".into() }),
+        }),
         C::Ping(pb::Ping {}),
         C::Publish(publish()),
         C::Subscribe(pb::SubscribeRequest {
@@ -148,7 +152,46 @@ fn client_bodies() -> Vec<C> {
             change: Some(pb::change_membership::Change::Remove(pb::RemoveBroker { id: 4 })),
         }),
         C::CreateSubscription(pb::CreateSubscription { topic: "t".into(), name: "s".into(), start: Some(start()) }),
+        C::CreateUser(pb::CreateUser {
+            name: "alice".into(),
+            password: Some("secret".into()),
+            permissions: permissions(),
+            quotas: Some(quotas()),
+        }),
+        C::UpdateUser(pb::UpdateUser {
+            name: "alice".into(),
+            password: None,
+            permissions: Some(pb::PermissionList { permissions: permissions() }),
+            quotas: None,
+        }),
+        C::DeleteUser(pb::DeleteUser { name: "alice".into() }),
+        C::DescribeUser(pb::DescribeUser { name: String::new() }),
+        C::ListUsers(pb::ListUsers { after: "a".into(), limit: 5 }),
     ]
+}
+
+fn permissions() -> Vec<pb::Permission> {
+    vec![
+        pb::Permission { action: pb::Action::Publish as i32, pattern: "orders".into() },
+        pb::Permission { action: pb::Action::Consume as i32, pattern: "orders/*".into() },
+        pb::Permission { action: pb::Action::Admin as i32, pattern: "*".into() },
+    ]
+}
+
+fn quotas() -> pb::Quotas {
+    pb::Quotas { topics_max: Some(1), groups_max: None, connections_max: Some(3), in_flight_bytes_max: Some(4) }
+}
+
+fn user_info() -> pb::UserInfo {
+    pb::UserInfo {
+        name: "alice".into(),
+        permissions: permissions(),
+        quotas: Some(quotas()),
+        has_password: true,
+        created_ms: 7,
+        topics_owned: 1,
+        groups_owned: 0,
+    }
 }
 
 fn client_tag(body: &C) -> usize {
@@ -176,6 +219,11 @@ fn client_tag(body: &C) -> usize {
         C::ClusterStatus(_) => 20,
         C::ChangeMembership(_) => 21,
         C::CreateSubscription(_) => 22,
+        C::CreateUser(_) => 23,
+        C::UpdateUser(_) => 24,
+        C::DeleteUser(_) => 25,
+        C::DescribeUser(_) => 26,
+        C::ListUsers(_) => 27,
     }
 }
 
@@ -191,6 +239,7 @@ fn server_bodies() -> Vec<S> {
             leader_addr: "127.0.0.1:7002".into(),
             in_flight_max: 1024,
             frame_bytes_max: 8 << 20,
+            user: "alice".into(),
         }),
         S::Pong(pb::Pong {}),
         S::PublishOk(pb::PublishOk { first_seq: 1, count: 2, log_index: 3, batch_pos: 4, duplicate: true }),
@@ -233,6 +282,8 @@ fn server_bodies() -> Vec<S> {
         S::Done(pb::Empty {}),
         S::Error(not_leader),
         S::Subscription(pb::SubscriptionInfo { name: "s".into(), next_seq: 4, lag: 2 }),
+        S::User(user_info()),
+        S::Users(pb::UserList { users: vec![user_info(), pb::UserInfo::default()] }),
     ]
 }
 
@@ -254,6 +305,8 @@ fn server_tag(body: &S) -> usize {
         S::Done(_) => 13,
         S::Error(_) => 14,
         S::Subscription(_) => 15,
+        S::User(_) => 16,
+        S::Users(_) => 17,
     }
 }
 
@@ -280,7 +333,37 @@ fn commands() -> Vec<pb::command::Op> {
         Op::Nack(pb::NackRequest { topic: topic.clone(), group: group.clone(), tokens: tokens.clone(), delay_ms: 1 }),
         Op::Extend(pb::ExtendRequest { topic, group, tokens, lease_ms: 200 }),
         Op::Pulse(pb::Empty {}),
+        Op::CreateUser(pb::UserCommand {
+            name: "alice".into(),
+            password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            permissions: permissions(),
+            quotas: Some(quotas()),
+        }),
+        Op::UpdateUser(pb::UserUpdateCommand {
+            name: "alice".into(),
+            password_hash: None,
+            permissions: Some(pb::PermissionList { permissions: Vec::new() }),
+            quotas: Some(pb::Quotas::default()),
+        }),
+        Op::DeleteUser(pb::DeleteUser { name: "alice".into() }),
+        Op::BootstrapAdmin(pb::BootstrapAdmin { name: "admin".into(), password_hash: "$argon2id$x".into() }),
+        Op::RecordMembershipChange(pb::ChangeMembership {
+            change: Some(pb::change_membership::Change::Remove(pb::RemoveBroker { id: 3 })),
+        }),
+        Op::MembershipApplied(pb::MembershipApplied { voters: vec![1, 2], learners: vec![4] }),
     ]
+}
+
+/// Every kind of actor, in turn.
+fn actor(i: usize) -> Option<pb::Actor> {
+    use pb::actor::Kind;
+    let kind = match i % 4 {
+        0 => return None,
+        1 => Kind::Broker(pb::Empty {}),
+        2 => Kind::Anonymous(pb::Empty {}),
+        _ => Kind::User("alice".into()),
+    };
+    Some(pb::Actor { kind: Some(kind) })
 }
 
 fn command_tag(op: &pb::command::Op) -> usize {
@@ -299,6 +382,12 @@ fn command_tag(op: &pb::command::Op) -> usize {
         Op::Nack(_) => 10,
         Op::Extend(_) => 11,
         Op::Pulse(_) => 12,
+        Op::CreateUser(_) => 13,
+        Op::UpdateUser(_) => 14,
+        Op::DeleteUser(_) => 15,
+        Op::BootstrapAdmin(_) => 16,
+        Op::RecordMembershipChange(_) => 17,
+        Op::MembershipApplied(_) => 18,
     }
 }
 
@@ -320,8 +409,8 @@ fn membership() -> pb::Membership {
 fn peer_bodies() -> Vec<P> {
     use pb::append_entries_response::Result as R;
     use pb::raft_entry::Payload;
-    let entry =
-        pb::Entry { time_ms: 1, commands: commands().into_iter().map(|op| pb::Command { op: Some(op) }).collect() };
+    let commands = commands().into_iter().enumerate().map(|(i, op)| pb::Command { op: Some(op), actor: actor(i) });
+    let entry = pb::Entry { time_ms: 1, commands: commands.collect() };
     let append = |result| P::AppendEntriesOk(pb::AppendEntriesResponse { result: Some(result) });
     vec![
         P::Hello(pb::PeerHello { protocol_version: 1, from_id: 2, initialized: true }),
@@ -359,7 +448,10 @@ fn peer_bodies() -> Vec<P> {
             done: true,
         }),
         P::SnapshotChunkOk(pb::SnapshotChunkOk { vote: Some(vote()) }),
-        P::Forward(pb::ClientFrame { request_id: 5, body: Some(C::Publish(publish())) }),
+        P::Forward(pb::Forwarded {
+            request: Some(pb::ClientFrame { request_id: 5, body: Some(C::Publish(publish())) }),
+            actor: actor(3),
+        }),
         P::ForwardOk(pb::ServerFrame { request_id: 5, body: Some(S::Done(pb::Empty {})) }),
         P::Error(pb::PeerError { message: "busy".into(), higher_vote: Some(vote()), snapshot_mismatch: true }),
     ]
@@ -405,7 +497,7 @@ fn covers(tags: impl Iterator<Item = usize>, variants: usize) {
 #[test]
 fn every_client_frame_round_trips() {
     let bodies = client_bodies();
-    covers(bodies.iter().map(client_tag), 23);
+    covers(bodies.iter().map(client_tag), 28);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ClientFrame { request_id: i as u64 + 1, body: Some(body) };
         through(frame, &mut ClientCodec::default(), &mut ServerCodec::default());
@@ -415,7 +507,7 @@ fn every_client_frame_round_trips() {
 #[test]
 fn every_server_frame_round_trips() {
     let bodies = server_bodies();
-    covers(bodies.iter().map(server_tag), 16);
+    covers(bodies.iter().map(server_tag), 18);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ServerFrame { request_id: u64::MAX - i as u64, body: Some(body) };
         through(frame, &mut ServerCodec::default(), &mut ClientCodec::default());
@@ -425,10 +517,10 @@ fn every_server_frame_round_trips() {
 #[test]
 fn every_log_command_round_trips() {
     let ops = commands();
-    covers(ops.iter().map(command_tag), 13);
+    covers(ops.iter().map(command_tag), 19);
     let entry = pb::Entry {
         time_ms: 1_700_000_000_123,
-        commands: ops.into_iter().map(|op| pb::Command { op: Some(op) }).collect(),
+        commands: ops.into_iter().enumerate().map(|(i, op)| pb::Command { op: Some(op), actor: actor(i) }).collect(),
     };
     let decoded = pb::Entry::decode(entry.encode_to_vec().as_slice()).unwrap();
     assert_eq!(decoded, entry);

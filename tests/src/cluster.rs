@@ -1,17 +1,76 @@
 //! Real broker processes on loopback. Each broker advertises a fault-proxy address as its peer
 //! address, so tests can partition the cluster; clients talk to brokers directly. Every process
 //! is killed when the `Cluster` is dropped.
+//!
+//! Peers authenticate by mutual TLS unless a test says otherwise ([`Security`]), under a CA made
+//! for the cluster in its temporary directory, so every cluster test also runs the TLS path.
+//! Clients connect without TLS or users unless a test secures them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chorus_consumers::Connection;
+use chorus_broker::security::peer_link::PeerAuth;
+use chorus_broker::security::pki::{self, Authority, TlsFiles, Validity};
+use chorus_broker::security::secret::ClusterSecret;
+use chorus_broker::security::tls::BrokerTls;
+use chorus_broker::security::{Stream, password, secret};
+use chorus_consumers::{ConnectOptions, Connection, Credentials, Tls};
+use chorus_protocol::PeerCodec;
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use futures::{SinkExt, StreamExt};
 use tokio::task::AbortHandle;
+use tokio_util::codec::Framed;
 
 use crate::proxy::Faults;
+
+/// How brokers authenticate each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMode {
+    Tls,
+    Secret,
+    /// Nobody: how brokers ran before peers authenticated.
+    Open,
+}
+
+/// How a test cluster is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    pub peers: PeerMode,
+    /// TLS on the client port.
+    pub client_tls: bool,
+    /// Clients authenticate as users; the first is `admin`.
+    pub auth: bool,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security { peers: PeerMode::Tls, client_tls: false, auth: false }
+    }
+}
+
+impl Security {
+    /// What `chorus up` runs: TLS everywhere, users.
+    pub const SECURED: Security = Security { peers: PeerMode::Tls, client_tls: true, auth: true };
+}
+
+/// The first admin of a cluster with users.
+pub const ADMIN: &str = "admin";
+
+/// The secrets a cluster was made with, in its temporary directory.
+#[derive(Debug)]
+pub struct Secrets {
+    pub ca: Authority,
+    /// The certificate, key and CA files every broker is started with.
+    pub tls: TlsFiles,
+    /// The client CA, whose certificates name users.
+    pub client_ca: Authority,
+    pub client_ca_file: PathBuf,
+    pub secret_file: PathBuf,
+    pub admin_password: String,
+    pub admin_hash_file: PathBuf,
+}
 
 /// Raft settings the tests may shrink so snapshots happen within a test.
 #[derive(Debug, Clone)]
@@ -20,8 +79,11 @@ pub struct ClusterOptions {
     pub entries_kept_after_snapshot: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
-    /// More `chorus serve` flags, such as `--auth-token` or `--in-flight-max`.
+    /// More `chorus serve` flags, such as `--in-flight-max`.
     pub extra_args: Vec<String>,
+    pub security: Security,
+    /// The brokers' certificate: its host names and validity, instead of loopback for two days.
+    pub broker_certificate: Option<(Vec<String>, Validity)>,
 }
 
 impl Default for ClusterOptions {
@@ -32,6 +94,8 @@ impl Default for ClusterOptions {
             heartbeat_ms: 100,
             election_timeout_ms: 400,
             extra_args: Vec::new(),
+            security: Security::default(),
+            broker_certificate: None,
         }
     }
 }
@@ -58,6 +122,7 @@ pub struct Cluster {
     initial: Vec<(u64, String, String)>,
     pub faults: Faults,
     pub options: ClusterOptions,
+    pub secrets: Secrets,
 }
 
 fn free_addr() -> String {
@@ -85,8 +150,15 @@ impl Cluster {
 
     pub async fn start_with(brokers: u64, options: ClusterOptions) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
-        let mut cluster =
-            Cluster { root, brokers: BTreeMap::new(), initial: Vec::new(), faults: Faults::default(), options };
+        let secrets = make_secrets(root.path(), options.broker_certificate.clone());
+        let mut cluster = Cluster {
+            root,
+            brokers: BTreeMap::new(),
+            initial: Vec::new(),
+            faults: Faults::default(),
+            options,
+            secrets,
+        };
         for id in 1..=brokers {
             cluster.prepare(id).await;
         }
@@ -136,8 +208,9 @@ impl Cluster {
             .arg(format!("--entries-kept-after-snapshot={}", options.entries_kept_after_snapshot))
             .arg(format!("--heartbeat-ms={}", options.heartbeat_ms))
             .arg(format!("--election-timeout-ms={}", options.election_timeout_ms))
+            .args(security_args(&options.security, &self.secrets))
             .args(&options.extra_args)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", std::env::var("CHORUS_TEST_RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -203,10 +276,48 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&broker.data_dir);
     }
 
-    /// The `--auth-token` the brokers were started with, or empty.
-    pub fn auth_token(&self) -> String {
-        let flag = self.options.extra_args.iter().find_map(|arg| arg.strip_prefix("--auth-token="));
-        flag.unwrap_or_default().to_owned()
+    /// How a client connects to this cluster: over TLS when its client port has it, as the admin
+    /// when it has users.
+    pub fn connect_options(&self) -> ConnectOptions {
+        let security = self.options.security;
+        ConnectOptions {
+            tls: security.client_tls.then(|| Tls::from_files(&self.secrets.tls.ca, None).expect("the cluster CA")),
+            credentials: security.auth.then(|| Credentials::new(ADMIN, &self.secrets.admin_password)),
+            timeout: Duration::from_millis(500),
+            ..ConnectOptions::new("harness")
+        }
+    }
+
+    /// The same, acting as `user` with `password`.
+    pub fn connect_options_as(&self, user: &str, password: &str) -> ConnectOptions {
+        ConnectOptions { credentials: Some(Credentials::new(user, password)), ..self.connect_options() }
+    }
+
+    /// A broker's own peer authentication, as broker `id` would hold it: for tests that speak
+    /// to a peer port as a member of the cluster would.
+    pub fn peer_auth(&self) -> PeerAuth {
+        match self.options.security.peers {
+            PeerMode::Tls => PeerAuth::tls(&BrokerTls::load(&self.secrets.tls).expect("the cluster's certificates")),
+            PeerMode::Secret => PeerAuth::Secret(ClusterSecret::load(&self.secrets.secret_file).expect("the secret")),
+            PeerMode::Open => PeerAuth::Open,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A peer connection to broker `to`'s own peer port, authenticated as a member of the cluster
+    /// (claiming to be broker `from`), after its PeerHello: for tests that act as a broker.
+    pub async fn peer_connection(&self, from: u64, to: u64) -> Framed<Stream, PeerCodec> {
+        let addr = &self.brokers[&to].peer_listen;
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the peer port");
+        let stream = self.peer_auth().dial(tcp, from, to, addr).await.expect("authenticate as a peer");
+        let mut peer = Framed::new(stream, PeerCodec::default());
+        let hello = pb::PeerHello { protocol_version: 1, from_id: from, initialized: false };
+        peer.send(pb::PeerFrame { request_id: 0, body: Some(pb::peer_frame::Body::Hello(hello)) }).await.unwrap();
+        peer.next().await.expect("a hello back").expect("a frame");
+        peer
     }
 
     pub fn client_addrs(&self) -> Vec<String> {
@@ -220,34 +331,32 @@ impl Cluster {
     /// Broker `id`'s own view of the cluster, or `None` if it does not answer.
     pub async fn status(&self, id: u64) -> Option<pb::ClusterStatus> {
         let addr = &self.brokers.get(&id)?.client_addr;
-        let connection =
-            Connection::connect_with_token(addr, "harness", &self.auth_token(), Duration::from_millis(500))
-                .await
-                .ok()?;
+        let connection = Connection::connect_with(addr, &self.connect_options()).await.ok()?;
         match connection.request(Request::ClusterStatus(pb::ClusterStatusRequest {}), Duration::from_secs(1)).await {
             Ok(Body::ClusterStatus(status)) => Some(status),
             _ => None,
         }
     }
 
-    /// Waits until one of `among` reports itself leader and a majority of `among` agree.
+    /// Waits until one of `among` reports itself leader and every broker of `among` names it:
+    /// a settled cluster, in which any of them takes requests at once. (A majority alone may have
+    /// settled while a broker that started late still waits out a reconnection backoff.)
     pub async fn wait_for_leader(&self, among: &[u64], timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut named = Vec::new();
             let mut leader_says = None;
             for &id in among {
                 if let Some(status) = self.status(id).await {
-                    if let Some(leader) = status.leader_id {
-                        *votes.entry(leader).or_default() += 1;
-                    }
+                    named.push(status.leader_id);
                     if status.role == "leader" {
                         leader_says = Some(id);
                     }
                 }
             }
             if let Some(leader) = leader_says
-                && votes.get(&leader).copied().unwrap_or(0) * 2 > among.len()
+                && named.len() == among.len()
+                && named.iter().all(|named| *named == Some(leader))
             {
                 return leader;
             }
@@ -315,13 +424,61 @@ impl Cluster {
             let text = std::fs::read_to_string(&broker.log_path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             out.push_str(&format!("--- broker {} log (last 15 lines)\n", broker.id));
-            for line in &lines[lines.len().saturating_sub(15)..] {
+            let keep: usize = std::env::var("CHORUS_TEST_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(15);
+            for line in &lines[lines.len().saturating_sub(keep)..] {
                 out.push_str(line);
                 out.push('\n');
             }
         }
         out
     }
+}
+
+/// A CA with one broker certificate (for loopback, unless `certificate` says otherwise), a client
+/// CA, a cluster secret, and an admin password with its hash, in `root`.
+fn make_secrets(root: &Path, certificate: Option<(Vec<String>, Validity)>) -> Secrets {
+    let dir = root.join("secrets");
+    std::fs::create_dir_all(&dir).expect("secrets dir");
+    let ca = Authority::generate("test cluster CA").expect("a CA");
+    let (hosts, validity) =
+        certificate.unwrap_or_else(|| (vec!["127.0.0.1".into(), "localhost".into()], Validity::days(2)));
+    let broker = ca.issue_server("test-broker", &hosts, validity).expect("a cert");
+    let tls = pki::write_broker_files(&dir, &ca, &broker).expect("write the broker's files");
+    let client_ca = Authority::generate("test client CA").expect("a client CA");
+    let client_ca_file = dir.join("client-ca.pem");
+    pki::write_file(&client_ca_file, &client_ca.cert_pem, false).expect("write the client CA");
+    let secret_file = dir.join("cluster.secret");
+    pki::write_file(&secret_file, &secret::generate(), true).expect("write the secret");
+    let admin_password = secret::generate();
+    let admin_hash_file = dir.join("admin.hash");
+    pki::write_file(&admin_hash_file, &password::hash(&admin_password).expect("hash"), true).expect("write the hash");
+    Secrets { ca, tls, client_ca, client_ca_file, secret_file, admin_password, admin_hash_file }
+}
+
+/// The `chorus serve` flags for `security`.
+fn security_args(security: &Security, secrets: &Secrets) -> Vec<String> {
+    let mut args = Vec::new();
+    let path = |flag: &str, path: &Path| format!("--{flag}={}", path.display());
+    match security.peers {
+        PeerMode::Tls => {
+            args.push(path("tls-cert", &secrets.tls.cert));
+            args.push(path("tls-key", &secrets.tls.key));
+            args.push(path("tls-ca", &secrets.tls.ca));
+        }
+        PeerMode::Secret => args.push(path("cluster-secret-file", &secrets.secret_file)),
+        PeerMode::Open => {}
+    }
+    assert!(!security.client_tls || security.peers == PeerMode::Tls, "client TLS comes with the broker's certificate");
+    match (security.peers, security.client_tls) {
+        (PeerMode::Tls, true) => args.push(path("tls-client-ca", &secrets.client_ca_file)),
+        (PeerMode::Tls, false) => args.push("--no-client-tls".into()),
+        _ => {}
+    }
+    if security.auth {
+        args.push("--auth".into());
+        args.push(path("admin-password-hash-file", &secrets.admin_hash_file));
+    }
+    args
 }
 
 impl Drop for Cluster {

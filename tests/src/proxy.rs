@@ -1,19 +1,17 @@
 //! A fault-injecting proxy in front of each broker's peer port. Brokers advertise the proxy's
 //! address, so every broker-to-broker connection passes through it. A peer connection opens with
-//! a PeerHello naming its sender, which tells the proxy the (from, to) pair; blocked pairs are
-//! refused, and blocking a pair cuts its open connections. Blocking (a, b) but not (b, a) is a
-//! one-way partition: a cannot open connections to b, b can still reach a.
+//! a cleartext preamble naming its sender (`security::peer_link`), which tells the proxy the
+//! (from, to) pair whatever the authentication after it; blocked pairs are refused, and blocking
+//! a pair cuts its open connections. Blocking (a, b) but not (b, a) is a one-way partition: a
+//! cannot open connections to b, b can still reach a. The proxy relays bytes, TLS or not.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use chorus_protocol::PeerCodec;
-use chorus_protocol::pb::peer_frame::Body;
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use chorus_broker::security::peer_link::{PREAMBLE_BYTES, Preamble};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
-use tokio_util::codec::{Encoder, Framed};
 
 #[derive(Default)]
 struct Rules {
@@ -94,23 +92,22 @@ impl Faults {
     }
 }
 
-async fn pipe(faults: &Faults, to: u64, inbound: TcpStream, target: &str, handle: AbortHandle) {
-    let mut framed = Framed::new(inbound, PeerCodec::default());
-    let Some(Ok(hello)) = framed.next().await else { return };
-    let Some(Body::Hello(greeting)) = &hello.body else { return };
-    if !faults.admit(greeting.from_id, to, handle) {
+async fn pipe(faults: &Faults, to: u64, mut inbound: TcpStream, target: &str, handle: AbortHandle) {
+    let mut head = [0u8; PREAMBLE_BYTES];
+    if inbound.read_exact(&mut head).await.is_err() {
+        return;
+    }
+    // Not a peer's preamble: pass it on, and let the broker refuse it.
+    let from = Preamble::decode(&head).map_or(0, |preamble| preamble.from);
+    if !faults.admit(from, to, handle) {
         return;
     }
     let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-    let parts = framed.into_parts();
-    let mut head = bytes::BytesMut::new();
-    if PeerCodec::default().encode(hello, &mut head).is_err() {
-        return;
-    }
-    head.extend_from_slice(&parts.read_buf);
+    // As the brokers do: a TLS handshake's small writes must not wait on Nagle and delayed ACKs
+    // (40 ms each on Linux).
+    let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
     if outbound.write_all(&head).await.is_err() {
         return;
     }
-    let mut inbound = parts.io;
     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
 }

@@ -5,9 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_consumers::{Client, ClientConfig, ClientError};
-use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_consumers::{Client, ClientConfig, ClientError, Connection};
+use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
 use tokio::sync::Mutex;
+
+/// How long one request of a test may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to `request`, which must succeed.
+pub async fn ok(connection: &Connection, request: Request) -> Body {
+    connection.request(request, REQUEST_TIMEOUT).await.unwrap_or_else(|e| panic!("request failed: {e}"))
+}
+
+/// The error code `request` is refused with; it must be refused.
+pub async fn refused(connection: &Connection, request: Request) -> ErrorCode {
+    match connection.request(request, REQUEST_TIMEOUT).await {
+        Err(ClientError::Server(error)) => error.code,
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+}
 
 /// A client with generous retries, for workloads that ride through failovers.
 pub async fn client(addrs: Vec<String>) -> Client {

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use chorus_consumers::{ClientError, Connection};
+use chorus_consumers::Connection;
+use chorus_protocol::ClientCodec;
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
-use chorus_protocol::{ClientCodec, PeerCodec};
-use chorus_tests::cluster::{Cluster, ClusterOptions};
+use chorus_tests::cluster::{ADMIN, Cluster, ClusterOptions, Security};
+use chorus_tests::workload::{ok, refused};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -16,17 +17,6 @@ const T: Duration = Duration::from_secs(10);
 
 async fn connect(cluster: &Cluster, id: u64) -> Connection {
     Connection::connect(&cluster.brokers[&id].client_addr, "protocol-test", T).await.expect("connect")
-}
-
-async fn ok(connection: &Connection, request: Request) -> Body {
-    connection.request(request, T).await.unwrap_or_else(|e| panic!("request failed: {e}"))
-}
-
-async fn refused(connection: &Connection, request: Request) -> ErrorCode {
-    match connection.request(request, T).await {
-        Err(ClientError::Server(error)) => error.code,
-        other => panic!("expected an error answer, got {other:?}"),
-    }
 }
 
 fn publish(topic: &str, payloads: &[&str]) -> Request {
@@ -68,7 +58,7 @@ fn settle_errors(body: Body) -> Vec<Option<ErrorCode>> {
 /// A raw connection that has said Hello.
 async fn raw(addr: &str) -> Framed<TcpStream, ClientCodec> {
     let mut framed = Framed::new(TcpStream::connect(addr).await.unwrap(), ClientCodec::default());
-    let hello = pb::Hello { protocol_version: 1, client_name: "raw".into(), auth_token: String::new() };
+    let hello = pb::Hello { protocol_version: 1, client_name: "raw".into(), credentials: None };
     framed.send(pb::ClientFrame { request_id: 1, body: Some(Request::Hello(hello)) }).await.unwrap();
     let answer = framed.next().await.unwrap().unwrap();
     assert!(matches!(answer.body, Some(Body::HelloOk(_))), "{answer:?}");
@@ -228,12 +218,9 @@ async fn every_error_code_a_client_can_provoke_is_returned() {
 
     // NotLeader: a request forwarded to a broker that is not the leader carries the leader hint.
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let mut peer =
-        Framed::new(TcpStream::connect(&cluster.brokers[&follower].peer_listen).await.unwrap(), PeerCodec::default());
-    let hello = pb::PeerHello { protocol_version: 1, from_id: 99, initialized: false };
-    peer.send(pb::PeerFrame { request_id: 1, body: Some(pb::peer_frame::Body::Hello(hello)) }).await.unwrap();
-    peer.next().await.unwrap().unwrap();
-    let forwarded = pb::ClientFrame { request_id: 7, body: Some(publish("jobs", &["x"])) };
+    let mut peer = cluster.peer_connection(99, follower).await;
+    let request = pb::ClientFrame { request_id: 7, body: Some(publish("jobs", &["x"])) };
+    let forwarded = pb::Forwarded { request: Some(request), actor: None };
     peer.send(pb::PeerFrame { request_id: 2, body: Some(pb::peer_frame::Body::Forward(forwarded)) }).await.unwrap();
     let answer = peer.next().await.unwrap().unwrap();
     let Some(pb::peer_frame::Body::ForwardOk(pb::ServerFrame { body: Some(Body::Error(not_leader)), .. })) =
@@ -256,10 +243,13 @@ async fn every_error_code_a_client_can_provoke_is_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_rules_and_protocol_violations() {
-    let options = ClusterOptions { extra_args: vec!["--auth-token=sesame".into()], ..ClusterOptions::default() };
+    let security = Security { auth: true, ..Security::default() };
+    let options = ClusterOptions { security, ..ClusterOptions::default() };
     let cluster = Cluster::start_with(1, options).await;
     cluster.wait_for_leader(&[1], T).await;
     let addr = cluster.brokers[&1].client_addr.clone();
+    let credentials = |password: &str| Some(pb::Credentials { user: ADMIN.into(), password: password.into() });
+    let password = cluster.secrets.admin_password.clone();
     let fresh = || async { Framed::new(TcpStream::connect(&addr).await.unwrap(), ClientCodec::default()) };
 
     // A request before Hello: error frame, then the connection closes.
@@ -269,10 +259,15 @@ async fn hello_rules_and_protocol_violations() {
     assert_eq!((answer.request_id, error_code(&answer)), (5, ErrorCode::InvalidArgument));
     assert!(next_frame(&mut framed).await.is_none(), "closed after the violation");
 
-    // Wrong token, wrong version.
-    for (version, token, code) in [(1, "wrong", ErrorCode::Unauthorized), (99, "sesame", ErrorCode::InvalidArgument)] {
+    // Wrong password, no user, wrong version.
+    let cases = [
+        (1, credentials("wrong"), ErrorCode::Unauthorized),
+        (1, None, ErrorCode::Unauthorized),
+        (99, credentials(&password), ErrorCode::InvalidArgument),
+    ];
+    for (version, credentials, code) in cases {
         let mut framed = fresh().await;
-        let hello = pb::Hello { protocol_version: version, client_name: "t".into(), auth_token: token.into() };
+        let hello = pb::Hello { protocol_version: version, client_name: "t".into(), credentials };
         framed.send(pb::ClientFrame { request_id: 1, body: Some(Request::Hello(hello)) }).await.unwrap();
         assert_eq!(error_code(&next_frame(&mut framed).await.unwrap()), code);
         assert!(next_frame(&mut framed).await.is_none());
@@ -280,16 +275,17 @@ async fn hello_rules_and_protocol_violations() {
 
     let authed = || async {
         let mut framed = fresh().await;
-        let hello = pb::Hello { protocol_version: 1, client_name: "t".into(), auth_token: "sesame".into() };
+        let hello = pb::Hello { protocol_version: 1, client_name: "t".into(), credentials: credentials(&password) };
         framed.send(pb::ClientFrame { request_id: 1, body: Some(Request::Hello(hello)) }).await.unwrap();
-        assert!(matches!(next_frame(&mut framed).await.unwrap().body, Some(Body::HelloOk(_))));
+        let answer = next_frame(&mut framed).await.unwrap();
+        assert!(matches!(answer.body, Some(Body::HelloOk(ref ok)) if ok.user == ADMIN), "{answer:?}");
         framed
     };
     // An empty body and a second Hello are invalid requests; the connection stays up.
     let mut framed = authed().await;
     framed.send(pb::ClientFrame { request_id: 2, body: None }).await.unwrap();
     assert_eq!(error_code(&next_frame(&mut framed).await.unwrap()), ErrorCode::InvalidArgument);
-    let again = pb::Hello { protocol_version: 1, client_name: "t".into(), auth_token: "sesame".into() };
+    let again = pb::Hello { protocol_version: 1, client_name: "t".into(), credentials: credentials(&password) };
     framed.send(pb::ClientFrame { request_id: 3, body: Some(Request::Hello(again)) }).await.unwrap();
     assert_eq!(error_code(&next_frame(&mut framed).await.unwrap()), ErrorCode::InvalidArgument);
     framed.send(pb::ClientFrame { request_id: 4, body: Some(Request::Ping(pb::Ping {})) }).await.unwrap();

@@ -22,6 +22,11 @@ async fn producer_subscriber_and_workers_ride_through_a_failover() {
     create_topic(&client, "jobs").await;
     let group = pb::CreateGroup { topic: "jobs".into(), name: "workers".into(), config: None };
     client.request(Request::CreateGroup(group)).await.unwrap();
+    // Every broker knows the topic before the leader dies: a subscriber that resubscribes through
+    // a broker still catching up would be told the topic does not exist (reads do not yet wait
+    // for a client's own writes, issue 18).
+    let applied = cluster.status(leader).await.expect("the leader's status").applied_index;
+    cluster.wait_applied_through(&[1, 2, 3], applied, Duration::from_secs(20)).await;
 
     // Workers record every message they handle; one in ten fails once and is retried.
     let handled: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();

@@ -1,9 +1,11 @@
 //! What an entry asks the machine to do. An [`Entry`] is one Raft log entry: the leader's time
-//! stamp and a batch of commands, applied in order. Commands from many clients share an entry,
-//! which is how many publishes share one fsync.
+//! stamp and a batch of commands, each with the actor that submitted it, applied in order.
+//! Commands from many clients share an entry, which is how many publishes share one fsync.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::access::{Actor, Permission, Quotas};
 
 /// One replicated log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -11,7 +13,25 @@ pub struct Entry {
     /// The leader's clock when it proposed the entry: the machine's only source of time.
     pub time_ms: u64,
     /// Applied in order; each yields one outcome.
-    pub commands: Vec<Command>,
+    pub submissions: Vec<Submission>,
+}
+
+/// A command and who submitted it; the machine checks the one against the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub actor: Actor,
+    pub command: Command,
+}
+
+impl Submission {
+    pub fn new(actor: Actor, command: Command) -> Submission {
+        Submission { actor, command }
+    }
+
+    /// A command of the broker's own, such as a pulse.
+    pub fn broker(command: Command) -> Submission {
+        Submission::new(Actor::Broker, command)
+    }
 }
 
 /// One request to the machine.
@@ -50,6 +70,48 @@ pub enum Command {
     Extend { topic: String, group: String, tokens: Vec<u64>, lease_ms: u64 },
     /// Advances time: expires leases, ages out messages and does deferred chores.
     Pulse,
+    /// Creates a user. Needs admin.
+    CreateUser(NewUser),
+    /// Changes what is given of a user; what is `None` stays. Needs admin, except a user changing
+    /// only its own password.
+    UpdateUser(UserUpdate),
+    /// Deletes a user; the leases it holds end. Needs admin. The last admin cannot be deleted.
+    DeleteUser { name: String },
+    /// Creates the first admin when the cluster has no user at all; otherwise changes nothing.
+    /// Only a broker proposes it, from its configuration.
+    BootstrapAdmin { name: String, password_hash: String },
+    /// Records, in the audit topic, a membership change about to be made. Needs admin: the
+    /// broker makes the change only once this succeeded, so the check happens in log order.
+    RecordMembershipChange(MembershipChange),
+    /// Records a membership entry the log applied. Only a broker submits it.
+    MembershipApplied { voters: Vec<u64>, learners: Vec<u64> },
+}
+
+/// A user as created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub name: String,
+    /// An argon2 PHC string hashed by the broker that took the request; `None` for a user who
+    /// authenticates by client certificate only.
+    pub password_hash: Option<String>,
+    pub permissions: Vec<Permission>,
+    pub quotas: Quotas,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserUpdate {
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub permissions: Option<Vec<Permission>>,
+    pub quotas: Option<Quotas>,
+}
+
+/// A change to the cluster's brokers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    Add { id: u64, peer_addr: String, client_addr: String },
+    Remove { id: u64 },
 }
 
 /// A batch of messages for one topic.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::access::Actor;
 use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
 use crate::keys;
 use crate::leases::{self, Indexed, Touched};
@@ -20,13 +21,16 @@ use crate::records::{
     GroupCounts, GroupRecord, LeaseBatchRecord, MessageRecord, PendingRecord, PendingState, TopicRecord, fresh_bits,
 };
 use crate::store::{Store, StoreError, Table, prefix_end};
+use crate::users::{self, Owned};
 use crate::{query, retention, topic, validate};
 
 /// Messages read from a topic per storage scan while leasing.
 const LEASE_PAGE_MAX: usize = 64;
 
+/// Creates the group; a user who creates one owns it, within its quota.
 pub(crate) fn create<S: Store>(
     ctx: &mut Ctx<'_, S>,
+    actor: &Actor,
     topic_name: &str,
     name: &str,
     config: &GroupConfig,
@@ -49,6 +53,7 @@ pub(crate) fn create<S: Store>(
     if topic.groups as usize >= GROUPS_PER_TOPIC_MAX {
         return Err(MachineError::LimitReached(format!("at most {GROUPS_PER_TOPIC_MAX} groups per topic")).into());
     }
+    users::check_quota(ctx, actor, Owned::Group)?;
     let next_seq = query::seq_at(&*ctx.store, &topic, config.start)?;
     ctx.meta.next_group_id += 1;
     let group = GroupRecord {
@@ -62,6 +67,7 @@ pub(crate) fn create<S: Store>(
     };
     ctx.save(Table::GroupNames, &keys::child_name(topic.id, name), &group.id)?;
     ctx.save_group(&group)?;
+    users::take(ctx, actor, Owned::Group, group.id)?;
     topic.groups += 1;
     ctx.save_topic(&topic)?;
     Ok(Output::GroupCreated { group_id: group.id, created: true, next_seq })
@@ -71,6 +77,7 @@ pub(crate) fn create<S: Store>(
 pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &str) -> Res<Output> {
     let mut topic = ctx.topic(topic_name)?;
     let group = ctx.group(&topic, name)?;
+    users::disown(ctx, Owned::Group, group.id)?;
     ctx.remove(Table::GroupNames, &keys::child_name(topic.id, name))?;
     ctx.remove(Table::Groups, &keys::id(group.id))?;
     ctx.mark(Table::Chores, &keys::chore(topic::CHORE_PURGE_GROUP, group.id))?;
@@ -80,11 +87,13 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
     Ok(Output::GroupDeleted)
 }
 
+/// Leases for `consumer`; `holder` is the user submitting it, when clients authenticate.
 pub(crate) fn lease<S: Store>(
     ctx: &mut Ctx<'_, S>,
     topic_name: &str,
     group_name: &str,
     consumer: &str,
+    holder: Option<&str>,
     count_max: u32,
     lease_ms: Option<u64>,
 ) -> Res<Output> {
@@ -115,6 +124,7 @@ pub(crate) fn lease<S: Store>(
         let batch = LeaseBatchRecord {
             first_token: first.token,
             consumer: consumer.to_owned(),
+            holder: holder.map(str::to_owned),
             seqs: lessor.grants.iter().map(|grant| grant.seq).collect(),
             live: lessor.grants.len() as u32,
             deadline_ms: first.deadline_ms,
@@ -350,6 +360,29 @@ pub(crate) struct BatchExpiry {
     pub expired: u64,
 }
 
+/// Why a pulse ends leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Their deadline passed.
+    Expired,
+    /// Their holder may no longer consume from the group: every live lease of the batch ends.
+    Revoked,
+}
+
+impl Ending {
+    fn due(self, deadline_ms: u64, now_ms: u64) -> bool {
+        self == Ending::Revoked || deadline_ms <= now_ms
+    }
+
+    /// The `chorus-dead-reason` of a message dead-lettered by it.
+    fn reason(self) -> &'static str {
+        match self {
+            Ending::Expired => "expired",
+            Ending::Revoked => "revoked",
+        }
+    }
+}
+
 /// Expires the live leases of the batch ending at `last_token` whose deadline has passed, then
 /// files the batch under its earliest live deadline, or drops it. Called by pulses.
 pub(crate) fn expire_batch<S: Store>(
@@ -357,9 +390,32 @@ pub(crate) fn expire_batch<S: Store>(
     group: &mut GroupRecord,
     last_token: u64,
 ) -> Res<BatchExpiry> {
-    let mut batch: LeaseBatchRecord = ctx
+    let batch: LeaseBatchRecord = ctx
         .load(Table::Leases, &keys::pair(group.id, last_token))?
         .ok_or_else(|| StoreError::new(format!("group {} lost lease batch {last_token}", group.id)))?;
+    end_batch(ctx, group, batch, Ending::Expired)
+}
+
+/// Ends every live lease of the batch ending at `last_token`, for a revocation. Their messages
+/// are ready again at once (or dead-lettered past `deliveries_max`), and count as expired.
+pub(crate) fn revoke_batch<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    last_token: u64,
+) -> Res<BatchExpiry> {
+    match ctx.load::<LeaseBatchRecord>(Table::Leases, &keys::pair(group.id, last_token))? {
+        Some(batch) => end_batch(ctx, group, batch, Ending::Revoked),
+        None => Ok(BatchExpiry { examined: 0, expired: 0 }),
+    }
+}
+
+fn end_batch<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    group: &mut GroupRecord,
+    mut batch: LeaseBatchRecord,
+    ending: Ending,
+) -> Res<BatchExpiry> {
+    let last_token = batch.last_token();
     let indexed = Indexed::of(&batch);
     let (now_ms, mut holds) = (ctx.now_ms, Holds::default());
     let mut expiry = BatchExpiry { examined: batch.seqs.len(), expired: 0 };
@@ -371,7 +427,7 @@ pub(crate) fn expire_batch<S: Store>(
         };
         match pending.deadline_under(token) {
             None => {}
-            Some(deadline_ms) if deadline_ms > now_ms => {
+            Some(deadline_ms) if !ending.due(deadline_ms, now_ms) => {
                 live_left += 1;
                 earliest_ms = Some(earliest_ms.map_or(deadline_ms, |at: u64| at.min(deadline_ms)));
             }
@@ -382,7 +438,7 @@ pub(crate) fn expire_batch<S: Store>(
                 end_lease(group, &mut batch, &mut holds);
                 group.counts.expired_total += 1;
                 expiry.expired += 1;
-                requeue(ctx, group, seq, pending, now_ms, "expired")?;
+                requeue(ctx, group, seq, pending, now_ms, ending.reason())?;
             }
         }
     }

@@ -86,6 +86,16 @@ pub(crate) fn key_wait_prefix(group_id: u64, key: &[u8]) -> Vec<u8> {
 pub(crate) fn key_wait(group_id: u64, key: &[u8], seq: u64) -> Vec<u8> {
     KeyBuf::new().u64(group_id).prefixed(key).u64(seq).done()
 }
+/// (kind, id) of a topic or group, for its owner.
+pub(crate) fn owned(kind: u8, id: u64) -> Vec<u8> {
+    KeyBuf::new().u8(kind).u64(id).done()
+}
+pub(crate) fn holder_prefix(user: &str) -> Vec<u8> {
+    KeyBuf::new().prefixed(user.as_bytes()).done()
+}
+pub(crate) fn holder_lease(user: &str, group_id: u64, last_token: u64) -> Vec<u8> {
+    KeyBuf::new().prefixed(user.as_bytes()).u64(group_id).u64(last_token).done()
+}
 pub(crate) fn chore(kind: u8, id: u64) -> Vec<u8> {
     KeyBuf::new().u8(kind).u64(id).done()
 }

@@ -4,6 +4,9 @@
 //! itself; any other token is live while its message's pending record says so. A batch counts its
 //! live tokens, to know when it can go, and sits in `fresh_batches` while it holds fresh leases.
 //!
+//! A batch leased by an authenticated user is also indexed under its holder (`holder_leases`),
+//! so that a revocation finds the batches of the user who lost the right to hold them.
+//!
 //! The deadlines entry of a batch is a lower bound: at or before the earliest deadline among its
 //! live tokens. An extend that moves a deadline later leaves it in place, and the pulse that finds
 //! nothing due yet moves it on; an extend that moves a deadline earlier moves it at once.
@@ -20,6 +23,9 @@ pub(crate) fn open<S: Store>(ctx: &mut Ctx<'_, S>, group_id: u64, batch: &LeaseB
     assert!(!batch.seqs.is_empty() && batch.live as usize == batch.seqs.len(), "a new batch is all live: {batch:?}");
     let last_token = batch.last_token();
     ctx.save(Table::Leases, &keys::pair(group_id, last_token), batch)?;
+    if let Some(holder) = &batch.holder {
+        ctx.mark(Table::HolderLeases, &keys::holder_lease(holder, group_id, last_token))?;
+    }
     if batch.fresh_count() > 0 {
         ctx.mark(Table::FreshBatches, &keys::pair(group_id, last_token))?;
     }
@@ -57,6 +63,9 @@ pub(crate) fn store<S: Store>(
     }
     if batch.live == 0 {
         ctx.remove(Table::Leases, &key)?;
+        if let Some(holder) = &batch.holder {
+            ctx.remove(Table::HolderLeases, &keys::holder_lease(holder, group_id, last_token))?;
+        }
         return ctx.remove(Table::Deadlines, &keys::deadline(indexed.deadline_ms, group_id, last_token));
     }
     ctx.save(Table::Leases, &key, batch)?;

@@ -6,6 +6,9 @@
 //! leader's stamp in each [`Entry`]. State lives behind the synchronous [`Store`] trait, so the
 //! backlog stays on disk; the machine itself holds nothing between entries.
 
+pub mod access;
+pub mod audit;
+mod authorize;
 pub mod command;
 mod group;
 mod keys;
@@ -22,16 +25,18 @@ pub mod snapshot;
 pub mod store;
 mod subscription;
 mod topic;
+mod users;
 pub mod validate;
 
 #[cfg(test)]
 mod testkit;
 
+pub use access::{Action, Actor, Pattern, Permission, Quotas};
 pub use command::{
-    Command, Entry, GroupConfig, Header, KeyOrdering, NewMessage, ProducerStamp, Publish, RetentionPolicy,
-    StartPosition, TopicConfig,
+    Command, Entry, GroupConfig, Header, KeyOrdering, MembershipChange, NewMessage, NewUser, ProducerStamp, Publish,
+    RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
 };
 pub use machine::Machine;
 pub use outcome::{Grant, Leased, MachineError, Outcome, Output, Published, PulseReport};
-pub use records::{GroupCounts, GroupRecord, MessageRecord, SubRecord, TopicRecord};
+pub use records::{GroupCounts, GroupRecord, MessageRecord, SubRecord, TopicRecord, UserRecord};
 pub use store::{MemStore, Store, StoreError, StoreRead, Table};

@@ -52,6 +52,15 @@ pub const GROUPS_PER_TOPIC_MAX: usize = 256;
 /// Most durable subscriptions on one topic.
 pub const SUBSCRIPTIONS_PER_TOPIC_MAX: usize = 1024;
 
+/// Most users in the cluster.
+pub const USERS_MAX: u64 = 10_000;
+/// Most permissions one user holds.
+pub const PERMISSIONS_PER_USER_MAX: usize = 64;
+/// Longest stored password hash (an argon2 PHC string is about 100 bytes).
+pub const PASSWORD_HASH_BYTES_MAX: usize = 256;
+/// Messages the audit topic keeps; older records are trimmed.
+pub const AUDIT_MESSAGES_MAX: u64 = 100_000;
+
 /// Default idempotency window for producer ids.
 pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 2 * 60 * 1000;
 /// Longest idempotency window.

@@ -1,14 +1,17 @@
 //! [`Machine::apply`]: one entry in, one outcome per command out. Every command validates before
 //! it writes, so a rejected command changes nothing; a storage failure aborts the whole entry.
 
+use std::collections::BTreeMap;
+
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::command::{Command, Entry};
+use crate::access::Actor;
+use crate::command::{Command, Entry, Submission};
 use crate::keys;
-use crate::outcome::{MachineError, Outcome};
-use crate::records::{self, GroupRecord, MetaRecord, TopicRecord};
+use crate::outcome::{MachineError, Outcome, Output};
+use crate::records::{self, GroupRecord, MetaRecord, TopicRecord, UserRecord};
 use crate::store::{Store, StoreError, StoreRead, Table};
-use crate::{group, pulse, subscription, topic};
+use crate::{authorize, group, pulse, subscription, topic, users};
 
 /// The replicated state machine over a store.
 #[derive(Debug)]
@@ -40,10 +43,10 @@ impl<S: Store> Machine<S> {
         assert!(log_index > meta.last_log_index, "entry {log_index} applied after entry {}", meta.last_log_index);
         // A new leader's clock may lag its predecessor's stamps: time never goes back.
         let now_ms = entry.time_ms.max(meta.last_time_ms);
-        let mut ctx = Ctx { store: &mut self.store, meta, now_ms, log_index, batch_pos: 0 };
-        let mut outcomes = Vec::with_capacity(entry.commands.len());
-        for command in &entry.commands {
-            outcomes.push(ctx.execute(command)?);
+        let mut ctx = Ctx { store: &mut self.store, meta, now_ms, log_index, batch_pos: 0, users: BTreeMap::new() };
+        let mut outcomes = Vec::with_capacity(entry.submissions.len());
+        for submission in &entry.submissions {
+            outcomes.push(ctx.execute(submission)?);
         }
         ctx.meta.last_log_index = log_index;
         ctx.meta.last_time_ms = now_ms;
@@ -83,32 +86,71 @@ pub(crate) struct Ctx<'s, S> {
     pub(crate) log_index: u64,
     /// The next batch position among messages this entry publishes.
     pub(crate) batch_pos: u32,
+    /// Users read or written by this entry so far: an entry's commands mostly share a few actors.
+    users: BTreeMap<String, Option<UserRecord>>,
 }
 
 impl<S: Store> Ctx<'_, S> {
-    fn execute(&mut self, command: &Command) -> Result<Outcome, StoreError> {
-        let result = match command {
-            Command::CreateTopic { name, config } => topic::create(self, name, config),
-            Command::DeleteTopic { name } => topic::delete(self, name),
-            Command::Publish(publish) => topic::publish(self, publish),
-            Command::CreateGroup { topic, name, config } => group::create(self, topic, name, config),
-            Command::DeleteGroup { topic, name } => group::delete(self, topic, name),
-            Command::CreateSubscription { topic, name, start } => subscription::create(self, topic, name, *start),
-            Command::DeleteSubscription { topic, name } => subscription::delete(self, topic, name),
-            Command::Commit { topic, subscription, seq } => subscription::commit(self, topic, subscription, *seq),
-            Command::Lease { topic, group, consumer, count_max, lease_ms } => {
-                group::lease(self, topic, group, consumer, *count_max, *lease_ms)
-            }
-            Command::Ack { topic, group, tokens } => group::ack(self, topic, group, tokens),
-            Command::Nack { topic, group, tokens, delay_ms } => group::nack(self, topic, group, tokens, *delay_ms),
-            Command::Extend { topic, group, tokens, lease_ms } => group::extend(self, topic, group, tokens, *lease_ms),
-            Command::Pulse => pulse::pulse(self),
-        };
+    fn execute(&mut self, submission: &Submission) -> Result<Outcome, StoreError> {
+        let Submission { actor, command } = submission;
+        let result = authorize::check(self, actor, command).and_then(|()| self.dispatch(actor, command));
         match result {
             Ok(output) => Ok(Ok(output)),
             Err(Fail::Rejected(error)) => Ok(Err(error)),
             Err(Fail::Store(error)) => Err(error),
         }
+    }
+
+    fn dispatch(&mut self, actor: &Actor, command: &Command) -> Res<Output> {
+        match command {
+            Command::CreateTopic { name, config } => topic::create(self, actor, name, config),
+            Command::DeleteTopic { name } => topic::delete(self, name),
+            Command::Publish(publish) => topic::publish(self, publish),
+            Command::CreateGroup { topic, name, config } => group::create(self, actor, topic, name, config),
+            Command::DeleteGroup { topic, name } => group::delete(self, topic, name),
+            Command::CreateSubscription { topic, name, start } => subscription::create(self, topic, name, *start),
+            Command::DeleteSubscription { topic, name } => subscription::delete(self, topic, name),
+            Command::Commit { topic, subscription, seq } => subscription::commit(self, topic, subscription, *seq),
+            Command::Lease { topic, group, consumer, count_max, lease_ms } => {
+                let holder = match actor {
+                    Actor::User(name) => Some(name.as_str()),
+                    Actor::Broker | Actor::Anonymous => None,
+                };
+                group::lease(self, topic, group, consumer, holder, *count_max, *lease_ms)
+            }
+            Command::Ack { topic, group, tokens } => group::ack(self, topic, group, tokens),
+            Command::Nack { topic, group, tokens, delay_ms } => group::nack(self, topic, group, tokens, *delay_ms),
+            Command::Extend { topic, group, tokens, lease_ms } => group::extend(self, topic, group, tokens, *lease_ms),
+            Command::Pulse => pulse::pulse(self),
+            Command::CreateUser(new) => users::create(self, actor, new),
+            Command::UpdateUser(update) => users::update(self, actor, update),
+            Command::DeleteUser { name } => users::delete(self, actor, name),
+            Command::BootstrapAdmin { name, password_hash } => users::bootstrap_admin(self, name, password_hash),
+            Command::RecordMembershipChange(change) => users::record_membership_change(self, actor, change),
+            Command::MembershipApplied { voters, learners } => users::membership_applied(self, voters, learners),
+        }
+    }
+
+    /// The user named `name`, read once per entry.
+    pub(crate) fn user(&mut self, name: &str) -> Res<Option<UserRecord>> {
+        if let Some(cached) = self.users.get(name) {
+            return Ok(cached.clone());
+        }
+        let user: Option<UserRecord> = self.load(Table::Users, name.as_bytes())?;
+        self.users.insert(name.to_owned(), user.clone());
+        Ok(user)
+    }
+
+    pub(crate) fn save_user(&mut self, user: &UserRecord) -> Res<()> {
+        self.save(Table::Users, user.name.as_bytes(), user)?;
+        self.users.insert(user.name.clone(), Some(user.clone()));
+        Ok(())
+    }
+
+    pub(crate) fn remove_user(&mut self, name: &str) -> Res<()> {
+        self.remove(Table::Users, name.as_bytes())?;
+        self.users.insert(name.to_owned(), None);
+        Ok(())
     }
 
     pub(crate) fn load<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Res<Option<T>> {

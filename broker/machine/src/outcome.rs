@@ -26,6 +26,12 @@ pub enum MachineError {
     TooLarge(String),
     #[error("limit reached: {0}")]
     LimitReached(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
 }
 
 /// The successful result of one command.
@@ -58,6 +64,13 @@ pub enum Output {
     /// One result per token of an extend, in order: the new deadline.
     Extended(Vec<Result<u64, MachineError>>),
     Pulsed(PulseReport),
+    /// `created` is false for a bootstrap that found users already there.
+    UserCreated {
+        created: bool,
+    },
+    UserUpdated,
+    UserDeleted,
+    MembershipRecorded,
 }
 
 /// Where a publish landed. Its messages hold sequences `first_seq..first_seq + count` and batch
@@ -103,4 +116,6 @@ pub struct PulseReport {
     pub dropped: u64,
     pub trimmed: u64,
     pub purged: u64,
+    /// Leases ended because their holder lost the right to consume.
+    pub revoked: u64,
 }

@@ -12,6 +12,7 @@ use crate::outcome::{Output, PulseReport};
 use crate::records::{GroupRecord, TopicRecord};
 use crate::store::{Store, Table, prefix_end};
 use crate::topic::{CHORE_PURGE_GROUP, CHORE_PURGE_TOPIC, CHORE_TRIM_TOPIC, expire_dedup};
+use crate::users::{self, CHORE_REVOKE_LEASES};
 use crate::{group, retention};
 
 pub(crate) fn pulse<S: Store>(ctx: &mut Ctx<'_, S>) -> Res<Output> {
@@ -84,7 +85,7 @@ fn age_out<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()> 
 
 fn do_chores<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()> {
     let mut budget = PULSE_PURGE_KEYS_MAX;
-    for (chore, _) in ctx.range(Table::Chores, &[], None, PULSE_PURGE_KEYS_MAX)? {
+    for (chore, value) in ctx.range(Table::Chores, &[], None, PULSE_PURGE_KEYS_MAX)? {
         if budget == 0 {
             break;
         }
@@ -111,6 +112,7 @@ fn do_chores<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()
                 budget = budget.saturating_sub(crate::limits::TRIM_MESSAGES_MAX);
                 false // trim re-marks the chore itself when more is left
             }
+            CHORE_REVOKE_LEASES => users::revoke_slice(ctx, &chore, &value, &mut budget, report)?,
             kind => panic!("unknown chore kind {kind}"),
         };
         if done {

@@ -6,7 +6,7 @@ use crate::keys;
 use crate::limits::{GROUPS_PER_TOPIC_MAX, LIST_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX};
 use crate::machine::read_ids;
 use crate::messages;
-use crate::records::{self, GroupRecord, MessageRecord, MetaRecord, SubRecord, TopicRecord};
+use crate::records::{self, GroupRecord, MessageRecord, MetaRecord, SubRecord, TopicRecord, UserRecord};
 use crate::store::{StoreError, StoreRead, Table, prefix_end};
 
 type Read<T> = Result<T, StoreError>;
@@ -130,6 +130,25 @@ fn first_at_or_after(store: &impl StoreRead, topic: &TopicRecord, time_ms: u64) 
 /// The live leases of a group as (token, seq), in token order.
 pub fn leases(store: &impl StoreRead, group_id: u64, limit: usize) -> Read<Vec<(u64, u64)>> {
     crate::leases::live(store, group_id, limit)
+}
+
+pub fn user(store: &impl StoreRead, name: &str) -> Read<Option<UserRecord>> {
+    records::load(store, Table::Users, name.as_bytes())
+}
+
+/// Users in name order, starting after `after`, at most `LIST_MAX`.
+pub fn users(store: &impl StoreRead, after: &str, limit: usize) -> Read<Vec<UserRecord>> {
+    let mut start = after.as_bytes().to_vec();
+    if !after.is_empty() {
+        start.push(0);
+    }
+    let page = store.range(Table::Users, &start, None, limit.min(LIST_MAX))?;
+    page.iter().map(|(_, value)| records::decode(value)).collect()
+}
+
+/// Whether any user exists: a cluster with none has yet to get its first admin.
+pub fn has_users(store: &impl StoreRead) -> Read<bool> {
+    Ok(!store.keys(Table::Users, &[], None, 1)?.is_empty())
 }
 
 /// The index and time of the last applied entry.

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::access::{Permission, Quotas};
 use crate::command::{GroupConfig, Header, TopicConfig};
 use crate::store::StoreError;
 
@@ -24,6 +25,10 @@ pub(crate) struct MetaRecord {
     pub next_group_id: u64,
     pub next_sub_id: u64,
     pub topics: u64,
+    pub next_user_id: u64,
+    pub users: u64,
+    /// Users holding the admin permission: the last one cannot be removed.
+    pub admins: u64,
 }
 
 /// A topic and the bounds of its retained messages.
@@ -169,6 +174,9 @@ pub(crate) enum PendingState {
 pub(crate) struct LeaseBatchRecord {
     pub first_token: u64,
     pub consumer: String,
+    /// The user whose lease command it was, when the broker authenticates clients: a revocation
+    /// that takes the group away from the user ends the batch's leases.
+    pub holder: Option<String>,
     /// The message leased under each token.
     pub seqs: Vec<u64>,
     /// Tokens not yet settled or expired; the batch goes when this reaches 0.
@@ -244,6 +252,23 @@ pub struct SubRecord {
     /// The next sequence to deliver; everything before it is committed.
     pub next_seq: u64,
     pub created_ms: u64,
+}
+
+/// A user: how it authenticates and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: u64,
+    pub name: String,
+    /// An argon2 hash in the PHC string format, made by the broker that took the request; `None`
+    /// for a user who authenticates by client certificate only.
+    pub password_hash: Option<String>,
+    pub permissions: Vec<Permission>,
+    pub quotas: Quotas,
+    pub created_ms: u64,
+    /// Topics this user created that still exist: counted against `quotas.topics_max`.
+    pub topics_owned: u64,
+    /// Work groups this user created that still exist.
+    pub groups_owned: u64,
 }
 
 /// Reads and decodes the record under `key`.

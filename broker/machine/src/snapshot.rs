@@ -1,5 +1,5 @@
 //! Snapshots: the whole state as one byte stream, table by table in key order, so equal states
-//! give equal snapshots. Layout: the magic `CHORUS-SM-3`, then records of
+//! give equal snapshots. Layout: the magic `CHORUS-SM-4`, then records of
 //! `[table id u8][key len u32 BE][key][value len u32 BE][value]`, then the end marker `0xff`.
 //! A snapshot arrives from the network when installed, so reading one never panics.
 
@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 
 use crate::store::{Store, StoreError, StoreRead, Table};
 
-const MAGIC: &[u8] = b"CHORUS-SM-3";
+const MAGIC: &[u8] = b"CHORUS-SM-4";
 const END: u8 = 0xff;
 /// Entries read from a table per scan while exporting.
 const EXPORT_PAGE: usize = 1024;

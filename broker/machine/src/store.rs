@@ -52,11 +52,18 @@ pub enum Table {
     /// (group id, last token) → (): the lease batches holding live fresh leases. Fresh grants
     /// take messages in topic order, so the first one's first fresh slot is the group's lowest.
     FreshBatches = 19,
+    /// User name → user record.
+    Users = 20,
+    /// (kind: 1 topic, 2 group; id) → the name of the user who created it, for quotas.
+    Owners = 21,
+    /// (user, group id, last token of the batch) → (): the lease batches each user holds, so a
+    /// revocation finds them.
+    HolderLeases = 22,
 }
 
 impl Table {
     /// Every table, in snapshot order.
-    pub const ALL: [Table; 20] = [
+    pub const ALL: [Table; 23] = [
         Table::Meta,
         Table::TopicNames,
         Table::Topics,
@@ -77,6 +84,9 @@ impl Table {
         Table::Subs,
         Table::Chores,
         Table::FreshBatches,
+        Table::Users,
+        Table::Owners,
+        Table::HolderLeases,
     ];
 
     /// A stable name, used by the broker for its redb table names.
@@ -102,6 +112,9 @@ impl Table {
             Table::Subs => "subs",
             Table::Chores => "chores",
             Table::FreshBatches => "fresh_batches",
+            Table::Users => "users",
+            Table::Owners => "owners",
+            Table::HolderLeases => "holder_leases",
         }
     }
 

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use crate::command::{Command, Entry, GroupConfig, NewMessage, Publish, TopicConfig};
+use crate::access::Actor;
+use crate::command::{Command, Entry, GroupConfig, NewMessage, Publish, Submission, TopicConfig};
 use crate::machine::Machine;
 use crate::outcome::{Grant, Leased, MachineError, Outcome, Output, Published};
 use crate::query;
@@ -20,9 +21,14 @@ impl Harness {
         Harness { machine: Machine::new(MemStore::new()), index: 0, now_ms: 1_000_000 }
     }
 
+    /// Runs `command` as an anonymous client: no permission checks.
     pub fn run(&mut self, command: Command) -> Outcome {
+        self.run_as(&Actor::Anonymous, command)
+    }
+
+    pub fn run_as(&mut self, actor: &Actor, command: Command) -> Outcome {
         self.index += 1;
-        let entry = Entry { time_ms: self.now_ms, commands: vec![command] };
+        let entry = Entry { time_ms: self.now_ms, submissions: vec![Submission::new(actor.clone(), command)] };
         self.machine.apply(self.index, &entry).expect("memory store never fails").remove(0)
     }
 
@@ -88,7 +94,7 @@ impl Harness {
     }
 
     pub fn pulse(&mut self) -> crate::outcome::PulseReport {
-        match self.ok(Command::Pulse) {
+        match self.run_as(&Actor::Broker, Command::Pulse).expect("a pulse succeeds") {
             Output::Pulsed(report) => report,
             other => panic!("unexpected {other:?}"),
         }

@@ -1,6 +1,7 @@
 //! Topics: create, delete, and publish. A publish assigns dense per-topic sequences from 1 and
 //! stamps each message with (log index, batch position), the global total order.
 
+use crate::access::Actor;
 use crate::command::{NewMessage, Publish, TopicConfig};
 use crate::keys;
 use crate::limits::{DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX};
@@ -10,6 +11,7 @@ use crate::outcome::{MachineError, Output, Published};
 use crate::records::{DedupRecord, TopicRecord};
 use crate::retention;
 use crate::store::{Store, Table, prefix_end};
+use crate::users::{self, Owned};
 use crate::validate;
 
 /// Chore kinds: deferred work done by pulses, a bounded slice at a time.
@@ -17,7 +19,8 @@ pub(crate) const CHORE_PURGE_TOPIC: u8 = 1;
 pub(crate) const CHORE_PURGE_GROUP: u8 = 2;
 pub(crate) const CHORE_TRIM_TOPIC: u8 = 3;
 
-pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, config: &TopicConfig) -> Res<Output> {
+/// Creates the topic; a user who creates one owns it, within its quota.
+pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, name: &str, config: &TopicConfig) -> Res<Output> {
     validate::name("topic", name)?;
     validate::topic_config(config)?;
     if let Some(existing) = crate::query::topic(&*ctx.store, name)? {
@@ -29,6 +32,14 @@ pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, config: &TopicC
     if ctx.meta.topics >= TOPICS_MAX as u64 {
         return Err(MachineError::LimitReached(format!("at most {TOPICS_MAX} topics")).into());
     }
+    users::check_quota(ctx, actor, Owned::Topic)?;
+    let topic = insert(ctx, name, config)?;
+    users::take(ctx, actor, Owned::Topic, topic.id)?;
+    Ok(Output::TopicCreated { topic_id: topic.id, created: true })
+}
+
+/// Stores a new, empty topic under the next id. The caller has checked the name and limits.
+pub(crate) fn insert<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, config: &TopicConfig) -> Res<TopicRecord> {
     ctx.meta.next_topic_id += 1;
     ctx.meta.topics += 1;
     let topic = TopicRecord {
@@ -45,7 +56,7 @@ pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, config: &TopicC
     };
     ctx.save(Table::TopicNames, name.as_bytes(), &topic.id)?;
     ctx.save_topic(&topic)?;
-    Ok(Output::TopicCreated { topic_id: topic.id, created: true })
+    Ok(topic)
 }
 
 /// Deletes the topic's name, groups and subscriptions now; its messages and idempotency records
@@ -56,6 +67,7 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, name: &str) -> Res<Output> 
     let end = prefix_end(&prefix);
     for (key, value) in ctx.range(Table::GroupNames, &prefix, end.as_deref(), GROUPS_PER_TOPIC_MAX)? {
         let group_id: u64 = crate::records::decode(&value)?;
+        users::disown(ctx, Owned::Group, group_id)?;
         ctx.remove(Table::GroupNames, &key)?;
         ctx.remove(Table::Groups, &keys::id(group_id))?;
         ctx.mark(Table::Chores, &keys::chore(CHORE_PURGE_GROUP, group_id))?;
@@ -69,6 +81,7 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, name: &str) -> Res<Output> 
         ctx.remove(Table::AgeDeadlines, &keys::age_deadline(deadline_ms, topic.id))?;
     }
     ctx.remove(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
+    users::disown(ctx, Owned::Topic, topic.id)?;
     ctx.remove(Table::TopicNames, name.as_bytes())?;
     ctx.remove(Table::Topics, &keys::id(topic.id))?;
     ctx.mark(Table::Chores, &keys::chore(CHORE_PURGE_TOPIC, topic.id))?;
@@ -206,7 +219,8 @@ mod tests {
                 Command::Publish(Publish { topic: topic.into(), producer: None, messages: vec![message(None, "x")] })
             })
             .to_vec();
-        let outcomes = h.machine.apply(h.index, &Entry { time_ms: h.now_ms, commands }).unwrap();
+        let submissions = commands.into_iter().map(crate::command::Submission::broker).collect();
+        let outcomes = h.machine.apply(h.index, &Entry { time_ms: h.now_ms, submissions }).unwrap();
         let placed: Vec<(u64, u64, u32)> = outcomes
             .into_iter()
             .map(|o| match o.unwrap() {

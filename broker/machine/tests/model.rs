@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use chorus_machine::{
-    Command, Entry, GroupConfig, KeyOrdering, Machine, MachineError, MemStore, NewMessage, Outcome, Output, Publish,
-    StartPosition, TopicConfig, query, snapshot,
+    Actor, Command, Entry, GroupConfig, KeyOrdering, Machine, MachineError, MemStore, NewMessage, Outcome, Output,
+    Publish, StartPosition, Submission, TopicConfig, query, snapshot,
 };
 use proptest::prelude::*;
 
@@ -317,7 +317,13 @@ fn setup() -> Entry {
         };
         commands.push(Command::CreateGroup { topic: TOPIC.into(), name: (*name).into(), config });
     }
-    Entry { time_ms: 1_000, commands }
+    Entry { time_ms: 1_000, submissions: commands.into_iter().map(submit).collect() }
+}
+
+/// Pulses are the broker's; clients' commands are anonymous (no authentication, no checks).
+fn submit(command: Command) -> Submission {
+    let actor = if command == Command::Pulse { Actor::Broker } else { Actor::Anonymous };
+    Submission::new(actor, command)
 }
 
 fn snapshot_bytes(machine: &Machine<MemStore>) -> Vec<u8> {
@@ -340,11 +346,9 @@ proptest! {
         for (advance_ms, ops) in &plan {
             model.now_ms += advance_ms;
             // Each command is built from the model as the previous one left it.
-            let mut entry = Entry { time_ms: model.now_ms, commands: Vec::new() };
             for op in ops {
-                entry.commands.push(command(op, &model));
                 let index = log.len() as u64 + 1;
-                let single = Entry { time_ms: model.now_ms, commands: vec![entry.commands.last().unwrap().clone()] };
+                let single = Entry { time_ms: model.now_ms, submissions: vec![submit(command(op, &model))] };
                 let outcome = machine.apply(index, &single).unwrap().remove(0);
                 let cursor_before = model.cursor;
                 check(op, &outcome, &mut model)?;
@@ -391,10 +395,12 @@ proptest! {
         for (entry_no, group) in commands.iter().enumerate() {
             let time_ms = 1_000 + entry_no as u64 * 100;
             index += 1;
-            batched_out.extend(batched.apply(index, &Entry { time_ms, commands: group.clone() }).unwrap());
+            let submissions = group.iter().cloned().map(submit).collect();
+            batched_out.extend(batched.apply(index, &Entry { time_ms, submissions }).unwrap());
             for command in group {
                 index += 1;
-                single_out.extend(single.apply(index, &Entry { time_ms, commands: vec![command.clone()] }).unwrap());
+                let submissions = vec![submit(command.clone())];
+                single_out.extend(single.apply(index, &Entry { time_ms, submissions }).unwrap());
             }
         }
         // Log indexes differ between the two runs, so compare with them masked.

@@ -14,7 +14,9 @@
 //!   cluster only); `--publish-only` skips the work queue and fan-out, leaving the messages
 //!   backlogged, so a large `--messages` measures memory against the backlog;
 //! - `--peer nats`: the publish workload against NATS JetStream too (`bench_nats`), with the
-//!   ratios.
+//!   ratios;
+//! - `--tls`, `--auth`: its own cluster secured as `chorus up` secures one, for the cost of TLS
+//!   and of checking every command's permissions.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::local::{LocalCluster, wait_for_leader};
+use super::local::{LocalCluster, LocalSecurity, wait_for_leader};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -64,6 +66,12 @@ pub struct BenchArgs {
     pub peer: Option<Peer>,
     #[arg(long)]
     pub json: bool,
+    /// Its own cluster with TLS on both ports (a local CA, as `chorus up` makes).
+    #[arg(long)]
+    pub tls: bool,
+    /// Its own cluster with users: the benchmark runs as the admin, every command checked.
+    #[arg(long)]
+    pub auth: bool,
 }
 
 /// A system to compare with.
@@ -108,16 +116,21 @@ fn broker_cost(pids: &[u32]) -> Cost {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir()?;
-    let (mut own, addrs) = match &args.brokers {
-        Some(addrs) => (None, addrs.clone()),
+    let (mut own, resolved) = match &args.brokers {
+        Some(addrs) => {
+            let target = super::context::Overrides { brokers: Some(addrs.clone()), ..Default::default() };
+            (None, target.resolve()?)
+        }
         None => {
-            let cluster =
-                LocalCluster::start(scratch.path(), 3, super::demo::free_ports(3)?, super::demo::free_ports(3)?)?;
-            let addrs = cluster.client_addrs();
-            (Some(cluster), addrs)
+            let security = LocalSecurity { tls: args.tls, auth: args.auth };
+            let (client_port, peer_port) = (super::demo::free_ports(3)?, super::demo::free_ports(3)?);
+            let cluster = LocalCluster::start(scratch.path(), 3, client_port, peer_port, security)?;
+            let resolved = cluster.resolved()?;
+            (Some(cluster), resolved)
         }
     };
-    let leader = wait_for_leader(&addrs, "", Duration::from_secs(30)).await?;
+    let addrs = resolved.brokers.clone();
+    let leader = wait_for_leader(&addrs, &resolved.connect_options("chorus-bench")?, Duration::from_secs(30)).await?;
     let leader_addr = leader
         .brokers
         .iter()
@@ -125,7 +138,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .map(|b| b.client_addr.clone())
         .context("leader address")?;
     let pids: Vec<u32> = own.as_ref().map_or_else(Vec::new, |c| c.brokers.iter().filter_map(|b| c.pid(b.id)).collect());
-    let client = Client::connect(addrs.clone()).await?;
+    let client = Client::with_config(resolved.client_config("chorus-bench")?).await?;
     let topic = format!("bench-{:06x}", rand::random::<u32>() & 0xff_ffff);
     client.request(Request::CreateTopic(pb::CreateTopic { name: topic.clone(), config: None })).await?;
     client
@@ -163,6 +176,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "brokers": addrs.len(),
         "cluster": if pids.is_empty() { "given" } else { "own, loopback" },
         "fsync": "every commit, on a majority",
+        "tls": resolved.ca.is_some(),
+        "auth": resolved.user.is_some(),
         "messages": args.messages,
         "payload_bytes": args.size,
         "window": args.window,
@@ -266,7 +281,7 @@ async fn publish(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> 
         })
         .await;
     }
-    let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
+    let connection = Connection::connect_with(addr, &client.config().connect_options()).await?;
     publish_lanes(args.window, args.messages, move || {
         let request = Request::Publish(pb::PublishRequest {
             topic: topic.clone(),
@@ -329,7 +344,7 @@ async fn work(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> any
     };
     let mut workers = Vec::new();
     for worker in 0..args.workers.max(1) {
-        let connection = Connection::connect(addr, "chorus-bench", Duration::from_secs(5)).await?;
+        let connection = Connection::connect_with(addr, &client.config().connect_options()).await?;
         let (leased_total, topic, total) = (Arc::clone(&leased_total), topic.to_owned(), args.messages);
         workers.push(tokio::spawn(async move {
             // One ack in flight while the next lease is taken, as a pipelining worker would.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chorus_consumers::{
-    Client, ClientConfig, Delivered, Job, Message, Producer, ProducerConfig, Start, Subscriber, SubscriberConfig,
-    WorkerConfig, WorkerPool,
+    Client, Delivered, Job, Message, Producer, ProducerConfig, Start, Subscriber, SubscriberConfig, WorkerConfig,
+    WorkerPool,
 };
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
 use clap::{Args, Subcommand};
@@ -18,10 +18,9 @@ use super::Target;
 use super::local::status_of;
 
 pub async fn connect(target: &Target) -> anyhow::Result<Client> {
-    let mut config = ClientConfig::new(target.brokers.clone());
-    config.client_name = "chorus-cli".into();
-    config.auth_token = target.auth_token.clone().unwrap_or_default();
-    Client::with_config(config).await.with_context(|| format!("connecting to {}", target.brokers.join(",")))
+    let resolved = target.resolve()?;
+    let config = resolved.client_config("chorus-cli")?;
+    Client::with_config(config).await.with_context(|| format!("connecting to {}", resolved.brokers.join(",")))
 }
 
 #[derive(Debug, Args)]
@@ -439,20 +438,21 @@ pub struct StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let token = args.target.auth_token.clone().unwrap_or_default();
+    let resolved = args.target.resolve()?;
+    let options = resolved.connect_options("chorus-cli")?;
     let mut view = None;
-    for addr in &args.target.brokers {
-        if let Some(status) = status_of(addr, &token).await {
+    for addr in &resolved.brokers {
+        if let Some(status) = status_of(addr, &options).await {
             view = Some(status);
             break;
         }
     }
-    let Some(view) = view else { bail!("no broker answered at {}", args.target.brokers.join(",")) };
+    let Some(view) = view else { bail!("no broker answered at {}", resolved.brokers.join(",")) };
     // Ask every member for its own role and indexes; the leader knows each follower's lag.
     let mut rows = Vec::new();
     let mut lags = std::collections::BTreeMap::new();
     for broker in &view.brokers {
-        let own = status_of(&broker.client_addr, &token).await;
+        let own = status_of(&broker.client_addr, &options).await;
         if let Some(own) = &own
             && own.role == "leader"
         {

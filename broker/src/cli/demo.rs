@@ -16,7 +16,8 @@ use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server
 use clap::Args;
 use futures::StreamExt;
 
-use super::local::{LocalCluster, wait_for_leader, wait_for_leader_where};
+use super::Target;
+use super::local::{LocalCluster, LocalSecurity, wait_for_leader, wait_for_leader_where};
 
 const TASKS: u64 = 200;
 const STALLED: u32 = 20;
@@ -24,9 +25,10 @@ const AFTER_FAILOVER: u64 = 1_000;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Use a running cluster instead of starting one (comma-separated client addresses).
-    #[arg(long, value_delimiter = ',')]
-    pub brokers: Option<Vec<String>>,
+    /// With --brokers, the running cluster to use (TLS and user from the flags or the context)
+    /// instead of a cluster of its own.
+    #[command(flatten)]
+    pub target: Target,
     /// With --brokers: the `chorus up` data directory, whose pid files let the demo kill the leader.
     #[arg(long, default_value = "chorus-data")]
     pub data_dir: PathBuf,
@@ -53,20 +55,22 @@ pub(super) fn free_ports(count: u16) -> anyhow::Result<u16> {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir()?;
-    let (mut own, addrs) = match &args.brokers {
-        Some(addrs) => (None, addrs.clone()),
+    let (mut own, resolved) = match &args.target.brokers {
+        Some(_) => (None, args.target.resolve()?),
         None => {
-            step("starting a cluster of 3 brokers on loopback");
-            let cluster = LocalCluster::start(scratch.path(), 3, free_ports(3)?, free_ports(3)?)?;
-            let addrs = cluster.client_addrs();
-            (Some(cluster), addrs)
+            step("starting a cluster of 3 brokers on loopback, with TLS and users");
+            let cluster =
+                LocalCluster::start(scratch.path(), 3, free_ports(3)?, free_ports(3)?, LocalSecurity::SECURE)?;
+            let resolved = cluster.resolved()?;
+            (Some(cluster), resolved)
         }
     };
-    let leader = wait_for_leader(&addrs, "", Duration::from_secs(30)).await?;
+    let (addrs, options) = (resolved.brokers.clone(), resolved.connect_options("chorus-demo")?);
+    let leader = wait_for_leader(&addrs, &options, Duration::from_secs(30)).await?;
     check(&format!("broker {} leads, term {}", leader.broker_id, leader.term));
-    let client = Client::connect(addrs.clone()).await?;
+    let client = Client::with_config(resolved.client_config("chorus-demo")?).await?;
     let topic = format!("demo-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let result = tour(&client, &topic, &addrs, own.as_mut(), &args).await;
+    let result = tour(&client, &topic, &addrs, &options, own.as_mut(), &args).await;
     let _ = client.request(Request::DeleteTopic(pb::DeleteTopic { name: topic })).await;
     if let Some(cluster) = own.as_mut() {
         cluster.stop();
@@ -87,6 +91,7 @@ async fn tour(
     client: &Client,
     topic: &str,
     addrs: &[String],
+    options: &chorus_consumers::ConnectOptions,
     own: Option<&mut LocalCluster>,
     args: &DemoArgs,
 ) -> anyhow::Result<()> {
@@ -104,7 +109,7 @@ async fn tour(
 
     workers(client, topic).await?;
     subscribers(client, topic).await?;
-    failover(client, topic, addrs, own, args, &producer).await?;
+    failover(client, topic, addrs, options, own, args, &producer).await?;
     producer.close().await;
     Ok(())
 }
@@ -190,11 +195,12 @@ async fn failover(
     client: &Client,
     topic: &str,
     addrs: &[String],
+    options: &chorus_consumers::ConnectOptions,
     own: Option<&mut LocalCluster>,
     args: &DemoArgs,
     producer: &Producer,
 ) -> anyhow::Result<()> {
-    let before = wait_for_leader(addrs, "", Duration::from_secs(10)).await?;
+    let before = wait_for_leader(addrs, options, Duration::from_secs(10)).await?;
     let leader = before.broker_id;
     step(&format!("publishing {AFTER_FAILOVER} more while broker {leader}, the leader, is killed with SIGKILL"));
     let mut pending = Vec::new();
@@ -215,7 +221,7 @@ async fn failover(
     // is restarted before they time out and resumes its term: openraft keeps a leader's committed
     // vote across a restart. The killed process cannot answer, so a leader `leader` is restarted.
     let resumed = |status: &pb::ClusterStatus| status.term > before.term || status.broker_id == leader;
-    let new_leader = wait_for_leader_where(addrs, "", Duration::from_secs(30), resumed).await?;
+    let new_leader = wait_for_leader_where(addrs, options, Duration::from_secs(30), resumed).await?;
     let elapsed = killed_at.elapsed();
     if new_leader.term > before.term {
         check(&format!("broker {} leads in term {} after {elapsed:?}", new_leader.broker_id, new_leader.term));

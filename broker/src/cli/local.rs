@@ -1,14 +1,41 @@
-//! A cluster of `chorus serve` child processes on loopback, for `chorus up` and `chorus demo`.
-//! Each broker logs to `<data dir>/broker-<id>.log` and records its pid in
+//! A cluster of `chorus serve` child processes on loopback, for `chorus up`, `chorus demo` and
+//! `chorus bench`. Each broker logs to `<data dir>/broker-<id>.log` and records its pid in
 //! `<data dir>/<id>/broker.pid`. A broker that dies is restarted by `supervise`.
+//!
+//! Secured, the cluster keeps its secrets in the data directory, made on first start and reused
+//! after: a CA and one broker certificate for loopback (`tls/`), and the first admin's password
+//! (`admin.password`, readable by its owner only) and its argon2 hash (`admin.hash`). Its
+//! `context()` tells a client how to connect.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use chorus_consumers::Connection;
+use anyhow::Context as _;
+use chorus_consumers::{ConnectOptions, Connection};
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+
+use super::context::{Context, Overrides, Resolved};
+use crate::security::pki::{self, Authority, Validity};
+use crate::security::{password, secret};
+
+/// The first admin of a secured local cluster.
+pub const ADMIN: &str = "admin";
+
+/// How a local cluster is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalSecurity {
+    /// TLS on both ports: peers by mutual TLS under a local CA, clients trusting it.
+    pub tls: bool,
+    /// Clients authenticate as users; the first is `admin`.
+    pub auth: bool,
+}
+
+impl LocalSecurity {
+    pub const SECURE: LocalSecurity = LocalSecurity { tls: true, auth: true };
+    /// Nothing authenticated: brokers on loopback, for benchmarks and old habits.
+    pub const OPEN: LocalSecurity = LocalSecurity { tls: false, auth: false };
+}
 
 /// One broker of a local cluster.
 #[derive(Debug)]
@@ -24,14 +51,25 @@ pub struct LocalBroker {
 pub struct LocalCluster {
     data_dir: PathBuf,
     pub brokers: Vec<LocalBroker>,
+    /// The flags every broker gets for its security.
+    security_args: Vec<String>,
+    context: Context,
 }
 
 impl LocalCluster {
     /// Starts `count` brokers with client ports from `client_port` and peer ports from
     /// `peer_port`, keeping data under `data_dir` (reused as is when it exists).
-    pub fn start(data_dir: &Path, count: u64, client_port: u16, peer_port: u16) -> anyhow::Result<LocalCluster> {
+    pub fn start(
+        data_dir: &Path,
+        count: u64,
+        client_port: u16,
+        peer_port: u16,
+        security: LocalSecurity,
+    ) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-        let brokers = (1..=count)
+        let data_dir = &data_dir.canonicalize().with_context(|| format!("finding {}", data_dir.display()))?;
+        let (security_args, mut context) = secure(data_dir, security)?;
+        let brokers: Vec<LocalBroker> = (1..=count)
             .map(|id| LocalBroker {
                 id,
                 client_addr: format!("127.0.0.1:{}", client_port + id as u16 - 1),
@@ -40,7 +78,8 @@ impl LocalCluster {
                 restarted_at: None,
             })
             .collect();
-        let mut cluster = LocalCluster { data_dir: data_dir.to_path_buf(), brokers };
+        context.brokers = brokers.iter().map(|b| b.client_addr.clone()).collect();
+        let mut cluster = LocalCluster { data_dir: data_dir.to_path_buf(), brokers, security_args, context };
         for index in 0..cluster.brokers.len() {
             cluster.spawn(index)?;
         }
@@ -49,6 +88,18 @@ impl LocalCluster {
 
     pub fn client_addrs(&self) -> Vec<String> {
         self.brokers.iter().map(|b| b.client_addr.clone()).collect()
+    }
+
+    /// How a client reaches this cluster: its brokers, CA and admin.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The context, resolved for connecting.
+    pub fn resolved(&self) -> anyhow::Result<Resolved> {
+        let path = self.data_dir.join("context.json");
+        self.context.save(&path)?;
+        Overrides { context: Some(path), ..Overrides::default() }.resolve()
     }
 
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
@@ -66,6 +117,7 @@ impl LocalCluster {
             .arg(format!("--client-addr={}", broker.client_addr))
             .arg(format!("--peer-addr={}", broker.peer_addr))
             .args(members)
+            .args(&self.security_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -134,10 +186,52 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Makes, or finds from an earlier start, the cluster's secrets in `data_dir`: the flags its
+/// brokers need, and a context for its clients (without the brokers).
+fn secure(data_dir: &Path, security: LocalSecurity) -> anyhow::Result<(Vec<String>, Context)> {
+    let mut args = Vec::new();
+    let mut context = Context::default();
+    if security.tls {
+        let dir = data_dir.join("tls");
+        let files = pki::TlsFiles {
+            cert: dir.join("broker.pem"),
+            key: dir.join("broker.key"),
+            ca: dir.join("ca.pem"),
+            client_ca: None,
+        };
+        if !files.ca.exists() {
+            std::fs::create_dir_all(&dir)?;
+            let ca = Authority::generate("Chorus local CA")?;
+            pki::write_file(&dir.join("ca.key"), &ca.key_pem, true)?;
+            let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned(), "::1".to_owned()];
+            let broker = ca.issue_server("chorus-broker", &hosts, Validity::days(3650))?;
+            pki::write_broker_files(&dir, &ca, &broker)?;
+        }
+        args.push(format!("--tls-cert={}", files.cert.display()));
+        args.push(format!("--tls-key={}", files.key.display()));
+        args.push(format!("--tls-ca={}", files.ca.display()));
+        context.ca = Some(files.ca);
+    }
+    if security.auth {
+        let (password_file, hash_file) = (data_dir.join("admin.password"), data_dir.join("admin.hash"));
+        if !password_file.exists() || !hash_file.exists() {
+            let password = secret::generate();
+            pki::write_file(&password_file, &format!("{password}\n"), true)?;
+            pki::write_file(&hash_file, &format!("{}\n", password::hash(&password)?), true)?;
+        }
+        args.push("--auth".into());
+        args.push(format!("--admin-user={ADMIN}"));
+        args.push(format!("--admin-password-hash-file={}", hash_file.display()));
+        context.user = Some(ADMIN.into());
+        context.password_file = Some(password_file);
+    }
+    Ok((args, context))
+}
+
 /// Asks `addr` for its view of the cluster.
-pub async fn status_of(addr: &str, token: &str) -> Option<pb::ClusterStatus> {
-    let connection =
-        Connection::connect_with_token(addr, "chorus-cli", token, Duration::from_millis(500)).await.ok()?;
+pub async fn status_of(addr: &str, options: &ConnectOptions) -> Option<pb::ClusterStatus> {
+    let options = ConnectOptions { timeout: Duration::from_millis(500), ..options.clone() };
+    let connection = Connection::connect_with(addr, &options).await.ok()?;
     match connection.request(Request::ClusterStatus(pb::ClusterStatusRequest {}), Duration::from_secs(2)).await {
         Ok(Body::ClusterStatus(status)) => Some(status),
         _ => None,
@@ -145,21 +239,25 @@ pub async fn status_of(addr: &str, token: &str) -> Option<pb::ClusterStatus> {
 }
 
 /// Waits until some broker in `addrs` reports itself leader; returns its status.
-pub async fn wait_for_leader(addrs: &[String], token: &str, timeout: Duration) -> anyhow::Result<pb::ClusterStatus> {
-    wait_for_leader_where(addrs, token, timeout, |_| true).await
+pub async fn wait_for_leader(
+    addrs: &[String],
+    options: &ConnectOptions,
+    timeout: Duration,
+) -> anyhow::Result<pb::ClusterStatus> {
+    wait_for_leader_where(addrs, options, timeout, |_| true).await
 }
 
 /// Waits until some broker in `addrs` reports itself leader with a status `accept` takes.
 pub async fn wait_for_leader_where(
     addrs: &[String],
-    token: &str,
+    options: &ConnectOptions,
     timeout: Duration,
     accept: impl Fn(&pb::ClusterStatus) -> bool,
 ) -> anyhow::Result<pb::ClusterStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         for addr in addrs {
-            if let Some(status) = status_of(addr, token).await
+            if let Some(status) = status_of(addr, options).await
                 && status.role == "leader"
                 && accept(&status)
             {

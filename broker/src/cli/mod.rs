@@ -2,16 +2,21 @@
 //!
 //! - `serve`: run one broker; `inspect`: read a stopped broker's topic;
 //! - `up`: a local cluster of broker processes, supervised; `demo`: a scripted tour;
-//! - `commands`: everyday client commands (publish, subscribe, work, topic, group, status).
+//! - `commands`: everyday client commands (publish, subscribe, work, topic, group, status);
+//! - `users`, `cert`: users and permissions; certificates and cluster secrets;
+//! - `context`: which cluster a client command talks to, and as whom.
 
 mod bench;
 #[cfg(feature = "nats")]
 mod bench_nats;
+mod cert;
 mod commands;
+pub mod context;
 mod demo;
-mod local;
+pub mod local;
 mod serve;
 mod up;
+mod users;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,20 +64,58 @@ pub enum CliCommand {
     Group(commands::GroupCommand),
     /// The cluster's brokers, roles, term, leader, indexes and lag.
     Status(commands::StatusArgs),
+    /// Create, update, list, describe or delete users and their permissions.
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// Make a CA, broker and client certificates, or a cluster secret.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
-/// Which cluster a client command talks to, and how it prints.
+/// Which cluster a client command talks to, as whom, and how it prints. Flags override the
+/// context (`--context`, or the current one `chorus up` wrote).
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Client addresses of some brokers, comma-separated.
-    #[arg(long, env = "CHORUS_BROKERS", default_value = DEFAULT_BROKERS, value_delimiter = ',', global = true)]
-    pub brokers: Vec<String>,
+    /// Client addresses of some brokers, comma-separated [default: the context's, else 127.0.0.1:7101-7103].
+    #[arg(long, env = "CHORUS_BROKERS", value_delimiter = ',', global = true)]
+    pub brokers: Option<Vec<String>>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// The token brokers started with --auth-token require.
-    #[arg(long, env = "CHORUS_AUTH_TOKEN", hide_env_values = true, global = true)]
-    pub auth_token: Option<String>,
+    /// A context file to take the brokers, TLS and user from [default: the current context].
+    #[arg(long, env = "CHORUS_CONTEXT", global = true)]
+    pub context: Option<PathBuf>,
+    /// The user to act as.
+    #[arg(long, env = "CHORUS_USER", global = true)]
+    pub user: Option<String>,
+    /// The user's password.
+    #[arg(long, env = "CHORUS_PASSWORD", hide_env_values = true, global = true)]
+    pub password: Option<String>,
+    /// Connect over TLS, trusting this CA (PEM).
+    #[arg(long, env = "CHORUS_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) naming the user, with --client-key.
+    #[arg(long, env = "CHORUS_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "CHORUS_CLIENT_KEY", global = true)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl Target {
+    /// The brokers and the way to connect, from the flags over the context.
+    pub fn resolve(&self) -> anyhow::Result<context::Resolved> {
+        context::Overrides {
+            context: self.context.clone(),
+            brokers: self.brokers.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            ca: self.ca.clone(),
+            cert: self.client_cert.clone(),
+            key: self.client_key.clone(),
+        }
+        .resolve()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -93,9 +136,38 @@ pub struct ServeArgs {
     /// from these once; restarts and brokers added later ignore them.
     #[arg(long = "member", value_parser = parse_member, required = true)]
     pub members: Vec<(NodeId, BrokerNode)>,
-    /// Require clients to present this token in Hello.
-    #[arg(long, env = "CHORUS_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
+    /// This broker's certificate chain (PEM), for both ports. With --tls-key and --tls-ca, peers
+    /// authenticate by mutual TLS and clients connect over TLS.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): it signs every broker's certificate, and only brokers'. Several
+    /// certificates in the file are all trusted (for a CA rotation).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// A CA (PEM) whose client certificates authenticate users: a certificate's common name is
+    /// its user. It must not be the cluster CA.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Keep the client port plaintext even with a certificate: for clients on a trusted network,
+    /// or behind a proxy that ends TLS. Peers still use TLS.
+    #[arg(long, requires = "tls_cert", conflicts_with = "tls_client_ca")]
+    pub no_client_tls: bool,
+    /// Without TLS: peers authenticate by challenge-response with a shared secret, one per line
+    /// (the first proves, all are accepted). `chorus cert secret` makes one.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Clients must authenticate as users; the state machine enforces their permissions.
+    #[arg(long)]
+    pub auth: bool,
+    /// The name of the first admin, created when the cluster has no user yet.
+    #[arg(long, default_value = "admin")]
+    pub admin_user: String,
+    /// A file holding the first admin's argon2 password hash (`chorus user hash-password`).
+    #[arg(long, env = "CHORUS_ADMIN_PASSWORD_HASH_FILE", requires = "auth")]
+    pub admin_password_hash_file: Option<PathBuf>,
     /// Requests one client connection may have in flight.
     #[arg(long, default_value_t = Limits::default().in_flight_per_connection_max)]
     pub in_flight_max: usize,
@@ -199,6 +271,8 @@ async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {
         CliCommand::Topic(command) => commands::topic(command).await,
         CliCommand::Group(command) => commands::group(command).await,
         CliCommand::Status(args) => commands::status(args).await,
+        CliCommand::User(command) => users::run(command).await,
+        CliCommand::Cert(command) => cert::run(command),
         CliCommand::Inspect(args) => serve::inspect(&args),
     }
 }

@@ -7,18 +7,22 @@ use redb::ReadableDatabase;
 
 use super::{InspectArgs, ServeArgs, members};
 use crate::clock::Clock;
-use crate::config::{BrokerConfig, Limits};
+use crate::config::{BootstrapAdmin, BrokerConfig, Limits, Security};
 use crate::node::Broker;
+use crate::security::peer_link::PeerAuth;
+use crate::security::secret::ClusterSecret;
+use crate::security::tls::{BrokerTls, TlsFiles};
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let raft = args.raft_timing();
+    let security = security(&args)?;
     let config = BrokerConfig {
         id: args.id,
         data_dir: args.data_dir,
         client_addr: args.client_addr,
         peer_addr: args.peer_addr,
         members: members(&args.members).map_err(anyhow::Error::msg)?,
-        auth_token: args.auth_token,
+        security,
         limits: Limits { in_flight_per_connection_max: args.in_flight_max.max(1), ..Limits::default() },
         raft,
         clock: Clock::System,
@@ -31,7 +35,63 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = termination() => tracing::info!("shutting down"),
     }
     broker.stop().await;
-    Ok(())
+    match broker.core_failure() {
+        // Exit non-zero, so that `chorus up` or a supervisor restarts the broker.
+        Some(failure) => anyhow::bail!("the raft core stopped: {failure}"),
+        None => Ok(()),
+    }
+}
+
+/// The broker's security from its flags, with loud warnings for what is left open.
+fn security(args: &ServeArgs) -> anyhow::Result<Security> {
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            };
+            Some(BrokerTls::load(&files).context("loading the TLS certificates")?)
+        }
+        _ => None,
+    };
+    let peers = match (&tls, &args.cluster_secret_file) {
+        (Some(tls), _) => PeerAuth::tls(tls),
+        (None, Some(file)) => PeerAuth::Secret(ClusterSecret::load(file)?),
+        (None, None) => PeerAuth::Open,
+    };
+    let bootstrap_admin = match &args.admin_password_hash_file {
+        Some(file) => {
+            let hash = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            Some(BootstrapAdmin { name: args.admin_user.clone(), password_hash: hash.trim().to_owned() })
+        }
+        None => None,
+    };
+    if matches!(peers, PeerAuth::Open) {
+        tracing::warn!(
+            "INSECURE: the peer port authenticates nobody. Anyone who can reach it can rewrite this \
+             cluster's log. It may listen on loopback only. Give the brokers certificates \
+             (--tls-cert, --tls-key, --tls-ca) or a cluster secret (--cluster-secret-file)."
+        );
+    }
+    if !args.auth {
+        tracing::warn!(
+            "INSECURE: clients are not authenticated (no --auth): every client may do anything, \
+             membership changes included."
+        );
+    } else if tls.is_none() || args.no_client_tls {
+        tracing::warn!("clients send their passwords in clear: give the broker a certificate (--tls-cert) for TLS");
+    }
+    if args.auth && bootstrap_admin.is_none() {
+        tracing::warn!("--auth without --admin-password-hash-file: only users that already exist can connect");
+    }
+    Ok(Security {
+        peers,
+        client_tls: tls.filter(|_| !args.no_client_tls).map(|tls| tls.client_server),
+        authenticate_clients: args.auth,
+        bootstrap_admin,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

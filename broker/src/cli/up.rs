@@ -1,12 +1,16 @@
 //! `chorus up`: a local cluster on fixed loopback ports, data under `./chorus-data`, supervised
-//! until Ctrl-C. Running it again restarts the same cluster on the same data.
+//! until Ctrl-C. Running it again restarts the same cluster on the same data. It is secured the
+//! way a production cluster is: TLS on both ports under a CA of its own, and users, the first
+//! being `admin`. It writes a context (`<data dir>/context.json`, and the current one) so that
+//! client commands reach it with no flags.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::local::{LocalCluster, wait_for_leader};
+use super::context::current_path;
+use super::local::{LocalCluster, LocalSecurity, wait_for_leader};
 use super::serve::termination;
 
 #[derive(Debug, Args)]
@@ -23,17 +27,35 @@ pub struct UpArgs {
     /// The first broker's peer port; the others follow.
     #[arg(long, default_value_t = 9101)]
     pub peer_port: u16,
+    /// No TLS and no users: every client may do anything, and the peer ports (on loopback)
+    /// authenticate nobody.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let mut cluster = LocalCluster::start(&args.data_dir, args.brokers, args.client_port, args.peer_port)?;
+    let security = if args.insecure { LocalSecurity::OPEN } else { LocalSecurity::SECURE };
+    let mut cluster = LocalCluster::start(&args.data_dir, args.brokers, args.client_port, args.peer_port, security)?;
     println!("chorus: {} brokers, data in {}", args.brokers, args.data_dir.display());
     println!("  {:<8} {:<18} {:<18}", "broker", "clients", "peers");
     for broker in &cluster.brokers {
         println!("  {:<8} {:<18} {:<18}", broker.id, broker.client_addr, broker.peer_addr);
     }
-    let leader = wait_for_leader(&cluster.client_addrs(), "", Duration::from_secs(30)).await?;
+    let resolved = cluster.resolved()?;
+    let options = resolved.connect_options("chorus-up")?;
+    let leader = wait_for_leader(&cluster.client_addrs(), &options, Duration::from_secs(30)).await?;
     println!("leader: broker {} (term {})", leader.broker_id, leader.term);
+    let context = args.data_dir.join("context.json");
+    match current_path() {
+        Some(current) => {
+            cluster.context().save(&current)?;
+            println!("context: {} (also {}); client commands use it", current.display(), context.display());
+        }
+        None => println!("context: {}; pass it with --context", context.display()),
+    }
+    if let (Some(ca), Some(password)) = (&cluster.context().ca, &cluster.context().password_file) {
+        println!("security: TLS under the CA {}; user admin, password in {}", ca.display(), password.display());
+    }
     println!("try:    chorus status | chorus demo --brokers {}", cluster.client_addrs().join(","));
     println!("Ctrl-C stops the cluster.");
     let stop = termination();

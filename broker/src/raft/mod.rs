@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod crash_disk;
+pub mod inbound;
 pub mod log_store;
 mod log_write;
 pub mod network;

@@ -1,7 +1,8 @@
 //! Outgoing broker-to-broker RPCs for openraft: one persistent TCP connection per replication
-//! stream, framed with the peer codec (bounded frames), reconnected lazily after any failure.
-//! Each RPC has openraft's deadline; an unreachable peer is retried after a randomized
-//! exponential backoff. Snapshots travel as openraft's bounded chunks.
+//! stream, authenticated before its first frame (`security::peer_link`), framed with the peer
+//! codec (bounded frames), reconnected lazily after any failure. Each RPC has openraft's
+//! deadline; an unreachable peer is retried after a randomized exponential backoff. Snapshots
+//! travel as openraft's bounded chunks.
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::{BrokerNode, NodeId, TypeConfig, wire};
+use crate::security::Stream;
+use crate::security::peer_link::{HandshakeError, PeerAuth};
 
 /// First retry delay after a peer was unreachable.
 const BACKOFF_MS_MIN: u64 = 50;
@@ -30,23 +33,33 @@ const BACKOFF_MS_MAX: u64 = 2_000;
 /// Makes a [`PeerClient`] per replication stream.
 #[derive(Debug, Clone)]
 pub struct Network {
-    /// This broker's id, announced in the PeerHello that opens every connection.
+    /// This broker's id, announced in the preamble and PeerHello that open every connection.
     pub from_id: NodeId,
     pub frame_bytes_max: usize,
+    /// How this broker proves itself to its peers.
+    pub auth: PeerAuth,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> PeerClient {
-        PeerClient::new(self.from_id, target, node.peer_addr.clone(), self.frame_bytes_max)
+        PeerClient::new(self, target, node.peer_addr.clone())
     }
 }
 
 impl PeerClient {
     /// A client for the peer `target` at `addr`; it connects on first use.
-    pub fn new(from_id: NodeId, target: NodeId, addr: String, frame_bytes_max: usize) -> PeerClient {
-        PeerClient { from_id, target, addr, conn: None, next_request_id: 1, frame_bytes_max }
+    pub fn new(network: &Network, target: NodeId, addr: String) -> PeerClient {
+        PeerClient {
+            from_id: network.from_id,
+            target,
+            addr,
+            conn: None,
+            next_request_id: 1,
+            frame_bytes_max: network.frame_bytes_max,
+            auth: network.auth.clone(),
+        }
     }
 }
 
@@ -55,9 +68,10 @@ pub struct PeerClient {
     from_id: NodeId,
     target: NodeId,
     addr: String,
-    conn: Option<Framed<TcpStream, PeerCodec>>,
+    conn: Option<Framed<Stream, PeerCodec>>,
     next_request_id: u64,
     frame_bytes_max: usize,
+    auth: PeerAuth,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -71,6 +85,8 @@ impl std::fmt::Debug for PeerClient {
 pub enum CallError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
+    #[error("{addr} did not authenticate: {source}")]
+    Handshake { addr: String, source: HandshakeError },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("peer closed the connection")]
@@ -103,6 +119,11 @@ impl PeerClient {
                 .await
                 .map_err(|source| CallError::Connect { addr: self.addr.clone(), source })?;
             stream.set_nodelay(true).map_err(|source| CallError::Connect { addr: self.addr.clone(), source })?;
+            let stream = self
+                .auth
+                .dial(stream, self.from_id, self.target, &self.addr)
+                .await
+                .map_err(|source| CallError::Handshake { addr: self.addr.clone(), source })?;
             self.conn = Some(Framed::new(stream, PeerCodec::new(self.frame_bytes_max)));
             // Every peer connection opens with a hello naming the sender.
             let hello = Body::Hello(pb::PeerHello {
@@ -132,7 +153,9 @@ impl PeerClient {
 
     fn failed<E: std::error::Error>(&self, error: CallError) -> RPCError<NodeId, BrokerNode, RaftError<NodeId, E>> {
         match error {
-            CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+            // A peer that does not authenticate is as good as unreachable: retrying at once
+            // would hammer it (a misconfigured broker, or a proxy in front of a dead one).
+            CallError::Connect { .. } | CallError::Handshake { .. } => RPCError::Unreachable(Unreachable::new(&error)),
             other => RPCError::Network(NetworkError::new(&other)),
         }
     }
@@ -288,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_absent_peer_is_unreachable_and_a_silent_one_times_out() {
-        let mut client = Network { from_id: 1, frame_bytes_max: 1 << 20 }
+        let mut client = Network { from_id: 1, frame_bytes_max: 1 << 20, auth: PeerAuth::Open }
             .new_client(2, &BrokerNode { peer_addr: "127.0.0.1:1".into(), client_addr: String::new() })
             .await;
         let ping = || Body::Hello(pb::PeerHello { protocol_version: 1, from_id: 1, initialized: false });

@@ -13,7 +13,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chorus_machine::{Machine, query, snapshot};
+use chorus_machine::{Command, Entry as MachineEntry, Machine, Submission, query, snapshot};
 use chorus_protocol::pb;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -22,8 +22,9 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinit
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
-use super::{Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, storage_error, wire};
-use crate::command;
+use super::{
+    Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, inbound, storage_error, wire,
+};
 use crate::storage::{ReadStore, WriteStore, create_tables};
 
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -147,11 +148,23 @@ impl StateStore {
                 results.push(match entry.payload {
                     EntryPayload::Blank => Applied::default(),
                     EntryPayload::Normal(bytes) => {
-                        let decoded = pb::Entry::decode(bytes.0).map_err(read_error)?;
-                        let decoded = command::entry_from_pb(decoded).map_err(read_error)?;
+                        let decoded = inbound::decode_entry(entry.log_id.index, bytes.0).map_err(|error| {
+                            tracing::error!(%error, "a committed entry does not decode; this broker stops applying");
+                            storage_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Read, error)
+                        })?;
                         Applied(machine.apply(entry.log_id.index, &decoded).map_err(write_error)?)
                     }
                     EntryPayload::Membership(m) => {
+                        // The audit trail records every membership change the log applies; the
+                        // first membership, at index 0, is the one the cluster was created with.
+                        if entry.log_id.index > 0 {
+                            let applied = Command::MembershipApplied {
+                                voters: m.voter_ids().collect(),
+                                learners: m.learner_ids().collect(),
+                            };
+                            let record = MachineEntry { time_ms: 0, submissions: vec![Submission::broker(applied)] };
+                            machine.apply(entry.log_id.index, &record).map_err(write_error)?;
+                        }
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
                         Applied::default()
                     }
@@ -212,15 +225,18 @@ fn read_membership(txn: &ReadTransaction) -> Result<StoredMembership, StorageErr
     }
 }
 
-fn snapshot_path(dir: &Path, snapshot_id: &str) -> PathBuf {
-    dir.join(format!("{snapshot_id}.snap"))
+/// The file of snapshot `snapshot_id` in `dir`. Ids arrive from peers, so only a plain name
+/// becomes a path: never one that leaves `dir`.
+fn snapshot_path(dir: &Path, snapshot_id: &str) -> Result<PathBuf, StorageError> {
+    inbound::check_snapshot_id(snapshot_id).map_err(read_error)?;
+    Ok(dir.join(format!("{snapshot_id}.snap")))
 }
 
 /// Records `meta` as the current snapshot (in `txn`) and deletes every other snapshot file.
 fn set_current_snapshot(txn: &WriteTransaction, dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let mut table = txn.open_table(SM_META).map_err(write_error)?;
     table.insert(SNAPSHOT_KEY, wire::snapshot_meta_to_pb(meta).encode_to_vec().as_slice()).map_err(write_error)?;
-    let keep = snapshot_path(dir, &meta.snapshot_id);
+    let keep = snapshot_path(dir, &meta.snapshot_id)?;
     for file in std::fs::read_dir(dir).map_err(write_error)?.flatten() {
         let path = file.path();
         if path != keep && path.extension().is_some_and(|e| e == "snap") {
@@ -261,7 +277,7 @@ impl SnapshotBuilder {
             Some(id) => format!("{}-{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index, unique_suffix()),
             None => format!("0-0-0-{}", unique_suffix()),
         };
-        let path = snapshot_path(&self.snapshot_dir, &snapshot_id);
+        let path = snapshot_path(&self.snapshot_dir, &snapshot_id)?;
         let partial = path.with_extension("partial");
         {
             let file = std::fs::File::create(&partial).map_err(write_error)?;
@@ -284,7 +300,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let builder = self.clone();
         let meta = tokio::task::spawn_blocking(move || builder.build_blocking()).await.map_err(write_error)??;
         let file =
-            tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)).await.map_err(read_error)?;
+            tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)?).await.map_err(read_error)?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
@@ -332,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     ) -> Result<(), StorageError> {
         // Copy from whatever handle we are given (it need not be the one we handed out), so the
         // installed snapshot becomes the current one under its own name.
-        let path = snapshot_path(&self.snapshot_dir, &meta.snapshot_id);
+        let path = snapshot_path(&self.snapshot_dir, &meta.snapshot_id)?;
         let partial = path.with_extension("partial");
         {
             let mut source = *snapshot;
@@ -363,7 +379,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             return Ok(None);
         };
         let meta = wire::snapshot_meta_from_pb(Some(meta)).map_err(read_error)?;
-        match tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)).await {
+        match tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)?).await {
             Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(read_error(error)),

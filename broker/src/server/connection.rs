@@ -1,68 +1,118 @@
-//! One client connection: Hello first, then pipelined requests answered by request id, possibly
+//! One client connection: TLS first when the broker has a certificate, then Hello, which settles
+//! who the connection acts as (`login`), then pipelined requests answered by request id, possibly
 //! out of order. A reader task takes frames, each request runs as its own task, and a writer task
-//! sends answers. Past the in-flight limit a request is answered Overloaded at once. A frame that
-//! cannot be decoded, or a request before Hello, is a protocol violation: the connection gets an
-//! error frame and is closed. On shutdown the reader stops, in-flight requests finish, then the
-//! connection closes.
+//! sends answers. Past the in-flight limit, or the user's in-flight bytes, a request is answered
+//! Overloaded at once. A frame that cannot be decoded, or a request before Hello, is a protocol
+//! violation: the connection gets an error frame and is closed. On shutdown the reader stops,
+//! in-flight requests finish, then the connection closes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_machine::Actor;
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
 use chorus_protocol::{ProtocolError, ServerCodec};
 use futures::{SinkExt, StreamExt};
+use prost::Message;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
 use super::handler;
+use super::login::{Session, login};
 use super::respond::error;
 use super::subscription::{self, Subscription};
 use crate::node::Broker;
+use crate::security::{Stream, tls};
 
 /// How long a new connection may take to say Hello.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// How long a closing connection waits for its in-flight requests.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Tells a client over the connection limit why it is turned away.
+/// Tells a client over the connection limit why it is turned away; over TLS, which would take a
+/// handshake first, the connection just closes.
 pub async fn refuse(stream: TcpStream, broker: Arc<Broker>) {
+    if broker.config.security.client_tls.is_some() {
+        return;
+    }
     let mut framed = Framed::new(stream, ServerCodec::new(broker.config.limits.frame_bytes_max));
     let refusal = error(ErrorCode::Overloaded, "too many connections");
     let _ = framed.send(pb::ServerFrame::error(0, refusal)).await;
 }
 
 pub async fn run(stream: TcpStream, broker: Arc<Broker>) {
+    let Some((stream, certificate_user)) = secure(stream, &broker).await else { return };
     let limits = &broker.config.limits;
     let (sink, mut frames) = Framed::new(stream, ServerCodec::new(limits.frame_bytes_max)).split();
     let (answers, mut outbox) = mpsc::channel::<pb::ServerFrame>(limits.in_flight_per_connection_max + 16);
     // `forward` flushes only when no answer is ready: a burst of answers shares one write.
     let queued = futures::stream::poll_fn(move |cx| outbox.poll_recv(cx));
     let writer = tokio::spawn(queued.map(Ok).forward(sink));
-    if hello(&broker, &mut frames, &answers).await {
-        serve_requests(&broker, &mut frames, &answers).await;
+    if let Some(session) = hello(&broker, &mut frames, &answers, certificate_user.as_deref()).await {
+        serve_requests(&broker, &session, &mut frames, &answers).await;
     }
     drop(answers);
     let _ = writer.await;
 }
 
-type Frames = futures::stream::SplitStream<Framed<TcpStream, ServerCodec>>;
+/// The connection's stream: TLS when the broker has a certificate, with the user a verified
+/// client certificate names; else the TCP stream itself. A client that speaks plaintext to a TLS
+/// port is told so in its own framing before the connection closes.
+async fn secure(stream: TcpStream, broker: &Broker) -> Option<(Stream, Option<String>)> {
+    let Some(config) = &broker.config.security.client_tls else {
+        return Some((Box::new(stream), None));
+    };
+    let deadline = Duration::from_millis(HELLO_TIMEOUT_MS);
+    let mut first = [0u8; 1];
+    if !matches!(tokio::time::timeout(deadline, stream.peek(&mut first)).await, Ok(Ok(1))) {
+        return None;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let mut framed = Framed::new(stream, ServerCodec::new(broker.config.limits.frame_bytes_max));
+        let why = "this broker's client port speaks TLS: connect with TLS, trusting the cluster's CA";
+        let _ = framed.send(pb::ServerFrame::error(0, error(ErrorCode::InvalidArgument, why))).await;
+        return None;
+    }
+    let accepted = tokio::time::timeout(deadline, TlsAcceptor::from(Arc::clone(config)).accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(failure)) => {
+            tracing::debug!(%failure, "a client's TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let user = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(tls::certificate_user);
+    Some((Box::new(stream), user))
+}
 
-/// Reads the first frame; true when it was a valid Hello and was answered.
-async fn hello(broker: &Broker, frames: &mut Frames, answers: &mpsc::Sender<pb::ServerFrame>) -> bool {
+type Frames = futures::stream::SplitStream<Framed<Stream, ServerCodec>>;
+
+/// Reads the first frame; the session when it was a valid Hello that authenticated, and was
+/// answered.
+async fn hello(
+    broker: &Broker,
+    frames: &mut Frames,
+    answers: &mpsc::Sender<pb::ServerFrame>,
+    certificate_user: Option<&str>,
+) -> Option<Session> {
     let first = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), frames.next()).await;
     let frame = match first {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(failure))) => {
             let _ = answers.send(pb::ServerFrame::error(0, protocol_error(&failure))).await;
-            return false;
+            return None;
         }
-        Ok(None) | Err(_) => return false,
+        Ok(None) | Err(_) => return None,
     };
-    let refusal = match &frame.body {
+    let session = match &frame.body {
         Some(Request::Hello(hello)) if hello.protocol_version != chorus_protocol::limits::PROTOCOL_VERSION => {
-            Some(error(
+            Err(error(
                 ErrorCode::InvalidArgument,
                 format!(
                     "protocol version {} is not supported; this broker speaks {}",
@@ -71,16 +121,16 @@ async fn hello(broker: &Broker, frames: &mut Frames, answers: &mpsc::Sender<pb::
                 ),
             ))
         }
-        Some(Request::Hello(hello)) if broker.config.auth_token.as_ref().is_some_and(|t| *t != hello.auth_token) => {
-            Some(error(ErrorCode::Unauthorized, "a valid auth token is required"))
-        }
-        Some(Request::Hello(_)) => None,
-        _ => Some(error(ErrorCode::InvalidArgument, "the first frame must be Hello")),
+        Some(Request::Hello(hello)) => login(broker, hello, certificate_user).await,
+        _ => Err(error(ErrorCode::InvalidArgument, "the first frame must be Hello")),
     };
-    if let Some(refusal) = refusal {
-        let _ = answers.send(pb::ServerFrame::error(frame.request_id, refusal)).await;
-        return false;
-    }
+    let session = match session {
+        Ok(session) => session,
+        Err(refusal) => {
+            let _ = answers.send(pb::ServerFrame::error(frame.request_id, refusal)).await;
+            return None;
+        }
+    };
     let leader = broker.leader();
     let ok = pb::HelloOk {
         protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
@@ -89,11 +139,18 @@ async fn hello(broker: &Broker, frames: &mut Frames, answers: &mpsc::Sender<pb::
         leader_addr: leader.map(|(_, node)| node.client_addr).unwrap_or_default(),
         in_flight_max: broker.config.limits.in_flight_per_connection_max as u32,
         frame_bytes_max: broker.config.limits.frame_bytes_max as u32,
+        user: session.user().to_owned(),
     };
-    answers.send(pb::ServerFrame { request_id: frame.request_id, body: Some(Body::HelloOk(ok)) }).await.is_ok()
+    let sent = answers.send(pb::ServerFrame { request_id: frame.request_id, body: Some(Body::HelloOk(ok)) }).await;
+    sent.is_ok().then_some(session)
 }
 
-async fn serve_requests(broker: &Arc<Broker>, frames: &mut Frames, answers: &mpsc::Sender<pb::ServerFrame>) {
+async fn serve_requests(
+    broker: &Arc<Broker>,
+    session: &Session,
+    frames: &mut Frames,
+    answers: &mpsc::Sender<pb::ServerFrame>,
+) {
     let in_flight_max = broker.config.limits.in_flight_per_connection_max;
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let mut streams = Streams::default();
@@ -112,7 +169,7 @@ async fn serve_requests(broker: &Arc<Broker>, frames: &mut Frames, answers: &mps
             None => break,
         };
         let request_id = frame.request_id;
-        match streams.route(broker, answers, &frame).await {
+        match streams.route(broker, &session.actor, answers, &frame).await {
             Routed::Elsewhere => {}
             Routed::Handled(None) => continue,
             Routed::Handled(Some(answer)) => {
@@ -129,12 +186,24 @@ async fn serve_requests(broker: &Arc<Broker>, frames: &mut Frames, answers: &mps
             }
             continue;
         };
-        let broker = Arc::clone(broker);
-        let answers = answers.clone();
+        let bytes = match session.usage.as_ref().map(|usage| usage.reserve(frame.encoded_len() as u64)).transpose() {
+            Ok(bytes) => bytes,
+            Err(quota) => {
+                if answers
+                    .send(pb::ServerFrame::error(request_id, error(ErrorCode::Overloaded, quota.to_string())))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let (broker, answers, actor) = (Arc::clone(broker), answers.clone(), session.actor.clone());
         tokio::spawn(async move {
-            let answer = handler::handle(&broker, frame, false).await;
+            let answer = handler::handle(&broker, frame, &actor, false).await;
             let _ = answers.send(answer).await;
-            drop(permit);
+            drop((permit, bytes));
         });
     }
     // Let what is in flight finish before the connection closes.
@@ -153,6 +222,7 @@ impl Streams {
     async fn route(
         &mut self,
         broker: &Arc<Broker>,
+        actor: &Actor,
         answers: &mpsc::Sender<pb::ServerFrame>,
         frame: &pb::ClientFrame,
     ) -> Routed {
@@ -168,7 +238,7 @@ impl Streams {
                 if self.open.contains_key(&request_id) {
                     return refuse(error(ErrorCode::InvalidArgument, "request id already names a subscription"));
                 }
-                match subscription::open(broker, answers, request_id, request.clone()).await {
+                match subscription::open(broker, actor, answers, request_id, request.clone()).await {
                     Ok(stream) => {
                         self.open.insert(request_id, stream);
                         Routed::Handled(None)

@@ -1,12 +1,17 @@
 //! The client listener: an accept loop with a connection cap, one task per connection with
 //! separate read and write halves, and graceful shutdown (stop accepting, finish what is in
-//! flight, close).
+//! flight, close). `login` says who a connection acts as, `access` what it may read, `sessions`
+//! what each user holds on this broker.
 
+pub mod access;
 pub mod claims;
 pub mod connection;
 pub mod handler;
+pub mod login;
 pub mod respond;
+pub mod sessions;
 pub mod subscription;
+pub mod users;
 
 use std::sync::Arc;
 

@@ -44,6 +44,9 @@ pub fn machine_error(error: &MachineError) -> pb::Error {
         MachineError::Conflict(_) | MachineError::InvalidArgument(_) => ErrorCode::InvalidArgument,
         MachineError::TooLarge(_) => ErrorCode::TooLarge,
         MachineError::LimitReached(_) => ErrorCode::Overloaded,
+        MachineError::Forbidden(_) => ErrorCode::Forbidden,
+        MachineError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+        MachineError::UnknownUser(_) => ErrorCode::UnknownUser,
     };
     pb::Error::new(code, error.to_string())
 }

@@ -3,13 +3,17 @@
 //! never sees an uncommitted message, and any broker can serve it. Flow control is by credit:
 //! each delivered message spends one, the client grants more, and with no credit nothing is sent,
 //! so a slow subscriber costs at most one batch of memory. At the tail, new commits wake the task.
+//! Every read checks the subscriber may still subscribe, in the state it reads: a revocation ends
+//! the stream with FORBIDDEN at the revocation's log position, on every broker.
 
 use std::sync::Arc;
 
-use chorus_machine::query;
+use chorus_machine::access::Action;
+use chorus_machine::{Actor, query};
 use chorus_protocol::pb::{self, ErrorCode, server_frame::Body};
 use tokio::sync::{Semaphore, mpsc};
 
+use super::access::{self, Needs};
 use super::handler;
 use super::respond::{self, error, find_topic, internal, propose_error};
 use crate::command;
@@ -48,6 +52,7 @@ impl Drop for Subscription {
 /// SubscribeOk, and starts delivering.
 pub async fn open(
     broker: &Arc<Broker>,
+    actor: &Actor,
     answers: &mpsc::Sender<pb::ServerFrame>,
     request_id: u64,
     request: pb::SubscribeRequest,
@@ -57,11 +62,12 @@ pub async fn open(
     // subscription, where it starts.
     let (topic_id, ephemeral_start) = {
         let store = broker.read().map_err(|e| propose_error(&e))?;
+        access::check(&store, actor, Needs::Allowed(Action::Subscribe, &request.topic))?;
         let topic = find_topic(&store, &request.topic)?;
         (topic.id, query::seq_at(&store, &topic, start).map_err(internal)?)
     };
     let next_seq = match &request.subscription {
-        Some(name) => handler::create_subscription(broker, &request.topic, name, start).await?.next_seq,
+        Some(name) => handler::create_subscription(broker, actor, &request.topic, name, start).await?.next_seq,
         None => ephemeral_start,
     };
     let ok = pb::ServerFrame { request_id, body: Some(Body::SubscribeOk(pb::SubscribeOk { next_seq })) };
@@ -70,6 +76,7 @@ pub async fn open(
     let credit = Arc::new(Semaphore::new(request.credits.min(credits_max) as usize));
     let delivery = Delivery {
         broker: Arc::clone(broker),
+        actor: actor.clone(),
         answers: answers.clone(),
         request_id,
         topic: request.topic,
@@ -82,6 +89,7 @@ pub async fn open(
 
 struct Delivery {
     broker: Arc<Broker>,
+    actor: Actor,
     answers: mpsc::Sender<pb::ServerFrame>,
     request_id: u64,
     topic: String,
@@ -139,6 +147,7 @@ impl Delivery {
     /// Up to `count` messages from the position; skips ahead past messages retention trimmed.
     fn read(&mut self, count: usize) -> Result<Vec<pb::StoredMessage>, pb::Error> {
         let store = self.broker.read().map_err(|e| propose_error(&e))?;
+        access::check(&store, &self.actor, Needs::Allowed(Action::Subscribe, &self.topic))?;
         let topic = query::topic(&store, &self.topic)
             .map_err(internal)?
             .filter(|t| t.id == self.topic_id)

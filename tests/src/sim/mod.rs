@@ -145,7 +145,7 @@ pub fn broker_config(id: NodeId, members: &BTreeMap<NodeId, BrokerNode>, data_di
         client_addr: members[&id].client_addr.clone(),
         peer_addr: members[&id].peer_addr.clone(),
         members: members.clone(),
-        auth_token: None,
+        security: Default::default(),
         limits: Limits { log_cache_bytes: CACHE_BYTES, state_cache_bytes: CACHE_BYTES, ..Limits::default() },
         raft: RaftTiming::default(),
         clock: Clock::System,

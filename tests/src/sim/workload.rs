@@ -59,7 +59,7 @@ impl SimClient {
         let Some(broker) = self.broker() else {
             return Err(ProposeError::NotLeader { leader: None });
         };
-        let result = broker.propose(command).await;
+        let result = broker.propose(chorus_machine::Submission::new(chorus_machine::Actor::Anonymous, command)).await;
         match &result {
             Err(ProposeError::NotLeader { leader }) => self.retarget(leader.as_ref().map(|(id, _)| *id)),
             Err(_) => self.retarget(None),
