@@ -122,7 +122,7 @@ pub(crate) fn update<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, update: &Use
         start_revocation(ctx, &user)?;
     }
     if update.quotas.is_some() {
-        fields.push(("quotas", Field::Text(format!("{:?}", user.quotas))));
+        fields.push(("quotas", quota_list(&user.quotas)));
     }
     audit::record(ctx, actor, "user.updated", &fields)?;
     Ok(Output::UserUpdated)
@@ -198,6 +198,17 @@ fn keep_an_admin<S: Store>(ctx: &Ctx<'_, S>) -> Res<()> {
     Ok(())
 }
 
+/// `name=limit` for each quota, `unlimited` where there is none.
+fn quota_list(quotas: &access::Quotas) -> Field {
+    let limit = |value: Option<u64>| value.map_or("unlimited".to_owned(), |n| n.to_string());
+    Field::List(vec![
+        format!("topics_max={}", limit(quotas.topics_max)),
+        format!("groups_max={}", limit(quotas.groups_max)),
+        format!("connections_max={}", limit(quotas.connections_max.map(u64::from))),
+        format!("in_flight_bytes_max={}", limit(quotas.in_flight_bytes_max)),
+    ])
+}
+
 fn permission_list(permissions: &[Permission]) -> Field {
     Field::List(permissions.iter().map(Permission::to_string).collect())
 }
@@ -266,6 +277,7 @@ pub(crate) fn revoke_slice<S: Store>(
     let start = if after.is_empty() { prefix } else { [after.as_slice(), &[0]].concat() };
     let permissions = ctx.user(&user)?.map(|user| user.permissions).unwrap_or_default();
     let page = ctx.keys(Table::HolderLeases, &start, end.as_deref(), REVOKE_PAGE)?;
+    let mut looked_at = 0;
     for key in &page {
         if *budget == 0 {
             break;
@@ -273,8 +285,10 @@ pub(crate) fn revoke_slice<S: Store>(
         *budget -= 1;
         revoke_holder_batch(ctx, key, &permissions, budget, report)?;
         after = key.clone();
+        looked_at += 1;
     }
-    if page.len() < REVOKE_PAGE && after == *page.last().unwrap_or(&after) {
+    // A short page looked at whole was the last one.
+    if looked_at == page.len() && page.len() < REVOKE_PAGE {
         return Ok(true);
     }
     ctx.save(Table::Chores, chore, &RevokeCursor { user, after })?;
@@ -486,6 +500,41 @@ mod tests {
         assert_eq!(h.pulse().revoked, 2);
         assert_eq!(h.machine.store().len(Table::HolderLeases), 0);
         assert_eq!(h.machine.store().len(Table::Chores), 0);
+    }
+
+    /// More batches than one page: the chore goes on across pulses, from where it stopped,
+    /// until every lease is gone, and then removes itself.
+    #[test]
+    fn a_revocation_walks_many_batches_across_pulses() {
+        let mut h = harness();
+        h.create_topic("t", TopicConfig::default());
+        h.create_group("t", "g", GroupConfig::default());
+        h.run_as(&root(), new_user("alice", &["consume:t/g"], Quotas::UNLIMITED)).unwrap();
+        let batches = REVOKE_PAGE * 2 + 5;
+        h.publish("t", &vec!["m"; batches]);
+        let alice = Actor::User("alice".into());
+        for _ in 0..batches {
+            let lease = Command::Lease {
+                topic: "t".into(),
+                group: "g".into(),
+                consumer: "w".into(),
+                count_max: 1,
+                lease_ms: Some(60_000),
+            };
+            assert!(h.run_as(&alice, lease).is_ok());
+        }
+        assert_eq!(h.machine.store().len(Table::HolderLeases), batches);
+        h.run_as(&root(), set_permissions("alice", &[])).unwrap();
+        let mut pulses = 0;
+        let mut revoked = 0;
+        while h.machine.store().len(Table::Chores) > 0 {
+            revoked += h.pulse().revoked;
+            pulses += 1;
+            assert!(pulses <= 10, "the chore never ends");
+        }
+        assert_eq!((revoked, h.group("t", "g").counts.leased), (batches as u64, 0));
+        assert_eq!(pulses, 3, "one page of {REVOKE_PAGE} batches per pulse");
+        assert_eq!(h.machine.store().len(Table::HolderLeases), 0);
     }
 
     #[test]
