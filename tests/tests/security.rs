@@ -667,6 +667,21 @@ async fn quotas_bound_each_user() {
     ok(&first, create_topic("c")).await;
     let Body::User(me) = ok(&first, Request::DescribeUser(pb::DescribeUser::default())).await else { panic!() };
     assert_eq!((me.topics_owned, me.groups_owned), (2, 0));
+
+    // Bytes in flight: with a 4 KiB quota, eight pipelined 3 KiB publishes cannot all be in flight
+    // at once; those over the quota are OVERLOADED at once (retryable), the others succeed.
+    let quotas = pb::Quotas { in_flight_bytes_max: Some(4096), ..Default::default() };
+    create_user(&c, "streamer", Some("s"), &["publish:c"], Some(quotas)).await;
+    let streamer = connect_as(&cluster, leader, "streamer", "s").await.unwrap();
+    let big = "x".repeat(3 * 1024);
+    let sends = (0..8).map(|_| streamer.request(publish("c", &big), T));
+    let results = futures::future::join_all(sends).await;
+    let overloaded =
+        results.iter().filter(|r| matches!(r, Err(ClientError::Server(e)) if e.code == ErrorCode::Overloaded)).count();
+    let published = results.iter().filter(|r| matches!(r, Ok(Body::PublishOk(_)))).count();
+    assert_eq!(overloaded + published, 8, "{results:?}");
+    assert!(overloaded >= 1 && published >= 1, "{results:?}");
+    assert!(matches!(ok(&streamer, publish("c", &big)).await, Body::PublishOk(_)), "the quota frees with the answers");
 }
 
 /// Every user and membership change is a message of the `.audit` topic, which only the broker
