@@ -13,7 +13,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::NAME_BYTES_MAX;
-use crate::outcome::MachineError;
+
+/// A permission or pattern written wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PermissionError {
+    #[error("pattern {pattern:?} {why}")]
+    Pattern { pattern: String, why: &'static str },
+    #[error("unknown action {action:?}: one of publish, subscribe, consume, manage, admin")]
+    Action { action: String },
+}
 
 /// Who submitted a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +81,8 @@ pub struct Pattern(String);
 /// Longest pattern: a topic, a slash, a group, and the star.
 pub const PATTERN_BYTES_MAX: usize = 2 * NAME_BYTES_MAX + 2;
 
+const _: () = assert!(PATTERN_BYTES_MAX == 258, "the error message says 258");
+
 impl Pattern {
     /// Every resource.
     pub fn any() -> Pattern {
@@ -80,10 +90,10 @@ impl Pattern {
     }
 
     /// Checks `text`: name characters and at most one `/`, with an optional trailing `*`.
-    pub fn parse(text: &str) -> Result<Pattern, MachineError> {
-        let invalid = |why: &str| Err(MachineError::InvalidArgument(format!("pattern {text:?} {why}")));
+    pub fn parse(text: &str) -> Result<Pattern, PermissionError> {
+        let invalid = |why| Err(PermissionError::Pattern { pattern: text.to_owned(), why });
         if text.is_empty() || text.len() > PATTERN_BYTES_MAX {
-            return invalid(&format!("must be 1 to {PATTERN_BYTES_MAX} bytes"));
+            return invalid("must be 1 to 258 bytes");
         }
         let body = text.strip_suffix('*').unwrap_or(text);
         let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
@@ -137,13 +147,12 @@ impl Permission {
     }
 
     /// Parses `publish:orders`, `consume:orders/*`, `manage:*` or `admin`.
-    pub fn parse(text: &str) -> Result<Permission, MachineError> {
+    pub fn parse(text: &str) -> Result<Permission, PermissionError> {
         let (action, pattern) = text.split_once(':').unwrap_or((text, "*"));
-        let action = Action::ALL.into_iter().find(|a| a.name() == action).ok_or_else(|| {
-            MachineError::InvalidArgument(format!(
-                "unknown action {action:?} in {text:?}: one of publish, subscribe, consume, manage, admin"
-            ))
-        })?;
+        let action = Action::ALL
+            .into_iter()
+            .find(|a| a.name() == action)
+            .ok_or_else(|| PermissionError::Action { action: action.to_owned() })?;
         Ok(Permission::new(action, Pattern::parse(pattern)?))
     }
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 
 use crate::access::Actor;
 use crate::command::{Header, NewMessage, TopicConfig};
+use crate::ctx::{Ctx, Res};
 use crate::limits::AUDIT_MESSAGES_MAX;
-use crate::machine::{Ctx, Res};
 use crate::records::TopicRecord;
 use crate::store::Store;
 use crate::{query, retention, topic};

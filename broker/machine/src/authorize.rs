@@ -4,7 +4,7 @@
 
 use crate::access::{self, Action, Actor};
 use crate::command::Command;
-use crate::machine::{Ctx, Res};
+use crate::ctx::{Ctx, Res};
 use crate::outcome::MachineError;
 use crate::store::Store;
 
@@ -47,7 +47,7 @@ pub(crate) fn check<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, command: &Com
     }
 }
 
-fn forbidden(why: String) -> crate::machine::Fail {
+fn forbidden(why: String) -> crate::ctx::Fail {
     MachineError::Forbidden(why).into()
 }
 

@@ -10,18 +10,19 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::access::Actor;
+use crate::chore::Chore;
 use crate::command::{GroupConfig, Header, KeyOrdering, NewMessage};
+use crate::ctx::{Ctx, Fail, Res};
 use crate::keys;
 use crate::leases::{self, Indexed, Touched};
 use crate::limits::{GROUPS_PER_TOPIC_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX};
-use crate::machine::{Ctx, Fail, Res};
 use crate::messages;
 use crate::outcome::{Grant, Leased, MachineError, Output};
+use crate::owners::{self, Owned};
 use crate::records::{
     GroupCounts, GroupRecord, LeaseBatchRecord, MessageRecord, PendingRecord, PendingState, TopicRecord, fresh_bits,
 };
 use crate::store::{Store, StoreError, Table, prefix_end};
-use crate::users::{self, Owned};
 use crate::{query, retention, topic, validate};
 
 /// Messages read from a topic per storage scan while leasing.
@@ -53,7 +54,7 @@ pub(crate) fn create<S: Store>(
     if topic.groups as usize >= GROUPS_PER_TOPIC_MAX {
         return Err(MachineError::LimitReached(format!("at most {GROUPS_PER_TOPIC_MAX} groups per topic")).into());
     }
-    users::check_quota(ctx, actor, Owned::Group)?;
+    owners::check_quota(ctx, actor, Owned::Group)?;
     let next_seq = query::seq_at(&*ctx.store, &topic, config.start)?;
     ctx.meta.next_group_id += 1;
     let group = GroupRecord {
@@ -67,7 +68,7 @@ pub(crate) fn create<S: Store>(
     };
     ctx.save(Table::GroupNames, &keys::child_name(topic.id, name), &group.id)?;
     ctx.save_group(&group)?;
-    users::take(ctx, actor, Owned::Group, group.id)?;
+    owners::take(ctx, actor, Owned::Group, group.id)?;
     topic.groups += 1;
     ctx.save_topic(&topic)?;
     Ok(Output::GroupCreated { group_id: group.id, created: true, next_seq })
@@ -77,10 +78,10 @@ pub(crate) fn create<S: Store>(
 pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &str) -> Res<Output> {
     let mut topic = ctx.topic(topic_name)?;
     let group = ctx.group(&topic, name)?;
-    users::disown(ctx, Owned::Group, group.id)?;
+    owners::disown(ctx, Owned::Group, group.id)?;
     ctx.remove(Table::GroupNames, &keys::child_name(topic.id, name))?;
     ctx.remove(Table::Groups, &keys::id(group.id))?;
-    ctx.mark(Table::Chores, &keys::chore(topic::CHORE_PURGE_GROUP, group.id))?;
+    ctx.mark(Table::Chores, &Chore::PurgeGroup.key(group.id))?;
     topic.groups -= 1;
     ctx.save_topic(&topic)?;
     retention::after_consume(ctx, topic)?;
@@ -173,7 +174,7 @@ impl Lessor {
             }
             for (key, _) in due {
                 self.examined += 1;
-                let seq = keys::read_u64(&key, 16)?;
+                let (_, _, seq) = keys::parse_ready(&key)?;
                 ctx.remove(Table::Ready, &key)?;
                 group.counts.ready -= 1;
                 let pending = load_pending(ctx, group.id, seq)?;
@@ -274,23 +275,13 @@ impl Lessor {
 }
 
 pub(crate) fn ack<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, group_name: &str, tokens: &[u64]) -> Res<Output> {
-    validate::tokens(tokens)?;
-    let topic = ctx.topic(topic_name)?;
-    let mut group = ctx.group(&topic, group_name)?;
-    let (mut touched, mut holds) = (Touched::new(group.id), Holds::default());
-    let results = per_token(tokens, |token| {
-        let lease = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
+    settle_all(ctx, topic_name, group_name, tokens, |ctx, group, lease| {
         if !lease.fresh {
-            finish(ctx, &mut group, lease.seq, &lease.pending)?;
+            finish(ctx, group, lease.seq, &lease.pending)?;
         }
         group.counts.acked_total += 1;
         Ok(())
-    })?;
-    touched.store(ctx)?;
-    holds.release(ctx, group.id)?;
-    ctx.save_group(&group)?;
-    retention::after_consume(ctx, topic)?;
-    Ok(Output::Settled(results))
+    })
 }
 
 pub(crate) fn nack<S: Store>(
@@ -300,18 +291,32 @@ pub(crate) fn nack<S: Store>(
     tokens: &[u64],
     delay_ms: u64,
 ) -> Res<Output> {
-    validate::tokens(tokens)?;
     if delay_ms > NACK_DELAY_MS_MAX {
         return Err(MachineError::InvalidArgument(format!("nack delay is at most {NACK_DELAY_MS_MAX} ms")).into());
     }
+    let available_ms = ctx.now_ms.saturating_add(delay_ms);
+    settle_all(ctx, topic_name, group_name, tokens, |ctx, group, lease| {
+        group.counts.nacked_total += 1;
+        requeue(ctx, group, lease.seq, lease.pending, available_ms, "nacked")
+    })
+}
+
+/// Ends each token's live lease and hands it to `then` (an ack's or a nack's part), then writes
+/// what they touched once: batches, consumers' counts, the group, and the topic's retention.
+fn settle_all<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic_name: &str,
+    group_name: &str,
+    tokens: &[u64],
+    mut then: impl FnMut(&mut Ctx<'_, S>, &mut GroupRecord, LiveLease) -> Res<()>,
+) -> Res<Output> {
+    validate::tokens(tokens)?;
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
-    let available_ms = ctx.now_ms.saturating_add(delay_ms);
     let (mut touched, mut holds) = (Touched::new(group.id), Holds::default());
     let results = per_token(tokens, |token| {
         let lease = settle(ctx, &mut group, &mut touched, &mut holds, token)?;
-        group.counts.nacked_total += 1;
-        requeue(ctx, &mut group, lease.seq, lease.pending, available_ms, "nacked")
+        then(ctx, &mut group, lease)
     })?;
     touched.store(ctx)?;
     holds.release(ctx, group.id)?;
@@ -649,7 +654,7 @@ fn finish<S: Store>(ctx: &mut Ctx<'_, S>, group: &mut GroupRecord, seq: u64, pen
     let Some((wait_key, _)) = ctx.range(Table::KeyWaits, &prefix, end.as_deref(), 1)?.pop() else {
         return ctx.remove(Table::KeyLocks, &lock);
     };
-    let next = keys::read_u64(&wait_key, wait_key.len() - 8)?;
+    let (_, _, next) = keys::parse_key_wait(&wait_key)?;
     ctx.remove(Table::KeyWaits, &wait_key)?;
     ctx.save(Table::KeyLocks, &lock, &next)?;
     let waiting = load_pending(ctx, group.id, next)?;
@@ -664,7 +669,7 @@ fn next_ready<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Option<u64>> {
     let prefix = keys::id(group_id);
     let end = prefix_end(&prefix);
     match ctx.range(Table::Ready, &prefix, end.as_deref(), 1)?.first() {
-        Some((key, _)) => Ok(Some(keys::read_u64(key, 8)?)),
+        Some((key, _)) => Ok(Some(keys::parse_ready(key)?.1)),
         None => Ok(None),
     }
 }

@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::ctx::{Ctx, Res};
 use crate::keys;
-use crate::machine::{Ctx, Res};
 use crate::records::{LeaseBatchRecord, PendingRecord, decode, load};
 use crate::store::{Store, StoreError, StoreRead, Table, prefix_end};
 
@@ -125,7 +125,7 @@ impl Touched {
                     return Ok(None);
                 };
                 let batch: LeaseBatchRecord = decode(&value)?;
-                let last_token = keys::read_u64(&key, 8)?;
+                let (_, last_token) = keys::parse_pair(&key)?;
                 assert_eq!(batch.last_token(), last_token, "lease batch stored under the wrong key");
                 if batch.first_token > token {
                     return Ok(None);
@@ -177,7 +177,7 @@ pub(crate) fn live(store: &impl StoreRead, group_id: u64, limit: usize) -> Resul
             }
         }
         match page.last() {
-            Some((key, _)) if page.len() == PAGE => start = keys::pair(group_id, keys::read_u64(key, 8)? + 1),
+            Some((key, _)) if page.len() == PAGE => start = keys::pair(group_id, keys::parse_pair(key)?.1 + 1),
             _ => return Ok(found),
         }
     }

@@ -5,15 +5,15 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::chore::Chore;
+use crate::ctx::{Ctx, Res};
 use crate::keys;
 use crate::limits::{DEDUP_EXPIRIES_MAX, PULSE_EXPIRIES_MAX, PULSE_PURGE_KEYS_MAX};
-use crate::machine::{Ctx, Res};
 use crate::outcome::{Output, PulseReport};
 use crate::records::{GroupRecord, TopicRecord};
 use crate::store::{Store, Table, prefix_end};
-use crate::topic::{CHORE_PURGE_GROUP, CHORE_PURGE_TOPIC, CHORE_TRIM_TOPIC, expire_dedup};
-use crate::users::{self, CHORE_REVOKE_LEASES};
-use crate::{group, retention};
+use crate::topic::expire_dedup;
+use crate::{group, retention, revocation};
 
 pub(crate) fn pulse<S: Store>(ctx: &mut Ctx<'_, S>) -> Res<Output> {
     let mut report = PulseReport::default();
@@ -33,8 +33,7 @@ fn expire_leases<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Re
         if examined >= PULSE_EXPIRIES_MAX {
             break;
         }
-        let group_id = keys::read_u64(&key, 8)?;
-        let last_token = keys::read_u64(&key, 16)?;
+        let (_, group_id, last_token) = keys::parse_deadline(&key)?;
         let group = match groups.entry(group_id) {
             Entry::Occupied(cached) => cached.into_mut(),
             Entry::Vacant(slot) => {
@@ -71,7 +70,7 @@ fn expire_leases<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Re
 fn age_out<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()> {
     let end = keys::age_deadline(ctx.now_ms.saturating_add(1), 0);
     for (key, _) in ctx.range(Table::AgeDeadlines, &[], Some(&end), PULSE_EXPIRIES_MAX)? {
-        let topic_id = keys::read_u64(&key, 8)?;
+        let (_, topic_id) = keys::parse_age_deadline(&key)?;
         let Some(mut topic) = ctx.topic_by_id(topic_id)? else {
             ctx.remove(Table::AgeDeadlines, &key)?;
             continue;
@@ -85,14 +84,14 @@ fn age_out<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()> 
 
 fn do_chores<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()> {
     let mut budget = PULSE_PURGE_KEYS_MAX;
-    for (chore, value) in ctx.range(Table::Chores, &[], None, PULSE_PURGE_KEYS_MAX)? {
+    for (key, value) in ctx.range(Table::Chores, &[], None, PULSE_PURGE_KEYS_MAX)? {
         if budget == 0 {
             break;
         }
-        let id = keys::read_u64(&chore, 1)?;
-        let done = match chore[0] {
-            CHORE_PURGE_TOPIC => purge(ctx, &[Table::Messages, Table::Dedup], id, &mut budget, report)?,
-            CHORE_PURGE_GROUP => {
+        let (chore, id) = Chore::parse(&key)?;
+        let done = match chore {
+            Chore::PurgeTopic => purge(ctx, &[Table::Messages, Table::Dedup], id, &mut budget, report)?,
+            Chore::PurgeGroup => {
                 let tables = [
                     Table::Pending,
                     Table::Ready,
@@ -104,19 +103,18 @@ fn do_chores<S: Store>(ctx: &mut Ctx<'_, S>, report: &mut PulseReport) -> Res<()
                 ];
                 purge(ctx, &tables, id, &mut budget, report)?
             }
-            CHORE_TRIM_TOPIC => {
-                ctx.remove(Table::Chores, &chore)?;
+            Chore::TrimTopic => {
+                ctx.remove(Table::Chores, &key)?;
                 if let Some(mut topic) = ctx.topic_by_id(id)? {
                     report.trimmed += trim_again(ctx, &mut topic)?;
                 }
                 budget = budget.saturating_sub(crate::limits::TRIM_MESSAGES_MAX);
                 false // trim re-marks the chore itself when more is left
             }
-            CHORE_REVOKE_LEASES => users::revoke_slice(ctx, &chore, &value, &mut budget, report)?,
-            kind => panic!("unknown chore kind {kind}"),
+            Chore::RevokeLeases => revocation::revoke_slice(ctx, &key, &value, &mut budget, report)?,
         };
         if done {
-            ctx.remove(Table::Chores, &chore)?;
+            ctx.remove(Table::Chores, &key)?;
         }
     }
     Ok(())

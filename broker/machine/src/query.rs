@@ -3,20 +3,14 @@
 
 use crate::command::StartPosition;
 use crate::keys;
-use crate::limits::{GROUPS_PER_TOPIC_MAX, LIST_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX};
-use crate::machine::read_ids;
-use crate::messages;
+use crate::limits::LIST_MAX;
 use crate::records::{self, GroupRecord, MessageRecord, MetaRecord, SubRecord, TopicRecord, UserRecord};
 use crate::store::{StoreError, StoreRead, Table, prefix_end};
+use crate::{lookup, messages};
 
 type Read<T> = Result<T, StoreError>;
 
-pub fn topic(store: &impl StoreRead, name: &str) -> Read<Option<TopicRecord>> {
-    match records::load::<u64>(store, Table::TopicNames, name.as_bytes())? {
-        Some(id) => records::load(store, Table::Topics, &keys::id(id)),
-        None => Ok(None),
-    }
-}
+pub use crate::lookup::{group_of, subscription_of, topic, user};
 
 /// Topics in name order, starting after `after`, at most `LIST_MAX`.
 pub fn topics(store: &impl StoreRead, after: &str, limit: usize) -> Read<Vec<TopicRecord>> {
@@ -32,16 +26,9 @@ pub fn topics(store: &impl StoreRead, after: &str, limit: usize) -> Read<Vec<Top
     Ok(found)
 }
 
-pub fn group_of(store: &impl StoreRead, topic_id: u64, name: &str) -> Read<Option<GroupRecord>> {
-    match records::load::<u64>(store, Table::GroupNames, &keys::child_name(topic_id, name))? {
-        Some(id) => records::load(store, Table::Groups, &keys::id(id)),
-        None => Ok(None),
-    }
-}
-
 /// The topic's groups in name order.
 pub fn groups(store: &impl StoreRead, topic_id: u64) -> Read<Vec<GroupRecord>> {
-    let ids = read_ids(store, Table::GroupNames, &keys::id(topic_id), GROUPS_PER_TOPIC_MAX)?;
+    let ids = lookup::group_ids(store, topic_id)?;
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
         found.extend(records::load::<GroupRecord>(store, Table::Groups, &keys::id(id))?);
@@ -49,16 +36,9 @@ pub fn groups(store: &impl StoreRead, topic_id: u64) -> Read<Vec<GroupRecord>> {
     Ok(found)
 }
 
-pub fn subscription_of(store: &impl StoreRead, topic_id: u64, name: &str) -> Read<Option<SubRecord>> {
-    match records::load::<u64>(store, Table::SubNames, &keys::child_name(topic_id, name))? {
-        Some(id) => records::load(store, Table::Subs, &keys::id(id)),
-        None => Ok(None),
-    }
-}
-
 /// The topic's durable subscriptions in name order.
 pub fn subscriptions(store: &impl StoreRead, topic_id: u64) -> Read<Vec<SubRecord>> {
-    let ids = read_ids(store, Table::SubNames, &keys::id(topic_id), SUBSCRIPTIONS_PER_TOPIC_MAX)?;
+    let ids = lookup::subscription_ids(store, topic_id)?;
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
         found.extend(records::load::<SubRecord>(store, Table::Subs, &keys::id(id))?);
@@ -132,10 +112,6 @@ pub fn leases(store: &impl StoreRead, group_id: u64, limit: usize) -> Read<Vec<(
     crate::leases::live(store, group_id, limit)
 }
 
-pub fn user(store: &impl StoreRead, name: &str) -> Read<Option<UserRecord>> {
-    records::load(store, Table::Users, name.as_bytes())
-}
-
 /// Users in name order, starting after `after`, at most `LIST_MAX`.
 pub fn users(store: &impl StoreRead, after: &str, limit: usize) -> Read<Vec<UserRecord>> {
     let mut start = after.as_bytes().to_vec();
@@ -162,7 +138,7 @@ pub fn last_applied(store: &impl StoreRead) -> Read<(u64, u64)> {
 pub fn next_deadline(store: &impl StoreRead) -> Read<Option<u64>> {
     let first_u64 = |table| -> Read<Option<u64>> {
         match store.range(table, &[], None, 1)?.first() {
-            Some((key, _)) => Ok(Some(keys::read_u64(key, 0)?)),
+            Some((key, _)) => Ok(Some(keys::parse_time(key)?)),
             None => Ok(None),
         }
     };
@@ -192,7 +168,7 @@ pub fn lease_hint(store: &impl StoreRead, topic: &TopicRecord, group: &GroupReco
     let prefix = keys::id(group.id);
     let end = prefix_end(&prefix);
     let next_ready = match store.range(Table::Ready, &prefix, end.as_deref(), 1)?.first() {
-        Some((key, _)) => Some(keys::read_u64(key, 8)?),
+        Some((key, _)) => Some(keys::parse_ready(key)?.1),
         None => None,
     };
     let redelivery_due = next_ready.is_some_and(|at| at <= now_ms);

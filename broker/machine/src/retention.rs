@@ -2,14 +2,15 @@
 //! or, on a work-queue topic, while every group and durable subscription is past the message.
 //! Trimming is bounded per call; what is left over becomes a chore that pulses finish.
 
+use crate::chore::Chore;
 use crate::command::RetentionPolicy;
+use crate::ctx::{Ctx, Res};
 use crate::keys;
 use crate::limits::TRIM_MESSAGES_MAX;
-use crate::machine::{Ctx, Res};
+use crate::lookup;
 use crate::messages::{self, BatchRecord};
 use crate::records::{GroupRecord, SubRecord, TopicRecord};
 use crate::store::{Store, StoreError, Table, prefix_end};
-use crate::topic::{CHORE_TRIM_TOPIC, group_ids, subscription_ids};
 
 /// Trims `topic` (the caller saves it). `floor`: messages below it are consumed everywhere.
 pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floor: Option<u64>) -> Res<u64> {
@@ -19,7 +20,7 @@ pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floo
     let mut holding: Option<BatchRecord> = None;
     while topic.messages() > 0 {
         if trimmed == TRIM_MESSAGES_MAX as u64 {
-            ctx.mark(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
+            ctx.mark(Table::Chores, &Chore::TrimTopic.key(topic.id))?;
             break;
         }
         let over_count = topic.config.messages_max.is_some_and(|max| topic.messages() > max);
@@ -81,7 +82,7 @@ pub(crate) fn work_queue_floor<S: Store>(ctx: &Ctx<'_, S>, topic: &TopicRecord) 
         return Ok(None);
     }
     let mut floor: Option<u64> = None;
-    for group_id in group_ids(ctx, topic.id)? {
+    for group_id in lookup::group_ids(&*ctx.store, topic.id)? {
         let Some(group) = ctx.load::<GroupRecord>(Table::Groups, &keys::id(group_id))? else {
             continue;
         };
@@ -91,7 +92,7 @@ pub(crate) fn work_queue_floor<S: Store>(ctx: &Ctx<'_, S>, topic: &TopicRecord) 
         }
         floor = Some(floor.map_or(needed, |f| f.min(needed)));
     }
-    for sub_id in subscription_ids(ctx, topic.id)? {
+    for sub_id in lookup::subscription_ids(&*ctx.store, topic.id)? {
         if let Some(sub) = ctx.load::<SubRecord>(Table::Subs, &keys::id(sub_id))? {
             floor = Some(floor.map_or(sub.next_seq, |f| f.min(sub.next_seq)));
         }
@@ -105,7 +106,7 @@ pub(crate) fn first_pending<S: Store>(ctx: &Ctx<'_, S>, group_id: u64) -> Res<Op
     let prefix = keys::id(group_id);
     let end = prefix_end(&prefix);
     match ctx.range(Table::Pending, &prefix, end.as_deref(), 1)?.first() {
-        Some((key, _)) => Ok(Some(keys::read_u64(key, 8)?)),
+        Some((key, _)) => Ok(Some(keys::parse_pair(key)?.1)),
         None => Ok(None),
     }
 }

@@ -2,9 +2,9 @@
 //! cursor is replicated. A commit never moves a cursor back.
 
 use crate::command::StartPosition;
+use crate::ctx::{Ctx, Res};
 use crate::keys;
 use crate::limits::SUBSCRIPTIONS_PER_TOPIC_MAX;
-use crate::machine::{Ctx, Res};
 use crate::outcome::{MachineError, Output};
 use crate::records::SubRecord;
 use crate::store::{Store, Table};

@@ -2,22 +2,18 @@
 //! stamps each message with (log index, batch position), the global total order.
 
 use crate::access::Actor;
+use crate::chore::Chore;
 use crate::command::{NewMessage, Publish, TopicConfig};
+use crate::ctx::{Ctx, Res};
 use crate::keys;
 use crate::limits::{DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX};
-use crate::machine::{Ctx, Res, read_ids};
 use crate::messages::{BatchRecord, StoredMessage};
 use crate::outcome::{MachineError, Output, Published};
+use crate::owners::{self, Owned};
 use crate::records::{DedupRecord, TopicRecord};
 use crate::retention;
 use crate::store::{Store, Table, prefix_end};
-use crate::users::{self, Owned};
 use crate::validate;
-
-/// Chore kinds: deferred work done by pulses, a bounded slice at a time.
-pub(crate) const CHORE_PURGE_TOPIC: u8 = 1;
-pub(crate) const CHORE_PURGE_GROUP: u8 = 2;
-pub(crate) const CHORE_TRIM_TOPIC: u8 = 3;
 
 /// Creates the topic; a user who creates one owns it, within its quota.
 pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, name: &str, config: &TopicConfig) -> Res<Output> {
@@ -32,9 +28,9 @@ pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, name: &str, 
     if ctx.meta.topics >= TOPICS_MAX as u64 {
         return Err(MachineError::LimitReached(format!("at most {TOPICS_MAX} topics")).into());
     }
-    users::check_quota(ctx, actor, Owned::Topic)?;
+    owners::check_quota(ctx, actor, Owned::Topic)?;
     let topic = insert(ctx, name, config)?;
-    users::take(ctx, actor, Owned::Topic, topic.id)?;
+    owners::take(ctx, actor, Owned::Topic, topic.id)?;
     Ok(Output::TopicCreated { topic_id: topic.id, created: true })
 }
 
@@ -67,10 +63,10 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, name: &str) -> Res<Output> 
     let end = prefix_end(&prefix);
     for (key, value) in ctx.range(Table::GroupNames, &prefix, end.as_deref(), GROUPS_PER_TOPIC_MAX)? {
         let group_id: u64 = crate::records::decode(&value)?;
-        users::disown(ctx, Owned::Group, group_id)?;
+        owners::disown(ctx, Owned::Group, group_id)?;
         ctx.remove(Table::GroupNames, &key)?;
         ctx.remove(Table::Groups, &keys::id(group_id))?;
-        ctx.mark(Table::Chores, &keys::chore(CHORE_PURGE_GROUP, group_id))?;
+        ctx.mark(Table::Chores, &Chore::PurgeGroup.key(group_id))?;
     }
     for (key, value) in ctx.range(Table::SubNames, &prefix, end.as_deref(), SUBSCRIPTIONS_PER_TOPIC_MAX)? {
         let sub_id: u64 = crate::records::decode(&value)?;
@@ -80,11 +76,11 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, name: &str) -> Res<Output> 
     if let Some(deadline_ms) = topic.age_deadline_ms {
         ctx.remove(Table::AgeDeadlines, &keys::age_deadline(deadline_ms, topic.id))?;
     }
-    ctx.remove(Table::Chores, &keys::chore(CHORE_TRIM_TOPIC, topic.id))?;
-    users::disown(ctx, Owned::Topic, topic.id)?;
+    ctx.remove(Table::Chores, &Chore::TrimTopic.key(topic.id))?;
+    owners::disown(ctx, Owned::Topic, topic.id)?;
     ctx.remove(Table::TopicNames, name.as_bytes())?;
     ctx.remove(Table::Topics, &keys::id(topic.id))?;
-    ctx.mark(Table::Chores, &keys::chore(CHORE_PURGE_TOPIC, topic.id))?;
+    ctx.mark(Table::Chores, &Chore::PurgeTopic.key(topic.id))?;
     ctx.meta.topics -= 1;
     Ok(Output::TopicDeleted)
 }
@@ -163,20 +159,10 @@ pub(crate) fn expire_dedup<S: Store>(ctx: &mut Ctx<'_, S>, budget: usize) -> Res
     let end = keys::dedup_expiry(ctx.now_ms.saturating_add(1), &[]);
     let expired = ctx.range(Table::DedupExpiry, &[], Some(&end), budget)?;
     for (key, _) in &expired {
-        ctx.remove(Table::Dedup, &key[8..])?;
+        ctx.remove(Table::Dedup, keys::parse_dedup_expiry(key)?.1)?;
         ctx.remove(Table::DedupExpiry, key)?;
     }
     Ok(expired.len() as u64)
-}
-
-/// Ids of the topic's groups.
-pub(crate) fn group_ids<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64) -> Res<Vec<u64>> {
-    Ok(read_ids(&*ctx.store, Table::GroupNames, &keys::id(topic_id), GROUPS_PER_TOPIC_MAX)?)
-}
-
-/// Ids of the topic's durable subscriptions.
-pub(crate) fn subscription_ids<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64) -> Res<Vec<u64>> {
-    Ok(read_ids(&*ctx.store, Table::SubNames, &keys::id(topic_id), SUBSCRIPTIONS_PER_TOPIC_MAX)?)
 }
 
 #[cfg(test)]

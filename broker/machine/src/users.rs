@@ -1,50 +1,17 @@
-//! Users: create, update, delete, the first admin, and what they own. Passwords arrive hashed
-//! (the broker that took the request hashed them with a random salt; the machine has no
-//! randomness), so a hash is opaque here. Every change is also an audit record.
-//!
-//! Revocation: when a user's permissions change or the user goes, a chore walks the lease batches
-//! the user holds (the `holder_leases` index) and ends, at that pulse, the leases of every group
-//! the user may no longer consume. Their messages become ready for other workers.
+//! Users: create, update, delete, the first admin, and the membership records. Passwords arrive
+//! hashed (the broker that took the request hashed them with a random salt; the machine has no
+//! randomness), so a hash is opaque here. Every change is also an audit record, and a change of
+//! permissions starts a revocation (`revocation`).
 
-use serde::{Deserialize, Serialize};
-
-use crate::access::{self, Action, Actor, Permission};
+use crate::access::{self, Actor, Permission};
 use crate::audit::{self, Field};
 use crate::command::{MembershipChange, NewUser, UserUpdate};
-use crate::keys;
+use crate::ctx::{Ctx, Res};
 use crate::limits::{PASSWORD_HASH_BYTES_MAX, PERMISSIONS_PER_USER_MAX, USERS_MAX};
-use crate::machine::{Ctx, Res};
-use crate::outcome::{MachineError, Output, PulseReport};
-use crate::records::{GroupRecord, UserRecord, decode};
-use crate::store::{Store, Table, prefix_end};
-use crate::{group, retention, validate};
-
-/// Chore kind: end the leases of a user who lost the right to hold them.
-pub(crate) const CHORE_REVOKE_LEASES: u8 = 4;
-/// Lease batches one revocation chore looks at per page.
-const REVOKE_PAGE: usize = 64;
-
-/// What an owned thing is, for the owners table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Owned {
-    Topic = 1,
-    Group = 2,
-}
-
-/// Who created a topic or group: the user's id tells a user from a later one of the same name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct OwnerRecord {
-    user_id: u64,
-    name: String,
-}
-
-/// Where a revocation chore goes on from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct RevokeCursor {
-    user: String,
-    /// The last index key looked at; empty to start.
-    after: Vec<u8>,
-}
+use crate::outcome::{MachineError, Output};
+use crate::records::UserRecord;
+use crate::store::Store;
+use crate::{revocation, validate};
 
 pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, new: &NewUser) -> Res<Output> {
     check_user(&new.name, new.password_hash.as_deref(), &new.permissions)?;
@@ -93,7 +60,7 @@ pub(crate) fn bootstrap_admin<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, passwo
 }
 
 pub(crate) fn update<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, update: &UserUpdate) -> Res<Output> {
-    let mut user = ctx.user(&update.name)?.ok_or_else(|| MachineError::UnknownUser(update.name.clone()))?;
+    let mut user = ctx.user(&update.name)?.cloned().ok_or_else(|| MachineError::UnknownUser(update.name.clone()))?;
     let was_admin = access::is_admin(&user.permissions);
     if let Some(hash) = &update.password_hash {
         user.password_hash = Some(hash.clone());
@@ -119,7 +86,7 @@ pub(crate) fn update<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, update: &Use
     }
     if update.permissions.is_some() {
         fields.push(("permissions", permission_list(&user.permissions)));
-        start_revocation(ctx, &user)?;
+        revocation::start(ctx, &user)?;
     }
     if update.quotas.is_some() {
         fields.push(("quotas", quota_list(&user.quotas)));
@@ -129,14 +96,14 @@ pub(crate) fn update<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, update: &Use
 }
 
 pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, name: &str) -> Res<Output> {
-    let user = ctx.user(name)?.ok_or_else(|| MachineError::UnknownUser(name.to_owned()))?;
+    let user = ctx.user(name)?.cloned().ok_or_else(|| MachineError::UnknownUser(name.to_owned()))?;
     if access::is_admin(&user.permissions) {
         keep_an_admin(ctx)?;
         ctx.meta.admins -= 1;
     }
     ctx.remove_user(name)?;
     ctx.meta.users -= 1;
-    start_revocation(ctx, &user)?;
+    revocation::start(ctx, &user)?;
     audit::record(ctx, actor, "user.deleted", &[("user", Field::Text(name.to_owned()))])?;
     Ok(Output::UserDeleted)
 }
@@ -213,122 +180,16 @@ fn permission_list(permissions: &[Permission]) -> Field {
     Field::List(permissions.iter().map(Permission::to_string).collect())
 }
 
-/// Whether `actor` may create one more thing of `kind`: an error once its quota is used up.
-pub(crate) fn check_quota<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, kind: Owned) -> Res<()> {
-    let Actor::User(name) = actor else { return Ok(()) };
-    let Some(user) = ctx.user(name)? else { return Ok(()) };
-    let (owned, quota, what) = match kind {
-        Owned::Topic => (user.topics_owned, user.quotas.topics_max, "topics"),
-        Owned::Group => (user.groups_owned, user.quotas.groups_max, "work groups"),
-    };
-    match quota {
-        Some(max) if owned >= max => {
-            Err(MachineError::QuotaExceeded(format!("user {name:?} may own at most {max} {what}")).into())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Records that `actor` created the `kind` with `id`.
-pub(crate) fn take<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, kind: Owned, id: u64) -> Res<()> {
-    let Actor::User(name) = actor else { return Ok(()) };
-    let Some(mut user) = ctx.user(name)? else { return Ok(()) };
-    match kind {
-        Owned::Topic => user.topics_owned += 1,
-        Owned::Group => user.groups_owned += 1,
-    }
-    ctx.save_user(&user)?;
-    ctx.save(Table::Owners, &keys::owned(kind as u8, id), &OwnerRecord { user_id: user.id, name: user.name })
-}
-
-/// The `kind` with `id` is gone: its creator, if still the same user, owns one fewer.
-pub(crate) fn disown<S: Store>(ctx: &mut Ctx<'_, S>, kind: Owned, id: u64) -> Res<()> {
-    let key = keys::owned(kind as u8, id);
-    let Some(owner) = ctx.load::<OwnerRecord>(Table::Owners, &key)? else { return Ok(()) };
-    ctx.remove(Table::Owners, &key)?;
-    let Some(mut user) = ctx.user(&owner.name)?.filter(|user| user.id == owner.user_id) else {
-        return Ok(());
-    };
-    match kind {
-        Owned::Topic => user.topics_owned -= 1,
-        Owned::Group => user.groups_owned -= 1,
-    }
-    ctx.save_user(&user)
-}
-
-/// Queues the revocation chore for `user`: from the start of its lease batches, even if a scan
-/// was under way, since what it may hold changed again.
-fn start_revocation<S: Store>(ctx: &mut Ctx<'_, S>, user: &UserRecord) -> Res<()> {
-    let cursor = RevokeCursor { user: user.name.clone(), after: Vec::new() };
-    ctx.save(Table::Chores, &keys::chore(CHORE_REVOKE_LEASES, user.id), &cursor)
-}
-
-/// One slice of a revocation chore, within `budget` lease tokens. True when it is done.
-pub(crate) fn revoke_slice<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    chore: &[u8],
-    cursor: &[u8],
-    budget: &mut usize,
-    report: &mut PulseReport,
-) -> Res<bool> {
-    let RevokeCursor { user, mut after } = decode(cursor)?;
-    let prefix = keys::holder_prefix(&user);
-    let end = prefix_end(&prefix);
-    let start = if after.is_empty() { prefix } else { [after.as_slice(), &[0]].concat() };
-    let permissions = ctx.user(&user)?.map(|user| user.permissions).unwrap_or_default();
-    let page = ctx.keys(Table::HolderLeases, &start, end.as_deref(), REVOKE_PAGE)?;
-    let mut looked_at = 0;
-    for key in &page {
-        if *budget == 0 {
-            break;
-        }
-        *budget -= 1;
-        revoke_holder_batch(ctx, key, &permissions, budget, report)?;
-        after = key.clone();
-        looked_at += 1;
-    }
-    // A short page looked at whole was the last one.
-    if looked_at == page.len() && page.len() < REVOKE_PAGE {
-        return Ok(true);
-    }
-    ctx.save(Table::Chores, chore, &RevokeCursor { user, after })?;
-    Ok(false)
-}
-
-/// Ends the live leases of the batch behind the index entry `key` if its holder, with
-/// `permissions`, may no longer consume from its group.
-fn revoke_holder_batch<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    key: &[u8],
-    permissions: &[Permission],
-    budget: &mut usize,
-    report: &mut PulseReport,
-) -> Res<()> {
-    let group_id = keys::read_u64(key, key.len() - 16)?;
-    let last_token = keys::read_u64(key, key.len() - 8)?;
-    let Some(mut group) = ctx.load::<GroupRecord>(Table::Groups, &keys::id(group_id))? else {
-        // The group was deleted and its batches purged: the index entry is all that is left.
-        return ctx.remove(Table::HolderLeases, key);
-    };
-    let Some(topic) = ctx.topic_by_id(group.topic_id)? else { return Ok(()) };
-    if access::allows(permissions, Action::Consume, &access::group_resource(&topic.name, &group.name)) {
-        return Ok(());
-    }
-    let expiry = group::revoke_batch(ctx, &mut group, last_token)?;
-    *budget = budget.saturating_sub(expiry.examined);
-    report.revoked += expiry.expired;
-    ctx.save_group(&group)?;
-    report.trimmed += retention::after_consume(ctx, topic)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::access::{Actor, Quotas};
     use crate::command::{Command, GroupConfig, TopicConfig};
+    use crate::keys;
     use crate::query;
-    use crate::store::StoreRead;
+    use crate::records::decode;
+    use crate::revocation::REVOKE_PAGE;
+    use crate::store::{StoreRead, Table};
     use crate::testkit::Harness;
     use proptest::prelude::*;
 
@@ -628,7 +489,7 @@ mod tests {
             let store = h.machine.store();
             for (key, value) in store.range(Table::Leases, &[], None, usize::MAX).unwrap() {
                 let batch: crate::records::LeaseBatchRecord = decode(&value).unwrap();
-                let group_id = keys::read_u64(&key, 0).unwrap();
+                let (group_id, _) = keys::parse_pair(&key).unwrap();
                 let group_index = GROUPS.iter().position(|g| h.group("t", g).id == group_id).unwrap();
                 let holder = batch.holder.clone().expect("every lease here was a user's");
                 let user = USERS.iter().position(|u| *u == holder).unwrap();
