@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -82,6 +82,45 @@ impl<In, Out: Message> Encoder<Out> for FrameCodec<In, Out> {
         dst.reserve(FRAME_PREFIX_BYTES + len);
         dst.put_u32(len as u32);
         item.encode(dst).expect("reserved room for the whole frame");
+        Ok(())
+    }
+}
+
+/// A client frame whose body was encoded once ([`encode_request`]): a request sent again, under
+/// a new request id, is neither encoded nor cloned again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRequest {
+    pub request_id: u64,
+    /// A `ClientFrame`'s `body` field, encoded.
+    pub body: Bytes,
+}
+
+/// Encodes a frame body once, for [`EncodedRequest`]s.
+pub fn encode_request(body: &pb::client_frame::Body) -> Bytes {
+    let mut bytes = BytesMut::with_capacity(body.encoded_len());
+    body.encode(&mut bytes);
+    bytes.freeze()
+}
+
+/// Writes the same bytes as the `ClientFrame` would: the request id field, then the body's.
+impl Encoder<EncodedRequest> for ClientCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, item: EncodedRequest, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let id_len = match item.request_id {
+            0 => 0,
+            id => prost::encoding::uint64::encoded_len(1, &id),
+        };
+        let len = id_len + item.body.len();
+        if len > self.frame_bytes_max {
+            return Err(ProtocolError::FrameTooLarge { len, max: self.frame_bytes_max });
+        }
+        dst.reserve(FRAME_PREFIX_BYTES + len);
+        dst.put_u32(len as u32);
+        if item.request_id != 0 {
+            prost::encoding::uint64::encode(1, &item.request_id, dst);
+        }
+        dst.put_slice(&item.body);
         Ok(())
     }
 }
@@ -193,6 +232,20 @@ mod tests {
                 while let Ok(Some(_)) = peer.decode(&mut b) {}
                 while let Ok(Some(_)) = client.decode(&mut c) {}
             }
+        }
+
+        #[test]
+        fn an_encoded_request_is_the_frame_it_stands_for(request_id in any::<u64>(), topic in "[a-z]{0,12}", payload in prop::collection::vec(any::<u8>(), 0..64)) {
+            let body = pb::client_frame::Body::Publish(pb::PublishRequest {
+                topic,
+                messages: vec![pb::Message { payload: payload.into(), ..Default::default() }],
+                ..Default::default()
+            });
+            let mut codec = ClientCodec::default();
+            let (mut framed, mut encoded) = (BytesMut::new(), BytesMut::new());
+            codec.encode(pb::ClientFrame { request_id, body: Some(body.clone()) }, &mut framed).unwrap();
+            codec.encode(EncodedRequest { request_id, body: encode_request(&body) }, &mut encoded).unwrap();
+            prop_assert_eq!(&framed, &encoded);
         }
 
         #[test]

@@ -1,9 +1,11 @@
 //! Chorus's wire format: the protobuf schema (`proto/chorus/v1`), length-prefixed framing and
-//! its tokio-util codec. Pure: no sockets, no runtime. Brokers and clients convert these
-//! messages to their own types at their boundary.
+//! its tokio-util codec, and the pairing of each request with its answer (`exchange`). Pure: no
+//! sockets, no runtime. Brokers and clients convert these messages to their own types at their
+//! boundary.
 
 pub mod codec;
 pub mod error;
+pub mod exchange;
 pub mod limits;
 
 /// Messages generated from `proto/chorus/v1/*.proto`.
@@ -12,8 +14,9 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/chorus.v1.rs"));
 }
 
-pub use codec::{ClientCodec, FrameCodec, PeerCodec, ServerCodec};
+pub use codec::{ClientCodec, EncodedRequest, FrameCodec, PeerCodec, ServerCodec, encode_request};
 pub use error::ProtocolError;
+pub use exchange::{AnswerError, Exchange, PeerAnswerError, PeerExchange};
 
 impl pb::Error {
     /// An error frame body with `code` and a human-readable `message`.
