@@ -74,3 +74,24 @@ impl ClientError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: ErrorCode) -> ClientError {
+        ClientError::Server(ServerError { code, message: String::new(), leader_id: None, leader_addr: None })
+    }
+
+    #[test]
+    fn only_what_may_pass_is_retried() {
+        for code in [ErrorCode::NotLeader, ErrorCode::Unavailable, ErrorCode::Overloaded] {
+            assert!(refused(code).is_retryable(), "{code:?}");
+        }
+        for code in
+            [ErrorCode::LimitReached, ErrorCode::UnknownSubscription, ErrorCode::QuotaExceeded, ErrorCode::Forbidden]
+        {
+            assert!(!refused(code).is_retryable(), "{code:?}");
+        }
+    }
+}

@@ -185,7 +185,9 @@ async fn every_error_code_a_client_can_provoke_is_returned() {
     assert_eq!(refused(&c, publish("nope", &["x"])).await, ErrorCode::UnknownTopic);
     assert_eq!(refused(&c, lease("nope", "w", 1, 0, 1000)).await, ErrorCode::UnknownGroup);
     let commit = Request::Commit(pb::CommitRequest { topic: "jobs".into(), subscription: "nope".into(), seq: 1 });
-    assert_eq!(refused(&c, commit).await, ErrorCode::UnknownGroup);
+    assert_eq!(refused(&c, commit).await, ErrorCode::UnknownSubscription, "not UNKNOWN_GROUP");
+    let delete = Request::DeleteSubscription(pb::DeleteSubscription { topic: "jobs".into(), name: "nope".into() });
+    assert_eq!(refused(&c, delete).await, ErrorCode::UnknownSubscription);
     let bad_name = Request::CreateTopic(pb::CreateTopic { name: "no spaces".into(), config: None });
     assert_eq!(refused(&c, bad_name).await, ErrorCode::InvalidArgument);
     assert_eq!(refused(&c, lease("g", "w", 0, 0, 1000)).await, ErrorCode::InvalidArgument);
@@ -203,6 +205,19 @@ async fn every_error_code_a_client_can_provoke_is_returned() {
     assert_eq!(refused(&c, big).await, ErrorCode::TooLarge);
     let ack = Request::Ack(pb::AckRequest { topic: "jobs".into(), group: "g".into(), tokens: vec![424242] });
     assert_eq!(settle_errors(ok(&c, ack).await), vec![Some(ErrorCode::StaleLease)]);
+
+    // LimitReached, not Overloaded: the 257th group of a topic. The client library does not
+    // retry it, so it fails at once instead of after its 30 s retry deadline.
+    let create_group =
+        |name: String| Request::CreateGroup(pb::CreateGroup { topic: "jobs".into(), name, config: None });
+    for i in 1..256 {
+        ok(&c, create_group(format!("g{i}"))).await;
+    }
+    assert_eq!(refused(&c, create_group("one-too-many".into())).await, ErrorCode::LimitReached);
+    let client = chorus_consumers::Client::connect([cluster.brokers[&leader].client_addr.clone()]).await.unwrap();
+    let refusal = client.request(create_group("one-too-many".into())).await.unwrap_err();
+    assert_eq!(refusal.code(), Some(ErrorCode::LimitReached));
+    assert!(!refusal.is_retryable(), "a reached limit is not retried");
 
     // Overloaded: four long-polls fill this broker's in-flight limit of 4.
     let mut polls = Vec::new();

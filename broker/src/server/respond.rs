@@ -39,11 +39,12 @@ pub fn describe(store: &impl StoreRead, topic: &TopicRecord) -> Result<pb::Topic
 pub fn machine_error(error: &MachineError) -> pb::Error {
     let code = match error {
         MachineError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-        MachineError::UnknownGroup(_) | MachineError::UnknownSubscription(_) => ErrorCode::UnknownGroup,
+        MachineError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        MachineError::UnknownSubscription(_) => ErrorCode::UnknownSubscription,
         MachineError::StaleLease(_) => ErrorCode::StaleLease,
         MachineError::Conflict(_) | MachineError::InvalidArgument(_) => ErrorCode::InvalidArgument,
         MachineError::TooLarge(_) => ErrorCode::TooLarge,
-        MachineError::LimitReached(_) => ErrorCode::Overloaded,
+        MachineError::LimitReached(_) => ErrorCode::LimitReached,
         MachineError::Forbidden(_) => ErrorCode::Forbidden,
         MachineError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
         MachineError::UnknownUser(_) => ErrorCode::UnknownUser,
