@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chorus_broker::security::peer_link::PeerAuth;
@@ -125,9 +126,29 @@ pub struct Cluster {
     pub secrets: Secrets,
 }
 
+/// Ports for broker processes come from below Linux's ephemeral range (32768–60999). A port the
+/// kernel hands out for `bind(0)` comes from that range, and so does the source port of every
+/// outgoing connection: released again for the broker to bind, it could be taken by any
+/// connection of a test running beside this one, and the broker failed with "address in use"
+/// (seen in CI). Below the range nothing is handed out implicitly.
+const LISTEN_PORT_FIRST: u32 = 10_000;
+const LISTEN_PORT_COUNT: u32 = 22_000;
+
+/// An address a broker process can listen on: the next port of this test process's walk through
+/// the range that is free right now. Each process starts its walk at a place chosen by its id, so
+/// test processes running at once rarely meet, and the walk never returns to a port this process
+/// used (a killed broker's port may still be in TIME_WAIT).
 fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").to_string()
+    static WALKED: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % LISTEN_PORT_COUNT;
+    for _ in 0..LISTEN_PORT_COUNT {
+        let step = WALKED.fetch_add(1, Ordering::Relaxed);
+        let port = LISTEN_PORT_FIRST + (start + step) % LISTEN_PORT_COUNT;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr().expect("local addr").to_string();
+        }
+    }
+    panic!("no free loopback port in {LISTEN_PORT_FIRST}..{}", LISTEN_PORT_FIRST + LISTEN_PORT_COUNT);
 }
 
 /// The broker binary: cargo builds `chorus-node` beside the integration test executables
