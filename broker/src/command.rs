@@ -12,17 +12,25 @@ use chorus_protocol::pb;
 
 /// A request or log entry that does not carry what it must.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ConvertError(pub String);
+pub enum ConvertError {
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Permission(#[from] chorus_machine::access::PermissionError),
+    #[error("producer_id and producer_seq go together")]
+    HalfProducer,
+}
 
 type Converted<T> = Result<T, ConvertError>;
 
-fn missing(what: &str) -> ConvertError {
-    ConvertError(format!("missing {what}"))
+fn missing(what: &'static str) -> ConvertError {
+    ConvertError::Missing(what)
 }
 
-pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
-    pb::Entry { time_ms: entry.time_ms, commands: entry.submissions.iter().map(submission_to_pb).collect() }
+/// Takes the entry: the proposer encodes each entry once and keeps nothing of it, so no payload
+/// is copied on the write path.
+pub fn entry_to_pb(entry: Entry) -> pb::Entry {
+    pb::Entry { time_ms: entry.time_ms, commands: entry.submissions.into_iter().map(submission_to_pb).collect() }
 }
 
 pub fn entry_from_pb(entry: pb::Entry) -> Converted<Entry> {
@@ -30,8 +38,8 @@ pub fn entry_from_pb(entry: pb::Entry) -> Converted<Entry> {
     Ok(Entry { time_ms: entry.time_ms, submissions })
 }
 
-pub fn submission_to_pb(submission: &Submission) -> pb::Command {
-    pb::Command { actor: Some(actor_to_pb(&submission.actor)), ..command_to_pb(&submission.command) }
+pub fn submission_to_pb(submission: Submission) -> pb::Command {
+    pb::Command { actor: Some(actor_to_pb(&submission.actor)), ..command_to_pb(submission.command) }
 }
 
 /// A command without an actor was written before users existed: it was anonymous.
@@ -81,11 +89,11 @@ pub fn permission_from_pb(permission: pb::Permission) -> Converted<Permission> {
         pb::Action::Admin => Action::Admin,
         pb::Action::Unspecified => return Err(missing("permission action")),
     };
-    let pattern = Pattern::parse(&permission.pattern).map_err(|e| ConvertError(e.to_string()))?;
+    let pattern = Pattern::parse(&permission.pattern)?;
     Ok(Permission::new(action, pattern))
 }
 
-fn permissions_from_pb(permissions: Vec<pb::Permission>) -> Converted<Vec<Permission>> {
+pub fn permissions_from_pb(permissions: Vec<pb::Permission>) -> Converted<Vec<Permission>> {
     permissions.into_iter().map(permission_from_pb).collect()
 }
 
@@ -129,9 +137,9 @@ pub fn membership_change_to_pb(change: &MembershipChange) -> pb::ChangeMembershi
     pb::ChangeMembership { change: Some(change) }
 }
 
-pub fn command_to_pb(command: &Command) -> pb::Command {
+pub fn command_to_pb(command: Command) -> pb::Command {
     use pb::command::Op;
-    let op = match command.clone() {
+    let op = match command {
         Command::CreateTopic { name, config } => {
             Op::CreateTopic(pb::CreateTopic { name, config: Some(topic_config_to_pb(&config)) })
         }
@@ -248,7 +256,7 @@ pub fn publish_from_pb(publish: pb::PublishRequest) -> Converted<Publish> {
         (Some(id), Some(sequence)) => Some(ProducerStamp { id, sequence }),
         (None, None) => None,
         _ => {
-            return Err(ConvertError("producer_id and producer_seq go together".into()));
+            return Err(ConvertError::HalfProducer);
         }
     };
     Ok(Publish {
@@ -495,7 +503,7 @@ mod tests {
         fn entries_survive_the_log_encoding(time_ms in any::<u64>(), commands in prop::collection::vec((actor(), command()), 0..6)) {
             let submissions = commands.into_iter().map(|(actor, command)| Submission { actor, command }).collect();
             let entry = Entry { time_ms, submissions };
-            let bytes = entry_to_pb(&entry).encode_to_vec();
+            let bytes = entry_to_pb(entry.clone()).encode_to_vec();
             let back = entry_from_pb(pb::Entry::decode(bytes.as_slice()).unwrap()).unwrap();
             prop_assert_eq!(back, entry);
         }

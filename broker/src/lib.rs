@@ -1,22 +1,32 @@
 //! The Chorus broker: redb storage, openraft replication and the tokio network around the pure
 //! state machine in `chorus-machine`.
 //!
-//! - `storage`: the machine's tables on redb;
+//! Imports run one way, from the top of this list down:
+//!
+//! - `start`: opens the stores, starts raft, and wires the listeners and duties to the broker;
+//! - `peer`: the broker-to-broker listener (Raft RPCs, and forwarded requests into `server`);
+//! - `server`: the client listener, its router, dispatch and one module per request kind;
+//! - `duties`: pulses, bootstrap, the first admin, and the watches that stop a broker;
+//! - `broker`: the service: propose, read, forward, status, membership;
+//! - `proposer`, `forward`: the leader's batched write path, and a follower's way to the leader;
 //! - `raft`: openraft's type config, log and state-machine stores, peer network and wire forms;
-//! - `proposer`: the leader's batched, time-stamped write path;
-//! - `node`: a running broker and its leader duties;
-//! - `peer`, `server`: the broker-to-broker and client listeners;
-//! - `security`: peer authentication, TLS, users' passwords and certificates;
-//! - `command`: conversions between the wire and the machine.
+//! - `storage`, `security`, `listener`, `command`, `config`, `clock`: the machine's tables on
+//!   redb, peer authentication, TLS and passwords, what both listeners share, conversions between
+//!   the wire and the machine, settings, and time.
 
-pub mod cli;
+pub mod broker;
 pub mod clock;
 pub mod command;
 pub mod config;
-pub mod node;
+pub mod duties;
+pub mod forward;
+mod listener;
 pub mod peer;
 pub mod proposer;
 pub mod raft;
 pub mod security;
 pub mod server;
+pub mod start;
 pub mod storage;
+
+pub use broker::Broker;

@@ -1,27 +1,28 @@
 //! Incoming broker-to-broker traffic. A connection is authenticated before its first frame
 //! (`security::peer_link`); one that fails is closed without an answer. Then Raft RPCs are
 //! answered in order per connection, after `raft::inbound` checked them, and client requests
-//! forwarded by followers are answered concurrently, as the client the follower authenticated. A
-//! malformed frame closes the connection after an error answer; the sender reconnects.
+//! forwarded by followers are served here, concurrently, through the client dispatch as the
+//! client the follower authenticated, and never forwarded again. A malformed frame closes the
+//! connection after an error answer; the sender reconnects.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chorus_machine::Actor;
-use chorus_protocol::PeerCodec;
 use chorus_protocol::pb::{self, peer_frame::Body};
-use futures::StreamExt;
+use chorus_protocol::{PeerCodec, PeerExchange};
 use openraft::error::{InstallSnapshotError, RaftError};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::Framed;
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::broker::Broker;
 use crate::command;
-use crate::node::Broker;
+use crate::listener::{self, Link};
 use crate::raft::{inbound, wire};
 use crate::security::Stream;
-use crate::server::handler;
+use crate::server::Server;
+use crate::server::dispatch::{Here, dispatch};
 
 /// Peer connections open at once.
 const PEER_CONNECTIONS_MAX: usize = 256;
@@ -33,33 +34,28 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// knocking must not flood the log.
 const REFUSAL_LOG_SPACING_MS: u64 = 10_000;
 
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
-    let permits = Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX));
+/// Serves peers on `listener` until the broker stops.
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     let refusals = Arc::new(Refusals::default());
-    let shutdown = broker.shutdown_token();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, remote)) = accepted else { continue };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::warn!("too many peer connections; refusing one");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (broker, refusals) = (Arc::clone(&broker), Arc::clone(&refusals));
-        tokio::spawn(async move {
-            let auth = &broker.config.security.peers;
-            let handshake =
-                tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), auth.accept(stream, broker.id()));
-            match handshake.await {
-                Ok(Ok((stream, _from))) => connection(stream, broker).await,
-                Ok(Err(error)) => refusals.note(remote, &error),
-                Err(_) => refusals.note(remote, &"no handshake within 5 s"),
-            }
-            drop(permit);
-        });
+    let shutdown = server.broker.shutdown_token();
+    listener::accept(
+        listener,
+        PEER_CONNECTIONS_MAX,
+        shutdown,
+        |stream, remote| authenticate(stream, remote, Arc::clone(&server), Arc::clone(&refusals)),
+        |_, _| async { tracing::warn!("too many peer connections; refusing one") },
+    )
+    .await;
+}
+
+/// Serves a connection once it authenticated; notes a refusal otherwise.
+async fn authenticate(stream: TcpStream, remote: SocketAddr, server: Arc<Server>, refusals: Arc<Refusals>) {
+    let broker = &server.broker;
+    let handshake = broker.config.security.peers.accept(stream, broker.id());
+    match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake).await {
+        Ok(Ok((stream, _from))) => connection(stream, server).await,
+        Ok(Err(error)) => refusals.note(remote, &error),
+        Err(_) => refusals.note(remote, &"no handshake within 5 s"),
     }
 }
 
@@ -84,24 +80,16 @@ impl Refusals {
     }
 }
 
-async fn connection(stream: Stream, broker: Arc<Broker>) {
-    let framed = Framed::new(stream, PeerCodec::new(broker.config.limits.peer_frame_bytes_max));
-    let (sink, mut frames) = framed.split();
-    let (answers, mut outbox) = mpsc::channel::<pb::PeerFrame>(PEER_ANSWERS_QUEUED_MAX);
-    // `forward` flushes only when no answer is ready: a burst of answers shares one write.
-    let queued = futures::stream::poll_fn(move |cx| outbox.poll_recv(cx));
-    let writer = tokio::spawn(queued.map(Ok).forward(sink));
-    let shutdown = broker.shutdown_token();
+async fn connection(stream: Stream, server: Arc<Server>) {
+    let codec = PeerCodec::new(server.broker.config.limits.peer_frame_bytes_max);
+    let mut link: Link<Stream, PeerCodec, pb::PeerFrame> = Link::open(stream, codec, PEER_ANSWERS_QUEUED_MAX);
+    let answers = link.outbox().clone();
+    let shutdown = server.broker.shutdown_token();
     loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = frames.next() => next,
-        };
-        let frame = match next {
+        let frame = match link.next(&shutdown).await {
             Some(Ok(frame)) => frame,
             Some(Err(error)) => {
-                let body = Body::Error(pb::PeerError { message: error.to_string(), ..Default::default() });
-                let _ = answers.send(pb::PeerFrame { request_id: 0, body: Some(body) }).await;
+                let _ = answers.send(pb::PeerFrame { request_id: 0, body: Some(refuse(error)) }).await;
                 break;
             }
             None => break,
@@ -109,15 +97,14 @@ async fn connection(stream: Stream, broker: Arc<Broker>) {
         let request_id = frame.request_id;
         match frame.body {
             Some(Body::Forward(forwarded)) => {
-                let broker = Arc::clone(&broker);
-                let answers = answers.clone();
+                let (server, answers) = (Arc::clone(&server), answers.clone());
                 tokio::spawn(async move {
-                    let answer = answer_forwarded(&broker, forwarded).await;
-                    let _ = answers.send(pb::PeerFrame { request_id, body: Some(Body::ForwardOk(answer)) }).await;
+                    let answer = pb::Forwarded::into_answer(answer_forwarded(&server, forwarded).await);
+                    let _ = answers.send(pb::PeerFrame { request_id, body: Some(answer) }).await;
                 });
             }
             body => {
-                let answer = answer_raft(&broker, body).await;
+                let answer = answer_raft(&server.broker, body).await;
                 if answers.send(pb::PeerFrame { request_id, body: Some(answer) }).await.is_err() {
                     break;
                 }
@@ -125,25 +112,33 @@ async fn connection(stream: Stream, broker: Arc<Broker>) {
         }
     }
     drop(answers);
-    let _ = writer.await;
+    link.close().await;
 }
 
-/// Serves a client request a follower forwarded, as the client it authenticated. A client is
-/// never a broker, and a broker that authenticates its clients takes no anonymous one from a
+/// Serves a client request a follower forwarded, here, as the client it authenticated. A client
+/// is never a broker, and a broker that authenticates its clients takes no anonymous one from a
 /// broker that does not (a cluster whose brokers disagree about `--auth`).
-async fn answer_forwarded(broker: &Arc<Broker>, forwarded: pb::Forwarded) -> pb::ServerFrame {
+async fn answer_forwarded(server: &Server, forwarded: pb::Forwarded) -> pb::ServerFrame {
     let request = forwarded.request.unwrap_or_default();
     let request_id = request.request_id;
     let refused = |code, why: String| pb::ServerFrame::error(request_id, pb::Error::new(code, why));
-    match command::actor_from_pb(forwarded.actor) {
-        Ok(Actor::Broker) => refused(pb::ErrorCode::InvalidArgument, "a forwarded request is a client's".into()),
-        Ok(Actor::Anonymous) if broker.config.security.authenticate_clients => refused(
-            pb::ErrorCode::Unauthorized,
-            "the broker that forwarded this does not authenticate its clients; this one requires a user".into(),
-        ),
-        Ok(actor) => handler::handle(broker, request, &actor, true).await,
-        Err(error) => refused(pb::ErrorCode::InvalidArgument, format!("forwarded request: {error}")),
-    }
+    let actor = match command::actor_from_pb(forwarded.actor) {
+        Ok(Actor::Broker) => {
+            return refused(pb::ErrorCode::InvalidArgument, "a forwarded request is a client's".into());
+        }
+        Ok(Actor::Anonymous) if server.broker.config.security.authenticate_clients => {
+            return refused(
+                pb::ErrorCode::Unauthorized,
+                "the broker that forwarded this does not authenticate its clients; this one requires a user".into(),
+            );
+        }
+        Ok(actor) => actor,
+        Err(error) => return refused(pb::ErrorCode::InvalidArgument, format!("forwarded request: {error}")),
+    };
+    let Some(body) = request.body else {
+        return refused(pb::ErrorCode::InvalidArgument, "a forwarded frame needs a body".into());
+    };
+    pb::ServerFrame { request_id, body: Some(dispatch(&Here(server), body, &actor).await) }
 }
 
 fn refuse(message: impl std::fmt::Display) -> Body {
@@ -172,7 +167,7 @@ async fn answer_raft(broker: &Broker, body: Option<Body>) -> Body {
             Ok(request) => install_chunk(broker, request).await,
             Err(error) => refuse(error),
         },
-        Some(other) => refuse(format!("not a request: {other:?}")),
+        Some(other) => refuse(format!("{} is not a request", chorus_protocol::peer_name(&other))),
         None => refuse("empty frame"),
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_machine::{Command, Entry, Outcome, Submission};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
@@ -19,19 +19,36 @@ use crate::config::Limits;
 use crate::raft::state_store::AppliedStatus;
 use crate::raft::{BrokerNode, EntryBytes, NodeId, Raft};
 
-/// Why a proposal has no outcome.
+/// Why a proposal has no outcome. Variants say whether the command may have been applied:
+/// `NotLeader`, `ShuttingDown` and `Overloaded` were never proposed; after `NoQuorum`,
+/// `OutcomeUnknown` and `RaftStopped` it may have been, or may still be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     #[error("not the leader")]
     NotLeader { leader: Option<(NodeId, BrokerNode)> },
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error("overloaded: {0}")]
-    Overloaded(String),
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("no quorum answered within {waited_ms} ms; the outcome is unknown")]
+    NoQuorum { waited_ms: u64 },
+    #[error("leadership changed, or the broker stopped, while proposing; the outcome is unknown")]
+    OutcomeUnknown,
+    #[error("the broker is shutting down; the command was not proposed")]
+    ShuttingDown,
+    #[error("too many writes queued; the command was not proposed")]
+    Overloaded,
+    #[error("the raft core stopped")]
+    RaftStopped(#[source] Option<Fatal<NodeId>>),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+}
+
+/// Why a membership change was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("broker {0} is not a voter")]
+    NotAVoter(NodeId),
+    #[error("cannot remove the last broker")]
+    LastBroker,
+    #[error("membership change refused: {0}")]
+    Refused(#[source] ChangeMembershipError<NodeId>),
 }
 
 struct Proposal {
@@ -76,15 +93,17 @@ impl Proposer {
     pub async fn propose(&self, submission: Submission) -> Result<Outcome, ProposeError> {
         let (reply, outcome) = oneshot::channel();
         self.queue.try_send(Proposal { submission, reply }).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded("too many writes queued".into()),
-            mpsc::error::TrySendError::Closed(_) => ProposeError::Unavailable("broker is shutting down".into()),
+            mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
         })?;
         // The proposer answers within its own write timeout; this outer bound only guards
         // against a proposer that stopped.
-        match tokio::time::timeout(self.write_timeout * 2, outcome).await {
+        let waited = self.write_timeout * 2;
+        match tokio::time::timeout(waited, outcome).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ProposeError::Unavailable("broker is shutting down".into())),
-            Err(_) => Err(ProposeError::Unavailable("no answer from the proposer".into())),
+            // A reply dropped unanswered: the proposer stopped, perhaps after proposing.
+            Ok(Err(_)) => Err(ProposeError::OutcomeUnknown),
+            Err(_) => Err(ProposeError::NoQuorum { waited_ms: waited.as_millis() as u64 }),
         }
     }
 }
@@ -118,13 +137,10 @@ impl ProposerTask {
                     Ok(receiver) => match tokio::time::timeout(timeout, receiver).await {
                         Ok(Ok(Ok(response))) => Ok(response.data.0),
                         Ok(Ok(Err(error))) => Err(write_error(error)),
-                        Ok(Err(_)) => Err(ProposeError::Unavailable("raft stopped".into())),
-                        Err(_) => Err(ProposeError::Unavailable(format!(
-                            "no quorum within {} ms; the outcome is unknown",
-                            timeout.as_millis()
-                        ))),
+                        Ok(Err(_)) => Err(ProposeError::RaftStopped(None)),
+                        Err(_) => Err(ProposeError::NoQuorum { waited_ms: timeout.as_millis() as u64 }),
                     },
-                    Err(fatal) => Err(ProposeError::Unavailable(format!("raft stopped: {fatal}"))),
+                    Err(fatal) => Err(ProposeError::RaftStopped(Some(fatal))),
                 };
                 drop(permit);
                 answer_all(replies, result);
@@ -152,7 +168,7 @@ impl ProposerTask {
         self.last_stamp_ms = self.last_stamp_ms.max(self.clock.now_ms()).max(self.applied.borrow().time_ms);
         let (submissions, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.submission, p.reply)).unzip();
         let entry = Entry { time_ms: self.last_stamp_ms, submissions };
-        (entry_to_pb(&entry).encode_to_vec(), replies)
+        (entry_to_pb(entry).encode_to_vec(), replies)
     }
 }
 
@@ -191,10 +207,8 @@ fn answer_all(
 /// election), so ForwardToLeader cannot promise the command was not applied: it is unknown.
 fn write_error(error: ClientWriteError<NodeId, BrokerNode>) -> ProposeError {
     match error {
-        ClientWriteError::ForwardToLeader(_) => {
-            ProposeError::Unavailable("leadership changed while proposing; the outcome is unknown".into())
-        }
-        ClientWriteError::ChangeMembershipError(error) => ProposeError::Internal(error.to_string()),
+        ClientWriteError::ForwardToLeader(_) => ProposeError::OutcomeUnknown,
+        ClientWriteError::ChangeMembershipError(error) => MembershipError::Refused(error).into(),
     }
 }
 
@@ -204,10 +218,8 @@ pub fn raft_error(error: RaftError<NodeId, ClientWriteError<NodeId, BrokerNode>>
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             ProposeError::NotLeader { leader: forward.leader_id.zip(forward.leader_node) }
         }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
-            ProposeError::Unavailable(format!("membership change refused: {error}"))
-        }
-        RaftError::Fatal(fatal) => ProposeError::Unavailable(format!("raft stopped: {fatal}")),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => MembershipError::Refused(error).into(),
+        RaftError::Fatal(fatal) => ProposeError::RaftStopped(Some(fatal)),
     }
 }
 
@@ -221,6 +233,6 @@ mod tests {
     #[test]
     fn a_refusal_after_proposing_is_unknown_not_not_leader() {
         let error = ClientWriteError::ForwardToLeader(ForwardToLeader { leader_id: Some(2), leader_node: None });
-        assert!(matches!(write_error(error), ProposeError::Unavailable(_)));
+        assert_eq!(write_error(error), ProposeError::OutcomeUnknown);
     }
 }

@@ -2,20 +2,24 @@
 //! connection to it, and retries what may succeed elsewhere or later (lost connections, elections,
 //! overload) with randomized exponential backoff, until the call's deadline.
 //!
+//! Each request is encoded once; a retry sends the same bytes again under a new request id.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), chorus_consumers::ClientError> {
 //! use chorus_consumers::Client;
-//! use chorus_protocol::pb::{self, client_frame::Body as Request};
+//! use chorus_protocol::pb;
 //! let client = Client::connect(["127.0.0.1:7101", "127.0.0.1:7102"]).await?;
-//! let status = client.request(Request::ClusterStatus(pb::ClusterStatusRequest {})).await?;
-//! println!("{status:?}");
+//! let status: pb::ClusterStatus = client.call(pb::ClusterStatusRequest {}).await?;
+//! println!("leader {:?} in term {}", status.leader_id, status.term);
 //! # Ok(()) }
 //! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::{Exchange, encode_request};
 use tokio::sync::Mutex;
 
 use crate::connection::{ConnectOptions, Connection, Credentials};
@@ -94,7 +98,7 @@ impl Client {
             return Err(ClientError::Exhausted("no seed addresses".into()));
         }
         let client = Client { config: Arc::new(config), state: Arc::new(Mutex::new(State::default())) };
-        client.request(Request::Ping(pb::Ping {})).await?;
+        client.call(pb::Ping {}).await?;
         Ok(client)
     }
 
@@ -102,14 +106,27 @@ impl Client {
         &self.config
     }
 
-    /// Sends `request`, retrying retryable failures until the retry deadline.
+    /// Sends `request`, retrying retryable failures until the retry deadline, and returns the
+    /// answer of the kind the request expects; an answer of another kind is a
+    /// [`Violation`](crate::Violation).
+    pub async fn call<R: Exchange>(&self, request: R) -> Result<R::Answer, ClientError> {
+        let body = self.request_encoded(&encode_request(&request.into_request())).await?;
+        Ok(R::from_answer(body)?)
+    }
+
+    /// Sends any request, with retries, and returns its answer whatever its kind: for tools
+    /// that send what they are given. [`Client::call`] checks the answer's kind.
     pub async fn request(&self, request: Request) -> Result<Body, ClientError> {
+        self.request_encoded(&encode_request(&request)).await
+    }
+
+    async fn request_encoded(&self, request: &Bytes) -> Result<Body, ClientError> {
         let deadline = tokio::time::Instant::now() + self.config.retry_deadline;
         let mut backoff = self.config.backoff_min;
         loop {
             let attempt = match self.connection().await {
                 Ok(connection) => {
-                    let result = connection.request(request.clone(), self.config.request_timeout).await;
+                    let result = connection.request_encoded(request, self.config.request_timeout).await;
                     if let Err(error) = &result {
                         self.after_failure(&connection, error).await;
                     }
@@ -182,4 +199,31 @@ impl Client {
 fn jitter(delay: Duration) -> Duration {
     let ms = delay.as_millis().max(1) as u64;
     Duration::from_millis(ms / 2 + rand::random_range(0..ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Violation;
+    use crate::testkit::{fake_broker, hello_ok};
+
+    /// A broker that answers a publish with a Pong: the call fails with a typed violation, at
+    /// once (a broker bug is not retried), and never panics.
+    #[tokio::test]
+    async fn an_answer_of_another_kind_is_a_violation() {
+        let addr = fake_broker(|request| match request {
+            Request::Hello(_) => Some(hello_ok()),
+            _ => Some(Body::Pong(pb::Pong {})),
+        })
+        .await;
+        let client = Client::connect([addr]).await.unwrap();
+        let refused = client.call(pb::PublishRequest::default()).await.unwrap_err();
+        assert!(
+            matches!(refused, ClientError::Violation(Violation::Mismatch { request: "Publish", got: "Pong" })),
+            "{refused:?}"
+        );
+        assert!(!refused.is_retryable());
+        let status = client.request(Request::Ping(pb::Ping {})).await.unwrap();
+        assert_eq!(status, Body::Pong(pb::Pong {}), "raw requests take any answer");
+    }
 }

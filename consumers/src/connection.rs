@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chorus_protocol::ClientCodec;
+use bytes::Bytes;
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::{ClientCodec, EncodedRequest, Exchange, answer_name, encode_request};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use crate::error::{ClientError, ServerError};
+use crate::error::{ClientError, ServerError, Violation};
 use crate::tls::Tls;
 
 /// A user's name and password, presented in Hello.
@@ -83,7 +84,7 @@ pub struct Connection {
 
 struct Inner {
     addr: String,
-    outbox: mpsc::Sender<pb::ClientFrame>,
+    outbox: mpsc::Sender<EncodedRequest>,
     routes: Arc<Mutex<Routes>>,
     next_request_id: AtomicU64,
     hello: pb::HelloOk,
@@ -138,10 +139,11 @@ impl Connection {
         let hello = match framed.next().await.ok_or(ClientError::Closed)??.body {
             Some(Body::HelloOk(ok)) => ok,
             Some(Body::Error(error)) => return Err(ServerError::from(error).into()),
-            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            Some(other) => return Err(Violation::Mismatch { request: "Hello", got: answer_name(&other) }.into()),
+            None => return Err(ClientError::Closed),
         };
-        let (sink, mut frames) = framed.split();
-        let (outbox, mut queued) = mpsc::channel::<pb::ClientFrame>(OUTBOX_MAX);
+        let (sink, mut frames) = framed.split::<EncodedRequest>();
+        let (outbox, mut queued) = mpsc::channel::<EncodedRequest>(OUTBOX_MAX);
         let routes = Arc::new(Mutex::new(Routes::default()));
         // `forward` flushes only when no request is ready: pipelined requests share one write.
         tokio::spawn(futures::stream::poll_fn(move |cx| queued.poll_recv(cx)).map(Ok).forward(sink));
@@ -168,10 +170,25 @@ impl Connection {
         &self.inner.addr
     }
 
-    /// Sends one request and waits for its answer; an error answer becomes `ClientError::Server`.
+    /// Sends `request` and waits for its answer, of the kind the request expects. An error answer
+    /// is `ClientError::Server`; an answer of another kind is a [`Violation`].
+    pub async fn call<R: Exchange>(&self, request: R, timeout: Duration) -> Result<R::Answer, ClientError> {
+        let body = self.request_encoded(&encode_request(&request.into_request()), timeout).await?;
+        Ok(R::from_answer(body)?)
+    }
+
+    /// Sends any request and waits for its answer, whatever its kind; an error answer becomes
+    /// `ClientError::Server`. For tools and tests that send what they like; [`Connection::call`]
+    /// checks the answer's kind.
     pub async fn request(&self, request: Request, timeout: Duration) -> Result<Body, ClientError> {
+        self.request_encoded(&encode_request(&request), timeout).await
+    }
+
+    /// Sends a request encoded once ([`encode_request`]), under a new request id, and waits for
+    /// its answer: a retry sends the same bytes again.
+    pub async fn request_encoded(&self, request: &Bytes, timeout: Duration) -> Result<Body, ClientError> {
         let (request_id, answer) = self.register(None)?;
-        let result = self.send_and_wait(request_id, request, answer, timeout).await;
+        let result = self.send_and_wait(request_id, request.clone(), answer, timeout).await;
         self.inner.routes.lock().expect("routes lock").waiting.remove(&request_id);
         match result? {
             Body::Error(error) => Err(ServerError::from(error).into()),
@@ -198,11 +215,11 @@ impl Connection {
     async fn send_and_wait(
         &self,
         request_id: u64,
-        request: Request,
+        body: Bytes,
         answer: oneshot::Receiver<Body>,
         timeout: Duration,
     ) -> Result<Body, ClientError> {
-        let frame = pb::ClientFrame { request_id, body: Some(request) };
+        let frame = EncodedRequest { request_id, body };
         let exchange = async {
             self.inner.outbox.send(frame).await.map_err(|_| ClientError::Closed)?;
             answer.await.map_err(|_| ClientError::Closed)
@@ -212,20 +229,18 @@ impl Connection {
 
     /// Opens a stream (a subscription): the first answer is returned, and every later frame with
     /// the same request id arrives on the receiver.
-    pub async fn open_stream(
+    pub async fn open_stream<R: Exchange>(
         &self,
-        request: Request,
+        request: R,
         timeout: Duration,
-    ) -> Result<(u64, Body, mpsc::Receiver<Body>), ClientError> {
+    ) -> Result<(u64, R::Answer, mpsc::Receiver<Body>), ClientError> {
         let (pushes, stream) = mpsc::channel(STREAM_BUFFER_MAX);
         let (request_id, answer) = self.register(Some(pushes))?;
-        match self.send_and_wait(request_id, request, answer, timeout).await {
-            Ok(Body::Error(error)) => {
-                self.close_stream(request_id);
-                Err(ServerError::from(error).into())
-            }
-            Ok(first) => Ok((request_id, first, stream)),
-            Err(error) => {
+        let body = encode_request(&request.into_request());
+        let first = self.send_and_wait(request_id, body, answer, timeout).await;
+        match first.map(|first| R::from_answer(first).map_err(ClientError::from)) {
+            Ok(Ok(first)) => Ok((request_id, first, stream)),
+            Ok(Err(error)) | Err(error) => {
                 self.close_stream(request_id);
                 Err(error)
             }
@@ -242,11 +257,8 @@ impl Connection {
     /// Sends a frame that expects no answer routed to the caller (for example Credit).
     pub async fn send(&self, request: Request) -> Result<(), ClientError> {
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .outbox
-            .send(pb::ClientFrame { request_id, body: Some(request) })
-            .await
-            .map_err(|_| ClientError::Closed)
+        let frame = EncodedRequest { request_id, body: encode_request(&request) };
+        self.inner.outbox.send(frame).await.map_err(|_| ClientError::Closed)
     }
 
     pub fn is_closed(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The client library's errors.
 
-use chorus_protocol::ProtocolError;
 use chorus_protocol::pb::{self, ErrorCode};
+use chorus_protocol::{AnswerError, ProtocolError};
 
 /// An error answer from a broker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,12 +38,35 @@ pub enum ClientError {
     Protocol(#[from] ProtocolError),
     #[error("broker refused: {0}")]
     Server(#[from] ServerError),
-    #[error("unexpected answer: {0}")]
-    Unexpected(String),
+    #[error(transparent)]
+    Violation(#[from] Violation),
     #[error("no broker could serve the request: {0}")]
     Exhausted(String),
+    #[error("an ephemeral subscription has nothing to commit")]
+    NotDurable,
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+}
+
+/// An answer that breaks the protocol: a broker's bug, never the caller's. The client reports it
+/// and never panics on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("the broker answered {got} to {request}")]
+    Mismatch { request: &'static str, got: &'static str },
+    #[error("the broker granted {granted} leases where {asked} were asked for")]
+    TooManyGrants { asked: usize, granted: usize },
+    #[error("the broker's settle answer does not hold one result per token, in order")]
+    NotOneResultPerToken,
+}
+
+impl From<AnswerError> for ClientError {
+    fn from(error: AnswerError) -> ClientError {
+        match error {
+            AnswerError::Refused(refusal) => ClientError::Server(refusal.into()),
+            AnswerError::Mismatch { request, got } => Violation::Mismatch { request, got }.into(),
+        }
+    }
 }
 
 impl ClientError {
@@ -62,7 +85,9 @@ impl ClientError {
             ClientError::Tls(crate::tls::TlsError::Handshake { source, .. }) => {
                 !matches!(source.kind(), std::io::ErrorKind::InvalidData)
             }
-            ClientError::Unexpected(_) | ClientError::Exhausted(_) | ClientError::Tls(_) => false,
+            ClientError::Violation(_) | ClientError::Exhausted(_) | ClientError::NotDurable | ClientError::Tls(_) => {
+                false
+            }
         }
     }
 

@@ -18,9 +18,12 @@ pub mod subscriber;
 pub mod tls;
 pub mod worker;
 
+#[cfg(test)]
+mod testkit;
+
 pub use client::{Client, ClientConfig};
 pub use connection::{ConnectOptions, Connection, Credentials};
-pub use error::{ClientError, ServerError};
+pub use error::{ClientError, ServerError, Violation};
 pub use message::{Delivered, Message};
 pub use producer::{Producer, ProducerConfig, Receipt};
 pub use subscriber::{Start, Subscriber, SubscriberConfig};

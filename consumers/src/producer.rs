@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::pb;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -245,14 +245,14 @@ async fn after_yields(queued: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
 
 async fn publish_batch(client: &Client, topic: &str, producer_id: &str, producer_seq: u64, batch: Vec<Queued>) {
     let (messages, waiters): (Vec<pb::Message>, Vec<_>) = batch.into_iter().map(|q| (q.message.into(), q.done)).unzip();
-    let request = Request::Publish(pb::PublishRequest {
+    let request = pb::PublishRequest {
         topic: topic.to_owned(),
         messages,
         producer_id: Some(producer_id.to_owned()),
         producer_seq: Some(producer_seq),
-    });
-    match client.request(request).await {
-        Ok(Body::PublishOk(ok)) => {
+    };
+    match client.call(request).await {
+        Ok(ok) => {
             for (i, waiter) in waiters.into_iter().enumerate() {
                 let receipt = Receipt {
                     seq: ok.first_seq + i as u64,
@@ -263,27 +263,21 @@ async fn publish_batch(client: &Client, topic: &str, producer_id: &str, producer
                 let _ = waiter.send(Ok(receipt));
             }
         }
-        Ok(other) => {
-            for waiter in waiters {
-                let _ = waiter.send(Err(ClientError::Unexpected(format!("{other:?}"))));
-            }
-        }
         Err(error) => {
-            let message = error.to_string();
-            let code = error.code();
             for waiter in waiters {
-                let failure = match code {
-                    Some(code) => ClientError::Server(crate::error::ServerError {
-                        code,
-                        message: message.clone(),
-                        leader_id: None,
-                        leader_addr: None,
-                    }),
-                    None => ClientError::Exhausted(message.clone()),
-                };
-                let _ = waiter.send(Err(failure));
+                let _ = waiter.send(Err(copy_of(&error)));
             }
         }
+    }
+}
+
+/// The same failure again, for each message of a batch: a broker's answer as it was, anything
+/// else (a lost connection, a timeout) as its message.
+fn copy_of(error: &ClientError) -> ClientError {
+    match error {
+        ClientError::Server(refusal) => ClientError::Server(refusal.clone()),
+        ClientError::Violation(violation) => ClientError::Violation(violation.clone()),
+        other => ClientError::Exhausted(other.to_string()),
     }
 }
 

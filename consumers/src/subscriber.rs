@@ -24,12 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use chorus_protocol::answer_name;
 use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
 use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::client::Client;
-use crate::error::ClientError;
+use crate::error::{ClientError, Violation};
 use crate::message::Delivered;
 
 /// Where a new subscription starts.
@@ -127,11 +128,7 @@ impl Subscriber {
 
     /// Records in the cluster that everything up to `seq` is processed (durable subscriptions).
     pub async fn commit(&self, seq: u64) -> Result<u64, ClientError> {
-        let name = self
-            .config
-            .subscription
-            .clone()
-            .ok_or_else(|| ClientError::Unexpected("an ephemeral subscription has nothing to commit".into()))?;
+        let name = self.config.subscription.clone().ok_or(ClientError::NotDurable)?;
         commit(&self.client, &self.config.topic, &name, seq).await
     }
 
@@ -154,11 +151,8 @@ impl Stream for Subscriber {
 }
 
 async fn commit(client: &Client, topic: &str, name: &str, seq: u64) -> Result<u64, ClientError> {
-    let request = Request::Commit(pb::CommitRequest { topic: topic.into(), subscription: name.into(), seq });
-    match client.request(request).await? {
-        Body::CommitOk(ok) => Ok(ok.next_seq),
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
-    }
+    let request = pb::CommitRequest { topic: topic.into(), subscription: name.into(), seq };
+    Ok(client.call(request).await?.next_seq)
 }
 
 async fn auto_commit(client: Client, topic: String, name: String, last: Arc<AtomicU64>, every: Duration) {
@@ -182,7 +176,7 @@ struct Reader {
 }
 
 struct OpenStream {
-    connection: crate::Connection,
+    connection: crate::connection::Connection,
     subscribe_id: u64,
     deliveries: mpsc::Receiver<Body>,
 }
@@ -195,21 +189,16 @@ impl Reader {
             (Some(next), None) => Start::Seq(next),
             _ => self.config.start,
         };
-        let request = Request::Subscribe(pb::SubscribeRequest {
+        let request = pb::SubscribeRequest {
             topic: self.config.topic.clone(),
             subscription: self.config.subscription.clone(),
             start: Some(start.to_pb()),
             credits: self.config.credits,
-        });
-        let (subscribe_id, first, deliveries) =
+        };
+        let (subscribe_id, ok, deliveries) =
             connection.open_stream(request, self.client.config().request_timeout).await?;
-        match first {
-            Body::SubscribeOk(ok) => {
-                self.next_seq.get_or_insert(ok.next_seq);
-                Ok(OpenStream { connection, subscribe_id, deliveries })
-            }
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.next_seq.get_or_insert(ok.next_seq);
+        Ok(OpenStream { connection, subscribe_id, deliveries })
     }
 
     async fn run(mut self, first: OpenStream) {
@@ -249,7 +238,7 @@ impl Reader {
             let delivery = match body {
                 Body::Delivery(delivery) => delivery,
                 Body::Error(error) => return Err(crate::error::ServerError::from(error).into()),
-                _ => continue,
+                other => return Err(Violation::Mismatch { request: "Subscribe", got: answer_name(&other) }.into()),
             };
             let count = delivery.messages.len() as u32;
             for message in delivery.messages {

@@ -23,12 +23,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::{Exchange, pb};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
-use crate::error::{ClientError, ServerError};
+use crate::error::{ClientError, ServerError, Violation};
 use crate::message::Delivered;
 
 /// Most tokens in one ack request (the broker takes up to 4096).
@@ -124,24 +124,20 @@ where
         while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
             permits.push(permit);
         }
-        let request = Request::Lease(pb::LeaseRequest {
+        let request = pb::LeaseRequest {
             topic: config.topic.clone(),
             group: config.group.clone(),
             consumer: config.consumer.clone(),
             count_max: permits.len() as u32,
             wait_ms: config.poll.as_millis() as u64,
             lease_ms: Some(config.lease.as_millis() as u64),
-        });
+        };
         let leased = tokio::select! {
             _ = stop.cancelled() => break,
-            answer = client.request(request) => answer,
+            answer = client.call(request) => answer,
         };
-        let messages = match leased {
-            Ok(Body::LeaseOk(ok)) => ok.messages,
-            Ok(other) => {
-                tracing::warn!(?other, "unexpected lease answer");
-                Vec::new()
-            }
+        let mut messages = match leased {
+            Ok(ok) => ok.messages,
             Err(error) => {
                 tracing::warn!(%error, "lease failed");
                 tokio::time::sleep(backoff).await;
@@ -150,9 +146,20 @@ where
             }
         };
         backoff = client.config().backoff_min;
-        for leased in messages {
+        if messages.len() > permits.len() {
+            let excess = messages.split_off(permits.len());
+            let violation = Violation::TooManyGrants { asked: permits.len(), granted: permits.len() + excess.len() };
+            tracing::warn!(%violation, "giving back the leases no handler can take");
+            let tokens = excess.iter().map(|leased| leased.token).collect();
+            let (client, config) = (client.clone(), Arc::clone(&config));
+            running.spawn(async move {
+                if let Err(error) = settle(&client, nack(&config, tokens, Duration::ZERO)).await {
+                    tracing::warn!(%error, "could not give back the excess leases; they will expire");
+                }
+            });
+        }
+        for (leased, permit) in messages.into_iter().zip(permits.drain(..)) {
             let Some(message) = leased.message else { continue };
-            let permit = permits.pop().expect("never more grants than asked for");
             let job = Job { message: message.into(), token: leased.token, delivery_count: leased.delivery_count };
             let (client, config, handler) = (client.clone(), Arc::clone(&config), Arc::clone(&handler));
             let acks = acks.clone();
@@ -181,12 +188,9 @@ async fn ack_loop(client: Client, config: Arc<WorkerConfig>, mut queued: mpsc::R
     while let Some(first) = queued.recv().await {
         let batch = gather_acks(first, &mut queued);
         let tokens: Vec<u64> = batch.iter().map(|ack| ack.token).collect();
-        let request = Request::Ack(pb::AckRequest {
-            topic: config.topic.clone(),
-            group: config.group.clone(),
-            tokens: tokens.clone(),
-        });
-        let results = per_token_results(client.request(request).await, &tokens);
+        let request =
+            pb::AckRequest { topic: config.topic.clone(), group: config.group.clone(), tokens: tokens.clone() };
+        let results = per_token_results(client.call(request).await, &tokens);
         for (ack, result) in batch.into_iter().zip(results) {
             let _ = ack.answer.send(result);
         }
@@ -207,11 +211,11 @@ fn gather_acks(first: QueuedAck, queued: &mut mpsc::Receiver<QueuedAck>) -> Vec<
 
 /// One result per token of a settle request: the broker's verdict on each, or the request's own
 /// failure for all of them.
-fn per_token_results(answer: Result<Body, ClientError>, tokens: &[u64]) -> Vec<Result<(), Arc<ClientError>>> {
+fn per_token_results(answer: Result<pb::SettleOk, ClientError>, tokens: &[u64]) -> Vec<Result<(), Arc<ClientError>>> {
     let answers = match answer {
-        Ok(Body::SettleOk(ok)) if ok.results.iter().map(|r| r.token).eq(tokens.iter().copied()) => ok.results,
-        Ok(other) => {
-            let error = Arc::new(ClientError::Unexpected(format!("not one result per token: {other:?}")));
+        Ok(ok) if ok.results.iter().map(|r| r.token).eq(tokens.iter().copied()) => ok.results,
+        Ok(_) => {
+            let error = Arc::new(ClientError::Violation(Violation::NotOneResultPerToken));
             return vec![Err(error); tokens.len()];
         }
         Err(error) => return vec![Err(Arc::new(error)); tokens.len()],
@@ -242,12 +246,12 @@ where
         tokio::select! {
             result = &mut work => break result,
             _ = extend.tick() => {
-                let request = Request::Extend(pb::ExtendRequest {
+                let request = pb::ExtendRequest {
                     topic: config.topic.clone(),
                     group: config.group.clone(),
                     tokens: vec![token],
                     lease_ms: config.lease.as_millis() as u64,
-                });
+                };
                 if let Err(error) = settle(client, request).await {
                     tracing::warn!(token, %error, "could not extend a lease");
                 }
@@ -260,13 +264,7 @@ where
             tracing::debug!(token, %error, "handler failed; nacking");
             let shift = delivery_count.saturating_sub(1).min(16);
             let delay = config.nack_delay_min.saturating_mul(1 << shift).min(config.nack_delay_max);
-            let request = Request::Nack(pb::NackRequest {
-                topic: config.topic.clone(),
-                group: config.group.clone(),
-                tokens: vec![token],
-                delay_ms: delay.as_millis() as u64,
-            });
-            settle(client, request).await.map_err(Arc::new)
+            settle(client, nack(config, vec![token], delay)).await.map_err(Arc::new)
         }
     };
     if let Err(error) = settled {
@@ -282,14 +280,25 @@ async fn ack(acks: &mpsc::Sender<QueuedAck>, token: u64) -> Result<(), Arc<Clien
     answered.await.map_err(|_| closed())?
 }
 
-/// Sends an ack, nack or extend for one token; a refused token (say a stale lease) is an error.
-async fn settle(client: &Client, request: Request) -> Result<(), ClientError> {
-    match client.request(request).await? {
-        Body::SettleOk(ok) => match ok.results.into_iter().next().and_then(|r| r.error) {
-            Some(error) => Err(crate::error::ServerError::from(error).into()),
-            None => Ok(()),
-        },
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+/// A nack of `tokens`, available again after `delay`.
+fn nack(config: &WorkerConfig, tokens: Vec<u64>, delay: Duration) -> pb::NackRequest {
+    pb::NackRequest {
+        topic: config.topic.clone(),
+        group: config.group.clone(),
+        tokens,
+        delay_ms: delay.as_millis() as u64,
+    }
+}
+
+/// Sends a nack or extend; the first refused token (say a stale lease) is the error.
+async fn settle<R>(client: &Client, request: R) -> Result<(), ClientError>
+where
+    R: Exchange<Answer = pb::SettleOk>,
+{
+    let ok = client.call(request).await?;
+    match ok.results.into_iter().find_map(|result| result.error) {
+        Some(error) => Err(crate::error::ServerError::from(error).into()),
+        None => Ok(()),
     }
 }
 
@@ -329,7 +338,7 @@ mod tests {
                 pb::SettleResult { token: 9, error: Some(refused), ..Default::default() },
             ],
         };
-        let results = per_token_results(Ok(Body::SettleOk(ok.clone())), &[7, 9]);
+        let results = per_token_results(Ok(ok.clone()), &[7, 9]);
         assert!(results[0].is_ok());
         assert_eq!(results[1].as_ref().unwrap_err().code(), Some(pb::ErrorCode::StaleLease));
 
@@ -338,11 +347,67 @@ mod tests {
         assert!(results.iter().all(|r| matches!(r.as_ref().map_err(|e| &**e), Err(ClientError::Closed))));
 
         for tokens in [&[7][..], &[9, 7], &[7, 9, 11]] {
-            let results = per_token_results(Ok(Body::SettleOk(ok.clone())), tokens);
-            let unexpected = |r: &Result<(), Arc<ClientError>>| {
-                matches!(r.as_ref().map_err(|e| &**e), Err(ClientError::Unexpected(_)))
+            let results = per_token_results(Ok(ok.clone()), tokens);
+            let violation = |r: &Result<(), Arc<ClientError>>| {
+                matches!(r.as_ref().map_err(|e| &**e), Err(ClientError::Violation(Violation::NotOneResultPerToken)))
             };
-            assert!(results.iter().all(unexpected), "answers for other tokens fail all of {tokens:?}");
+            assert!(results.iter().all(violation), "answers for other tokens fail all of {tokens:?}");
         }
+    }
+
+    /// A broker that grants three leases to a request for one. The pool used to panic on the
+    /// second grant (`permits.pop().expect(..)`); it now runs the one it has room for and gives
+    /// the others back at once with a nack.
+    #[tokio::test]
+    async fn more_grants_than_asked_are_given_back_not_a_panic() {
+        use pb::client_frame::Body as Request;
+        use pb::server_frame::Body as Answer;
+        let (settled, mut settles) = mpsc::unbounded_channel::<(&'static str, Vec<u64>)>();
+        let leases = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let addr = crate::testkit::fake_broker(move |request| {
+            let settle_ok = |tokens: &[u64]| {
+                let results = tokens.iter().map(|&token| pb::SettleResult { token, ..Default::default() }).collect();
+                Some(Answer::SettleOk(pb::SettleOk { results }))
+            };
+            match request {
+                Request::Hello(_) => Some(crate::testkit::hello_ok()),
+                Request::Ping(_) => Some(Answer::Pong(pb::Pong {})),
+                Request::Lease(lease) if leases.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 => {
+                    assert_eq!(lease.count_max, 1, "one free slot asks for one message");
+                    let grant = |token| pb::LeasedMessage {
+                        message: Some(pb::StoredMessage { seq: token, ..Default::default() }),
+                        token,
+                        deadline_ms: u64::MAX,
+                        delivery_count: 1,
+                    };
+                    Some(Answer::LeaseOk(pb::LeaseOk { messages: vec![grant(1), grant(2), grant(3)] }))
+                }
+                Request::Lease(_) => Some(Answer::LeaseOk(pb::LeaseOk::default())),
+                Request::Ack(ack) => {
+                    let _ = settled.send(("ack", ack.tokens.clone()));
+                    settle_ok(&ack.tokens)
+                }
+                Request::Nack(nack) => {
+                    let _ = settled.send(("nack", nack.tokens.clone()));
+                    settle_ok(&nack.tokens)
+                }
+                _ => None,
+            }
+        })
+        .await;
+        let client = Client::connect([addr]).await.unwrap();
+        let config = WorkerConfig { concurrency: 1, poll: Duration::from_millis(20), ..WorkerConfig::new("t", "g") };
+        let pool = WorkerPool::start(client, config, |_| async { Ok::<(), std::io::Error>(()) });
+        let mut seen = std::collections::BTreeMap::new();
+        while seen.len() < 2 {
+            let (kind, tokens) = tokio::time::timeout(Duration::from_secs(10), settles.recv())
+                .await
+                .expect("the pool settles every grant")
+                .unwrap();
+            seen.insert(kind, tokens);
+        }
+        assert_eq!(seen["ack"], vec![1], "the one slot ran the first grant");
+        assert_eq!(seen["nack"], vec![2, 3], "the grants past the ask went back at once");
+        pool.shutdown().await;
     }
 }

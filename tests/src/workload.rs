@@ -34,8 +34,7 @@ pub async fn client(addrs: Vec<String>) -> Client {
 }
 
 pub async fn create_topic(client: &Client, name: &str) {
-    let request = Request::CreateTopic(pb::CreateTopic { name: name.into(), config: None });
-    client.request(request).await.expect("create topic");
+    client.call(pb::CreateTopic { name: name.into(), config: None }).await.expect("create topic");
 }
 
 /// Publishes one message as (producer, sequence): retries are deduplicated by the broker.
@@ -46,16 +45,13 @@ pub async fn publish_idempotent(
     sequence: u64,
     payload: String,
 ) -> Result<pb::PublishOk, ClientError> {
-    let request = Request::Publish(pb::PublishRequest {
+    let request = pb::PublishRequest {
         topic: topic.into(),
         messages: vec![pb::Message { payload: Bytes::from(payload), ..Default::default() }],
         producer_id: Some(producer.into()),
         producer_seq: Some(sequence),
-    });
-    match client.request(request).await? {
-        Body::PublishOk(ok) => Ok(ok),
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
-    }
+    };
+    client.call(request).await
 }
 
 /// Runs `producers` concurrent idempotent publishers, each publishing `per_producer` messages

@@ -141,14 +141,10 @@ async fn every_request_kind_is_served() {
     };
     assert_eq!(groups.groups.len(), 1);
     // Subscribe, Credit, Unsubscribe.
-    let subscribe = Request::Subscribe(pb::SubscribeRequest {
-        topic: "jobs".into(),
-        subscription: Some("s".into()),
-        start: None,
-        credits: 1,
-    });
+    let subscribe =
+        pb::SubscribeRequest { topic: "jobs".into(), subscription: Some("s".into()), start: None, credits: 1 };
     let (subscribe_id, first, mut deliveries) = c.open_stream(subscribe, T).await.unwrap();
-    assert!(matches!(first, Body::SubscribeOk(pb::SubscribeOk { next_seq: 3 })), "resumes after the commit: {first:?}");
+    assert_eq!(first, pb::SubscribeOk { next_seq: 3 }, "resumes after the commit");
     let Some(Body::Delivery(delivery)) = deliveries.recv().await else { panic!() };
     assert_eq!(delivery.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
     c.send(Request::Credit(pb::CreditRequest { subscribe_id, credits: 5 })).await.unwrap();
@@ -382,13 +378,11 @@ async fn subscribers_see_one_order_and_resume_after_their_commit() {
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     let (on_leader, on_follower) = (connect(&cluster, leader).await, connect(&cluster, follower).await);
     ok(&on_leader, Request::CreateTopic(pb::CreateTopic { name: "feed".into(), config: None })).await;
-    let subscribe = |name: Option<&str>| {
-        Request::Subscribe(pb::SubscribeRequest {
-            topic: "feed".into(),
-            subscription: name.map(Into::into),
-            start: None,
-            credits: 16,
-        })
+    let subscribe = |name: Option<&str>| pb::SubscribeRequest {
+        topic: "feed".into(),
+        subscription: name.map(Into::into),
+        start: None,
+        credits: 16,
     };
     let streams = [(on_leader.clone(), subscribe(Some("durable"))), (on_follower.clone(), subscribe(None))];
     let mut readers = Vec::new();
@@ -435,7 +429,7 @@ async fn subscribers_see_one_order_and_resume_after_their_commit() {
     ok(&on_leader, commit).await;
     let again = connect(&cluster, follower).await;
     let (_, first_answer, mut deliveries) = again.open_stream(subscribe(Some("durable")), T).await.unwrap();
-    assert!(matches!(first_answer, Body::SubscribeOk(pb::SubscribeOk { next_seq: 251 })), "{first_answer:?}");
+    assert_eq!(first_answer, pb::SubscribeOk { next_seq: 251 });
     let Some(Body::Delivery(delivery)) = deliveries.recv().await else { panic!() };
     assert_eq!(delivery.messages[0].seq, 251);
     assert!(delivery.messages.len() <= 16, "never more than the credit granted");

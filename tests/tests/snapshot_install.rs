@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_broker::node::Broker;
+use chorus_broker::Broker;
 use chorus_broker::raft::crash_disk::Disks;
 use chorus_broker::raft::state_store::StateStore;
 use chorus_broker::raft::{BrokerNode, Entry, LogId, Membership, NodeId, Vote};

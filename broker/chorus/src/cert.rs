@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::security::pki::{self, Authority, Validity};
-use crate::security::secret;
+use chorus_broker::security::pki::{self, Authority, Validity};
+use chorus_broker::security::secret;
 
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {

@@ -8,14 +8,15 @@ use chorus_consumers::{
     Client, Delivered, Job, Message, Producer, ProducerConfig, Start, Subscriber, SubscriberConfig, WorkerConfig,
     WorkerPool,
 };
-use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::Exchange;
+use chorus_protocol::pb;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::Target;
 use super::local::status_of;
+use crate::target::Target;
 
 pub async fn connect(target: &Target) -> anyhow::Result<Client> {
     let resolved = target.resolve()?;
@@ -292,7 +293,7 @@ pub enum GroupCommand {
 }
 
 pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
-    let (target, request) = match command {
+    match command {
         TopicCommand::Create { target, name, work_queue, max_messages, max_bytes, max_age_ms } => {
             let retention = if work_queue { pb::RetentionPolicy::WorkQueue } else { pb::RetentionPolicy::Limits };
             let config = pb::TopicConfig {
@@ -302,17 +303,16 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
                 age_ms_max: max_age_ms,
                 dedup_window_ms: None,
             };
-            (target, Request::CreateTopic(pb::CreateTopic { name, config: Some(config) }))
+            answer(&target, pb::CreateTopic { name, config: Some(config) }).await
         }
-        TopicCommand::List { target } => (target, Request::ListTopics(pb::ListTopics::default())),
-        TopicCommand::Describe { target, name } => (target, Request::DescribeTopic(pb::DescribeTopic { name })),
-        TopicCommand::Delete { target, name } => (target, Request::DeleteTopic(pb::DeleteTopic { name })),
-    };
-    answer(&target, request).await
+        TopicCommand::List { target } => answer(&target, pb::ListTopics::default()).await,
+        TopicCommand::Describe { target, name } => answer(&target, pb::DescribeTopic { name }).await,
+        TopicCommand::Delete { target, name } => answer(&target, pb::DeleteTopic { name }).await,
+    }
 }
 
 pub async fn group(command: GroupCommand) -> anyhow::Result<ExitCode> {
-    let (target, request) = match command {
+    match command {
         GroupCommand::Create { target, topic, name, lease_ms, max_deliveries, dead_letter, per_key, from } => {
             let start = match parse_start(&from)? {
                 Start::Earliest => pb::start_position::Position::Earliest(pb::Empty {}),
@@ -328,53 +328,83 @@ pub async fn group(command: GroupCommand) -> anyhow::Result<ExitCode> {
                 start: Some(pb::StartPosition { position: Some(start) }),
                 ordering: ordering as i32,
             };
-            (target, Request::CreateGroup(pb::CreateGroup { topic, name, config: Some(config) }))
+            answer(&target, pb::CreateGroup { topic, name, config: Some(config) }).await
         }
-        GroupCommand::List { target, topic } => (target, Request::ListGroups(pb::ListGroups { topic })),
-        GroupCommand::Describe { target, topic, name } => {
-            (target, Request::DescribeGroup(pb::DescribeGroup { topic, name }))
-        }
-        GroupCommand::Delete { target, topic, name } => (target, Request::DeleteGroup(pb::DeleteGroup { topic, name })),
-    };
-    answer(&target, request).await
+        GroupCommand::List { target, topic } => answer(&target, pb::ListGroups { topic }).await,
+        GroupCommand::Describe { target, topic, name } => answer(&target, pb::DescribeGroup { topic, name }).await,
+        GroupCommand::Delete { target, topic, name } => answer(&target, pb::DeleteGroup { topic, name }).await,
+    }
 }
 
-/// Sends an admin request and prints the answer.
-async fn answer(target: &Target, request: Request) -> anyhow::Result<ExitCode> {
+/// Sends an admin request and prints its answer, as JSON with `--json`.
+pub async fn answer<R: Exchange<Answer: Shown>>(target: &Target, request: R) -> anyhow::Result<ExitCode> {
     let client = connect(target).await?;
-    let body = client.request(request).await?;
-    let value = match &body {
-        Body::Topic(topic) => topic_json(topic),
-        Body::Topics(list) => json!(list.topics.iter().map(topic_json).collect::<Vec<_>>()),
-        Body::Group(group) => group_json(group),
-        Body::Groups(list) => json!(list.groups.iter().map(group_json).collect::<Vec<_>>()),
-        Body::Done(_) => json!({"ok": true}),
-        other => bail!("unexpected answer {other:?}"),
-    };
-    if target.json {
-        println!("{value}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    match body {
-        Body::Topic(topic) => print_topic(&topic),
-        Body::Topics(list) => {
-            println!("{:<24} {:>10} {:>10} {:>8} {:>6}", "topic", "messages", "last_seq", "groups", "subs");
-            for t in list.topics {
-                println!(
-                    "{:<24} {:>10} {:>10} {:>8} {:>6}",
-                    t.name,
-                    t.messages,
-                    t.last_seq,
-                    t.groups.len(),
-                    t.subscriptions.len()
-                );
-            }
-        }
-        Body::Group(group) => print_groups(&[group]),
-        Body::Groups(list) => print_groups(&list.groups),
-        _ => println!("ok"),
+    let answer = client.call(request).await?;
+    match target.json {
+        true => println!("{}", answer.json()),
+        false => answer.print(),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An answer the command line shows: as text for people, or as JSON.
+pub trait Shown {
+    fn json(&self) -> serde_json::Value;
+    fn print(&self);
+}
+
+impl Shown for pb::Empty {
+    fn json(&self) -> serde_json::Value {
+        json!({"ok": true})
+    }
+
+    fn print(&self) {
+        println!("ok");
+    }
+}
+
+impl Shown for pb::TopicInfo {
+    fn json(&self) -> serde_json::Value {
+        topic_json(self)
+    }
+
+    fn print(&self) {
+        print_topic(self);
+    }
+}
+
+impl Shown for pb::TopicList {
+    fn json(&self) -> serde_json::Value {
+        json!(self.topics.iter().map(topic_json).collect::<Vec<_>>())
+    }
+
+    fn print(&self) {
+        println!("{:<24} {:>10} {:>10} {:>8} {:>6}", "topic", "messages", "last_seq", "groups", "subs");
+        for t in &self.topics {
+            let (groups, subs) = (t.groups.len(), t.subscriptions.len());
+            println!("{:<24} {:>10} {:>10} {:>8} {:>6}", t.name, t.messages, t.last_seq, groups, subs);
+        }
+    }
+}
+
+impl Shown for pb::GroupInfo {
+    fn json(&self) -> serde_json::Value {
+        group_json(self)
+    }
+
+    fn print(&self) {
+        print_groups(std::slice::from_ref(self));
+    }
+}
+
+impl Shown for pb::GroupList {
+    fn json(&self) -> serde_json::Value {
+        json!(self.groups.iter().map(group_json).collect::<Vec<_>>())
+    }
+
+    fn print(&self) {
+        print_groups(&self.groups);
+    }
 }
 
 fn topic_json(topic: &pb::TopicInfo) -> serde_json::Value {

@@ -16,8 +16,10 @@ use anyhow::Context as _;
 use chorus_consumers::{ClientConfig, ConnectOptions, Credentials, Tls};
 use serde::{Deserialize, Serialize};
 
-use super::DEFAULT_BROKERS;
-use crate::security::pki;
+use chorus_broker::security::pki;
+
+/// The client addresses `chorus up` uses, and so the default target of client commands.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
 
 /// A context file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

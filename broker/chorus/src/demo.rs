@@ -12,12 +12,12 @@ use anyhow::{Context, bail, ensure};
 use chorus_consumers::{
     Client, Message, Producer, ProducerConfig, Subscriber, SubscriberConfig, WorkerConfig, WorkerPool,
 };
-use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::pb::{self, ErrorCode};
 use clap::Args;
 use futures::StreamExt;
 
-use super::Target;
 use super::local::{LocalCluster, LocalSecurity, wait_for_leader, wait_for_leader_where};
+use crate::target::Target;
 
 const TASKS: u64 = 200;
 const STALLED: u32 = 20;
@@ -71,7 +71,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let client = Client::with_config(resolved.client_config("chorus-demo")?).await?;
     let topic = format!("demo-{:06x}", rand::random::<u32>() & 0xff_ffff);
     let result = tour(&client, &topic, &addrs, &options, own.as_mut(), &args).await;
-    let _ = client.request(Request::DeleteTopic(pb::DeleteTopic { name: topic })).await;
+    let _ = client.call(pb::DeleteTopic { name: topic }).await;
     if let Some(cluster) = own.as_mut() {
         cluster.stop();
     }
@@ -95,10 +95,8 @@ async fn tour(
     own: Option<&mut LocalCluster>,
     args: &DemoArgs,
 ) -> anyhow::Result<()> {
-    client.request(Request::CreateTopic(pb::CreateTopic { name: topic.into(), config: None })).await?;
-    client
-        .request(Request::CreateGroup(pb::CreateGroup { topic: topic.into(), name: "workers".into(), config: None }))
-        .await?;
+    client.call(pb::CreateTopic { name: topic.into(), config: None }).await?;
+    client.call(pb::CreateGroup { topic: topic.into(), name: "workers".into(), config: None }).await?;
 
     step(&format!("publishing {TASKS} messages to {topic}"));
     let producer = Producer::new(client.clone(), ProducerConfig::default());
@@ -116,15 +114,15 @@ async fn tour(
 
 async fn workers(client: &Client, topic: &str) -> anyhow::Result<()> {
     step(&format!("worker A leases {STALLED} messages for 1 s and stalls; worker B processes the topic"));
-    let lease = Request::Lease(pb::LeaseRequest {
+    let lease = pb::LeaseRequest {
         topic: topic.into(),
         group: "workers".into(),
         consumer: "worker-a".into(),
         count_max: STALLED,
         wait_ms: 0,
         lease_ms: Some(1_000),
-    });
-    let Body::LeaseOk(stalled) = client.request(lease).await? else { bail!("lease answer") };
+    };
+    let stalled = client.call(lease).await?;
     let stalled_seqs: BTreeSet<u64> =
         stalled.messages.iter().filter_map(|m| m.message.as_ref().map(|m| m.seq)).collect();
     ensure!(stalled_seqs.len() == STALLED as usize, "worker A got {} messages", stalled_seqs.len());
@@ -160,8 +158,8 @@ async fn workers(client: &Client, topic: &str) -> anyhow::Result<()> {
         "worker A's {STALLED} leases expired and failed over to worker B (delivery 2); all {TASKS} processed once each"
     ));
     let stale = stalled.messages[0].token;
-    let ack = Request::Ack(pb::AckRequest { topic: topic.into(), group: "workers".into(), tokens: vec![stale] });
-    let Body::SettleOk(settled) = client.request(ack).await? else { bail!("ack answer") };
+    let ack = pb::AckRequest { topic: topic.into(), group: "workers".into(), tokens: vec![stale] };
+    let settled = client.call(ack).await?;
     let refused = settled.results.first().and_then(|r| r.error.as_ref()).map(pb::Error::code);
     ensure!(refused == Some(ErrorCode::StaleLease), "worker A's late ack was not refused: {refused:?}");
     check(&format!("worker A's late ack with fencing token {stale} is refused: StaleLease"));

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chorus_consumers::{ConnectOptions, Connection};
-use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::pb;
 
 use super::context::{Context, Overrides, Resolved};
-use crate::security::pki::{self, Authority, Validity};
-use crate::security::{password, secret};
+use chorus_broker::security::pki::{self, Authority, Validity};
+use chorus_broker::security::{password, secret};
 
 /// The first admin of a secured local cluster.
 pub const ADMIN: &str = "admin";
@@ -232,10 +232,7 @@ fn secure(data_dir: &Path, security: LocalSecurity) -> anyhow::Result<(Vec<Strin
 pub async fn status_of(addr: &str, options: &ConnectOptions) -> Option<pb::ClusterStatus> {
     let options = ConnectOptions { timeout: Duration::from_millis(500), ..options.clone() };
     let connection = Connection::connect_with(addr, &options).await.ok()?;
-    match connection.request(Request::ClusterStatus(pb::ClusterStatusRequest {}), Duration::from_secs(2)).await {
-        Ok(Body::ClusterStatus(status)) => Some(status),
-        _ => None,
-    }
+    connection.call(pb::ClusterStatusRequest {}, Duration::from_secs(2)).await.ok()
 }
 
 /// Waits until some broker in `addrs` reports itself leader; returns its status.

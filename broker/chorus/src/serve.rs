@@ -5,13 +5,127 @@ use std::process::ExitCode;
 use anyhow::Context;
 use redb::ReadableDatabase;
 
-use super::{InspectArgs, ServeArgs, members};
-use crate::clock::Clock;
-use crate::config::{BootstrapAdmin, BrokerConfig, Limits, Security};
-use crate::node::Broker;
-use crate::security::peer_link::PeerAuth;
-use crate::security::secret::ClusterSecret;
-use crate::security::tls::{BrokerTls, TlsFiles};
+use chorus_broker::Broker;
+use chorus_broker::clock::Clock;
+use chorus_broker::config::{BootstrapAdmin, BrokerConfig, Limits, Security};
+use chorus_broker::security::peer_link::PeerAuth;
+use chorus_broker::security::secret::ClusterSecret;
+use chorus_broker::security::tls::{BrokerTls, TlsFiles};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chorus_broker::config::RaftTiming;
+use chorus_broker::raft::{BrokerNode, NodeId};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This broker's id, unique in the cluster.
+    #[arg(long)]
+    pub id: NodeId,
+    /// Where this broker keeps its log, state and snapshots.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address for clients.
+    #[arg(long)]
+    pub client_addr: String,
+    /// Address for other brokers.
+    #[arg(long)]
+    pub peer_addr: String,
+    /// An initial member as ID=PEER_ADDR,CLIENT_ADDR; repeat for each. The cluster is bootstrapped
+    /// from these once; restarts and brokers added later ignore them.
+    #[arg(long = "member", value_parser = parse_member, required = true)]
+    pub members: Vec<(NodeId, BrokerNode)>,
+    /// This broker's certificate chain (PEM), for both ports. With --tls-key and --tls-ca, peers
+    /// authenticate by mutual TLS and clients connect over TLS.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): it signs every broker's certificate, and only brokers'. Several
+    /// certificates in the file are all trusted (for a CA rotation).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// A CA (PEM) whose client certificates authenticate users: a certificate's common name is
+    /// its user. It must not be the cluster CA.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Keep the client port plaintext even with a certificate: for clients on a trusted network,
+    /// or behind a proxy that ends TLS. Peers still use TLS.
+    #[arg(long, requires = "tls_cert", conflicts_with = "tls_client_ca")]
+    pub no_client_tls: bool,
+    /// Without TLS: peers authenticate by challenge-response with a shared secret, one per line
+    /// (the first proves, all are accepted). `chorus cert secret` makes one.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Clients must authenticate as users; the state machine enforces their permissions.
+    #[arg(long)]
+    pub auth: bool,
+    /// The name of the first admin, created when the cluster has no user yet.
+    #[arg(long, default_value = "admin")]
+    pub admin_user: String,
+    /// A file holding the first admin's argon2 password hash (`chorus user hash-password`).
+    #[arg(long, env = "CHORUS_ADMIN_PASSWORD_HASH_FILE", requires = "auth")]
+    pub admin_password_hash_file: Option<PathBuf>,
+    /// Requests one client connection may have in flight.
+    #[arg(long, default_value_t = Limits::default().in_flight_per_connection_max)]
+    pub in_flight_max: usize,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value_t = RaftTiming::default().heartbeat_ms)]
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout; the longest is twice this.
+    #[arg(long, default_value_t = RaftTiming::default().election_timeout_ms_min)]
+    pub election_timeout_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many entries.
+    #[arg(long, default_value_t = RaftTiming::default().snapshot_after_entries)]
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot.
+    #[arg(long, default_value_t = RaftTiming::default().entries_kept_after_snapshot)]
+    pub entries_kept_after_snapshot: u64,
+}
+
+impl ServeArgs {
+    fn raft_timing(&self) -> RaftTiming {
+        RaftTiming {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms_min: self.election_timeout_ms,
+            election_timeout_ms_max: self.election_timeout_ms * 2,
+            snapshot_after_entries: self.snapshot_after_entries,
+            entries_kept_after_snapshot: self.entries_kept_after_snapshot,
+            ..RaftTiming::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub topic: String,
+}
+
+/// Parses `ID=PEER_ADDR,CLIENT_ADDR`.
+pub fn parse_member(text: &str) -> Result<(NodeId, BrokerNode), String> {
+    let (id, addrs) = text.split_once('=').ok_or("expected ID=PEER_ADDR,CLIENT_ADDR")?;
+    let id: NodeId = id.trim().parse().map_err(|e| format!("bad broker id {id:?}: {e}"))?;
+    let (peer, client) = addrs.split_once(',').ok_or("expected ID=PEER_ADDR,CLIENT_ADDR")?;
+    if peer.is_empty() || client.is_empty() {
+        return Err("both addresses are needed".into());
+    }
+    Ok((id, BrokerNode { peer_addr: peer.trim().into(), client_addr: client.trim().into() }))
+}
+
+pub fn members(list: &[(NodeId, BrokerNode)]) -> Result<BTreeMap<NodeId, BrokerNode>, String> {
+    let mut members = BTreeMap::new();
+    for (id, node) in list {
+        if members.insert(*id, node.clone()).is_some() {
+            return Err(format!("broker {id} is listed twice"));
+        }
+    }
+    Ok(members)
+}
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let raft = args.raft_timing();
@@ -117,7 +231,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let path = args.data_dir.join("state.redb");
     let db = redb::Database::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let txn = db.begin_read()?;
-    let store = crate::storage::ReadStore::open(txn);
+    let store = chorus_broker::storage::ReadStore::open(txn);
     let topic =
         chorus_machine::query::topic(&store, &args.topic)?.with_context(|| format!("no topic {:?}", args.topic))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -133,4 +247,20 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_parse() {
+        let (id, node) = parse_member("2=127.0.0.1:9002,127.0.0.1:7002").unwrap();
+        assert_eq!((id, node.peer_addr.as_str(), node.client_addr.as_str()), (2, "127.0.0.1:9002", "127.0.0.1:7002"));
+        assert!(parse_member("x=a,b").is_err());
+        assert!(parse_member("1=a").is_err());
+        assert!(parse_member("1=,b").is_err());
+        let one = parse_member("1=a,b").unwrap();
+        assert!(members(&[one.clone(), one]).is_err());
+    }
 }

@@ -8,14 +8,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use chorus_machine::{Permission, Quotas};
-use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::pb;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::Target;
-use super::commands::connect;
-use crate::command::{permission_to_pb, quotas_from_pb, quotas_to_pb};
-use crate::security::{password, secret};
+use super::commands::{Shown, answer, connect};
+use crate::target::Target;
+use chorus_broker::command::{permission_to_pb, quotas_from_pb, quotas_to_pb};
+use chorus_broker::security::{password, secret};
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -142,12 +142,12 @@ impl PasswordSource {
 }
 
 pub async fn run(command: UserCommand) -> anyhow::Result<ExitCode> {
-    let (target, request) = match command {
+    match command {
         UserCommand::HashPassword => {
             let source = PasswordSource { password_stdin: true, generate_password: false };
             let password = source.read()?.unwrap_or_default();
             println!("{}", password::hash(&password)?);
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
         UserCommand::Create { user: UserArgs { target, name, password, permissions, quotas } } => {
             let request = pb::CreateUser {
@@ -156,7 +156,7 @@ pub async fn run(command: UserCommand) -> anyhow::Result<ExitCode> {
                 permissions: permissions.iter().map(permission_to_pb).collect(),
                 quotas: Some(quotas_to_pb(&quotas.over(Quotas::USER_DEFAULT))),
             };
-            (target, Request::CreateUser(request))
+            answer(&target, request).await
         }
         UserCommand::Update { user: UserArgs { target, name, password, permissions, quotas }, no_permissions } => {
             let new_quotas = match quotas.given() {
@@ -166,43 +166,45 @@ pub async fn run(command: UserCommand) -> anyhow::Result<ExitCode> {
             let permissions = (no_permissions || !permissions.is_empty())
                 .then(|| pb::PermissionList { permissions: permissions.iter().map(permission_to_pb).collect() });
             let request = pb::UpdateUser { name, password: password.read()?, permissions, quotas: new_quotas };
-            (target, Request::UpdateUser(request))
+            answer(&target, request).await
         }
-        UserCommand::Delete { target, name } => (target, Request::DeleteUser(pb::DeleteUser { name })),
+        UserCommand::Delete { target, name } => answer(&target, pb::DeleteUser { name }).await,
         UserCommand::Describe { target, name } => {
-            (target, Request::DescribeUser(pb::DescribeUser { name: name.unwrap_or_default() }))
+            answer(&target, pb::DescribeUser { name: name.unwrap_or_default() }).await
         }
-        UserCommand::List { target } => (target, Request::ListUsers(pb::ListUsers::default())),
-    };
-    let client = connect(&target).await?;
-    let users = match client.request(request).await? {
-        Body::User(user) => vec![user],
-        Body::Users(list) => list.users,
-        Body::Done(_) => {
-            println!("{}", if target.json { json!({"ok": true}).to_string() } else { "ok".into() });
-            return Ok(ExitCode::SUCCESS);
-        }
-        other => bail!("unexpected answer {other:?}"),
-    };
-    for user in &users {
-        match target.json {
-            true => println!("{}", user_json(user)),
-            false => print_user(user),
-        }
+        UserCommand::List { target } => answer(&target, pb::ListUsers::default()).await,
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+impl Shown for pb::UserInfo {
+    fn json(&self) -> serde_json::Value {
+        user_json(self)
+    }
+
+    fn print(&self) {
+        print_user(self);
+    }
+}
+
+/// A JSON array, as the other listings; a block per user as text.
+impl Shown for pb::UserList {
+    fn json(&self) -> serde_json::Value {
+        json!(self.users.iter().map(user_json).collect::<Vec<_>>())
+    }
+
+    fn print(&self) {
+        self.users.iter().for_each(print_user);
+    }
 }
 
 async fn current_quotas(target: &Target, name: &str) -> anyhow::Result<Quotas> {
     let client = connect(target).await?;
-    match client.request(Request::DescribeUser(pb::DescribeUser { name: name.into() })).await? {
-        Body::User(user) => Ok(quotas_from_pb(user.quotas.unwrap_or_default())),
-        other => bail!("unexpected answer {other:?}"),
-    }
+    let user = client.call(pb::DescribeUser { name: name.into() }).await?;
+    Ok(quotas_from_pb(user.quotas.unwrap_or_default()))
 }
 
 fn permission_texts(user: &pb::UserInfo) -> Vec<String> {
-    let permissions = user.permissions.iter().cloned().map(crate::command::permission_from_pb);
+    let permissions = user.permissions.iter().cloned().map(chorus_broker::command::permission_from_pb);
     permissions.map(|p| p.map_or_else(|e| format!("<{e}>"), |p| p.to_string())).collect()
 }
 

@@ -42,6 +42,6 @@ pub use command::{
     RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
 };
 pub use machine::Machine;
-pub use outcome::{Grant, Leased, MachineError, Outcome, Output, Published, PulseReport};
+pub use outcome::{Grant, Leased, MachineError, Outcome, Output, OutputMismatch, Published, PulseReport};
 pub use records::{GroupCounts, GroupRecord, MessageRecord, SubRecord, TopicRecord, UserRecord};
 pub use store::{MemStore, Store, StoreError, StoreRead, Table};

@@ -73,6 +73,44 @@ pub enum Output {
     MembershipRecorded,
 }
 
+/// An output of another kind than its command yields: a bug in the machine or the broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the machine answered {got:?} where {expected} was due")]
+pub struct OutputMismatch {
+    pub expected: &'static str,
+    pub got: Box<Output>,
+}
+
+/// Takes the one output a command yields: `$variant` with its fields as `$out`.
+macro_rules! takers {
+    ($($(#[$doc:meta])* $name:ident -> $out:ty = $variant:pat => $value:expr;)*) => {
+        impl Output {
+            $($(#[$doc])*
+            pub fn $name(self) -> Result<$out, OutputMismatch> {
+                match self {
+                    $variant => Ok($value),
+                    got => Err(OutputMismatch { expected: stringify!($name), got: Box::new(got) }),
+                }
+            })*
+        }
+    };
+}
+
+takers! {
+    /// Of `Publish`.
+    published -> Published = Output::Published(published) => published;
+    /// Of `Lease`.
+    leased -> Leased = Output::Leased(leased) => leased;
+    /// Of `Commit`: the subscription's next sequence.
+    committed -> u64 = Output::Committed { next_seq } => next_seq;
+    /// Of `Ack` and `Nack`.
+    settled -> Vec<Result<(), MachineError>> = Output::Settled(results) => results;
+    /// Of `Extend`.
+    extended -> Vec<Result<u64, MachineError>> = Output::Extended(results) => results;
+    /// Of `CreateSubscription`: its next sequence.
+    subscription_created -> u64 = Output::SubscriptionCreated { next_seq, .. } => next_seq;
+}
+
 /// Where a publish landed. Its messages hold sequences `first_seq..first_seq + count` and batch
 /// positions `batch_pos..batch_pos + count` of entry `log_index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,4 +156,17 @@ pub struct PulseReport {
     pub purged: u64,
     /// Leases ended because their holder lost the right to consume.
     pub revoked: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_command_takes_its_own_output_only() {
+        assert_eq!(Output::Committed { next_seq: 4 }.committed(), Ok(4));
+        let mismatch = Output::TopicDeleted.published().unwrap_err();
+        assert_eq!(mismatch.expected, "published");
+        assert_eq!(*mismatch.got, Output::TopicDeleted);
+    }
 }

@@ -20,8 +20,8 @@ pub const SNAPSHOT_ID_BYTES_MAX: usize = 128;
 /// A peer's RPC that must not reach openraft.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
-    #[error("entry {index} does not decode: {why}")]
-    Undecodable { index: u64, why: String },
+    #[error("entry {index} does not decode: {source}")]
+    Undecodable { index: u64, source: EntryError },
     #[error("snapshot id {0:?} is not a plain name")]
     SnapshotId(String),
 }
@@ -36,11 +36,20 @@ pub fn check_append(request: &AppendEntriesRequest<TypeConfig>) -> Result<(), In
     Ok(())
 }
 
+/// Why an entry's bytes are not an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Decode(prost::DecodeError),
+    #[error(transparent)]
+    Convert(command::ConvertError),
+}
+
 /// Decodes a normal entry's bytes as the state machine applies them.
 pub fn decode_entry(index: u64, bytes: bytes::Bytes) -> Result<chorus_machine::Entry, InboundError> {
-    let undecodable = |why: String| InboundError::Undecodable { index, why };
-    let decoded = pb::Entry::decode(bytes).map_err(|e| undecodable(e.to_string()))?;
-    command::entry_from_pb(decoded).map_err(|e| undecodable(e.to_string()))
+    let undecodable = |source| InboundError::Undecodable { index, source };
+    let decoded = pb::Entry::decode(bytes).map_err(|e| undecodable(EntryError::Decode(e)))?;
+    command::entry_from_pb(decoded).map_err(|e| undecodable(EntryError::Convert(e)))
 }
 
 /// Refuses a snapshot id that is not 1 to 128 letters, digits and dashes: it becomes a file name.

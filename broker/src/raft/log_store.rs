@@ -25,17 +25,13 @@ use chorus_protocol::pb;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 use tokio::sync::{oneshot, watch};
 
+use super::log_layout::{self, COMMITTED_KEY, LOG, META, PURGED_KEY, VOTE_KEY};
 use super::log_write::{self, Flushed, Job, Shared, SyncOp, WalPair};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
 
-pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-pub(super) const VOTE_KEY: &str = "vote";
-pub(super) const COMMITTED_KEY: &str = "committed";
-pub(super) const PURGED_KEY: &str = "purged";
 /// Reads the log: on-disk entries overlaid with pending ones.
 #[derive(Clone)]
 pub struct LogReader {
@@ -89,9 +85,14 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
     storage_error(ErrorSubject::Logs, ErrorVerb::Write, error)
 }
 
+/// Why a write did not reach the log.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct WriterStopped(String);
+enum WriterStopped {
+    #[error("the log writer has stopped")]
+    Gone,
+    #[error("the log write failed: {0}")]
+    Failed(#[source] Arc<log_write::WriteFailed>),
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("the state machine stopped while a purge waited for it")]
@@ -164,7 +165,7 @@ impl LogStore {
     /// Hands `job` to the writer thread, or commits it here.
     fn submit(&self, job: Job) -> Result<(), StorageError> {
         match &self.jobs {
-            Jobs::Thread(jobs) => jobs.send(job).map_err(|_| write_error(WriterStopped("log writer stopped".into()))),
+            Jobs::Thread(jobs) => jobs.send(job).map_err(|_| write_error(WriterStopped::Gone)),
             Jobs::Inline(wal) => {
                 log_write::run_inline(&mut wal.lock().expect("wal lock"), &self.reader.shared, vec![job]);
                 Ok(())
@@ -197,9 +198,8 @@ impl LogStore {
 
     async fn sync(&self, op: SyncOp) -> Result<(), StorageError> {
         let (done, wait) = oneshot::channel();
-        let closed = || write_error(WriterStopped("log writer stopped".into()));
         self.submit(Job::Sync { op, done })?;
-        wait.await.map_err(|_| closed())?.map_err(|e| write_error(WriterStopped(e)))
+        wait.await.map_err(|_| write_error(WriterStopped::Gone))?.map_err(|e| write_error(WriterStopped::Failed(e)))
     }
 
     fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -230,9 +230,8 @@ impl LogReader {
     }
 }
 
-pub(super) fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    let entry = pb::RaftEntry::decode(bytes).map_err(read_error)?;
-    wire::entry_from_pb(entry).map_err(read_error)
+fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
+    log_layout::decode_entry(bytes).map_err(read_error)
 }
 
 /// `range` as a half-open range of indexes, or `None` when it holds none: `BTreeMap::range`

@@ -14,7 +14,7 @@
 //! stage waits until a checkpoint covers its records; that wait is the backpressure that bounds
 //! `pending`. Vote, truncate and purge are done, and their callers told, once their checkpoint is
 //! durable; openraft awaits them, so nothing is appended behind one until then. Under
-//! [`super::log_store::Writer::Inline`] both stages run on the caller's thread, one after the
+//! `Writer::Inline` (the log store's) both stages run on the caller's thread, one after the
 //! other.
 //!
 //! The committed id goes to the write-ahead file too, unsynced: the next append's sync carries it,
@@ -30,7 +30,7 @@ use redb::{Database, Durability, ReadableTable, StorageBackend};
 use chorus_protocol::pb;
 use prost::Message;
 
-use super::log_store::{COMMITTED_KEY, LOG, META, PURGED_KEY, decode_entry};
+use super::log_layout::{COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, VOTE_KEY, decode_entry};
 use super::wal::Wal;
 use super::{Entry, LogId};
 
@@ -53,7 +53,7 @@ const JOBS_PER_BATCH_MAX: usize = 4096;
 /// Called once an append is on disk (or failed to get there).
 pub(super) type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 /// Told whether a vote, truncate or purge is durable.
-pub(super) type Done = tokio::sync::oneshot::Sender<Result<(), String>>;
+pub(super) type Done = tokio::sync::oneshot::Sender<Result<(), Arc<WriteFailed>>>;
 
 /// An entry as a write-ahead record: [`RECORD_ENTRY`], then the encoded entry, which is what
 /// redb stores.
@@ -133,16 +133,18 @@ impl Shared {
 /// Why a batch did not reach the disk.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum WriteFailed {
-    #[error(transparent)]
+    #[error("redb: {0}")]
     Redb(#[from] redb::Error),
     #[error("write-ahead file: {0}")]
     Wal(#[from] std::io::Error),
     #[error("the write-ahead epoch in the log's metadata is corrupt")]
     CorruptEpoch,
     #[error("a write-ahead record with a valid checksum is not a log entry")]
-    CorruptRecord,
+    CorruptRecord(#[source] Option<EntryDecodeError>),
     #[error("the log's store stage failed earlier")]
     StoreStopped,
+    #[error("the write-ahead files could not switch earlier: {0}")]
+    SwitchFailed(#[source] Arc<WriteFailed>),
 }
 
 /// The two write-ahead files: records go to `current`; the other waits for a checkpoint to cover
@@ -151,7 +153,7 @@ pub(super) struct WalPair {
     files: [Wal; 2],
     current: usize,
     /// Set when a switch failed: the store stage is gone, so the pair takes no more appends.
-    failed: Option<String>,
+    failed: Option<Arc<WriteFailed>>,
 }
 
 impl WalPair {
@@ -190,7 +192,7 @@ pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Resu
             for record in records {
                 match record.split_first() {
                     Some((&RECORD_ENTRY, entry)) => {
-                        let index = decode_entry(entry).map_err(|_| WriteFailed::CorruptRecord)?.log_id.index;
+                        let index = decode_entry(entry).map_err(|e| WriteFailed::CorruptRecord(Some(e)))?.log_id.index;
                         log.insert(index, entry).map_err(redb::Error::from)?;
                     }
                     Some((&RECORD_COMMITTED, committed)) => {
@@ -199,7 +201,7 @@ pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Resu
                     Some((&RECORD_COMMITTED_NONE, [])) => {
                         meta.remove(COMMITTED_KEY).map_err(redb::Error::from)?;
                     }
-                    _ => return Err(WriteFailed::CorruptRecord),
+                    _ => return Err(WriteFailed::CorruptRecord(None)),
                 }
             }
         }
@@ -237,10 +239,11 @@ fn write_ahead(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) -> Vec<StoreJ
     records.extend(committed.as_deref());
     let file = &mut wal.files[wal.current];
     let written = match &wal.failed {
-        Some(failed) => Err(failed.clone()),
-        None => {
-            file.append(records).and_then(|()| if appends { file.sync() } else { Ok(()) }).map_err(|e| e.to_string())
-        }
+        Some(failed) => Err(Arc::new(WriteFailed::SwitchFailed(Arc::clone(failed)))),
+        None => file
+            .append(records)
+            .and_then(|()| if appends { file.sync() } else { Ok(()) })
+            .map_err(|e| Arc::new(WriteFailed::Wal(e))),
     };
     for job in jobs {
         match job {
@@ -269,9 +272,10 @@ fn write_ahead(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) -> Vec<StoreJ
             Ok(epoch) => store.push(StoreJob::Checkpoint { epoch, op: sync }),
             Err(error) => {
                 tracing::error!(%error, "the log's write-ahead files could not switch");
-                wal.failed = Some(error.to_string());
+                let error = Arc::new(error);
+                wal.failed = Some(Arc::clone(&error));
                 if let Some((_, done)) = sync {
-                    let _ = done.send(Err(error.to_string()));
+                    let _ = done.send(Err(error));
                 }
             }
         }
@@ -281,7 +285,7 @@ fn write_ahead(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) -> Vec<StoreJ
 
 /// The store stage of one batch: one redb transaction, durable if it checkpoints.
 fn store(shared: &Shared, jobs: Vec<StoreJob>) {
-    let result = commit_to_redb(&shared.db, &jobs).map_err(|e| e.to_string());
+    let result = commit_to_redb(&shared.db, &jobs).map_err(|e| Arc::new(WriteFailed::Redb(e)));
     match &result {
         Ok(()) => {
             forget_stored(shared, &jobs);
@@ -329,7 +333,7 @@ fn commit_to_redb(db: &Database, jobs: &[StoreJob]) -> Result<(), redb::Error> {
                     match op {
                         None => {}
                         Some((SyncOp::Vote(bytes), _)) => {
-                            meta.insert(super::log_store::VOTE_KEY, bytes.as_slice())?;
+                            meta.insert(VOTE_KEY, bytes.as_slice())?;
                         }
                         Some((SyncOp::Truncate(from), _)) => {
                             log.retain_in(*from.., |_, _| false)?;

@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use chorus_protocol::pb::{self, peer_frame::Body};
-use chorus_protocol::{PeerCodec, ProtocolError};
+use chorus_protocol::{PeerAnswerError, PeerCodec, PeerExchange, ProtocolError};
 use futures::{SinkExt, StreamExt};
+use openraft::SnapshotSegmentId;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch, Unreachable,
 };
@@ -17,7 +18,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{AnyError, SnapshotSegmentId};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -95,19 +95,23 @@ pub enum CallError {
     Protocol(#[from] ProtocolError),
     #[error("peer answered request {expected} with request {got}")]
     Mismatched { expected: u64, got: u64 },
+    #[error(transparent)]
+    Answer(#[from] PeerAnswerError),
 }
 
 type Rpc<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BrokerNode, RaftError<NodeId, E>>>;
 
 impl PeerClient {
-    /// Sends `body` and waits for the answer, within `timeout`. Any failure drops the connection.
-    pub async fn call(&mut self, body: Body, timeout: Duration) -> Result<Body, CallError> {
-        let result = tokio::time::timeout(timeout, self.exchange(body)).await;
+    /// Sends `request` and waits for its answer, within `timeout`. A refusal keeps the
+    /// connection; any other failure drops it.
+    pub async fn call<R: PeerExchange>(&mut self, request: R, timeout: Duration) -> Result<R::Answer, CallError> {
+        let result = tokio::time::timeout(timeout, self.exchange(request.into_request())).await;
         let answer = match result {
             Ok(answer) => answer,
             Err(_) => Err(CallError::Timeout(timeout)),
         };
-        if answer.is_err() {
+        let answer = answer.and_then(|body| Ok(R::from_answer(body)?));
+        if answer.as_ref().is_err_and(|error| !matches!(error, CallError::Answer(PeerAnswerError::Refused(_)))) {
             self.conn = None;
         }
         answer
@@ -160,14 +164,6 @@ impl PeerClient {
         }
     }
 
-    fn unexpected<E: std::error::Error>(&self, body: &Body) -> RPCError<NodeId, BrokerNode, RaftError<NodeId, E>> {
-        let message = match body {
-            Body::Error(error) => format!("peer {} refused: {}", self.target, error.message),
-            other => format!("peer {} sent an unexpected answer: {other:?}", self.target),
-        };
-        RPCError::Network(NetworkError::new(&AnyError::error(message)))
-    }
-
     fn malformed<E: std::error::Error>(
         &self,
         error: wire::WireError,
@@ -183,13 +179,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
         let (request, partial) = fit_append(&rpc, self.frame_bytes_max);
-        let answer = self.call(Body::AppendEntries(request), option.hard_ttl()).await.map_err(|e| self.failed(e))?;
-        let response = match answer {
-            Body::AppendEntriesOk(response) => {
-                wire::append_response_from_pb(response).map_err(|e| self.malformed(e))?
-            }
-            other => return Err(self.unexpected(&other)),
-        };
+        let answer = self.call(request, option.hard_ttl()).await.map_err(|e| self.failed(e))?;
+        let response = wire::append_response_from_pb(answer).map_err(|e| self.malformed(e))?;
         Ok(match (response, partial) {
             // Only a prefix went out: say how far, and openraft sends the rest next.
             (AppendEntriesResponse::Success, Some(last_sent)) => AppendEntriesResponse::PartialSuccess(Some(last_sent)),
@@ -204,12 +195,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Rpc<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         let snapshot_id = rpc.meta.snapshot_id.clone();
         let offset = rpc.offset;
-        let body = Body::SnapshotChunk(wire::snapshot_chunk_to_pb(&rpc));
-        match self.call(body, option.hard_ttl()).await.map_err(|e| self.failed(e))? {
-            Body::SnapshotChunkOk(ok) => {
-                Ok(InstallSnapshotResponse { vote: wire::vote_from_pb(ok.vote).map_err(|e| self.malformed(e))? })
-            }
-            Body::Error(error) if error.snapshot_mismatch => {
+        match self.call(wire::snapshot_chunk_to_pb(&rpc), option.hard_ttl()).await {
+            Ok(ok) => Ok(InstallSnapshotResponse { vote: wire::vote_from_pb(ok.vote).map_err(|e| self.malformed(e))? }),
+            Err(CallError::Answer(PeerAnswerError::Refused(error))) if error.snapshot_mismatch => {
                 let mismatch = SnapshotMismatch {
                     expect: SnapshotSegmentId { id: snapshot_id.clone(), offset: 0 },
                     got: SnapshotSegmentId { id: snapshot_id, offset },
@@ -217,16 +205,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 let source = RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch));
                 Err(RPCError::RemoteError(RemoteError::new(self.target, source)))
             }
-            other => Err(self.unexpected(&other)),
+            Err(error) => Err(self.failed(error)),
         }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Rpc<VoteResponse<NodeId>> {
-        let body = Body::Vote(wire::vote_request_to_pb(&rpc));
-        match self.call(body, option.hard_ttl()).await.map_err(|e| self.failed(e))? {
-            Body::VoteOk(response) => wire::vote_response_from_pb(response).map_err(|e| self.malformed(e)),
-            other => Err(self.unexpected(&other)),
-        }
+        let answer = self.call(wire::vote_request_to_pb(&rpc), option.hard_ttl()).await.map_err(|e| self.failed(e))?;
+        wire::vote_response_from_pb(answer).map_err(|e| self.malformed(e))
     }
 
     fn backoff(&self) -> Backoff {
@@ -314,7 +299,7 @@ mod tests {
         let mut client = Network { from_id: 1, frame_bytes_max: 1 << 20, auth: PeerAuth::Open }
             .new_client(2, &BrokerNode { peer_addr: "127.0.0.1:1".into(), client_addr: String::new() })
             .await;
-        let ping = || Body::Hello(pb::PeerHello { protocol_version: 1, from_id: 1, initialized: false });
+        let ping = || pb::PeerHello { protocol_version: 1, from_id: 1, initialized: false };
         assert!(matches!(client.call(ping(), Duration::from_secs(1)).await, Err(CallError::Connect { .. })));
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         client.addr = silent.local_addr().unwrap().to_string();

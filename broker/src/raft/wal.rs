@@ -1,4 +1,4 @@
-//! One of the log's two write-ahead files (`log.wal0`, `log.wal1`; [`super::log_write`] drives
+//! One of the log's two write-ahead files (`log.wal0`, `log.wal1`; the log's write path drives
 //! them). Records reach the disk here: one write and one `sync_data` per group commit, where a
 //! durable redb commit costs about eight page writes before its sync. A file is started over
 //! under a new epoch ([`Wal::reset`]) once a checkpoint holds its records. The bodies are opaque

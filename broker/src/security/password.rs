@@ -32,7 +32,9 @@ pub enum PasswordError {
     #[error("a password must be 1 to {PASSWORD_BYTES_MAX} bytes")]
     Length,
     #[error("hashing failed: {0}")]
-    Hash(String),
+    Hash(argon2::password_hash::Error),
+    #[error("hashing stopped before it finished")]
+    Stopped,
 }
 
 /// Hashes `password` with a fresh random salt.
@@ -40,9 +42,14 @@ pub fn hash(password: &str) -> Result<String, PasswordError> {
     if password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
         return Err(PasswordError::Length);
     }
-    let hashed =
-        Argon2::default().hash_password(password.as_bytes()).map_err(|e| PasswordError::Hash(e.to_string()))?;
+    let hashed = Argon2::default().hash_password(password.as_bytes()).map_err(PasswordError::Hash)?;
     Ok(hashed.to_string())
+}
+
+/// Hashes `password` on a blocking thread: argon2 takes tens of milliseconds of CPU, which must
+/// not stall the async workers.
+pub async fn hash_off_thread(password: String) -> Result<String, PasswordError> {
+    tokio::task::spawn_blocking(move || hash(&password)).await.map_err(|_| PasswordError::Stopped)?
 }
 
 /// Checks passwords against stored hashes, a few at a time, remembering what passed.

@@ -1,10 +1,10 @@
 //! One client connection: TLS first when the broker has a certificate, then Hello, which settles
 //! who the connection acts as (`login`), then pipelined requests answered by request id, possibly
-//! out of order. A reader task takes frames, each request runs as its own task, and a writer task
-//! sends answers. Past the in-flight limit, or the user's in-flight bytes, a request is answered
-//! Overloaded at once. A frame that cannot be decoded, or a request before Hello, is a protocol
-//! violation: the connection gets an error frame and is closed. On shutdown the reader stops,
-//! in-flight requests finish, then the connection closes.
+//! out of order. The reader takes frames, each request runs as its own task through the
+//! [`Router`], and the link's writer sends answers. Past the in-flight limit, or the user's
+//! in-flight bytes, a request is answered OVERLOADED at once. A frame that cannot be decoded, or a
+//! request before Hello, is a protocol violation: the connection gets an error frame and is
+//! closed. On shutdown the reader stops, in-flight requests finish, then the connection closes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,18 +13,22 @@ use std::time::Duration;
 use chorus_machine::Actor;
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
 use chorus_protocol::{ProtocolError, ServerCodec};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use prost::Message;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
-use super::handler;
+use super::dispatch::dispatch;
 use super::login::{Session, login};
 use super::respond::error;
+use super::router::Router;
+use super::sessions::InFlight;
+use super::state::Server;
 use super::subscription::{self, Subscription};
-use crate::node::Broker;
+use crate::broker::Broker;
+use crate::listener::Link;
 use crate::security::{Stream, tls};
 
 /// How long a new connection may take to say Hello.
@@ -34,9 +38,12 @@ const DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+type ClientLink = Link<Stream, ServerCodec, pb::ServerFrame>;
+
 /// Tells a client over the connection limit why it is turned away; over TLS, which would take a
 /// handshake first, the connection just closes.
-pub async fn refuse(stream: TcpStream, broker: Arc<Broker>) {
+pub async fn refuse(stream: TcpStream, server: Arc<Server>) {
+    let broker = &server.broker;
     if broker.config.security.client_tls.is_some() {
         return;
     }
@@ -45,19 +52,15 @@ pub async fn refuse(stream: TcpStream, broker: Arc<Broker>) {
     let _ = framed.send(pb::ServerFrame::error(0, refusal)).await;
 }
 
-pub async fn run(stream: TcpStream, broker: Arc<Broker>) {
-    let Some((stream, certificate_user)) = secure(stream, &broker).await else { return };
-    let limits = &broker.config.limits;
-    let (sink, mut frames) = Framed::new(stream, ServerCodec::new(limits.frame_bytes_max)).split();
-    let (answers, mut outbox) = mpsc::channel::<pb::ServerFrame>(limits.in_flight_per_connection_max + 16);
-    // `forward` flushes only when no answer is ready: a burst of answers shares one write.
-    let queued = futures::stream::poll_fn(move |cx| outbox.poll_recv(cx));
-    let writer = tokio::spawn(queued.map(Ok).forward(sink));
-    if let Some(session) = hello(&broker, &mut frames, &answers, certificate_user.as_deref()).await {
-        serve_requests(&broker, &session, &mut frames, &answers).await;
+pub async fn run(stream: TcpStream, server: Arc<Server>) {
+    let Some((stream, certificate_user)) = secure(stream, &server.broker).await else { return };
+    let limits = &server.broker.config.limits;
+    let codec = ServerCodec::new(limits.frame_bytes_max);
+    let mut link = Link::open(stream, codec, limits.in_flight_per_connection_max + 16);
+    if let Some(session) = hello(&server, &mut link, certificate_user.as_deref()).await {
+        serve_requests(&server, &session, &mut link).await;
     }
-    drop(answers);
-    let _ = writer.await;
+    link.close().await;
 }
 
 /// The connection's stream: TLS when the broker has a certificate, with the user a verified
@@ -91,24 +94,17 @@ async fn secure(stream: TcpStream, broker: &Broker) -> Option<(Stream, Option<St
     Some((Box::new(stream), user))
 }
 
-type Frames = futures::stream::SplitStream<Framed<Stream, ServerCodec>>;
-
 /// Reads the first frame; the session when it was a valid Hello that authenticated, and was
 /// answered.
-async fn hello(
-    broker: &Broker,
-    frames: &mut Frames,
-    answers: &mpsc::Sender<pb::ServerFrame>,
-    certificate_user: Option<&str>,
-) -> Option<Session> {
-    let first = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), frames.next()).await;
-    let frame = match first {
-        Ok(Some(Ok(frame))) => frame,
-        Ok(Some(Err(failure))) => {
+async fn hello(server: &Server, link: &mut ClientLink, certificate_user: Option<&str>) -> Option<Session> {
+    let broker = &server.broker;
+    let answers = link.outbox().clone();
+    let frame = match link.next_within(Duration::from_millis(HELLO_TIMEOUT_MS)).await? {
+        Ok(frame) => frame,
+        Err(failure) => {
             let _ = answers.send(pb::ServerFrame::error(0, protocol_error(&failure))).await;
             return None;
         }
-        Ok(None) | Err(_) => return None,
     };
     let session = match &frame.body {
         Some(Request::Hello(hello)) if hello.protocol_version != chorus_protocol::limits::PROTOCOL_VERSION => {
@@ -121,7 +117,7 @@ async fn hello(
                 ),
             ))
         }
-        Some(Request::Hello(hello)) => login(broker, hello, certificate_user).await,
+        Some(Request::Hello(hello)) => login(server, hello, certificate_user).await,
         _ => Err(error(ErrorCode::InvalidArgument, "the first frame must be Hello")),
     };
     let session = match session {
@@ -145,22 +141,14 @@ async fn hello(
     sent.is_ok().then_some(session)
 }
 
-async fn serve_requests(
-    broker: &Arc<Broker>,
-    session: &Session,
-    frames: &mut Frames,
-    answers: &mpsc::Sender<pb::ServerFrame>,
-) {
-    let in_flight_max = broker.config.limits.in_flight_per_connection_max;
+async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut ClientLink) {
+    let in_flight_max = server.broker.config.limits.in_flight_per_connection_max;
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let answers = link.outbox().clone();
     let mut streams = Streams::default();
-    let shutdown = broker.shutdown_token();
+    let shutdown = server.broker.shutdown_token();
     loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = frames.next() => next,
-        };
-        let frame = match next {
+        let frame = match link.next(&shutdown).await {
             Some(Ok(frame)) => frame,
             Some(Err(failure)) => {
                 let _ = answers.send(pb::ServerFrame::error(0, protocol_error(&failure))).await;
@@ -169,46 +157,53 @@ async fn serve_requests(
             None => break,
         };
         let request_id = frame.request_id;
-        match streams.route(broker, &session.actor, answers, &frame).await {
-            Routed::Elsewhere => {}
+        let admitted = match streams.route(server, &session.actor, &answers, &frame).await {
+            Routed::Elsewhere => admit(session, &in_flight, in_flight_max, &frame).map_err(Body::Error),
             Routed::Handled(None) => continue,
-            Routed::Handled(Some(answer)) => {
-                if answers.send(answer).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        }
-        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-            let busy = error(ErrorCode::Overloaded, format!("more than {in_flight_max} requests in flight"));
-            if answers.send(pb::ServerFrame::error(request_id, busy)).await.is_err() {
-                break;
-            }
-            continue;
+            Routed::Handled(Some(answer)) => Err(answer),
         };
-        let bytes = match session.usage.as_ref().map(|usage| usage.reserve(frame.encoded_len() as u64)).transpose() {
-            Ok(bytes) => bytes,
-            Err(quota) => {
-                if answers
-                    .send(pb::ServerFrame::error(request_id, error(ErrorCode::Overloaded, quota.to_string())))
-                    .await
-                    .is_err()
-                {
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(answer) => {
+                if answers.send(pb::ServerFrame { request_id, body: Some(answer) }).await.is_err() {
                     break;
                 }
                 continue;
             }
         };
-        let (broker, answers, actor) = (Arc::clone(broker), answers.clone(), session.actor.clone());
+        let (server, answers, actor) = (Arc::clone(server), answers.clone(), session.actor.clone());
         tokio::spawn(async move {
-            let answer = handler::handle(&broker, frame, &actor, false).await;
-            let _ = answers.send(answer).await;
-            drop((permit, bytes));
+            let answer = match frame.body {
+                Some(request) => dispatch(&Router { server: &server, request_id }, request, &actor).await,
+                None => Body::Error(error(ErrorCode::InvalidArgument, "a frame needs a body")),
+            };
+            let _ = answers.send(pb::ServerFrame { request_id, body: Some(answer) }).await;
+            drop(admitted);
         });
     }
     // Let what is in flight finish before the connection closes.
     let drained = in_flight.acquire_many(in_flight_max as u32);
     let _ = tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), drained).await;
+}
+
+/// What a request holds while in flight: its place under the connection's limit, and its bytes
+/// under the user's quota.
+type Admitted = (OwnedSemaphorePermit, Option<InFlight>);
+
+/// Admits a request under the connection's in-flight limit and its user's in-flight bytes, or
+/// answers OVERLOADED at once.
+fn admit(
+    session: &Session,
+    in_flight: &Arc<Semaphore>,
+    in_flight_max: usize,
+    frame: &pb::ClientFrame,
+) -> Result<Admitted, pb::Error> {
+    let overloaded = |why: String| error(ErrorCode::Overloaded, why);
+    let permit = Arc::clone(in_flight)
+        .try_acquire_owned()
+        .map_err(|_| overloaded(format!("more than {in_flight_max} requests in flight")))?;
+    let bytes = session.usage.as_ref().map(|usage| usage.reserve(frame.encoded_len() as u64)).transpose();
+    Ok((permit, bytes.map_err(|quota| overloaded(quota.to_string()))?))
 }
 
 /// The connection's subscriptions, by the request id of their Subscribe.
@@ -221,24 +216,24 @@ impl Streams {
     /// Handles Subscribe, Credit and Unsubscribe, which act on connection state.
     async fn route(
         &mut self,
-        broker: &Arc<Broker>,
+        server: &Arc<Server>,
         actor: &Actor,
         answers: &mpsc::Sender<pb::ServerFrame>,
         frame: &pb::ClientFrame,
     ) -> Routed {
         let request_id = frame.request_id;
-        let refuse = |e: pb::Error| Routed::Handled(Some(pb::ServerFrame::error(request_id, e)));
+        let refuse = |e: pb::Error| Routed::Handled(Some(Body::Error(e)));
         match &frame.body {
             Some(Request::Subscribe(request)) => {
                 self.open.retain(|_, s| !s.is_finished());
-                let max = broker.config.limits.subscriptions_per_connection_max;
+                let max = server.broker.config.limits.subscriptions_per_connection_max;
                 if self.open.len() >= max {
                     return refuse(error(ErrorCode::Overloaded, format!("at most {max} subscriptions per connection")));
                 }
                 if self.open.contains_key(&request_id) {
                     return refuse(error(ErrorCode::InvalidArgument, "request id already names a subscription"));
                 }
-                match subscription::open(broker, actor, answers, request_id, request.clone()).await {
+                match subscription::open(server, actor, answers, request_id, request.clone()).await {
                     Ok(stream) => {
                         self.open.insert(request_id, stream);
                         Routed::Handled(None)
@@ -254,7 +249,7 @@ impl Streams {
                 None => refuse(error(ErrorCode::InvalidArgument, format!("no subscription {}", credit.subscribe_id))),
             },
             Some(Request::Unsubscribe(unsubscribe)) => match self.open.remove(&unsubscribe.subscribe_id) {
-                Some(_) => Routed::Handled(Some(pb::ServerFrame { request_id, body: Some(Body::Done(pb::Empty {})) })),
+                Some(_) => Routed::Handled(Some(Body::Done(pb::Empty {}))),
                 None => {
                     refuse(error(ErrorCode::InvalidArgument, format!("no subscription {}", unsubscribe.subscribe_id)))
                 }
@@ -269,7 +264,7 @@ enum Routed {
     /// Not a subscription request: the dispatcher answers it.
     Elsewhere,
     /// Done here, with an answer to send now or none (credit needs none).
-    Handled(Option<pb::ServerFrame>),
+    Handled(Option<Body>),
 }
 
 fn protocol_error(failure: &ProtocolError) -> pb::Error {

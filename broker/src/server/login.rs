@@ -10,9 +10,9 @@
 use chorus_machine::{Actor, Quotas, UserRecord, query};
 use chorus_protocol::pb::{self, ErrorCode};
 
-use super::respond::{error, internal, propose_error};
+use super::respond::{error, internal};
 use super::sessions::SessionUse;
-use crate::node::Broker;
+use super::state::Server;
 
 /// A connection's identity, and what it holds against its user's quotas.
 #[derive(Debug)]
@@ -32,8 +32,8 @@ impl Session {
 }
 
 /// Authenticates a Hello. `certificate_user` is the user a verified client certificate names.
-pub async fn login(broker: &Broker, hello: &pb::Hello, certificate_user: Option<&str>) -> Result<Session, pb::Error> {
-    if !broker.config.security.authenticate_clients {
+pub async fn login(server: &Server, hello: &pb::Hello, certificate_user: Option<&str>) -> Result<Session, pb::Error> {
+    if !server.broker.config.security.authenticate_clients {
         return Ok(Session { actor: Actor::Anonymous, usage: None });
     }
     let user = match (&hello.credentials, certificate_user) {
@@ -41,29 +41,27 @@ pub async fn login(broker: &Broker, hello: &pb::Hello, certificate_user: Option<
             if certified.is_some_and(|name| name != credentials.user) {
                 return Err(unauthorized("the client certificate names another user than the credentials"));
             }
-            let user = lookup(broker, &credentials.user)?;
+            let user = lookup(server, &credentials.user)?;
             let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
-            if !broker.passwords().check(&credentials.user, stored, &credentials.password).await {
+            if !server.passwords.check(&credentials.user, stored, &credentials.password).await {
                 return Err(unauthorized("unknown user or wrong password"));
             }
             user.expect("a password matched, so the user exists")
         }
-        (None, Some(name)) => lookup(broker, name)?
+        (None, Some(name)) => lookup(server, name)?
             .ok_or_else(|| unauthorized(&format!("the client certificate names {name:?}, who is not a user")))?,
         (None, None) => {
             return Err(unauthorized("this broker requires a user: a name and password, or a client certificate"));
         }
     };
     let quotas: Quotas = user.quotas;
-    let usage = broker
-        .sessions()
-        .open(&user.name, quotas)
-        .map_err(|quota| error(ErrorCode::QuotaExceeded, quota.to_string()))?;
+    let usage =
+        server.sessions.open(&user.name, quotas).map_err(|quota| error(ErrorCode::QuotaExceeded, quota.to_string()))?;
     Ok(Session { actor: Actor::User(user.name), usage: Some(usage) })
 }
 
-fn lookup(broker: &Broker, name: &str) -> Result<Option<UserRecord>, pb::Error> {
-    let store = broker.read().map_err(|e| propose_error(&e))?;
+fn lookup(server: &Server, name: &str) -> Result<Option<UserRecord>, pb::Error> {
+    let store = server.broker.read()?;
     query::user(&store, name).map_err(internal)
 }
 

@@ -1,46 +1,25 @@
-//! The client listener: an accept loop with a connection cap, one task per connection with
-//! separate read and write halves, and graceful shutdown (stop accepting, finish what is in
-//! flight, close). `login` says who a connection acts as, `access` what it may read, `sessions`
-//! what each user holds on this broker.
+//! A broker's client side. Requests flow one way:
+//!
+//! `connection` (TLS, Hello, pipelining, limits) → `router` (here, or forwarded to the leader) →
+//! `dispatch` (the one match over request kinds) → `cmd` (one module per kind: its route, its
+//! validation, its command or query, its answer) → the [`Broker`] service.
+//!
+//! `login` says who a connection acts as, `access` what it may read, `sessions` what each user
+//! holds on this broker, `claims` which messages the leases in flight claim, `subscription`
+//! delivers ordered broadcasts, `respond` shapes answers and errors.
 
 pub mod access;
 pub mod claims;
+pub mod cmd;
 pub mod connection;
-pub mod handler;
+pub mod dispatch;
+mod listen;
 pub mod login;
 pub mod respond;
+pub mod router;
 pub mod sessions;
+mod state;
 pub mod subscription;
-pub mod users;
 
-use std::sync::Arc;
-
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-
-use crate::node::Broker;
-
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
-    let permits = Arc::new(Semaphore::new(broker.config.limits.connections_max));
-    let shutdown = broker.shutdown_token();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let _ = stream.set_nodelay(true);
-        let broker = Arc::clone(&broker);
-        match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    connection::run(stream, broker).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(connection::refuse(stream, broker));
-            }
-        }
-    }
-}
+pub use listen::serve;
+pub use state::Server;

@@ -1,10 +1,16 @@
-//! Builds answers: machine records and errors as protobuf.
+//! The shapes of answers: machine records as protobuf, and every refusal and failure as an
+//! error code a client can act on.
 
-use chorus_machine::{GroupRecord, MachineError, MessageRecord, Published, StoreRead, SubRecord, TopicRecord, query};
+use chorus_machine::{
+    GroupRecord, MachineError, MessageRecord, Published, StoreRead, SubRecord, TopicRecord, UserRecord, query,
+};
 use chorus_protocol::pb::{self, ErrorCode};
 
-use crate::command::{group_config_to_pb, topic_config_to_pb};
-use crate::proposer::ProposeError;
+use crate::broker::ReadError;
+use crate::command::{self, ConvertError, group_config_to_pb, topic_config_to_pb};
+use crate::forward::ForwardError;
+use crate::proposer::{MembershipError, ProposeError};
+use crate::security::password::PasswordError;
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> pb::Error {
     pb::Error::new(code, message)
@@ -36,7 +42,8 @@ pub fn describe(store: &impl StoreRead, topic: &TopicRecord) -> Result<pb::Topic
     Ok(topic_info(topic, &groups, &subs))
 }
 
-pub fn machine_error(error: &MachineError) -> pb::Error {
+/// The machine's refusal as an answer.
+pub fn refused(error: &MachineError) -> pb::Error {
     let code = match error {
         MachineError::UnknownTopic(_) => ErrorCode::UnknownTopic,
         MachineError::UnknownGroup(_) => ErrorCode::UnknownGroup,
@@ -52,23 +59,56 @@ pub fn machine_error(error: &MachineError) -> pb::Error {
     pb::Error::new(code, error.to_string())
 }
 
-pub fn propose_error(error: &ProposeError) -> pb::Error {
-    match error {
-        ProposeError::NotLeader { leader } => {
-            let mut answer = pb::Error::new(ErrorCode::NotLeader, "this broker is not the leader");
-            if let Some((id, node)) = leader {
+/// A request that does not convert to a command.
+pub fn invalid(error: ConvertError) -> pb::Error {
+    pb::Error::new(ErrorCode::InvalidArgument, error.to_string())
+}
+
+/// A password that could not be hashed: too short or too long, or the hashing failed.
+pub fn hashing_failed(error: PasswordError) -> pb::Error {
+    let code = match error {
+        PasswordError::Length => ErrorCode::InvalidArgument,
+        PasswordError::Hash(_) | PasswordError::Stopped => ErrorCode::Internal,
+    };
+    pb::Error::new(code, error.to_string())
+}
+
+impl From<ProposeError> for pb::Error {
+    fn from(error: ProposeError) -> pb::Error {
+        let code = match &error {
+            ProposeError::NotLeader { leader: Some((id, node)) } => {
+                let mut answer = pb::Error::new(ErrorCode::NotLeader, "this broker is not the leader");
                 answer.leader_id = Some(*id);
                 answer.leader_addr = node.client_addr.clone();
-            } else {
-                answer.code = ErrorCode::Unavailable as i32;
-                answer.message = "no leader is known: an election may be under way".into();
+                return answer;
             }
-            answer
-        }
-        ProposeError::Unavailable(message) => pb::Error::new(ErrorCode::Unavailable, message.clone()),
-        ProposeError::Overloaded(message) => pb::Error::new(ErrorCode::Overloaded, message.clone()),
-        ProposeError::Invalid(message) => pb::Error::new(ErrorCode::InvalidArgument, message.clone()),
-        ProposeError::Internal(message) => pb::Error::new(ErrorCode::Internal, message.clone()),
+            ProposeError::NotLeader { leader: None } => {
+                return pb::Error::new(ErrorCode::Unavailable, "no leader is known: an election may be under way");
+            }
+            ProposeError::Overloaded => ErrorCode::Overloaded,
+            ProposeError::Membership(MembershipError::NotAVoter(_) | MembershipError::LastBroker) => {
+                ErrorCode::InvalidArgument
+            }
+            ProposeError::NoQuorum { .. }
+            | ProposeError::OutcomeUnknown
+            | ProposeError::ShuttingDown
+            | ProposeError::RaftStopped(_)
+            | ProposeError::Membership(MembershipError::Refused(_)) => ErrorCode::Unavailable,
+        };
+        pb::Error::new(code, error.to_string())
+    }
+}
+
+impl From<ReadError> for pb::Error {
+    fn from(error: ReadError) -> pb::Error {
+        internal(error)
+    }
+}
+
+/// The leader did not answer: it may have served the request.
+impl From<ForwardError> for pb::Error {
+    fn from(error: ForwardError) -> pb::Error {
+        pb::Error::new(ErrorCode::Unavailable, error.to_string())
     }
 }
 
@@ -131,5 +171,18 @@ pub fn topic_info(topic: &TopicRecord, groups: &[GroupRecord], subs: &[SubRecord
                 lag: query::subscription_lag(topic, s),
             })
             .collect(),
+    }
+}
+
+/// A user as clients see it: never its password hash.
+pub fn user_info(user: &UserRecord) -> pb::UserInfo {
+    pb::UserInfo {
+        name: user.name.clone(),
+        permissions: user.permissions.iter().map(command::permission_to_pb).collect(),
+        quotas: Some(command::quotas_to_pb(&user.quotas)),
+        has_password: user.password_hash.is_some(),
+        created_ms: user.created_ms,
+        topics_owned: user.topics_owned,
+        groups_owned: user.groups_owned,
     }
 }

@@ -14,10 +14,12 @@ use chorus_protocol::pb::{self, ErrorCode, server_frame::Body};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::access::{self, Needs};
-use super::handler;
-use super::respond::{self, error, find_topic, internal, propose_error};
+use super::dispatch::Runner;
+use super::respond::{self, error, find_topic, internal};
+use super::router::Router;
+use super::state::Server;
+use crate::broker::Broker;
 use crate::command;
-use crate::node::Broker;
 
 /// Messages one Delivery frame carries at most.
 const DELIVERY_MESSAGES_MAX: usize = 256;
@@ -51,23 +53,28 @@ impl Drop for Subscription {
 /// Resolves where the subscription starts (creating a durable one through the log), answers
 /// SubscribeOk, and starts delivering.
 pub async fn open(
-    broker: &Arc<Broker>,
+    server: &Arc<Server>,
     actor: &Actor,
     answers: &mpsc::Sender<pb::ServerFrame>,
     request_id: u64,
     request: pb::SubscribeRequest,
 ) -> Result<Subscription, pb::Error> {
+    let broker = &server.broker;
     let start = command::start_from_pb(request.start);
     // One read: the topic's identity (to notice a delete and re-create) and, for an ephemeral
     // subscription, where it starts.
     let (topic_id, ephemeral_start) = {
-        let store = broker.read().map_err(|e| propose_error(&e))?;
+        let store = broker.read()?;
         access::check(&store, actor, Needs::Allowed(Action::Subscribe, &request.topic))?;
         let topic = find_topic(&store, &request.topic)?;
         (topic.id, query::seq_at(&store, &topic, start).map_err(internal)?)
     };
     let next_seq = match &request.subscription {
-        Some(name) => handler::create_subscription(broker, actor, &request.topic, name, start).await?.next_seq,
+        Some(name) => {
+            let create =
+                pb::CreateSubscription { topic: request.topic.clone(), name: name.clone(), start: request.start };
+            Router { server, request_id }.run(create, actor).await?.next_seq
+        }
         None => ephemeral_start,
     };
     let ok = pb::ServerFrame { request_id, body: Some(Body::SubscribeOk(pb::SubscribeOk { next_seq })) };
@@ -146,7 +153,7 @@ impl Delivery {
 
     /// Up to `count` messages from the position; skips ahead past messages retention trimmed.
     fn read(&mut self, count: usize) -> Result<Vec<pb::StoredMessage>, pb::Error> {
-        let store = self.broker.read().map_err(|e| propose_error(&e))?;
+        let store = self.broker.read()?;
         access::check(&store, &self.actor, Needs::Allowed(Action::Subscribe, &self.topic))?;
         let topic = query::topic(&store, &self.topic)
             .map_err(internal)?

@@ -1,5 +1,5 @@
 //! The `chorus` broker binary, built inside the test package for the cluster tests.
 
 fn main() -> std::process::ExitCode {
-    chorus_broker::cli::main()
+    chorus::main()
 }

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use chorus_broker::Broker;
 use chorus_broker::clock::Clock;
 use chorus_broker::config::{BrokerConfig, Limits, RaftTiming};
-use chorus_broker::node::Broker;
 use chorus_broker::raft::log_store::{LogStore, Writer};
 use chorus_broker::raft::state_store::StateStore;
 use chorus_broker::raft::{BrokerNode, NodeId};

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_broker::node::Broker;
+use chorus_broker::Broker;
 use chorus_broker::proposer::ProposeError;
 use chorus_broker::raft::NodeId;
 use chorus_machine::query;
@@ -73,12 +73,15 @@ impl SimClient {
     }
 }
 
-/// How a proposal's failure counts: `NotLeader` and `Overloaded` were never proposed, and an
-/// invalid request was refused; anything else may have been applied.
+/// How a proposal's failure counts: `NotLeader`, `ShuttingDown` and `Overloaded` were never
+/// proposed, and a membership change was refused; anything else may have been applied.
 fn outcome_of(error: &ProposeError) -> Outcome {
     match error {
-        ProposeError::NotLeader { .. } | ProposeError::Overloaded(_) | ProposeError::Invalid(_) => Outcome::Fail,
-        ProposeError::Unavailable(_) | ProposeError::Internal(_) => Outcome::Info,
+        ProposeError::NotLeader { .. }
+        | ProposeError::ShuttingDown
+        | ProposeError::Overloaded
+        | ProposeError::Membership(_) => Outcome::Fail,
+        ProposeError::NoQuorum { .. } | ProposeError::OutcomeUnknown | ProposeError::RaftStopped(_) => Outcome::Info,
     }
 }
 

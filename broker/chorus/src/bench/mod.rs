@@ -23,16 +23,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use bytes::Bytes;
 use chorus_consumers::{Client, Connection, Producer, ProducerConfig, Subscriber, SubscriberConfig};
-use chorus_protocol::pb::{self, client_frame::Body as Request, server_frame::Body};
+use chorus_protocol::pb;
 use clap::Args;
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::local::{LocalCluster, LocalSecurity, wait_for_leader};
+mod lanes;
+#[cfg(feature = "nats")]
+mod nats;
+
+use crate::local::{LocalCluster, LocalSecurity, wait_for_leader};
+use lanes::{PublishFigures, publish_lanes};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -118,12 +122,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir()?;
     let (mut own, resolved) = match &args.brokers {
         Some(addrs) => {
-            let target = super::context::Overrides { brokers: Some(addrs.clone()), ..Default::default() };
+            let target = crate::context::Overrides { brokers: Some(addrs.clone()), ..Default::default() };
             (None, target.resolve()?)
         }
         None => {
             let security = LocalSecurity { tls: args.tls, auth: args.auth };
-            let (client_port, peer_port) = (super::demo::free_ports(3)?, super::demo::free_ports(3)?);
+            let (client_port, peer_port) = (crate::demo::free_ports(3)?, crate::demo::free_ports(3)?);
             let cluster = LocalCluster::start(scratch.path(), 3, client_port, peer_port, security)?;
             let resolved = cluster.resolved()?;
             (Some(cluster), resolved)
@@ -140,15 +144,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let pids: Vec<u32> = own.as_ref().map_or_else(Vec::new, |c| c.brokers.iter().filter_map(|b| c.pid(b.id)).collect());
     let client = Client::with_config(resolved.client_config("chorus-bench")?).await?;
     let topic = format!("bench-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    client.request(Request::CreateTopic(pb::CreateTopic { name: topic.clone(), config: None })).await?;
-    client
-        .request(Request::CreateGroup(pb::CreateGroup { topic: topic.clone(), name: "bench".into(), config: None }))
-        .await?;
+    client.call(pb::CreateTopic { name: topic.clone(), config: None }).await?;
+    client.call(pb::CreateGroup { topic: topic.clone(), name: "bench".into(), config: None }).await?;
 
     let work_topic = format!("{topic}-work");
-    client.request(Request::CreateTopic(pb::CreateTopic { name: work_topic.clone(), config: None })).await?;
-    let group = pb::CreateGroup { topic: work_topic.clone(), name: "bench".into(), config: None };
-    client.request(Request::CreateGroup(group)).await?;
+    client.call(pb::CreateTopic { name: work_topic.clone(), config: None }).await?;
+    client.call(pb::CreateGroup { topic: work_topic.clone(), name: "bench".into(), config: None }).await?;
 
     let before = broker_cost(&pids);
     let publish = publish(&client, &leader_addr, &topic, &args).await?;
@@ -160,7 +161,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let after = broker_cost(&pids);
     let cpu_s = after.cpu_s - before.cpu_s;
     for name in [topic, work_topic] {
-        let _ = client.request(Request::DeleteTopic(pb::DeleteTopic { name })).await;
+        let _ = client.call(pb::DeleteTopic { name }).await;
     }
     // The peer runs alone on the machine, as Chorus did.
     if let Some(mut cluster) = own.take() {
@@ -233,11 +234,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// The publish workload against NATS JetStream, fsync always and by default.
 #[cfg(feature = "nats")]
 async fn compare_nats(args: &BenchArgs) -> anyhow::Result<Vec<(&'static str, PublishFigures)>> {
-    use super::bench_nats::{SyncMode, nats_server, publish};
+    use nats::{SyncMode, nats_server};
     let server = nats_server()?;
     let mut peers = Vec::new();
     for mode in [SyncMode::Always, SyncMode::Default] {
-        peers.push((mode.label(), publish(&server, mode, args).await?));
+        peers.push((mode.label(), nats::publish(&server, mode, args.messages, args.size, args.window).await?));
     }
     Ok(peers)
 }
@@ -245,23 +246,6 @@ async fn compare_nats(args: &BenchArgs) -> anyhow::Result<Vec<(&'static str, Pub
 #[cfg(not(feature = "nats"))]
 async fn compare_nats(_: &BenchArgs) -> anyhow::Result<Vec<(&'static str, PublishFigures)>> {
     bail!("this chorus was built without NATS support; run `cargo run --release --features nats -- bench --peer nats`")
-}
-
-pub(super) struct PublishFigures {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-}
-
-impl PublishFigures {
-    fn megabytes_per_s(&self, size: usize) -> f64 {
-        self.rate * size as f64 / 1e6
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({ "msg_per_s": self.rate, "ack_p50_ms": self.p50_ms, "ack_p99_ms": self.p99_ms, "ack_p999_ms": self.p999_ms })
-    }
 }
 
 /// Publishes `messages` messages of `size` bytes with `window` of them in flight, through the
@@ -283,53 +267,18 @@ async fn publish(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> 
     }
     let connection = Connection::connect_with(addr, &client.config().connect_options()).await?;
     publish_lanes(args.window, args.messages, move || {
-        let request = Request::Publish(pb::PublishRequest {
+        let request = pb::PublishRequest {
             topic: topic.clone(),
             messages: vec![pb::Message { payload: payload.clone(), ..Default::default() }],
             ..Default::default()
-        });
+        };
         let connection = connection.clone();
         async move {
-            match connection.request(request, Duration::from_secs(30)).await {
-                Ok(Body::PublishOk(_)) => Ok(()),
-                other => Err(anyhow::anyhow!("publish failed: {other:?}")),
-            }
+            connection.call(request, Duration::from_secs(30)).await.context("publish")?;
+            Ok(())
         }
     })
     .await
-}
-
-/// Runs `total` calls of `send` (one acknowledged publish each) in `window` lanes, and records
-/// each one's latency.
-pub(super) async fn publish_lanes<F, Fut>(window: usize, total: u64, send: F) -> anyhow::Result<PublishFigures>
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let send = Arc::new(send);
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut lanes = Vec::new();
-    for _ in 0..window.max(1) {
-        let (send, next) = (Arc::clone(&send), Arc::clone(&next));
-        lanes.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new(3)?;
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let sent = Instant::now();
-                send().await?;
-                latencies.record(sent.elapsed().as_micros() as u64)?;
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Histogram::<u64>::new(3)?;
-    for lane in lanes {
-        latencies.add(lane.await??)?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    ensure!(latencies.len() == total, "{} of {total} publishes acknowledged", latencies.len());
-    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-    Ok(PublishFigures { rate: total as f64 / elapsed, p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999) })
 }
 
 /// Publishes `messages` tasks while workers lease (up to 256 at a time) and ack them, each worker
@@ -350,17 +299,15 @@ async fn work(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> any
             // One ack in flight while the next lease is taken, as a pipelining worker would.
             let mut acking: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
             while leased_total.load(Ordering::Relaxed) < total {
-                let lease = Request::Lease(pb::LeaseRequest {
+                let lease = pb::LeaseRequest {
                     topic: topic.clone(),
                     group: "bench".into(),
                     consumer: format!("bench-{worker}"),
                     count_max: 256,
                     wait_ms: 200,
                     lease_ms: Some(60_000),
-                });
-                let Body::LeaseOk(leased) = connection.request(lease, Duration::from_secs(30)).await? else {
-                    bail!("lease")
                 };
+                let leased = connection.call(lease, Duration::from_secs(30)).await?;
                 if leased.messages.is_empty() {
                     continue;
                 }
@@ -369,19 +316,17 @@ async fn work(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> any
                     previous.await??;
                 }
                 let tokens: Vec<u64> = leased.messages.iter().map(|m| m.token).collect();
-                let ack = Request::Ack(pb::AckRequest { topic: topic.clone(), group: "bench".into(), tokens });
+                let ack = pb::AckRequest { topic: topic.clone(), group: "bench".into(), tokens };
                 let connection = connection.clone();
                 acking = Some(tokio::spawn(async move {
-                    let Body::SettleOk(_) = connection.request(ack, Duration::from_secs(30)).await? else {
-                        bail!("ack")
-                    };
+                    connection.call(ack, Duration::from_secs(30)).await?;
                     Ok(())
                 }));
             }
             if let Some(last) = acking {
                 last.await??;
             }
-            Ok(())
+            anyhow::Ok(())
         }));
     }
     for worker in workers {

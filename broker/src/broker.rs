@@ -1,0 +1,226 @@
+//! A running broker as a service: it proposes commands through the log, reads its applied state,
+//! forwards a client's request to the leader, reports its status and changes the membership.
+//! Starting one and wiring its listeners is `start`'s work; its background duties are in
+//! `duties`. A broker whose Raft core stopped stops serving: it never answers from a core that is
+//! gone.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chorus_machine::{Actor, Command, MembershipChange, Outcome, Submission};
+use chorus_protocol::pb;
+use openraft::ServerState;
+use redb::{Database, ReadableDatabase};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::forward::{ForwardError, Forwarder};
+use crate::proposer::{MembershipError, ProposeError, Proposer, raft_error};
+use crate::raft::state_store::AppliedStatus;
+use crate::raft::{BrokerNode, NodeId, Raft};
+use crate::storage::ReadStore;
+
+/// The leader as a broker knows it: its id and addresses.
+pub type Leader = (NodeId, BrokerNode);
+
+/// Why the applied state cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the applied state: {0}")]
+pub struct ReadError(#[from] redb::TransactionError);
+
+/// A broker: its raft, its applied state and the leader's write path.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub raft: Raft,
+    state: Arc<Database>,
+    applied: watch::Receiver<AppliedStatus>,
+    committed: Arc<AtomicU64>,
+    proposer: Proposer,
+    forwarder: Forwarder,
+    /// Why the Raft core stopped, once it has: the broker stops serving then.
+    core_failure: OnceLock<String>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("id", &self.config.id).finish()
+    }
+}
+
+impl Broker {
+    /// A broker over a started raft, its applied state and the index it has committed.
+    pub(crate) fn new(
+        config: BrokerConfig,
+        raft: Raft,
+        state: Arc<Database>,
+        applied: watch::Receiver<AppliedStatus>,
+        committed: Arc<AtomicU64>,
+    ) -> Broker {
+        let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
+        let forwarder = Forwarder::new(config.network(), config.limits.forward_connections_max);
+        Broker {
+            config,
+            raft,
+            state,
+            applied,
+            committed,
+            proposer,
+            forwarder,
+            core_failure: OnceLock::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// Milliseconds since the Unix epoch by this broker's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    /// Cancelled when the broker stops: on request, once it is removed from the cluster, or once
+    /// its Raft core stopped.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting work, lets listeners drain, and stops raft.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+
+    /// Records why the Raft core stopped, and stops serving.
+    pub(crate) fn core_stopped(&self, failure: String) {
+        let _ = self.core_failure.set(failure);
+        self.shutdown.cancel();
+    }
+
+    /// Why the Raft core stopped, if it has.
+    pub fn core_failure(&self) -> Option<&str> {
+        self.core_failure.get().map(String::as_str)
+    }
+
+    /// Follows what this broker has applied.
+    pub fn applied(&self) -> watch::Receiver<AppliedStatus> {
+        self.applied.clone()
+    }
+
+    /// The leader as this broker knows it.
+    pub fn leader(&self) -> Option<Leader> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id())
+    }
+
+    /// Proposes one command through the log and waits for its outcome. `NotLeader` means the
+    /// command was not proposed; once proposed, a lost leadership answers `OutcomeUnknown`.
+    pub async fn propose(&self, submission: Submission) -> Result<Outcome, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        self.proposer.propose(submission).await
+    }
+
+    /// A consistent read view of the applied state.
+    pub fn read(&self) -> Result<ReadStore, ReadError> {
+        Ok(ReadStore::open(self.state.begin_read()?))
+    }
+
+    /// Passes a client's request to the leader, as `actor`, and returns the leader's answer.
+    /// The frame carries the client's own request id, for the leader's logs.
+    pub async fn forward(
+        &self,
+        leader: &Leader,
+        request: pb::ClientFrame,
+        actor: &Actor,
+        timeout: Duration,
+    ) -> Result<pb::ServerFrame, ForwardError> {
+        let forwarded = pb::Forwarded { request: Some(request), actor: Some(crate::command::actor_to_pb(actor)) };
+        self.forwarder.forward(leader, forwarded, timeout).await
+    }
+
+    /// Role, term, leader, indexes and each follower's lag.
+    pub fn status(&self) -> pb::ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let applied_index = metrics.last_applied.map_or(0, |id| id.index);
+        let brokers = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = metrics.replication.as_ref().map(|r| r.get(id).copied().flatten().map_or(0, |m| m.index));
+                pb::BrokerInfo {
+                    id: *id,
+                    client_addr: node.client_addr.clone(),
+                    peer_addr: node.peer_addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|m| last_index.saturating_sub(m)),
+                }
+            })
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        pb::ClusterStatus {
+            broker_id: self.id(),
+            role: role.into(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            commit_index: self.committed.load(Ordering::Relaxed).max(applied_index),
+            applied_index,
+            brokers,
+        }
+    }
+
+    /// Adds a broker (as a learner that catches up, then a voter) or removes one, for `actor`.
+    /// The change is first recorded through the log, where the state machine checks that the
+    /// actor is an admin, and made only if that record was accepted.
+    pub async fn change_membership(&self, change: MembershipChange, actor: &Actor) -> Result<Outcome, ProposeError> {
+        let mut next: std::collections::BTreeSet<NodeId> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().voter_ids().collect()
+        };
+        match &change {
+            MembershipChange::Add { id, .. } => {
+                next.insert(*id);
+            }
+            MembershipChange::Remove { id } if !next.remove(id) => return Err(MembershipError::NotAVoter(*id).into()),
+            MembershipChange::Remove { .. } if next.is_empty() => return Err(MembershipError::LastBroker.into()),
+            MembershipChange::Remove { .. } => {}
+        }
+        let recorded =
+            self.propose(Submission::new(actor.clone(), Command::RecordMembershipChange(change.clone()))).await?;
+        if recorded.is_err() {
+            return Ok(recorded);
+        }
+        if let MembershipChange::Add { id, peer_addr, client_addr } = change {
+            let node = BrokerNode { peer_addr, client_addr };
+            self.raft.add_learner(id, node, true).await.map_err(raft_error)?;
+        }
+        self.raft.change_membership(next, false).await.map_err(raft_error)?;
+        Ok(recorded)
+    }
+}

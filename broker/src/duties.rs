@@ -1,0 +1,210 @@
+//! What a broker does in the background, each as one task that ends when the broker stops:
+//!
+//! - [`pulse_loop`]: while leader, proposes a pulse whenever the machine's next deadline passed;
+//! - [`bootstrap`]: initializes a new cluster, once, from the lowest-id initial member, and only
+//!   when no peer already belongs to an initialized cluster;
+//! - [`bootstrap_admin`]: while leader, proposes the configured first admin until users exist;
+//! - [`watch_core`]: stops the broker when its Raft core stops;
+//! - [`watch_membership`]: stops the broker once the membership has left it out for a while.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_machine::{Command, Submission, query};
+use chorus_protocol::pb;
+
+use crate::broker::Broker;
+use crate::raft::network::PeerClient;
+
+/// The shortest gap between two pulses, so a backlog of deadlines cannot flood the log.
+const PULSE_SPACING_MS: u64 = 20;
+/// How long a bootstrap probe waits for a peer's hello.
+const PROBE_TIMEOUT_MS: u64 = 300;
+/// How long a broker that is no longer a member keeps serving before it stops.
+const REMOVAL_GRACE_MS: u64 = 3_000;
+/// How often a duty that waits for a change looks again anyway.
+const RECHECK_MS: u64 = 500;
+
+/// Starts every duty but [`bootstrap`], which only a broker with listeners runs.
+pub fn start(broker: &Arc<Broker>) {
+    tokio::spawn(pulse_loop(Arc::clone(broker)));
+    tokio::spawn(watch_membership(Arc::clone(broker)));
+    tokio::spawn(watch_core(Arc::clone(broker)));
+    if broker.config.security.bootstrap_admin.is_some() {
+        tokio::spawn(bootstrap_admin(Arc::clone(broker)));
+    }
+}
+
+/// Proposes a pulse whenever the machine's next deadline has passed, while leader.
+async fn pulse_loop(broker: Arc<Broker>) {
+    let mut applied = broker.applied();
+    let mut metrics = broker.raft.metrics();
+    let shutdown = broker.shutdown_token();
+    loop {
+        let deadline = applied.borrow_and_update().next_deadline_ms;
+        let leader = broker.is_leader();
+        let now_ms = broker.now_ms();
+        if leader && deadline.is_some_and(|d| d <= now_ms) {
+            if let Err(error) = broker.propose(Submission::broker(Command::Pulse)).await {
+                tracing::debug!(%error, "pulse not applied");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(PULSE_SPACING_MS)) => {}
+            }
+            continue;
+        }
+        let wait_ms = match deadline {
+            Some(d) if leader => d.saturating_sub(now_ms).clamp(1, 1_000),
+            _ => 1_000,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            // A closed channel means raft stopped: so does this loop (and it must not spin).
+            changed = applied.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+        }
+    }
+}
+
+/// Initializes the cluster once: only the lowest-id initial member, only while its own log is
+/// empty, and only when no other member answers that it is already initialized.
+pub async fn bootstrap(broker: Arc<Broker>) {
+    let lowest = broker.config.members.keys().next().copied();
+    if lowest != Some(broker.id()) {
+        return;
+    }
+    let shutdown = broker.shutdown_token();
+    loop {
+        match broker.raft.is_initialized().await {
+            Ok(false) => {}
+            _ => return,
+        }
+        if !peers_initialized(&broker).await {
+            match broker.raft.initialize(broker.config.members.clone()).await {
+                Ok(()) => {
+                    tracing::info!(members = ?broker.config.members.keys().collect::<Vec<_>>(), "bootstrapped the cluster")
+                }
+                Err(error) => tracing::info!(%error, "not bootstrapping"),
+            }
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(RECHECK_MS)) => {}
+        }
+    }
+}
+
+/// Whether any other initial member says it belongs to an initialized cluster.
+async fn peers_initialized(broker: &Broker) -> bool {
+    let hello = pb::PeerHello {
+        protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
+        from_id: broker.id(),
+        initialized: false,
+    };
+    let network = broker.config.network();
+    for (id, node) in broker.config.members.iter().filter(|(id, _)| **id != broker.id()) {
+        let mut client = PeerClient::new(&network, *id, node.peer_addr.clone());
+        let answer = client.call(hello, Duration::from_millis(PROBE_TIMEOUT_MS)).await;
+        if answer.is_ok_and(|answer| answer.initialized) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Proposes the configured first admin while leader, until the cluster has a user.
+async fn bootstrap_admin(broker: Arc<Broker>) {
+    let Some(admin) = broker.config.security.bootstrap_admin.clone() else { return };
+    let mut applied = broker.applied();
+    let mut metrics = broker.raft.metrics();
+    let shutdown = broker.shutdown_token();
+    loop {
+        let has_users = broker.read().ok().map(|store| query::has_users(&store));
+        match has_users {
+            Some(Ok(true)) => return,
+            _ if broker.is_leader() => {
+                let command =
+                    Command::BootstrapAdmin { name: admin.name.clone(), password_hash: admin.password_hash.clone() };
+                match broker.propose(Submission::broker(command)).await {
+                    Ok(Ok(_)) => tracing::info!(user = %admin.name, "the cluster has its first admin"),
+                    Ok(Err(refused)) => tracing::error!(%refused, "the first admin was refused"),
+                    Err(error) => tracing::debug!(%error, "first admin not proposed yet"),
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = applied.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(RECHECK_MS)) => {}
+        }
+    }
+}
+
+/// Stops the broker when its Raft core stops (a storage failure, an entry that does not
+/// apply): a broker without a core must not answer as if it had one.
+async fn watch_core(broker: Arc<Broker>) {
+    let mut metrics = broker.raft.metrics();
+    let shutdown = broker.shutdown_token();
+    loop {
+        // A core stopped by `stop` is no failure.
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let failure = match &metrics.borrow_and_update().running_state {
+            Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        };
+        if let Some(failure) = failure {
+            tracing::error!(id = broker.id(), %failure, "the raft core stopped; this broker stops serving");
+            broker.core_stopped(failure);
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() {
+                // The core is gone without a word: still no core to serve from.
+                if !shutdown.is_cancelled() {
+                    broker.core_stopped("the raft core ended".into());
+                }
+                return;
+            },
+        }
+    }
+}
+
+/// Stops the broker once the newest membership leaves it out for longer than a grace period.
+async fn watch_membership(broker: Arc<Broker>) {
+    let mut metrics = broker.raft.metrics();
+    let shutdown = broker.shutdown_token();
+    let mut removed_since: Option<tokio::time::Instant> = None;
+    loop {
+        let removed = {
+            let metrics = metrics.borrow_and_update();
+            let membership = metrics.membership_config.membership();
+            let newest_voters = membership.get_joint_config().last();
+            metrics.membership_config.log_id().is_some()
+                && !newest_voters.is_some_and(|voters| voters.contains(&broker.id()))
+                && !membership.learner_ids().any(|id| id == broker.id())
+        };
+        match (removed, removed_since) {
+            (false, _) => removed_since = None,
+            (true, None) => removed_since = Some(tokio::time::Instant::now()),
+            (true, Some(since)) if since.elapsed() >= Duration::from_millis(REMOVAL_GRACE_MS) => {
+                tracing::warn!(id = broker.id(), "removed from the cluster; stopping");
+                shutdown.cancel();
+                return;
+            }
+            (true, Some(_)) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(RECHECK_MS)) => {}
+        }
+    }
+}

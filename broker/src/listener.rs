@@ -1,0 +1,129 @@
+//! What the client and peer listeners share:
+//!
+//! - [`accept`]: an accept loop that caps the connections open at once, hands each accepted one
+//!   to its own task, and stops at shutdown;
+//! - [`Link`]: a connection split in two halves, frames in and a bounded queue of frames out.
+//!   One writer task sends what is queued and flushes only when nothing more is ready, so a burst
+//!   of answers shares one write.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{SplitStream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::sync::CancellationToken;
+
+/// How long the accept loop pauses after a failed accept (out of file descriptors, say), so it
+/// does not spin.
+const ACCEPT_RETRY_MS: u64 = 50;
+
+/// Accepts connections on `listener` until `shutdown`, with at most `connections_max` open at
+/// once. Each accepted connection is served by `serve` in a task of its own; one over the cap is
+/// given to `refuse`, likewise.
+pub async fn accept<Serve, Served, Refuse, Refused>(
+    listener: TcpListener,
+    connections_max: usize,
+    shutdown: CancellationToken,
+    serve: Serve,
+    refuse: Refuse,
+) where
+    Serve: Fn(TcpStream, SocketAddr) -> Served,
+    Served: Future<Output = ()> + Send + 'static,
+    Refuse: Fn(TcpStream, SocketAddr) -> Refused,
+    Refused: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(connections_max));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => {
+                let served = serve(stream, remote);
+                tokio::spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(refuse(stream, remote));
+            }
+        }
+    }
+}
+
+/// A framed connection's two halves: [`Link::next`] reads frames, [`Link::outbox`] queues frames
+/// for the writer task.
+pub struct Link<S, C: Decoder, Out> {
+    frames: SplitStream<Framed<S, C>>,
+    outbox: mpsc::Sender<Out>,
+    writer: JoinHandle<()>,
+}
+
+impl<S, C, Out> std::fmt::Debug for Link<S, C, Out>
+where
+    C: Decoder,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
+}
+
+impl<S, C, Out> Link<S, C, Out>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+    C: Decoder + Encoder<Out> + Send + 'static,
+    Out: Send + 'static,
+{
+    /// Splits `stream`, framed by `codec`, with room for `queued_max` frames out.
+    pub fn open(stream: S, codec: C, queued_max: usize) -> Link<S, C, Out> {
+        let (sink, frames) = Framed::new(stream, codec).split();
+        let (outbox, mut queued) = mpsc::channel::<Out>(queued_max);
+        let queued = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
+        // `forward` flushes only when no frame is ready.
+        let writer = tokio::spawn(async move {
+            let _ = queued.map(Ok::<Out, <C as Encoder<Out>>::Error>).forward(sink).await;
+        });
+        Link { frames, outbox, writer }
+    }
+
+    /// The next frame; `None` once the other side closed or `shutdown` came.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<Result<C::Item, <C as Decoder>::Error>> {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            next = self.frames.next() => next,
+        }
+    }
+
+    /// The next frame if it comes within `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Result<C::Item, <C as Decoder>::Error>> {
+        tokio::time::timeout(timeout, self.frames.next()).await.ok().flatten()
+    }
+
+    /// Where frames out are queued; clones may outlive the link's reader.
+    pub fn outbox(&self) -> &mpsc::Sender<Out> {
+        &self.outbox
+    }
+
+    /// Sends what is queued, once every clone of the outbox is dropped, and closes.
+    pub async fn close(self) {
+        drop(self.outbox);
+        let _ = self.writer.await;
+    }
+}

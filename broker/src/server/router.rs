@@ -1,0 +1,42 @@
+//! Where a client's request runs, decided once, before it is served: a read runs here; a write
+//! runs here on the leader, and a follower forwards it to the leader, once, as the decoded request
+//! and the client's actor. The leader serves a forwarded request where it is (see
+//! [`Here`](super::dispatch::Here)), so a request never travels twice; if leadership moved in
+//! between, the client hears NOT_LEADER with the new leader's address.
+
+use chorus_machine::Actor;
+use chorus_protocol::AnswerError;
+use chorus_protocol::pb::{self, ErrorCode};
+
+use super::cmd::{Route, Serve, Served};
+use super::dispatch::Runner;
+use super::state::Server;
+use crate::proposer::ProposeError;
+
+/// Runs a client's requests where they belong.
+#[derive(Debug, Clone, Copy)]
+pub struct Router<'a> {
+    pub server: &'a Server,
+    /// The client's id for the request, carried to the leader for its logs.
+    pub request_id: u64,
+}
+
+impl Runner for Router<'_> {
+    async fn run<C: Serve>(&self, request: C, actor: &Actor) -> Served<C::Answer> {
+        let broker = &self.server.broker;
+        if C::ROUTE == Route::Here || broker.is_leader() {
+            return request.serve(self.server, actor).await;
+        }
+        let Some(leader) = broker.leader() else {
+            return Err(ProposeError::NotLeader { leader: None }.into());
+        };
+        let timeout = request.forward_timeout(&broker.config.limits);
+        let frame = pb::ClientFrame { request_id: self.request_id, body: Some(request.into_request()) };
+        let answer = broker.forward(&leader, frame, actor, timeout).await?;
+        let body = answer.body.ok_or_else(|| pb::Error::new(ErrorCode::Internal, "the leader sent an empty answer"))?;
+        C::from_answer(body).map_err(|error| match error {
+            AnswerError::Refused(refusal) => refusal,
+            mismatch @ AnswerError::Mismatch { .. } => pb::Error::new(ErrorCode::Internal, mismatch.to_string()),
+        })
+    }
+}

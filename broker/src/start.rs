@@ -1,0 +1,84 @@
+//! Starting a broker: open its stores in the data directory, start openraft, bind the client
+//! and peer listeners, start the duties, and bootstrap a new cluster. The wiring lives here and
+//! nowhere else: the service ([`Broker`]), its listeners and its duties do not know each other.
+
+use std::sync::Arc;
+
+use openraft::RaftNetworkFactory;
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::raft::log_store::LogStore;
+use crate::raft::state_store::StateStore;
+use crate::raft::{NodeId, Raft, StorageError, TypeConfig};
+use crate::security::peer_link::PeerAuth;
+use crate::server::Server;
+use crate::{duties, peer, server};
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("raft configuration: {0}")]
+    Config(#[from] Box<openraft::ConfigError>),
+    #[error("raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(
+        "the peer address {0} is not a loopback address, and peers are not authenticated: \
+         give the broker a certificate (--tls-cert, --tls-key, --tls-ca) or a cluster secret (--cluster-secret-file)"
+    )]
+    OpenPeerPort(String),
+}
+
+impl Broker {
+    /// Opens the stores in the data directory, binds both listeners, starts raft and the
+    /// broker's duties, and bootstraps the cluster if it is new.
+    pub async fn start(config: BrokerConfig) -> Result<Arc<Broker>, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let log = LogStore::open(&config.data_dir.join("log.redb"), config.limits.log_cache_bytes)?;
+        let state = StateStore::open(&config.data_dir, config.limits.state_cache_bytes)?;
+        let network = config.network();
+        let peers = bind(config.peer_addr.clone()).await?;
+        let open_peers = matches!(config.security.peers, PeerAuth::Open);
+        if open_peers && !peers.local_addr().is_ok_and(|addr| addr.ip().is_loopback()) {
+            return Err(StartError::OpenPeerPort(config.peer_addr.clone()));
+        }
+        let clients = bind(config.client_addr.clone()).await?;
+        let broker = Broker::start_in_process(config, log, state, network).await?;
+        let server = Server::new(Arc::clone(&broker));
+        tokio::spawn(peer::serve(peers, Arc::clone(&server)));
+        tokio::spawn(server::serve(clients, server));
+        tokio::spawn(duties::bootstrap(Arc::clone(&broker)));
+        Ok(broker)
+    }
+
+    /// Starts raft and the broker's duties on the given stores and network, without listeners
+    /// and without bootstrapping: the simulation runs brokers this way, reaching them in-process
+    /// and initializing the cluster itself.
+    pub async fn start_in_process(
+        config: BrokerConfig,
+        mut log: LogStore,
+        state: StateStore,
+        network: impl RaftNetworkFactory<TypeConfig>,
+    ) -> Result<Arc<Broker>, StartError> {
+        log.purge_behind_state(state.durable());
+        let committed = log.committed_index();
+        let applied = state.status();
+        let database = state.database();
+        let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
+        let broker = Arc::new(Broker::new(config, raft, database, applied, committed));
+        duties::start(&broker);
+        Ok(broker)
+    }
+}
+
+async fn bind(addr: String) -> Result<TcpListener, StartError> {
+    TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr, source })
+}
