@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::forward::{ForwardError, Forwarder};
 use crate::proposer::{MembershipError, ProposeError, Proposer, raft_error};
+use crate::raft::snapshot_file::Receipts;
 use crate::raft::state_store::AppliedStatus;
 use crate::raft::{BrokerNode, NodeId, Raft};
 use crate::storage::ReadStore;
@@ -41,6 +42,8 @@ pub struct Broker {
     forwarder: Forwarder,
     /// Why the Raft core stopped, once it has: the broker stops serving then.
     core_failure: OnceLock<String>,
+    /// The snapshot arriving from the leader, checked chunk by chunk.
+    pub(crate) snapshot_receipts: Receipts,
     shutdown: CancellationToken,
 }
 
@@ -70,6 +73,7 @@ impl Broker {
             proposer,
             forwarder,
             core_failure: OnceLock::new(),
+            snapshot_receipts: Receipts::default(),
             shutdown: CancellationToken::new(),
         }
     }

@@ -191,6 +191,17 @@ async fn install_chunk(
         tracing::warn!(%error, "refused a snapshot chunk from a peer");
         return refuse(error);
     }
+    // Checked here, before openraft takes the last chunk: a failed install would stop its core.
+    let checked =
+        broker.snapshot_receipts.check(&request.meta.snapshot_id, request.offset, &request.data, request.done);
+    if let Err(refused) = checked {
+        tracing::warn!(%refused, "refused a snapshot chunk");
+        return Body::Error(pb::PeerError {
+            message: refused.to_string(),
+            snapshot_mismatch: refused.start_over(),
+            ..Default::default()
+        });
+    }
     match broker.raft.install_snapshot(request).await {
         Ok(response) => Body::SnapshotChunkOk(pb::SnapshotChunkOk { vote: Some(wire::vote_to_pb(&response.vote)) }),
         Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch))) => {

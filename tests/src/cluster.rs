@@ -438,6 +438,11 @@ impl Cluster {
         &self.brokers[&id].data_dir
     }
 
+    /// Broker `id`'s whole log.
+    pub fn logs_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.brokers[&id].log_path).unwrap_or_default()
+    }
+
     /// The last lines of every broker's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -224,14 +224,18 @@ impl LogReader {
         let txn = self.shared.db.begin_read().map_err(read_error)?;
         let table = txn.open_table(LOG).map_err(read_error)?;
         match table.last().map_err(read_error)? {
-            Some((_, bytes)) => Ok(Some(decode_entry(bytes.value())?.log_id)),
+            Some((index, bytes)) => Ok(Some(decode_entry(index.value(), bytes.value())?.log_id)),
             None => Ok(None),
         }
     }
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    log_layout::decode_entry(bytes).map_err(read_error)
+/// The entry stored under `index`; damage is an error, logged, never an entry.
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
+    log_layout::decode_entry_at(index, bytes).map_err(|error| {
+        tracing::error!(%error, index, "a damaged log entry was read and refused");
+        read_error(error)
+    })
 }
 
 /// `range` as a half-open range of indexes, or `None` when it holds none: `BTreeMap::range`
@@ -270,7 +274,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
             let table = txn.open_table(LOG).map_err(read_error)?;
             for item in table.range::<u64>(range).map_err(read_error)? {
                 let (index, bytes) = item.map_err(read_error)?;
-                found.insert(index.value(), decode_entry(bytes.value())?);
+                found.insert(index.value(), decode_entry(index.value(), bytes.value())?);
             }
         }
         found.extend(pending);
@@ -400,6 +404,55 @@ mod tests {
 
     async fn terms(store: &mut LogStore) -> Vec<(u64, u64)> {
         let entries = store.try_get_log_entries(..).await.unwrap();
+        entries.iter().map(|e| (e.log_id.index, e.log_id.leader_id.term)).collect()
+    }
+
+    /// Rewrites the raw value redb holds under `index` with `damage` applied.
+    fn damage_stored(store: &LogStore, index: u64, damage: impl FnOnce(&mut Vec<u8>)) {
+        let db = &store.reader.shared.db;
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            let mut stored = log.get(index).unwrap().unwrap().value().to_vec();
+            damage(&mut stored);
+            log.insert(index, stored.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    /// A flipped byte in a stored entry is refused on every read: replication and apply read
+    /// through `try_get_log_entries`, and the log's state through its last entry.
+    #[tokio::test]
+    async fn a_damaged_entry_in_redb_is_never_read_as_an_entry() {
+        let files = Files::default();
+        let mut store = files.open();
+        append_all(&mut store, 1, 1..=5, 100);
+        damage_stored(&store, 3, |stored| {
+            let middle = stored.len() / 2;
+            stored[middle] ^= 0x04;
+        });
+        assert_eq!(terms_of(&mut store, 1..=2).await, vec![(1, 1), (2, 1)], "the intact entries read");
+        assert!(store.try_get_log_entries(1..=5).await.is_err(), "a damaged entry was read");
+        damage_stored(&store, 5, |stored| stored.truncate(3));
+        assert!(store.get_log_state().await.is_err(), "a damaged last entry gave a log state");
+    }
+
+    /// An intact entry stored under another index (a misdirected write) is refused too.
+    #[tokio::test]
+    async fn an_entry_under_another_index_is_refused() {
+        let files = Files::default();
+        let mut store = files.open();
+        append_all(&mut store, 1, 1..=3, 10);
+        let second = {
+            let txn = store.reader.shared.db.begin_read().unwrap();
+            txn.open_table(LOG).unwrap().get(2).unwrap().unwrap().value().to_vec()
+        };
+        damage_stored(&store, 3, |stored| *stored = second);
+        assert!(store.try_get_log_entries(3..=3).await.is_err());
+    }
+
+    async fn terms_of(store: &mut LogStore, range: std::ops::RangeInclusive<u64>) -> Vec<(u64, u64)> {
+        let entries = store.try_get_log_entries(range).await.unwrap();
         entries.iter().map(|e| (e.log_id.index, e.log_id.leader_id.term)).collect()
     }
 

@@ -20,7 +20,9 @@
 //! The committed id goes to the write-ahead file too, unsynced: the next append's sync carries it,
 //! so after a crash openraft re-applies, before it serves, about as much as it had applied.
 //! Opening replays every write-ahead file of the recorded epoch or later, in epoch order, into
-//! redb and checkpoints.
+//! redb and checkpoints. A torn tail is dropped; damage to records that were synced
+//! ([`WriteFailed::WalCorrupt`]) stops the open, so a broker never votes or leads with a log that
+//! silently lost entries it acknowledged.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -28,10 +30,9 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use redb::{Database, Durability, ReadableTable, StorageBackend};
 
 use chorus_protocol::pb;
-use prost::Message;
 
-use super::log_layout::{COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, VOTE_KEY, decode_entry};
-use super::wal::Wal;
+use super::log_layout::{COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, VOTE_KEY, decode_entry, stored_entry};
+use super::wal::{self, Wal, WalCorruption};
 use super::{Entry, LogId};
 
 /// The epoch from which write-ahead files hold records redb does not yet hold durably.
@@ -49,19 +50,20 @@ const RECORD_COMMITTED: u8 = 1;
 const RECORD_COMMITTED_NONE: u8 = 2;
 /// Most jobs one batch carries, in either stage.
 const JOBS_PER_BATCH_MAX: usize = 4096;
+/// How long the write-ahead stage idles before it records the durable end of its last sync in
+/// the current file's header ([`Wal::seal`]). Under load every sync records the end of the one
+/// before; this covers the last one, at the cost of one sync per idle spell.
+const SEAL_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Called once an append is on disk (or failed to get there).
 pub(super) type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 /// Told whether a vote, truncate or purge is durable.
 pub(super) type Done = tokio::sync::oneshot::Sender<Result<(), Arc<WriteFailed>>>;
 
-/// An entry as a write-ahead record: [`RECORD_ENTRY`], then the encoded entry, which is what
-/// redb stores.
+/// An entry as a write-ahead record: [`RECORD_ENTRY`], then the entry as redb stores it
+/// ([`stored_entry`]: checksummed), so the store stage inserts the record's tail as it is.
 pub(super) fn entry_record(entry: &pb::RaftEntry) -> Vec<u8> {
-    let mut record = Vec::with_capacity(1 + entry.encoded_len());
-    record.push(RECORD_ENTRY);
-    entry.encode(&mut record).expect("a Vec grows to fit");
-    record
+    stored_entry(entry, &[RECORD_ENTRY])
 }
 
 /// What the log store asks of the write path, in order.
@@ -137,6 +139,8 @@ pub(super) enum WriteFailed {
     Redb(#[from] redb::Error),
     #[error("write-ahead file: {0}")]
     Wal(#[from] std::io::Error),
+    #[error("write-ahead file log.wal{file} is damaged: {source}")]
+    WalCorrupt { file: usize, source: WalCorruption },
     #[error("the write-ahead epoch in the log's metadata is corrupt")]
     CorruptEpoch,
     #[error("a write-ahead record with a valid checksum is not a log entry")]
@@ -162,9 +166,21 @@ impl WalPair {
         self.files[self.current].bytes()
     }
 
+    /// Records the current file's durable end, if it lags. A failure is logged; the file then
+    /// takes no more records, so the next append reports it.
+    fn seal(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(error) = self.files[self.current].seal() {
+            tracing::error!(%error, "the write-ahead file's header could not be written");
+        }
+    }
+
     /// Switches to the other file under the next epoch, once a durable checkpoint covers that
     /// file's records, and returns the new epoch.
     fn switch(&mut self, shared: &Shared) -> Result<u64, WriteFailed> {
+        self.files[self.current].seal()?;
         let next = 1 - self.current;
         shared.wait_durable_epoch(self.files[next].epoch() + 1)?;
         let epoch = self.files[self.current].epoch() + 1;
@@ -186,7 +202,7 @@ pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Resu
             None => 0,
         };
         let [first, second] = files;
-        let mut wals = [Wal::open(first, durable)?, Wal::open(second, durable)?];
+        let mut wals = [open_wal(0, first, durable)?, open_wal(1, second, durable)?];
         wals.sort_by_key(|(wal, _)| wal.epoch());
         for (_, records) in &wals {
             for record in records {
@@ -214,6 +230,19 @@ pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Resu
     let shared =
         Shared { db, pending: Mutex::new(BTreeMap::new()), durable_epoch: (Mutex::new(Some(epoch)), Condvar::new()) };
     Ok((shared, WalPair { files: wals, current: 0, failed: None }))
+}
+
+/// Opens write-ahead file number `file` and replays it, if its epoch is `durable` or later.
+/// Damage to what was synced is an error; a torn tail is dropped, and said so.
+fn open_wal(file: usize, backend: Box<dyn StorageBackend>, durable: u64) -> Result<(Wal, Vec<Vec<u8>>), WriteFailed> {
+    let (wal, replay) = Wal::open(backend, durable).map_err(|error| match error {
+        wal::OpenError::Io(error) => WriteFailed::Wal(error),
+        wal::OpenError::Corrupt(source) => WriteFailed::WalCorrupt { file, source },
+    })?;
+    if let Some(at) = replay.torn_at {
+        tracing::info!(file = format!("log.wal{file}"), at, "the write-ahead file ends in a torn tail, dropped");
+    }
+    Ok((wal, replay.bodies))
 }
 
 /// The write-ahead stage of one batch: writes and syncs its appends, fires their callbacks, and
@@ -392,7 +421,15 @@ fn write_ahead_loop(
     queue: &mpsc::Receiver<Job>,
     to_store: &mpsc::Sender<Vec<StoreJob>>,
 ) {
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match queue.recv_timeout(SEAL_AFTER_IDLE) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                wal.seal();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut jobs = vec![first];
         while jobs.len() < JOBS_PER_BATCH_MAX && !matches!(jobs.last(), Some(Job::Sync { .. })) {
             match queue.try_recv() {

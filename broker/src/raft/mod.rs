@@ -12,6 +12,7 @@ pub mod log_store;
 mod log_write;
 pub mod network;
 pub mod runtime;
+pub mod snapshot_file;
 pub mod state_store;
 mod wal;
 pub mod wire;

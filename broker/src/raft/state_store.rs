@@ -7,13 +7,15 @@
 //! store purges no further than that.
 //!
 //! Snapshots are files: built from one consistent read transaction, shipped by openraft in
-//! bounded chunks, and installed by replacing every table in one transaction.
+//! bounded chunks, and installed by replacing every table in one transaction. Each ends in a
+//! checksum (`snapshot_file`), checked before it is sent and before it is installed; a damaged
+//! current snapshot is built again from the state rather than sent.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chorus_machine::{Command, Entry as MachineEntry, Machine, Submission, query, snapshot};
+use chorus_machine::{Command, Entry as MachineEntry, Machine, Submission, query};
 use chorus_protocol::pb;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -23,7 +25,8 @@ use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
 use super::{
-    Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, inbound, storage_error, wire,
+    Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, inbound, snapshot_file,
+    storage_error, wire,
 };
 use crate::storage::{ReadStore, WriteStore, create_tables};
 
@@ -31,6 +34,8 @@ const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const APPLIED_KEY: &str = "applied";
 const MEMBERSHIP_KEY: &str = "membership";
 const SNAPSHOT_KEY: &str = "snapshot";
+/// How often reading the current snapshot follows a newer one that replaced it.
+const SNAPSHOT_OPEN_ATTEMPTS: usize = 3;
 
 /// What the last apply left behind, for the broker: subscribers wait on the index, the leader
 /// proposes a pulse at the deadline.
@@ -282,7 +287,7 @@ impl SnapshotBuilder {
         {
             let file = std::fs::File::create(&partial).map_err(write_error)?;
             let mut out = BufWriter::new(file);
-            snapshot::export(&ReadStore::open(read), &mut out).map_err(write_error)?;
+            snapshot_file::write(&ReadStore::open(read), &mut out).map_err(write_error)?;
             out.flush().map_err(write_error)?;
             out.get_ref().sync_all().map_err(write_error)?;
         }
@@ -373,17 +378,36 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         Ok(())
     }
 
+    /// The current snapshot, checked against its checksum. A newer snapshot may replace the
+    /// file between reading its name and opening it: then the newer one is read. A damaged or
+    /// missing file is built again from the state, never sent (openraft stops its core when a
+    /// snapshot it needs is missing).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_error)?;
-        let Some(meta) = read_meta::<pb::SnapshotMeta>(&txn, SNAPSHOT_KEY)? else {
-            return Ok(None);
-        };
-        let meta = wire::snapshot_meta_from_pb(Some(meta)).map_err(read_error)?;
-        match tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)?).await {
-            Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(read_error(error)),
+        for _ in 0..SNAPSHOT_OPEN_ATTEMPTS {
+            let txn = self.db.begin_read().map_err(read_error)?;
+            let Some(meta) = read_meta::<pb::SnapshotMeta>(&txn, SNAPSHOT_KEY)? else {
+                return Ok(None);
+            };
+            drop(txn);
+            let meta = wire::snapshot_meta_from_pb(Some(meta)).map_err(read_error)?;
+            let path = snapshot_path(&self.snapshot_dir, &meta.snapshot_id)?;
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(read_error(error)),
+            };
+            let checked = tokio::task::spawn_blocking(move || snapshot_file::verify_open(&file, &path).map(|()| file));
+            match checked.await.map_err(read_error)? {
+                Ok(file) => return Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })),
+                Err(snapshot_file::SnapshotFileError::Damaged { path }) => {
+                    tracing::error!(path, "the current snapshot is damaged: building it again from the state");
+                    let _ = std::fs::remove_file(&path);
+                    break;
+                }
+                Err(error) => return Err(read_error(error)),
+            }
         }
+        self.snapshot_builder().build_snapshot().await.map(Some)
     }
 }
 
@@ -394,12 +418,17 @@ fn install_blocking(
     path: &Path,
     meta: &SnapshotMeta,
 ) -> Result<AppliedStatus, StorageError> {
+    if let Err(error) = snapshot_file::verify(path) {
+        tracing::error!(%error, "refused to install a damaged snapshot");
+        let _ = std::fs::remove_file(path);
+        return Err(read_error(error));
+    }
     let mut txn = db.begin_write().map_err(write_error)?;
     txn.set_durability(Durability::Immediate).map_err(write_error)?;
     {
         let mut store = WriteStore::open(&txn);
         let mut input = BufReader::new(std::fs::File::open(path).map_err(read_error)?);
-        snapshot::import(&mut store, &mut input).map_err(write_error)?;
+        chorus_machine::snapshot::import(&mut store, &mut input).map_err(write_error)?;
         let mut table = txn.open_table(SM_META).map_err(write_error)?;
         match &meta.last_log_id {
             Some(applied) => table.insert(APPLIED_KEY, wire::log_id_to_pb(applied).encode_to_vec().as_slice()),

@@ -4,10 +4,22 @@
 //! under a new epoch ([`Wal::reset`]) once a checkpoint holds its records. The bodies are opaque
 //! here.
 //!
-//! Layout: a header (magic, then the epoch as a little-endian u64), then records: a u32 body
-//! length, a u32 CRC-32 of the epoch, length and body, then the body. Replay stops at the first
-//! record whose checksum fails, so a torn tail, zeros, or the leftovers of an earlier epoch (the
-//! file is overwritten in place, never shrunk) are never read as entries.
+//! Layout: two header slots, one per 512-byte sector (at 0 and 512), then records from byte
+//! 1024. A slot holds a magic, the file's epoch, a sequence number, the **durable end** (every
+//! byte of records before it was synced) and a CRC-32 of those; the valid slot with the greatest
+//! epoch and sequence wins, so a slot torn by a crash leaves the other. A record is a u32 body
+//! length, a u32 CRC-32 of the epoch, length and body, then the body.
+//!
+//! Replay tells a crash from damage ([`WalCorruption`]):
+//! - every record before the durable end must be whole and valid, and the file must reach it;
+//! - after it, replay stops at the first bad record. That is a **torn tail** (a write the crash
+//!   cut short, or the leftovers of an earlier epoch: the file is overwritten in place, never
+//!   shrunk), unless a valid record of this epoch follows the bad one: then it is damage.
+//!
+//! Only a torn tail is dropped. The durable end a header records is the one of the sync before
+//! the one that writes it, so a sync cut short by power loss never leaves a header claiming
+//! records that were not synced; [`Wal::seal`] records the latest one when the writer idles, and
+//! before the file is started over.
 //!
 //! The file goes through [`redb::StorageBackend`], so a simulation hands it a disk in memory with
 //! a crash model, as it does for the redb files.
@@ -16,21 +28,94 @@ use std::io;
 
 use redb::StorageBackend;
 
-const MAGIC: &[u8; 8] = b"CHORUSWL";
-/// Magic and epoch.
-const HEADER_BYTES: u64 = 16;
+const MAGIC: &[u8; 8] = b"CHORUSW2";
+/// A header slot per sector, so a torn write damages at most one.
+const SLOT_STRIDE_BYTES: u64 = 512;
+/// Magic, epoch, sequence, durable end, CRC.
+const SLOT_BYTES: usize = 8 + 8 + 8 + 8 + 4;
+/// Where the records start.
+const RECORDS_AT: u64 = 2 * SLOT_STRIDE_BYTES;
 /// Length and checksum before each body.
 const RECORD_HEAD_BYTES: usize = 8;
 /// The largest body replay accepts; a longer length is garbage. Entries are bounded far below it
 /// by the peer frame limit.
 const RECORD_BODY_BYTES_MAX: usize = 256 << 20;
 
+/// Damage that replay must not drop: records that were synced are missing or wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalCorruption {
+    #[error("neither header slot is valid")]
+    Header,
+    #[error("the file is {len} bytes, shorter than its durable end at byte {durable_end}")]
+    Short { len: u64, durable_end: u64 },
+    #[error("the record at byte {at} is damaged, before the durable end at byte {durable_end}")]
+    BeforeDurableEnd { at: u64, durable_end: u64 },
+    #[error("the record at byte {at} is damaged, and a valid record follows it")]
+    FollowedByValid { at: u64 },
+}
+
+/// Why a write-ahead file did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Corrupt(#[from] WalCorruption),
+}
+
+/// What replay read from a file.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// The record bodies, in append order; empty for a file of an epoch before the minimum.
+    pub(crate) bodies: Vec<Vec<u8>>,
+    /// Where a torn tail began, if replay dropped one.
+    pub(crate) torn_at: Option<u64>,
+}
+
+/// The header a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    epoch: u64,
+    seq: u64,
+    durable_end: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; SLOT_BYTES] {
+        let mut slot = [0u8; SLOT_BYTES];
+        slot[..8].copy_from_slice(MAGIC);
+        slot[8..16].copy_from_slice(&self.epoch.to_le_bytes());
+        slot[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        slot[24..32].copy_from_slice(&self.durable_end.to_le_bytes());
+        let crc = crc32fast::hash(&slot[..32]);
+        slot[32..].copy_from_slice(&crc.to_le_bytes());
+        slot
+    }
+
+    /// `None` unless the slot holds a header whose checksum holds.
+    fn decode(slot: &[u8; SLOT_BYTES]) -> Option<Header> {
+        let u64_at = |at: usize| u64::from_le_bytes(slot[at..at + 8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(slot[32..].try_into().expect("4 bytes"));
+        (&slot[..8] == MAGIC && crc32fast::hash(&slot[..32]) == crc).then(|| Header {
+            epoch: u64_at(8),
+            seq: u64_at(16),
+            durable_end: u64_at(24),
+        })
+    }
+}
+
 /// The write-ahead file of one epoch.
 pub(crate) struct Wal {
     file: Box<dyn StorageBackend>,
     epoch: u64,
+    /// The sequence number of the last header written.
+    seq: u64,
     /// Where the next record goes: the end of the valid records.
     end: u64,
+    /// The end as of the last sync that returned.
+    synced_end: u64,
+    /// The durable end the last header written records.
+    header_end: u64,
     /// A write or sync failed: what the file holds is unknown, so it takes no more records.
     broken: bool,
 }
@@ -43,50 +128,118 @@ impl std::fmt::Debug for Wal {
 
 impl Wal {
     /// Opens `file` under the epoch its header gives (0 without one), and reads back the bodies
-    /// it holds, in append order, if that epoch is `epoch_min` or later.
-    pub(crate) fn open(file: Box<dyn StorageBackend>, epoch_min: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
+    /// it holds, in append order, if that epoch is `epoch_min` or later. Damage to records that
+    /// were synced is an error, never a shorter replay.
+    pub(crate) fn open(file: Box<dyn StorageBackend>, epoch_min: u64) -> Result<(Wal, Replay), OpenError> {
         let len = file.len()?;
-        let mut wal = Wal { file, epoch: 0, end: HEADER_BYTES, broken: false };
-        if len < HEADER_BYTES {
-            return Ok((wal, Vec::new()));
-        }
-        wal.epoch = wal.read_header()?.unwrap_or(0);
+        let mut wal = Wal {
+            file,
+            epoch: 0,
+            seq: 0,
+            end: RECORDS_AT,
+            synced_end: RECORDS_AT,
+            header_end: RECORDS_AT,
+            broken: false,
+        };
+        let Some(header) = wal.read_header(len)? else {
+            return Ok((wal, Replay::default()));
+        };
+        wal.epoch = header.epoch;
+        wal.seq = header.seq;
         if wal.epoch < epoch_min {
-            return Ok((wal, Vec::new()));
+            return Ok((wal, Replay::default()));
         }
-        let mut bodies = Vec::new();
-        while let Some(body) = wal.read_record(len)? {
-            wal.end += (RECORD_HEAD_BYTES + body.len()) as u64;
-            bodies.push(body);
-        }
-        Ok((wal, bodies))
+        let replay = wal.replay(len, header.durable_end)?;
+        wal.synced_end = wal.end;
+        wal.header_end = header.durable_end;
+        Ok((wal, replay))
     }
 
-    fn read_header(&self) -> io::Result<Option<u64>> {
-        let mut header = [0u8; HEADER_BYTES as usize];
-        self.file.read(0, &mut header)?;
-        if &header[..8] != MAGIC {
-            return Ok(None);
+    /// The winning header, `None` for a file that never had one (all zeros, or shorter than a
+    /// slot), or an error when a slot was written and none is valid.
+    fn read_header(&self, len: u64) -> Result<Option<Header>, OpenError> {
+        let mut slots = Vec::with_capacity(2);
+        let mut written = false;
+        for at in [0, SLOT_STRIDE_BYTES] {
+            if at + SLOT_BYTES as u64 > len {
+                continue;
+            }
+            let mut slot = [0u8; SLOT_BYTES];
+            self.file.read(at, &mut slot)?;
+            written |= slot.iter().any(|&b| b != 0);
+            slots.extend(Header::decode(&slot));
         }
-        Ok(Some(u64::from_le_bytes(header[8..].try_into().expect("8 bytes"))))
+        match slots.into_iter().max_by_key(|h| (h.epoch, h.seq)) {
+            Some(header) => Ok(Some(header)),
+            None if written => Err(WalCorruption::Header.into()),
+            None => Ok(None),
+        }
     }
 
-    /// The record at `self.end`, if a whole one of this epoch is there.
-    fn read_record(&self, len: u64) -> io::Result<Option<Vec<u8>>> {
-        let body_at = self.end + RECORD_HEAD_BYTES as u64;
-        if body_at > len {
+    /// Reads records from the start: all of them up to `durable_end`, then on to the first bad
+    /// one.
+    fn replay(&mut self, len: u64, durable_end: u64) -> Result<Replay, OpenError> {
+        // A file with no records ends after its second slot, before `RECORDS_AT`.
+        if durable_end > RECORDS_AT && len < durable_end {
+            return Err(WalCorruption::Short { len, durable_end }.into());
+        }
+        let mut replay = Replay::default();
+        while self.end < durable_end {
+            match self.read_record(self.end, durable_end)? {
+                Some(body) => self.take(body, &mut replay),
+                None => return Err(WalCorruption::BeforeDurableEnd { at: self.end, durable_end }.into()),
+            }
+        }
+        while let Some(body) = self.read_record(self.end, len)? {
+            self.take(body, &mut replay);
+        }
+        if self.end < len {
+            if self.valid_record_follows(self.end, len)? {
+                return Err(WalCorruption::FollowedByValid { at: self.end }.into());
+            }
+            replay.torn_at = Some(self.end);
+        }
+        Ok(replay)
+    }
+
+    fn take(&mut self, body: Vec<u8>, replay: &mut Replay) {
+        self.end += (RECORD_HEAD_BYTES + body.len()) as u64;
+        replay.bodies.push(body);
+    }
+
+    /// Whether the bad record at `at` has a plausible length and a valid record of this epoch
+    /// lies right after it: then it was damaged in place, not cut short.
+    fn valid_record_follows(&self, at: u64, len: u64) -> io::Result<bool> {
+        let Some(body_len) = self.body_len_at(at, len)? else {
+            return Ok(false);
+        };
+        let next = at + (RECORD_HEAD_BYTES + body_len) as u64;
+        Ok(next < len && self.read_record(next, len)?.is_some())
+    }
+
+    /// The body length the record head at `at` gives, if the head is there and the body fits
+    /// before `limit`.
+    fn body_len_at(&self, at: u64, limit: u64) -> io::Result<Option<usize>> {
+        if at + RECORD_HEAD_BYTES as u64 > limit {
             return Ok(None);
         }
-        let mut head = [0u8; RECORD_HEAD_BYTES];
-        self.file.read(self.end, &mut head)?;
-        let body_len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-        if body_len > RECORD_BODY_BYTES_MAX || body_at + body_len as u64 > len {
+        let mut length = [0u8; 4];
+        self.file.read(at, &mut length)?;
+        let body_len = u32::from_le_bytes(length) as usize;
+        let fits = body_len <= RECORD_BODY_BYTES_MAX && at + (RECORD_HEAD_BYTES + body_len) as u64 <= limit;
+        Ok(fits.then_some(body_len))
+    }
+
+    /// The body of the record at `at`, if a whole one of this epoch lies before `limit`.
+    fn read_record(&self, at: u64, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(body_len) = self.body_len_at(at, limit)? else {
             return Ok(None);
-        }
+        };
+        let mut crc = [0u8; 4];
+        self.file.read(at + 4, &mut crc)?;
         let mut body = vec![0u8; body_len];
-        self.file.read(body_at, &mut body)?;
-        Ok((checksum(self.epoch, &body) == crc).then_some(body))
+        self.file.read(at + RECORD_HEAD_BYTES as u64, &mut body)?;
+        Ok((checksum(self.epoch, &body) == u32::from_le_bytes(crc)).then_some(body))
     }
 
     /// Writes `bodies` as records after the last one, in one write. They are durable only after
@@ -107,12 +260,43 @@ impl Wal {
         Ok(())
     }
 
+    /// Makes every record appended so far durable. The header it writes along records the end
+    /// of the sync before: a header never claims records its own sync may not have finished.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        self.guard(|wal| wal.file.sync_data())
+        let end = self.end;
+        self.guard(|wal| {
+            if wal.header_end != wal.synced_end {
+                wal.write_header(wal.synced_end)?;
+            }
+            wal.file.sync_data()
+        })?;
+        self.synced_end = end;
+        Ok(())
+    }
+
+    /// Records the end of the last sync in the header, durably, if the header lags behind it:
+    /// for when the writer idles, and before the file is started over.
+    pub(crate) fn seal(&mut self) -> io::Result<()> {
+        if self.header_end == self.synced_end {
+            return Ok(());
+        }
+        self.guard(|wal| {
+            wal.write_header(wal.synced_end)?;
+            wal.file.sync_data()
+        })
+    }
+
+    /// Writes the next header slot, recording `durable_end`; durable with the next sync.
+    fn write_header(&mut self, durable_end: u64) -> io::Result<()> {
+        let header = Header { epoch: self.epoch, seq: self.seq + 1, durable_end };
+        self.file.write((header.seq % 2) * SLOT_STRIDE_BYTES, &header.encode())?;
+        self.seq = header.seq;
+        self.header_end = durable_end;
+        Ok(())
     }
 
     /// Runs `io` unless an earlier failure broke the file, and breaks it if `io` fails.
-    fn guard(&mut self, io: impl FnOnce(&Wal) -> io::Result<()>) -> io::Result<()> {
+    fn guard(&mut self, io: impl FnOnce(&mut Wal) -> io::Result<()>) -> io::Result<()> {
         if self.broken {
             return Err(io::Error::other("the write-ahead file failed earlier and takes no more records"));
         }
@@ -121,19 +305,21 @@ impl Wal {
         result
     }
 
-    /// Starts the file over, empty, under `epoch`. Call it only once the records of the current
-    /// epoch are durable elsewhere. The new header needs no sync of its own: until the sync of
-    /// the next append makes it durable along with that append, a crash leaves the old epoch's
-    /// header, whose records the caller's checkpoint already holds, and nothing new was
-    /// acknowledged.
+    /// Starts the file over, empty, under `epoch`, durably. Call it only once the records of the
+    /// current epoch are durable elsewhere. Both slots are rewritten, one sync each, so one of
+    /// them is valid whenever a crash comes, and no slot of the old epoch outlives the reset.
     pub(crate) fn reset(&mut self, epoch: u64) -> io::Result<()> {
-        assert!(epoch > self.epoch || self.end == HEADER_BYTES, "the epoch went back from {} to {epoch}", self.epoch);
-        let mut header = [0u8; HEADER_BYTES as usize];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..].copy_from_slice(&epoch.to_le_bytes());
-        self.guard(|wal| wal.file.write(0, &header))?;
-        self.epoch = epoch;
-        self.end = HEADER_BYTES;
+        assert!(epoch > self.epoch || self.end == RECORDS_AT, "the epoch went back from {} to {epoch}", self.epoch);
+        self.guard(|wal| {
+            wal.epoch = epoch;
+            for _ in 0..2 {
+                wal.write_header(RECORDS_AT)?;
+                wal.file.sync_data()?;
+            }
+            Ok(())
+        })?;
+        self.end = RECORDS_AT;
+        self.synced_end = RECORDS_AT;
         Ok(())
     }
 
@@ -164,14 +350,28 @@ mod tests {
     use redb::StorageBackend;
 
     fn fresh(file: &Disk, epoch: u64) -> Wal {
-        let (mut wal, bodies) = Wal::open(Box::new(file.open()), epoch).unwrap();
-        assert!(bodies.is_empty());
+        let (mut wal, replay) = Wal::open(Box::new(file.open()), epoch).unwrap();
+        assert!(replay.bodies.is_empty());
         wal.reset(epoch).unwrap();
         wal
     }
 
-    fn reopen(file: &Disk, epoch: u64) -> Vec<Vec<u8>> {
-        Wal::open(Box::new(file.open()), epoch).unwrap().1
+    fn reopen(file: &Disk, epoch: u64) -> Result<Replay, WalCorruption> {
+        match Wal::open(Box::new(file.open()), epoch) {
+            Ok((_, replay)) => Ok(replay),
+            Err(OpenError::Corrupt(corruption)) => Err(corruption),
+            Err(OpenError::Io(error)) => panic!("{error}"),
+        }
+    }
+
+    fn bodies(file: &Disk, epoch: u64) -> Vec<Vec<u8>> {
+        reopen(file, epoch).unwrap().bodies
+    }
+
+    fn flip(file: &Disk, at: u64) {
+        let mut byte = [0u8];
+        file.open().read(at, &mut byte).unwrap();
+        file.open().write(at, &[byte[0] ^ 0x5A]).unwrap();
     }
 
     #[test]
@@ -179,61 +379,154 @@ mod tests {
         let file = Disk::default();
         let mut wal = fresh(&file, 3);
         wal.append([b"one".as_slice(), b"".as_slice()]).unwrap();
+        wal.sync().unwrap();
         wal.append([b"three".as_slice()]).unwrap();
-        assert_eq!(reopen(&file, 3), vec![b"one".to_vec(), Vec::new(), b"three".to_vec()]);
-        assert!(reopen(&file, 4).is_empty(), "a file of epoch 3 replayed when epoch 4 was durable");
-        assert_eq!(reopen(&file, 2).len(), 3, "a file of epoch 3 is replayed while epoch 2 is the durable one");
+        assert_eq!(bodies(&file, 3), vec![b"one".to_vec(), Vec::new(), b"three".to_vec()]);
+        assert!(bodies(&file, 4).is_empty(), "a file of epoch 3 replayed when epoch 4 was durable");
+        assert_eq!(bodies(&file, 2).len(), 3, "a file of epoch 3 is replayed while epoch 2 is the durable one");
         assert_eq!(Wal::open(Box::new(file.open()), 9).unwrap().0.epoch(), 3, "the header's epoch");
     }
 
     /// The file is overwritten in place: after a reset, the longer records of the old epoch that
-    /// lie past the new ones must not be replayed.
+    /// lie past the new ones must not be replayed, nor taken for damage.
     #[test]
     fn a_reset_hides_the_old_epochs_records() {
         let file = Disk::default();
         let mut wal = fresh(&file, 1);
         wal.append([[7u8; 100].as_slice(), [8u8; 100].as_slice(), [9u8; 100].as_slice()]).unwrap();
+        wal.sync().unwrap();
+        wal.seal().unwrap();
         wal.reset(2).unwrap();
-        assert!(reopen(&file, 2).is_empty());
+        assert!(bodies(&file, 2).is_empty());
         wal.append([[1u8; 10].as_slice()]).unwrap();
-        assert_eq!(reopen(&file, 2), vec![vec![1u8; 10]]);
+        wal.sync().unwrap();
+        wal.seal().unwrap();
+        let replay = reopen(&file, 2).unwrap();
+        assert_eq!(replay.bodies, vec![vec![1u8; 10]]);
+        assert!(replay.torn_at.is_some(), "the old epoch's records read as a torn tail");
         assert!(file.open().len().unwrap() > wal.bytes(), "the old records are still in the file");
     }
 
     #[test]
-    fn a_missing_or_foreign_file_holds_nothing() {
+    fn a_missing_or_zeroed_file_holds_nothing_and_garbage_is_damage() {
         let file = Disk::default();
-        assert!(reopen(&file, 0).is_empty());
+        assert!(bodies(&file, 0).is_empty());
+        file.open().write(0, &[0; 4096]).unwrap();
+        assert!(bodies(&file, 0).is_empty());
         file.open().write(0, &[0xAB; 64]).unwrap();
-        assert!(reopen(&file, 0).is_empty());
+        assert_eq!(reopen(&file, 0).unwrap_err(), WalCorruption::Header);
+    }
+
+    /// A torn header slot leaves the other: nothing is lost, the records past the older slot's
+    /// durable end are read on by their checksums.
+    #[test]
+    fn one_damaged_header_slot_falls_back_to_the_other() {
+        let file = Disk::default();
+        let mut wal = fresh(&file, 1);
+        for body in [b"a", b"b", b"c"] {
+            wal.append([body.as_slice()]).unwrap();
+            wal.sync().unwrap();
+        }
+        wal.seal().unwrap();
+        let newest = (wal.seq % 2) * SLOT_STRIDE_BYTES;
+        flip(&file, newest + 20);
+        assert_eq!(bodies(&file, 1), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        flip(&file, (SLOT_STRIDE_BYTES - newest) + 3);
+        assert_eq!(reopen(&file, 1).unwrap_err(), WalCorruption::Header);
+    }
+
+    /// Power loss throws away unsynced writes: what was synced comes back, and a sync cut short
+    /// is never taken for damage.
+    #[test]
+    fn a_crash_loses_only_what_was_not_synced() {
+        let file = Disk::default();
+        let mut wal = fresh(&file, 1);
+        wal.append([b"synced".as_slice()]).unwrap();
+        wal.sync().unwrap();
+        wal.append([b"also synced".as_slice()]).unwrap();
+        wal.sync().unwrap();
+        wal.append([b"not synced".as_slice()]).unwrap();
+        file.crash();
+        assert_eq!(bodies(&file, 1), vec![b"synced".to_vec(), b"also synced".to_vec()]);
+    }
+
+    /// A write the disk acknowledged and then lost (the old bytes come back) is damage once a
+    /// header has recorded it as durable.
+    #[test]
+    fn a_lost_write_before_the_durable_end_is_damage() {
+        let file = Disk::default();
+        let mut wal = fresh(&file, 1);
+        wal.append([[1u8; 32].as_slice()]).unwrap();
+        wal.sync().unwrap();
+        let second = wal.bytes();
+        wal.append([[2u8; 32].as_slice()]).unwrap();
+        wal.sync().unwrap();
+        wal.seal().unwrap();
+        file.open().write(second, &[0u8; 40]).unwrap();
+        assert_eq!(
+            reopen(&file, 1).unwrap_err(),
+            WalCorruption::BeforeDurableEnd { at: second, durable_end: second + 40 }
+        );
+        file.open().set_len(second).unwrap();
+        assert_eq!(reopen(&file, 1).unwrap_err(), WalCorruption::Short { len: second, durable_end: second + 40 });
     }
 
     proptest! {
-        /// Cut anywhere, or with a byte flipped anywhere, the file replays a prefix of what was
-        /// appended: every record wholly before the damage, and nothing after it.
+        /// Damage anywhere in the records: before the durable end it is an error; after it, a
+        /// cut or a flip in the last record is a torn tail that leaves every record wholly
+        /// before it, and a flip in a record that a valid one follows is an error again. A
+        /// shorter replay is never the answer to damage that a valid record proves.
         #[test]
-        fn damage_leaves_a_prefix(
-            bodies in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..12),
+        fn damage_is_told_from_a_torn_tail(
+            groups in prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..4), 1..6),
+            sealed in any::<bool>(),
             damage_at in any::<prop::sample::Index>(),
-            flip in any::<bool>(),
+            cut in any::<bool>(),
         ) {
             let file = Disk::default();
             let mut wal = fresh(&file, 5);
-            let mut ends = Vec::new();
-            for body in &bodies {
-                wal.append([body.as_slice()]).unwrap();
-                ends.push(wal.bytes());
+            // Where each record starts and ends, and the end of each sync.
+            let mut records = Vec::new();
+            let mut synced_ends = vec![RECORDS_AT];
+            for group in &groups {
+                for body in group {
+                    let start = wal.bytes();
+                    wal.append([body.as_slice()]).unwrap();
+                    records.push((start, wal.bytes(), body.clone()));
+                }
+                wal.sync().unwrap();
+                synced_ends.push(wal.bytes());
             }
-            let at = HEADER_BYTES + damage_at.index((wal.bytes() - HEADER_BYTES) as usize) as u64;
-            if flip {
-                let mut byte = [0u8];
-                file.open().read(at, &mut byte).unwrap();
-                file.open().write(at, &[byte[0] ^ 0x5A]).unwrap();
-            } else {
+            if sealed {
+                wal.seal().unwrap();
+            }
+            let durable_end = if sealed { wal.bytes() } else { synced_ends[synced_ends.len() - 2] };
+            let at = RECORDS_AT + damage_at.index((wal.bytes() - RECORDS_AT) as usize) as u64;
+            if cut {
                 file.open().set_len(at).unwrap();
+            } else {
+                flip(&file, at);
             }
-            let intact = ends.iter().filter(|&&end| end <= at).count();
-            prop_assert_eq!(reopen(&file, 5), bodies[..intact].to_vec());
+            let intact: Vec<Vec<u8>> = records.iter().filter(|r| r.1 <= at).map(|r| r.2.clone()).collect();
+            let (start, end, _) = records.iter().find(|r| r.0 <= at && at < r.1).cloned().expect("a damaged record");
+            let replayed = reopen(&file, 5);
+            let torn = if cut { (at > start).then_some(start) } else { Some(start) };
+            let in_length = !cut && at < start + 4;
+            if at < durable_end {
+                prop_assert!(replayed.is_err(), "damage at {} before the durable end {}", at, durable_end);
+            } else if cut || end == wal.bytes() {
+                let replay = replayed.unwrap();
+                prop_assert_eq!(replay.bodies, intact);
+                prop_assert_eq!(replay.torn_at, torn);
+            } else if in_length {
+                // A damaged length points anywhere: at a later record by chance (damage), or not.
+                match replayed {
+                    Ok(replay) => prop_assert_eq!(replay.bodies, intact),
+                    Err(corruption) => prop_assert_eq!(corruption, WalCorruption::FollowedByValid { at: start }),
+                }
+            } else {
+                prop_assert_eq!(replayed.unwrap_err(), WalCorruption::FollowedByValid { at: start });
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use chorus_machine::access::{self, Action, Actor, Permission};
 use chorus_machine::{StoreRead, query};
 use chorus_protocol::pb::{self, ErrorCode};
 
-use super::respond::{error, internal};
+use super::respond::{error, unreadable};
 
 /// What a read needs.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +25,7 @@ pub enum Needs<'a> {
 pub fn permissions(store: &impl StoreRead, actor: &Actor) -> Result<Option<Vec<Permission>>, pb::Error> {
     match actor {
         Actor::Broker | Actor::Anonymous => Ok(None),
-        Actor::User(name) => match query::user(store, name).map_err(internal)? {
+        Actor::User(name) => match query::user(store, name).map_err(unreadable)? {
             Some(user) => Ok(Some(user.permissions)),
             None => Err(forbidden(format!("user {name:?} does not exist"))),
         },

@@ -10,7 +10,7 @@
 use chorus_machine::{Actor, Quotas, UserRecord, query};
 use chorus_protocol::pb::{self, ErrorCode};
 
-use super::respond::{error, internal};
+use super::respond::{error, unreadable};
 use super::sessions::SessionUse;
 use super::state::Server;
 
@@ -62,7 +62,7 @@ pub async fn login(server: &Server, hello: &pb::Hello, certificate_user: Option<
 
 fn lookup(server: &Server, name: &str) -> Result<Option<UserRecord>, pb::Error> {
     let store = server.broker.read()?;
-    query::user(&store, name).map_err(internal)
+    query::user(&store, name).map_err(unreadable)
 }
 
 fn unauthorized(why: &str) -> pb::Error {

@@ -2,7 +2,8 @@
 //! error code a client can act on.
 
 use chorus_machine::{
-    GroupRecord, MachineError, MessageRecord, Published, StoreRead, SubRecord, TopicRecord, UserRecord, query,
+    GroupRecord, MachineError, MessageRecord, Published, StoreError, StoreRead, SubRecord, TopicRecord, UserRecord,
+    query,
 };
 use chorus_protocol::pb::{self, ErrorCode};
 
@@ -11,6 +12,7 @@ use crate::command::{self, ConvertError, group_config_to_pb, topic_config_to_pb}
 use crate::forward::ForwardError;
 use crate::proposer::{MembershipError, ProposeError};
 use crate::security::password::PasswordError;
+use crate::storage::CorruptValue;
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> pb::Error {
     pb::Error::new(code, message)
@@ -21,24 +23,35 @@ pub fn internal(error: impl std::fmt::Display) -> pb::Error {
     pb::Error::new(ErrorCode::Internal, error.to_string())
 }
 
+/// A read of the applied state failed. A damaged value is never served: this broker answers
+/// `UNAVAILABLE`, which a client retries at another broker, whose copy is its own.
+pub fn unreadable(error: StoreError) -> pb::Error {
+    match CorruptValue::find(&error) {
+        Some(corrupt) => {
+            pb::Error::new(ErrorCode::Unavailable, format!("this broker cannot serve the read, another can: {corrupt}"))
+        }
+        None => internal(error),
+    }
+}
+
 /// The topic named `name`, or UnknownTopic.
 pub fn find_topic(store: &impl StoreRead, name: &str) -> Result<TopicRecord, pb::Error> {
     query::topic(store, name)
-        .map_err(internal)?
+        .map_err(unreadable)?
         .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")))
 }
 
 /// The work group `name` on `topic`, or UnknownGroup.
 pub fn find_group(store: &impl StoreRead, topic: &TopicRecord, name: &str) -> Result<GroupRecord, pb::Error> {
     query::group_of(store, topic.id, name)
-        .map_err(internal)?
+        .map_err(unreadable)?
         .ok_or_else(|| error(ErrorCode::UnknownGroup, format!("unknown work group {name:?}")))
 }
 
 /// `topic` with its groups and subscriptions.
 pub fn describe(store: &impl StoreRead, topic: &TopicRecord) -> Result<pb::TopicInfo, pb::Error> {
-    let groups = query::groups(store, topic.id).map_err(internal)?;
-    let subs = query::subscriptions(store, topic.id).map_err(internal)?;
+    let groups = query::groups(store, topic.id).map_err(unreadable)?;
+    let subs = query::subscriptions(store, topic.id).map_err(unreadable)?;
     Ok(topic_info(topic, &groups, &subs))
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::access::{self, Needs};
 use super::dispatch::Runner;
-use super::respond::{self, error, find_topic, internal};
+use super::respond::{self, error, find_topic, unreadable};
 use super::router::Router;
 use super::state::Server;
 use crate::broker::Broker;
@@ -67,7 +67,7 @@ pub async fn open(
         let store = broker.read()?;
         access::check(&store, actor, Needs::Allowed(Action::Subscribe, &request.topic))?;
         let topic = find_topic(&store, &request.topic)?;
-        (topic.id, query::seq_at(&store, &topic, start).map_err(internal)?)
+        (topic.id, query::seq_at(&store, &topic, start).map_err(unreadable)?)
     };
     let next_seq = match &request.subscription {
         Some(name) => {
@@ -156,12 +156,12 @@ impl Delivery {
         let store = self.broker.read()?;
         access::check(&store, &self.actor, Needs::Allowed(Action::Subscribe, &self.topic))?;
         let topic = query::topic(&store, &self.topic)
-            .map_err(internal)?
+            .map_err(unreadable)?
             .filter(|t| t.id == self.topic_id)
             .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("topic {:?} was deleted", self.topic)))?;
         self.next_seq = self.next_seq.max(topic.first_seq);
         let bytes_max = self.broker.config.limits.delivery_bytes_max;
-        let messages = query::read(&store, &topic, self.next_seq, count, bytes_max).map_err(internal)?;
+        let messages = query::read(&store, &topic, self.next_seq, count, bytes_max).map_err(unreadable)?;
         Ok(messages.into_iter().map(|(seq, message)| respond::stored_message(seq, message)).collect())
     }
 }

@@ -6,7 +6,7 @@ use chorus_protocol::pb::{self, ErrorCode};
 
 use super::{Route, Serve, Served};
 use crate::server::access::{self, Needs};
-use crate::server::respond::{error, internal, user_info};
+use crate::server::respond::{error, unreadable, user_info};
 use crate::server::state::Server;
 
 impl Serve for pb::DescribeUser {
@@ -23,7 +23,7 @@ impl Serve for pb::DescribeUser {
         let store = server.broker.read()?;
         access::check(&store, actor, Needs::AdminOrSelf(name))?;
         let user = query::user(&store, name)
-            .map_err(internal)?
+            .map_err(unreadable)?
             .ok_or_else(|| error(ErrorCode::UnknownUser, format!("unknown user {name:?}")))?;
         Ok(user_info(&user))
     }

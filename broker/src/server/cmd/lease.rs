@@ -14,7 +14,7 @@ use super::{Route, Serve, Served, write};
 use crate::config::Limits;
 use crate::proposer::ProposeError;
 use crate::server::access::{self, Needs};
-use crate::server::respond::{find_group, find_topic, internal, refused, stored_message};
+use crate::server::respond::{find_group, find_topic, internal, refused, stored_message, unreadable};
 use crate::server::state::Server;
 
 impl Serve for pb::LeaseRequest {
@@ -59,7 +59,7 @@ async fn long_poll(
             let store = broker.read()?;
             let topic = find_topic(&store, &request.topic)?;
             let group = find_group(&store, &topic, &request.group)?;
-            query::lease_hint(&store, &topic, &group, broker.now_ms()).map_err(internal)?
+            query::lease_hint(&store, &topic, &group, broker.now_ms()).map_err(unreadable)?
         };
         let claim = hint.ready_now.then(|| {
             let count = u64::from(request.count_max);

@@ -5,7 +5,7 @@ use chorus_protocol::pb;
 
 use super::{Route, Serve, Served};
 use crate::server::access::{self, Needs};
-use crate::server::respond::{find_topic, group_info, internal};
+use crate::server::respond::{find_topic, group_info, unreadable};
 use crate::server::state::Server;
 
 impl Serve for pb::ListGroups {
@@ -15,7 +15,7 @@ impl Serve for pb::ListGroups {
         let store = server.broker.read()?;
         access::check(&store, actor, Needs::SeeTopic(&self.topic))?;
         let topic = find_topic(&store, &self.topic)?;
-        let groups = query::groups(&store, topic.id).map_err(internal)?;
+        let groups = query::groups(&store, topic.id).map_err(unreadable)?;
         Ok(pb::GroupList { groups: groups.iter().map(|group| group_info(&topic, group)).collect() })
     }
 }

@@ -7,7 +7,7 @@ use chorus_protocol::pb;
 
 use super::{Route, Serve, Served, page_size};
 use crate::server::access;
-use crate::server::respond::{describe, internal};
+use crate::server::respond::{describe, unreadable};
 use crate::server::state::Server;
 
 impl Serve for pb::ListTopics {
@@ -16,7 +16,7 @@ impl Serve for pb::ListTopics {
     async fn serve(self, server: &Server, actor: &Actor) -> Served<pb::TopicList> {
         let store = server.broker.read()?;
         let permissions = access::permissions(&store, actor)?;
-        let topics = query::topics(&store, &self.after, page_size(self.limit)).map_err(internal)?;
+        let topics = query::topics(&store, &self.after, page_size(self.limit)).map_err(unreadable)?;
         let topics = topics
             .iter()
             .filter(|topic| access::lists_topic(permissions.as_deref(), &topic.name))

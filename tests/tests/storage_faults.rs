@@ -1,0 +1,226 @@
+//! Storage faults on real broker processes: a damaged disk on a minority of brokers loses nothing
+//! acknowledged. Each test is one case issue 17 found, provoked on the files themselves.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use chorus_consumers::Connection;
+use chorus_protocol::pb::{self, server_frame::Body};
+use chorus_tests::cluster::{Cluster, ClusterOptions};
+use chorus_tests::workload::{client, create_topic, publish_idempotent, publish_many};
+
+const TOPIC: &str = "ledger";
+const T: Duration = Duration::from_secs(10);
+
+/// The write-ahead layout (`broker/src/raft/wal.rs`): header slots at 0 and 512, each a magic
+/// and the epoch; records from byte 1024.
+const WAL_MAGIC: &[u8; 8] = b"CHORUSW2";
+const WAL_SLOT_STRIDE: usize = 512;
+const WAL_RECORDS_AT: usize = 1024;
+
+/// The write-ahead file of `data_dir` that takes appends now: the one of the later epoch.
+fn live_write_ahead_file(data_dir: &Path) -> std::path::PathBuf {
+    let epoch_of = |path: &Path| -> u64 {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        [0, WAL_SLOT_STRIDE]
+            .into_iter()
+            .filter(|&at| bytes.len() >= at + 16 && &bytes[at..at + 8] == WAL_MAGIC)
+            .map(|at| u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()))
+            .max()
+            .unwrap_or(0)
+    };
+    let files = [data_dir.join("log.wal0"), data_dir.join("log.wal1")];
+    files.into_iter().max_by_key(|path| epoch_of(path)).unwrap()
+}
+
+/// Flips one bit of the byte at `at` in `path`.
+fn flip_bit(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    assert!(bytes.len() > at, "{} has {} bytes, none at {at}", path.display(), bytes.len());
+    bytes[at] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Flips one bit inside every copy of `needle` in `path` (redb may hold old copies of a page
+/// too; the live one is among them). Returns how many it found.
+fn flip_every(path: &Path, needle: &[u8]) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let found: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(at, _)| at).collect();
+    for &at in &found {
+        bytes[at + needle.len() / 2] ^= 0x01;
+    }
+    std::fs::write(path, bytes).unwrap();
+    found.len()
+}
+
+/// Payloads of an inspected topic, in log order.
+fn payloads(rows: &[String]) -> BTreeSet<String> {
+    rows.iter().map(|row| row.rsplit('\t').next().unwrap_or_default().to_owned()).collect()
+}
+
+/// Case 1. Broker 3 is down while brokers 1 and 2 acknowledge 3,000 messages; both are killed,
+/// and a bit flips in the first record of broker 2's live write-ahead file. Broker 2 used to
+/// replay up to the bad record, win an election with broker 3, and lose every one of those
+/// messages. It must now refuse to start, saying which file is damaged where, and once broker 1
+/// is back, brokers 1 and 3 serve all 3,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_write_ahead_record_on_one_broker_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    cluster.kill(3);
+    cluster.wait_for_leader(&[1, 2], Duration::from_secs(20)).await;
+    let survivors = vec![cluster.brokers[&1].client_addr.clone(), cluster.brokers[&2].client_addr.clone()];
+    let client = client(survivors).await;
+    create_topic(&client, TOPIC).await;
+    let acked = publish_many(&client, TOPIC, 10, 300, Arc::new(AtomicU64::new(0))).await;
+    assert_eq!(acked.len(), 3_000);
+    drop(client);
+    // Idle, the writer records its durable end in the header within 5 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.kill(1);
+    cluster.kill(2);
+
+    let damaged = live_write_ahead_file(cluster.data_dir(2));
+    flip_bit(&damaged, WAL_RECORDS_AT + 12);
+    cluster.spawn(2);
+    cluster.spawn(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.exited(2) {
+        assert!(Instant::now() < deadline, "broker 2 started on a damaged log\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = cluster.logs_of(2);
+    assert!(logs.contains("is damaged") && logs.contains("before the durable end"), "{logs}");
+
+    cluster.spawn(1);
+    let leader = cluster.wait_for_leader(&[1, 3], Duration::from_secs(30)).await;
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_applied_through(&[1, 3], applied, Duration::from_secs(30)).await;
+    cluster.terminate(1);
+    cluster.terminate(3);
+    for id in [1, 3] {
+        let held = payloads(&cluster.inspect(id, TOPIC));
+        let lost: Vec<&String> = acked.iter().filter(|payload| !held.contains(*payload)).collect();
+        assert!(lost.is_empty(), "broker {id} lost {} acknowledged messages, e.g. {:?}", lost.len(), lost.first());
+    }
+}
+
+/// Case 2. A flipped byte in a follower's `state.redb` used to be served to subscribers with no
+/// error anywhere. The follower must refuse the damaged batch (its client is told to go to
+/// another broker) and serve only intact messages; the other brokers serve all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_value_in_a_followers_state_is_never_served() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, TOPIC).await;
+    let payload = |n: u64| format!("canary-{n:03}-{}", "x".repeat(40));
+    for n in 0..20 {
+        publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
+    }
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(20)).await;
+    cluster.terminate(follower);
+    let damaged = payload(7);
+    let copies = flip_every(&cluster.data_dir(follower).join("state.redb"), damaged.as_bytes());
+    assert!(copies > 0, "the payload is not in the state file");
+    cluster.spawn(follower);
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await;
+
+    let connection = Connection::connect(&cluster.brokers[&follower].client_addr, "fault-test", T).await.unwrap();
+    let subscribe = pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 100 };
+    let served = match connection.open_stream(subscribe, T).await {
+        Ok((_, _, mut deliveries)) => {
+            let mut served = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(3), deliveries.recv()).await {
+                    Ok(Some(Body::Delivery(delivery))) => served.extend(delivery.messages),
+                    Ok(Some(Body::Error(error))) => {
+                        assert_eq!(error.code(), pb::ErrorCode::Unavailable, "{error:?}");
+                        break;
+                    }
+                    // Idle: nothing more to deliver.
+                    Err(_) | Ok(None) => break,
+                    Ok(Some(other)) => panic!("a subscription sent {other:?}"),
+                }
+            }
+            served
+        }
+        Err(error) => panic!("subscribing on the damaged follower failed outright: {error}"),
+    };
+    for message in &served {
+        assert_eq!(message.payload, payload(message.seq - 1).as_bytes(), "a damaged payload was served");
+    }
+    assert!(served.len() < 20, "every message was served, the damaged one included");
+    assert!(cluster.logs_of(follower).contains("fails its checksum"), "{}", cluster.logs());
+
+    // Another broker's copy is its own: it serves all 20, intact.
+    let other = [1, 2, 3].into_iter().find(|id| *id != follower).unwrap();
+    let connection = Connection::connect(&cluster.brokers[&other].client_addr, "fault-test", T).await.unwrap();
+    let subscribe = pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 100 };
+    let (_, _, mut deliveries) = connection.open_stream(subscribe, T).await.unwrap();
+    let mut intact = Vec::new();
+    while intact.len() < 20 {
+        match tokio::time::timeout(T, deliveries.recv()).await {
+            Ok(Some(Body::Delivery(delivery))) => intact.extend(delivery.messages),
+            outcome => panic!("broker {other} did not serve the topic: {outcome:?}"),
+        }
+    }
+    for message in &intact {
+        assert_eq!(message.payload, payload(message.seq - 1).as_bytes());
+    }
+}
+
+/// Case 4. A flipped byte in the leader's snapshot used to spread: a wiped follower installed it
+/// and served a wrong message. The leader must see the damage before sending, build the snapshot
+/// again from its state, and the follower must end with exactly the leader's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_snapshot_is_built_again_not_sent() {
+    let options =
+        ClusterOptions { snapshot_after_entries: 50, entries_kept_after_snapshot: 5, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, TOPIC).await;
+    let mut acked = publish_many(&client, TOPIC, 2, 300, Arc::new(AtomicU64::new(0))).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.terminate(follower);
+    cluster.wipe(follower);
+    for n in 0..200u64 {
+        publish_idempotent(&client, TOPIC, "late", n, format!("late-{n}")).await.unwrap();
+        acked.push(format!("late-{n}"));
+    }
+    // Let the last snapshot build finish, then damage it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let snapshots = cluster.data_dir(leader).join("snapshots");
+    let mut damaged = 0;
+    for file in std::fs::read_dir(&snapshots).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "snap") {
+            let len = std::fs::metadata(&path).unwrap().len() as usize;
+            flip_bit(&path, len / 2);
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1, "the leader keeps one snapshot");
+
+    cluster.spawn(follower);
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(60)).await;
+    let logs = cluster.logs_of(leader);
+    assert!(logs.contains("the current snapshot is damaged"), "the leader did not notice:\n{logs}");
+    let follower_log = cluster.logs_of(follower);
+    assert!(follower_log.contains("installed snapshot"), "no snapshot was installed:\n{follower_log}");
+    for id in [1, 2, 3] {
+        cluster.terminate(id);
+    }
+    let reference = cluster.inspect(leader, TOPIC);
+    assert_eq!(cluster.inspect(follower, TOPIC), reference, "the follower differs from the leader");
+    let held = payloads(&reference);
+    assert!(acked.iter().all(|payload| held.contains(payload)), "an acknowledged message is missing");
+}
