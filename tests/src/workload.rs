@@ -9,6 +9,8 @@ use chorus_consumers::{Client, ClientConfig, ClientError, Connection};
 use chorus_protocol::pb::{self, ErrorCode, client_frame::Body as Request, server_frame::Body};
 use tokio::sync::Mutex;
 
+use crate::cluster::{Cluster, ClusterOptions};
+
 /// How long one request of a test may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,4 +90,26 @@ pub async fn publish_many(
         task.await.expect("publisher task");
     }
     Arc::try_unwrap(acked).expect("publishers done").into_inner()
+}
+
+/// A follower that must catch up through a snapshot: a 3-broker cluster that snapshots every 50
+/// entries takes 600 messages on `topic`; one follower is stopped and its data wiped; 200 more
+/// follow, so the leader snapshots and purges again while it is gone. Returns the cluster, the
+/// leader, the stopped follower and every acknowledged payload.
+pub async fn wiped_follower_behind_a_snapshot(topic: &str) -> (Cluster, u64, u64, Vec<String>) {
+    let options =
+        ClusterOptions { snapshot_after_entries: 50, entries_kept_after_snapshot: 5, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, topic).await;
+    let mut acked = publish_many(&client, topic, 2, 300, Arc::new(std::sync::atomic::AtomicU64::new(0))).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).expect("a follower");
+    cluster.terminate(follower);
+    cluster.wipe(follower);
+    for n in 0..200u64 {
+        publish_idempotent(&client, topic, "late", n, format!("late-{n}")).await.expect("publish while one is down");
+        acked.push(format!("late-{n}"));
+    }
+    (cluster, leader, follower, acked)
 }

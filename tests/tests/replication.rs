@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chorus_tests::cluster::{Cluster, ClusterOptions};
-use chorus_tests::workload::{client, create_topic, publish_idempotent, publish_many};
+use chorus_tests::cluster::Cluster;
+use chorus_tests::workload::{
+    client, create_topic, publish_idempotent, publish_many, wiped_follower_behind_a_snapshot,
+};
 
 const TOPIC: &str = "events";
 
@@ -144,21 +146,7 @@ async fn a_whole_cluster_restart_keeps_the_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_follower_catches_up_through_a_snapshot() {
-    let options =
-        ClusterOptions { snapshot_after_entries: 50, entries_kept_after_snapshot: 5, ..ClusterOptions::default() };
-    let mut cluster = Cluster::start_with(3, options).await;
-    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
-    let client = client(cluster.client_addrs()).await;
-    create_topic(&client, TOPIC).await;
-    let mut acked = publish_many(&client, TOPIC, 2, 300, Arc::new(AtomicU64::new(0))).await;
-    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    cluster.terminate(follower);
-    cluster.wipe(follower);
-    // More entries, so the leader snapshots and purges again while the follower is gone.
-    for n in 0..200u64 {
-        publish_idempotent(&client, TOPIC, "late", n, format!("late-{n}")).await.unwrap();
-        acked.push(format!("late-{n}"));
-    }
+    let (mut cluster, leader, follower, acked) = wiped_follower_behind_a_snapshot(TOPIC).await;
     cluster.spawn(follower);
     let applied = cluster.status(leader).await.unwrap().applied_index;
     cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(60)).await;

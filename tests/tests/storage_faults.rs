@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use chorus_consumers::Connection;
 use chorus_protocol::pb::{self, server_frame::Body};
-use chorus_tests::cluster::{Cluster, ClusterOptions};
-use chorus_tests::workload::{client, create_topic, publish_idempotent, publish_many};
+use chorus_tests::cluster::Cluster;
+use chorus_tests::workload::{
+    client, create_topic, publish_idempotent, publish_many, wiped_follower_behind_a_snapshot,
+};
 
 const TOPIC: &str = "ledger";
 const T: Duration = Duration::from_secs(10);
@@ -181,20 +183,7 @@ async fn a_damaged_value_in_a_followers_state_is_never_served() {
 /// again from its state, and the follower must end with exactly the leader's messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_snapshot_is_built_again_not_sent() {
-    let options =
-        ClusterOptions { snapshot_after_entries: 50, entries_kept_after_snapshot: 5, ..ClusterOptions::default() };
-    let mut cluster = Cluster::start_with(3, options).await;
-    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
-    let client = client(cluster.client_addrs()).await;
-    create_topic(&client, TOPIC).await;
-    let mut acked = publish_many(&client, TOPIC, 2, 300, Arc::new(AtomicU64::new(0))).await;
-    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    cluster.terminate(follower);
-    cluster.wipe(follower);
-    for n in 0..200u64 {
-        publish_idempotent(&client, TOPIC, "late", n, format!("late-{n}")).await.unwrap();
-        acked.push(format!("late-{n}"));
-    }
+    let (mut cluster, leader, follower, acked) = wiped_follower_behind_a_snapshot(TOPIC).await;
     // Let the last snapshot build finish, then damage it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let snapshots = cluster.data_dir(leader).join("snapshots");
