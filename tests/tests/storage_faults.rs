@@ -213,3 +213,58 @@ async fn a_damaged_snapshot_is_built_again_not_sent() {
     let held = payloads(&reference);
     assert!(acked.iter().all(|payload| held.contains(payload)), "an acknowledged message is missing");
 }
+
+/// Cases 3 and 6. A flipped byte in the leader's `log.redb` used to spread: a follower that caught
+/// up from it served the damaged message. The leader must refuse the damaged entry instead of
+/// sending it; its Raft core then stops, and the broker exits rather than serving on as a
+/// zombie. The follower catches up from the other broker, whose copy is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_log_entry_on_the_leader_is_never_replicated() {
+    let mut cluster = Cluster::start(3).await;
+    let first = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let behind = [1, 2, 3].into_iter().find(|id| *id != first).unwrap();
+    cluster.kill(behind);
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, TOPIC).await;
+    let payload = |n: u64| format!("canary-{n:03}-{}", "x".repeat(40));
+    for n in 0..200 {
+        publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
+    }
+    drop(client);
+    let holders: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != behind).collect();
+    // A restart replays the write-ahead files into log.redb and checkpoints: the entries are
+    // then in log.redb alone.
+    for &id in &holders {
+        cluster.terminate(id);
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&holders, Duration::from_secs(30)).await;
+    for &id in &holders {
+        cluster.terminate(id);
+    }
+    let (damaged, intact) = (holders[0], holders[1]);
+    let copies = flip_every(&cluster.data_dir(damaged).join("log.redb"), payload(120).as_bytes());
+    assert!(copies > 0, "the payload is not in the log file");
+
+    // With the broker that is behind, the damaged one has the longer log and leads.
+    cluster.spawn(damaged);
+    cluster.spawn(behind);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.exited(damaged) {
+        assert!(Instant::now() < deadline, "the damaged broker kept running\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = cluster.logs_of(damaged);
+    assert!(log.contains("a damaged log entry was read and refused"), "{log}");
+    cluster.spawn(intact);
+    let leader = cluster.wait_for_leader(&[intact, behind], Duration::from_secs(30)).await;
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[intact, behind], applied, Duration::from_secs(30)).await;
+    cluster.terminate(intact);
+    cluster.terminate(behind);
+    let reference = cluster.inspect(intact, TOPIC);
+    assert_eq!(reference.len(), 200);
+    assert_eq!(cluster.inspect(behind, TOPIC), reference, "the follower that caught up differs");
+    let held = payloads(&reference);
+    assert!((0..200).all(|n| held.contains(&payload(n))), "a payload is missing or damaged");
+}
