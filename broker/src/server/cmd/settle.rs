@@ -13,9 +13,7 @@ impl Serve for pb::AckRequest {
 
     async fn serve(self, server: &Server, actor: &Actor) -> Served<pb::SettleOk> {
         let tokens = self.tokens.clone();
-        let command = Command::Ack { topic: self.topic, group: self.group, tokens: self.tokens };
-        let results = write(server, actor, command).await?.settled().map_err(internal)?;
-        Ok(settled(&tokens, results.into_iter().map(|result| result.map(|()| None))))
+        release(server, actor, tokens, Command::Ack { topic: self.topic, group: self.group, tokens: self.tokens }).await
     }
 }
 
@@ -26,8 +24,7 @@ impl Serve for pb::NackRequest {
         let tokens = self.tokens.clone();
         let command =
             Command::Nack { topic: self.topic, group: self.group, tokens: self.tokens, delay_ms: self.delay_ms };
-        let results = write(server, actor, command).await?.settled().map_err(internal)?;
-        Ok(settled(&tokens, results.into_iter().map(|result| result.map(|()| None))))
+        release(server, actor, tokens, command).await
     }
 }
 
@@ -41,6 +38,12 @@ impl Serve for pb::ExtendRequest {
         let results = write(server, actor, command).await?.extended().map_err(internal)?;
         Ok(settled(&tokens, results.into_iter().map(|result| result.map(Some))))
     }
+}
+
+/// Proposes an ack or a nack of `tokens` and answers a result per token.
+async fn release(server: &Server, actor: &Actor, tokens: Vec<u64>, command: Command) -> Served<pb::SettleOk> {
+    let results = write(server, actor, command).await?.settled().map_err(internal)?;
+    Ok(settled(&tokens, results.into_iter().map(|result| result.map(|()| None))))
 }
 
 /// Pairs each token with its result: a new deadline for an extend, nothing for an ack or nack.
