@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::forward::{ForwardError, Forwarder};
 use crate::proposer::{MembershipError, ProposeError, Proposer, raft_error};
+use crate::raft::repair::LogRepair;
 use crate::raft::snapshot_file::Receipts;
 use crate::raft::state_store::AppliedStatus;
 use crate::raft::{BrokerNode, NodeId, Raft};
@@ -44,7 +45,18 @@ pub struct Broker {
     core_failure: OnceLock<String>,
     /// The snapshot arriving from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipts: Receipts,
+    /// The log's repair: while under way, this broker does not vote.
+    pub(crate) repair: LogRepair,
     shutdown: CancellationToken,
+}
+
+/// Why this broker refused a vote request.
+#[derive(Debug, thiserror::Error)]
+pub enum VoteRefused {
+    #[error("broker {id} repairs a damaged log through index {floor}, and votes once it has applied it")]
+    Repairing { id: NodeId, floor: u64 },
+    #[error("{0}")]
+    Raft(Box<openraft::error::RaftError<NodeId>>),
 }
 
 impl std::fmt::Debug for Broker {
@@ -61,6 +73,7 @@ impl Broker {
         state: Arc<Database>,
         applied: watch::Receiver<AppliedStatus>,
         committed: Arc<AtomicU64>,
+        repair: LogRepair,
     ) -> Broker {
         let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
         let forwarder = Forwarder::new(config.network(), config.limits.forward_connections_max);
@@ -74,6 +87,7 @@ impl Broker {
             forwarder,
             core_failure: OnceLock::new(),
             snapshot_receipts: Receipts::default(),
+            repair,
             shutdown: CancellationToken::new(),
         }
     }
@@ -130,6 +144,23 @@ impl Broker {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id())
+    }
+
+    /// Answers a candidate's vote request, unless this broker's log is under repair: a damaged
+    /// log must not count in an election ([`crate::raft::repair`]).
+    pub async fn vote(
+        &self,
+        request: openraft::raft::VoteRequest<NodeId>,
+    ) -> Result<openraft::raft::VoteResponse<NodeId>, VoteRefused> {
+        if let Some(floor) = self.repair.floor() {
+            return Err(VoteRefused::Repairing { id: self.id(), floor });
+        }
+        self.raft.vote(request).await.map_err(|error| VoteRefused::Raft(Box::new(error)))
+    }
+
+    /// The index this broker must apply before it votes again, while its log is under repair.
+    pub fn repair_floor(&self) -> Option<u64> {
+        self.repair.floor()
     }
 
     /// Proposes one command through the log and waits for its outcome. `NotLeader` means the
@@ -195,6 +226,7 @@ impl Broker {
             commit_index: self.committed.load(Ordering::Relaxed).max(applied_index),
             applied_index,
             brokers,
+            repair_floor: self.repair.floor(),
         }
     }
 

@@ -5,6 +5,8 @@
 //!   when no peer already belongs to an initialized cluster;
 //! - [`bootstrap_admin`]: while leader, proposes the configured first admin until users exist;
 //! - [`watch_core`]: stops the broker when its Raft core stops;
+//! - [`watch_repair`]: while the log is under repair, lets the broker vote again once it has
+//!   applied the repair floor;
 //! - [`watch_membership`]: stops the broker once the membership has left it out for a while.
 
 use std::sync::Arc;
@@ -30,6 +32,9 @@ pub fn start(broker: &Arc<Broker>) {
     tokio::spawn(pulse_loop(Arc::clone(broker)));
     tokio::spawn(watch_membership(Arc::clone(broker)));
     tokio::spawn(watch_core(Arc::clone(broker)));
+    if broker.repair.floor().is_some() {
+        tokio::spawn(watch_repair(Arc::clone(broker)));
+    }
     if broker.config.security.bootstrap_admin.is_some() {
         tokio::spawn(bootstrap_admin(Arc::clone(broker)));
     }
@@ -173,6 +178,31 @@ async fn watch_core(broker: Arc<Broker>) {
                 }
                 return;
             },
+        }
+    }
+}
+
+/// Waits until the state machine has applied the repair floor, records that the repair is
+/// finished, and lets the broker vote and stand for election again.
+async fn watch_repair(broker: Arc<Broker>) {
+    let mut metrics = broker.raft.metrics();
+    let shutdown = broker.shutdown_token();
+    loop {
+        let applied = metrics.borrow_and_update().last_applied.map(|id| id.index);
+        if broker.repair.repaired_by(applied) {
+            let floor = broker.repair.floor();
+            if let Err(error) = broker.repair.finish() {
+                // Not voting is safe; the next start finds the floor again and carries on.
+                tracing::error!(%error, "the repair is done but cannot be recorded; this broker still does not vote");
+                return;
+            }
+            broker.raft.runtime_config().elect(true);
+            tracing::info!(id = broker.id(), floor, "the log is repaired; this broker votes again");
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -157,7 +157,7 @@ async fn answer_raft(broker: &Broker, body: Option<Body>) -> Body {
             Err(error) => refuse(error),
         },
         Some(Body::Vote(request)) => match wire::vote_request_from_pb(request) {
-            Ok(request) => match broker.raft.vote(request).await {
+            Ok(request) => match broker.vote(request).await {
                 Ok(response) => Body::VoteOk(wire::vote_response_to_pb(&response)),
                 Err(error) => refuse(error),
             },

@@ -70,10 +70,15 @@ impl Broker {
     ) -> Result<Arc<Broker>, StartError> {
         log.purge_behind_state(state.durable());
         let committed = log.committed_index();
+        let repair = log.repair();
         let applied = state.status();
         let database = state.database();
         let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
-        let broker = Arc::new(Broker::new(config, raft, database, applied, committed));
+        if let Some(floor) = repair.floor() {
+            tracing::warn!(floor, "the log is under repair: this broker neither votes nor stands for election until it has applied index {floor} from a leader");
+            raft.runtime_config().elect(false);
+        }
+        let broker = Arc::new(Broker::new(config, raft, database, applied, committed, repair));
         duties::start(&broker);
         Ok(broker)
     }

@@ -278,6 +278,7 @@ fn server_bodies() -> Vec<S> {
                 matched_index: Some(98),
                 lag: Some(2),
             }],
+            repair_floor: Some(97),
         }),
         S::Done(pb::Empty {}),
         S::Error(not_leader),

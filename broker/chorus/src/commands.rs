@@ -500,6 +500,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     "leader_id": own.as_ref().and_then(|s| s.leader_id),
                     "commit_index": own.as_ref().map(|s| s.commit_index), "applied_index": own.as_ref().map(|s| s.applied_index),
                     "lag": lags.get(&b.id).copied().flatten(),
+                    "repair_floor": own.as_ref().and_then(|s| s.repair_floor),
                 })
             })
             .collect();
@@ -510,22 +511,29 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "{:<7} {:<18} {:<10} {:>6} {:>7} {:>9} {:>9} {:>6}",
         "broker", "clients", "role", "term", "leader", "commit", "applied", "lag"
     );
+    let mut repairing = Vec::new();
     for (broker, own) in rows {
         let lag = lags.get(&broker.id).copied().flatten().map_or("-".to_owned(), |l| l.to_string());
         match own {
-            Some(s) => println!(
-                "{:<7} {:<18} {:<10} {:>6} {:>7} {:>9} {:>9} {:>6}",
-                broker.id,
-                broker.client_addr,
-                s.role,
-                s.term,
-                s.leader_id.map_or("-".into(), |l| l.to_string()),
-                s.commit_index,
-                s.applied_index,
-                lag
-            ),
+            Some(s) => {
+                println!(
+                    "{:<7} {:<18} {:<10} {:>6} {:>7} {:>9} {:>9} {:>6}",
+                    broker.id,
+                    broker.client_addr,
+                    s.role,
+                    s.term,
+                    s.leader_id.map_or("-".into(), |l| l.to_string()),
+                    s.commit_index,
+                    s.applied_index,
+                    lag
+                );
+                repairing.extend(s.repair_floor.map(|floor| (broker.id, floor)));
+            }
             None => println!("{:<7} {:<18} {:<10}", broker.id, broker.client_addr, "down"),
         }
+    }
+    for (id, floor) in repairing {
+        println!("broker {id} is repairing a damaged log through index {floor}: it does not vote until then");
     }
     Ok(ExitCode::SUCCESS)
 }

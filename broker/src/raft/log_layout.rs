@@ -10,8 +10,11 @@ use super::{Entry, wire};
 
 /// Entries by index, each an encoded `pb::RaftEntry` followed by its CRC-32 ([`stored_entry`]).
 pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// The vote, the committed id, the purge point and the write-ahead epoch.
+/// The vote, the committed id, the purge point, the write-ahead epoch and the repair floor.
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// Set while the log repairs damage: the index the state machine must apply again before this
+/// broker votes or stands for election.
+pub(super) const REPAIR_KEY: &str = "repair_floor";
 pub(super) const VOTE_KEY: &str = "vote";
 pub(super) const COMMITTED_KEY: &str = "committed";
 pub(super) const PURGED_KEY: &str = "purged";

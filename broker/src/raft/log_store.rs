@@ -30,6 +30,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::log_layout::{self, COMMITTED_KEY, LOG, META, PURGED_KEY, VOTE_KEY};
 use super::log_write::{self, Flushed, Job, Shared, SyncOp, WalPair};
+use super::repair::LogRepair;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
 
 /// Reads the log: on-disk entries overlaid with pending ones.
@@ -63,6 +64,7 @@ pub struct LogStore {
     committed: Arc<AtomicU64>,
     /// The last log index the state machine holds durably, when tied to one.
     state_durable: Option<watch::Receiver<Option<u64>>>,
+    repair: LogRepair,
 }
 
 impl Debug for LogStore {
@@ -130,18 +132,24 @@ impl LogStore {
     }
 
     fn on_database(db: Database, wal: [Box<dyn StorageBackend>; 2], writer: Writer) -> Result<LogStore, StorageError> {
-        let (shared, wal) = log_write::recover(db, wal).map_err(write_error)?;
+        let (shared, wal, _) = log_write::recover(db, wal).map_err(write_error)?;
         let shared = Arc::new(shared);
+        let floor = {
+            let txn = shared.db.begin_read().map_err(read_error)?;
+            log_write::read_repair_floor(&txn.open_table(META).map_err(read_error)?).map_err(read_error)?
+        };
         let jobs = match writer {
             Writer::Inline => Jobs::Inline(Mutex::new(wal)),
             Writer::Thread => Jobs::Thread(log_write::spawn(wal, Arc::clone(&shared)).map_err(write_error)?),
         };
+        let reader = LogReader { shared: Arc::clone(&shared) };
         let mut store = LogStore {
-            reader: LogReader { shared },
+            reader,
             jobs,
             committed_id: None,
             committed: Arc::new(AtomicU64::new(0)),
             state_durable: None,
+            repair: LogRepair::new(Arc::clone(&shared), floor),
         };
         store.committed_id = store.read_log_id(COMMITTED_KEY)?;
         store.committed.store(store.committed_id.map_or(0, |id| id.index), Ordering::Relaxed);
@@ -189,6 +197,11 @@ impl LogStore {
             Ok(_) => Ok(()),
             Err(_) => Err(write_error(StateStopped)),
         }
+    }
+
+    /// The log's repair, under way if opening it found damage, now or before a restart.
+    pub fn repair(&self) -> LogRepair {
+        self.repair.clone()
     }
 
     /// Follows the committed index as openraft saves it.
@@ -365,6 +378,7 @@ mod tests {
     use crate::raft::crash_disk::Disks;
     use crate::raft::log_write::WAL_BYTES_MAX;
     use openraft::{CommittedLeaderId, EntryPayload};
+    use redb::StorageBackend;
 
     /// The log's files on crashable disks (the state's disk goes unused).
     #[derive(Default)]
@@ -435,6 +449,63 @@ mod tests {
         assert!(store.try_get_log_entries(1..=5).await.is_err(), "a damaged entry was read");
         damage_stored(&store, 5, |stored| stored.truncate(3));
         assert!(store.get_log_state().await.is_err(), "a damaged last entry gave a log state");
+    }
+
+    /// Damage found at open cuts the log before it, never after, and records a repair floor at
+    /// the last index the log had reached; the floor outlives a restart until finished.
+    #[tokio::test]
+    async fn a_damaged_stored_entry_cuts_the_log_at_open_and_sets_a_repair_floor() {
+        let files = Files::default();
+        let mut store = files.open();
+        append_all(&mut store, 1, 1..=5, 100);
+        assert_eq!(store.repair().floor(), None);
+        damage_stored(&store, 3, |stored| stored[10] ^= 0x01);
+        // Durable, as a checkpoint would have made it.
+        store.sync(SyncOp::Vote(wire::vote_to_pb(&Vote::new(1, 1)).encode_to_vec())).await.unwrap();
+        drop(store);
+        let mut store = files.open();
+        assert_eq!(terms(&mut store).await, vec![(1, 1), (2, 1)], "the log ends before the damage");
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id.map(|id| id.index), Some(2));
+        assert_eq!(store.read_committed().await.unwrap(), None, "the committed id is forgotten");
+        let repair = store.repair();
+        assert_eq!(repair.floor(), Some(5));
+        assert!(!repair.repaired_by(Some(4)) && repair.repaired_by(Some(5)));
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(1, 1)), "the vote is kept");
+        drop(store);
+        let store = files.open();
+        assert_eq!(store.repair().floor(), Some(5), "a restart carries on with the repair");
+        store.repair().finish().unwrap();
+        drop(store);
+        files.crash();
+        assert_eq!(files.open().repair().floor(), None, "a finished repair is durable");
+    }
+
+    /// A flipped byte in a synced write-ahead record: the log keeps the records before it, and
+    /// the valid records after it raise the repair floor to the last index it had reached.
+    #[tokio::test]
+    async fn a_damaged_write_ahead_record_keeps_what_precedes_it() {
+        let files = Files::default();
+        let mut store = files.open();
+        for term in 1..=5 {
+            append_flushed(&mut store, entry(term, term, 100));
+        }
+        // Power loss: redb's undurable commits are gone, the entries live in the write-ahead file.
+        files.crash();
+        drop(store);
+        let third = [3u8; 100];
+        let damaged = files.0.wal.iter().any(|disk| {
+            let handle = disk.open();
+            let mut image = vec![0u8; handle.len().unwrap() as usize];
+            handle.read(0, &mut image).unwrap();
+            let Some(at) = image.windows(third.len()).position(|w| w == third) else { return false };
+            handle.write(at as u64 + 50, &[0x55]).unwrap();
+            handle.sync_data().unwrap();
+            true
+        });
+        assert!(damaged, "entry 3's record was not found in a write-ahead file");
+        let mut store = files.open();
+        assert_eq!(terms(&mut store).await, vec![(1, 1), (2, 2)]);
+        assert_eq!(store.repair().floor(), Some(5));
     }
 
     /// An intact entry stored under another index (a misdirected write) is refused too.

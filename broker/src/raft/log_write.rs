@@ -20,9 +20,9 @@
 //! The committed id goes to the write-ahead file too, unsynced: the next append's sync carries it,
 //! so after a crash openraft re-applies, before it serves, about as much as it had applied.
 //! Opening replays every write-ahead file of the recorded epoch or later, in epoch order, into
-//! redb and checkpoints. A torn tail is dropped; damage to records that were synced
-//! ([`WriteFailed::WalCorrupt`]) stops the open, so a broker never votes or leads with a log that
-//! silently lost entries it acknowledged.
+//! redb, checks every stored entry, and checkpoints. A torn tail is dropped; damage to what was
+//! synced cuts the log before it and records a repair floor ([`recover`]), so a broker never
+//! votes or leads with a log that silently lost entries it acknowledged.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -31,8 +31,10 @@ use redb::{Database, Durability, ReadableTable, StorageBackend};
 
 use chorus_protocol::pb;
 
-use super::log_layout::{COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, VOTE_KEY, decode_entry, stored_entry};
-use super::wal::{self, Wal, WalCorruption};
+use super::log_layout::{
+    COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, REPAIR_KEY, VOTE_KEY, decode_entry, decode_entry_at, stored_entry,
+};
+use super::wal::{self, Wal};
 use super::{Entry, LogId};
 
 /// The epoch from which write-ahead files hold records redb does not yet hold durably.
@@ -139,10 +141,10 @@ pub(super) enum WriteFailed {
     Redb(#[from] redb::Error),
     #[error("write-ahead file: {0}")]
     Wal(#[from] std::io::Error),
-    #[error("write-ahead file log.wal{file} is damaged: {source}")]
-    WalCorrupt { file: usize, source: WalCorruption },
     #[error("the write-ahead epoch in the log's metadata is corrupt")]
     CorruptEpoch,
+    #[error("the repair floor in the log's metadata is corrupt")]
+    CorruptRepairFloor,
     #[error("a write-ahead record with a valid checksum is not a log entry")]
     CorruptRecord(#[source] Option<EntryDecodeError>),
     #[error("the log's store stage failed earlier")]
@@ -190,11 +192,30 @@ impl WalPair {
     }
 }
 
+/// What opening the log found damaged, and the repair it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damaged {
+    /// The first index the log lost; it now ends before it.
+    pub first_lost: u64,
+    /// The greatest index the log is known to have held durably before the damage.
+    pub horizon: u64,
+}
+
 /// Opens the log's redb tables and its write-ahead files, replays into redb every file of the
-/// recorded epoch or later, in epoch order, and checkpoints.
-pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Result<(Shared, WalPair), WriteFailed> {
+/// recorded epoch or later, in epoch order, checks every stored entry, and checkpoints.
+///
+/// Damage is never a shorter log taken for whole: the log keeps what precedes the first damaged
+/// entry or record, drops the rest (the valid entries after a hole cannot stay: a log has no
+/// holes), forgets the committed id, and records a **repair floor**, the greatest index it had
+/// reached, in the same durable transaction. Until its state machine has applied that index
+/// again, from a leader, the broker must not vote or stand for election
+/// ([`super::repair`]). Returns the damage found, if any.
+pub(super) fn recover(
+    db: Database,
+    files: [Box<dyn StorageBackend>; 2],
+) -> Result<(Shared, WalPair, Option<Damaged>), WriteFailed> {
     let txn = db.begin_write().map_err(redb::Error::from)?;
-    let (mut wals, epoch) = {
+    let (mut wals, epoch, damaged) = {
         let mut log = txn.open_table(LOG).map_err(redb::Error::from)?;
         let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
         let durable = match meta.get(WAL_EPOCH_KEY).map_err(redb::Error::from)? {
@@ -203,9 +224,61 @@ pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Resu
         };
         let [first, second] = files;
         let mut wals = [open_wal(0, first, durable)?, open_wal(1, second, durable)?];
-        wals.sort_by_key(|(wal, _)| wal.epoch());
-        for (_, records) in &wals {
-            for record in records {
+        wals.sort_by_key(|(_, (wal, _))| wal.epoch());
+        let mut salvage = Salvage::default();
+        for (file, replay) in &wals {
+            salvage.replay(&mut log, &mut meta, *file, replay)?;
+        }
+        salvage.check_stored(&mut log)?;
+        let damaged = salvage.finish(&mut log, &mut meta)?;
+        let epoch = durable.max(wals[1].1.0.epoch()) + 1;
+        meta.insert(WAL_EPOCH_KEY, epoch.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
+        (wals.map(|(_, (wal, _))| wal), epoch, damaged)
+    };
+    txn.commit().map_err(redb::Error::from)?;
+    wals[0].reset(epoch)?;
+    let shared =
+        Shared { db, pending: Mutex::new(BTreeMap::new()), durable_epoch: (Mutex::new(Some(epoch)), Condvar::new()) };
+    Ok((shared, WalPair { files: wals, current: 0, failed: None }, damaged))
+}
+
+/// The greatest index the repair floor holds, if a repair is under way.
+pub(super) fn read_repair_floor(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u64>, WriteFailed> {
+    match meta.get(REPAIR_KEY).map_err(redb::Error::from)? {
+        Some(bytes) => Ok(Some(u64::from_le_bytes(bytes.value().try_into().map_err(|_| WriteFailed::CorruptRepairFloor)?))),
+        None => Ok(None),
+    }
+}
+
+/// Replay's account of what it kept and what it found damaged.
+#[derive(Debug, Default)]
+struct Salvage {
+    /// A write-ahead file is damaged: no later record is replayed.
+    wal_damaged: bool,
+    /// A damaged file's header is gone with its mark: how far the log reached is unknown.
+    horizon_unknown: bool,
+    /// The first damaged entry redb holds: nothing from its index on is kept.
+    first_lost: Option<u64>,
+    /// The greatest index any record, header or stored entry shows the log reached.
+    horizon: u64,
+}
+
+type LogTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+impl Salvage {
+    /// Replays one write-ahead file into the tables, unless damage came before it; its damage,
+    /// if any, is logged with the file and position.
+    fn replay(
+        &mut self,
+        log: &mut LogTable<'_>,
+        meta: &mut MetaTable<'_>,
+        file: usize,
+        (_, replay): &(Wal, wal::Replay),
+    ) -> Result<(), WriteFailed> {
+        self.horizon = self.horizon.max(replay.durable_mark);
+        if !self.wal_damaged {
+            for record in &replay.bodies {
                 match record.split_first() {
                     Some((&RECORD_ENTRY, entry)) => {
                         let index = decode_entry(entry).map_err(|e| WriteFailed::CorruptRecord(Some(e)))?.log_id.index;
@@ -220,29 +293,92 @@ pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Resu
                     _ => return Err(WriteFailed::CorruptRecord(None)),
                 }
             }
+        } else {
+            self.see(&replay.bodies);
         }
-        let epoch = durable.max(wals[1].0.epoch()) + 1;
-        meta.insert(WAL_EPOCH_KEY, epoch.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
-        (wals.map(|(wal, _)| wal), epoch)
-    };
-    txn.commit().map_err(redb::Error::from)?;
-    wals[0].reset(epoch)?;
-    let shared =
-        Shared { db, pending: Mutex::new(BTreeMap::new()), durable_epoch: (Mutex::new(Some(epoch)), Condvar::new()) };
-    Ok((shared, WalPair { files: wals, current: 0, failed: None }))
+        if let Some(damage) = &replay.damage {
+            tracing::error!(file = format!("log.wal{file}"), corruption = %damage.corruption, "the write-ahead file is damaged");
+            self.see(&damage.after);
+            self.wal_damaged = true;
+            self.horizon_unknown |= damage.corruption == wal::WalCorruption::Header;
+        }
+        Ok(())
+    }
+
+    /// Raises the horizon to the entries among `records` (lost ones: they only tell how far the
+    /// log reached).
+    fn see(&mut self, records: &[Vec<u8>]) {
+        for record in records {
+            if let Some((&RECORD_ENTRY, entry)) = record.split_first()
+                && let Ok(entry) = decode_entry(entry)
+            {
+                self.horizon = self.horizon.max(entry.log_id.index);
+            }
+        }
+    }
+
+    /// Checks every entry redb holds; the first that fails its checksum or sits under another
+    /// index is damage.
+    fn check_stored(&mut self, log: &mut LogTable<'_>) -> Result<(), WriteFailed> {
+        let mut checked = 0u64;
+        for item in log.iter().map_err(redb::Error::from)? {
+            let (index, stored) = item.map_err(redb::Error::from)?;
+            let index = index.value();
+            checked += 1;
+            self.horizon = self.horizon.max(index);
+            if self.first_lost.is_some_and(|lost| lost <= index) {
+                continue;
+            }
+            if let Err(error) = decode_entry_at(index, stored.value()) {
+                tracing::error!(index, %error, "a log entry is damaged");
+                self.first_lost = Some(index);
+            }
+        }
+        tracing::info!(checked, "checked the log's stored entries");
+        Ok(())
+    }
+
+    /// Drops what follows the damage, forgets the committed id, and records the repair floor,
+    /// keeping a floor recorded before if it is higher. A damaged write-ahead file lost the
+    /// entries past those redb holds intact, up to the horizon; if the horizon is unknown, at
+    /// least the next one.
+    fn finish(mut self, log: &mut LogTable<'_>, meta: &mut MetaTable<'_>) -> Result<Option<Damaged>, WriteFailed> {
+        if self.wal_damaged {
+            let kept_end = match self.first_lost {
+                Some(first_lost) => first_lost,
+                None => log.last().map_err(redb::Error::from)?.map_or(0, |(index, _)| index.value() + 1),
+            };
+            if self.horizon_unknown || self.horizon >= kept_end {
+                self.first_lost = Some(kept_end);
+            }
+        }
+        let Some(first_lost) = self.first_lost else {
+            if self.wal_damaged {
+                tracing::warn!("the damaged write-ahead records are all in the log's store already: nothing was lost");
+            }
+            return Ok(None);
+        };
+        log.retain_in(first_lost.., |_, _| false).map_err(redb::Error::from)?;
+        meta.remove(COMMITTED_KEY).map_err(redb::Error::from)?;
+        let horizon = read_repair_floor(meta)?.unwrap_or(0).max(self.horizon).max(first_lost);
+        meta.insert(REPAIR_KEY, horizon.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
+        tracing::error!(
+            first_lost,
+            horizon,
+            "the log lost entries to damage; it keeps what precedes them, and this broker will not vote or lead until a leader has repaired it through index {horizon}"
+        );
+        Ok(Some(Damaged { first_lost, horizon }))
+    }
 }
 
-/// Opens write-ahead file number `file` and replays it, if its epoch is `durable` or later.
-/// Damage to what was synced is an error; a torn tail is dropped, and said so.
-fn open_wal(file: usize, backend: Box<dyn StorageBackend>, durable: u64) -> Result<(Wal, Vec<Vec<u8>>), WriteFailed> {
-    let (wal, replay) = Wal::open(backend, durable).map_err(|error| match error {
-        wal::OpenError::Io(error) => WriteFailed::Wal(error),
-        wal::OpenError::Corrupt(source) => WriteFailed::WalCorrupt { file, source },
-    })?;
+/// Opens write-ahead file number `file` and replays it, if its epoch is `durable` or later. A
+/// torn tail is dropped, and said so; damage is in the replay.
+fn open_wal(file: usize, backend: Box<dyn StorageBackend>, durable: u64) -> Result<(usize, (Wal, wal::Replay)), WriteFailed> {
+    let (wal, replay) = Wal::open(backend, durable)?;
     if let Some(at) = replay.torn_at {
         tracing::info!(file = format!("log.wal{file}"), at, "the write-ahead file ends in a torn tail, dropped");
     }
-    Ok((wal, replay.bodies))
+    Ok((file, (wal, replay)))
 }
 
 /// The write-ahead stage of one batch: writes and syncs its appends, fires their callbacks, and
@@ -265,12 +401,20 @@ fn write_ahead(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) -> Vec<StoreJ
         }
     }
     let appends = !records.is_empty();
+    let mark = jobs
+        .iter()
+        .filter_map(|job| match job {
+            Job::Append { entries, .. } => entries.iter().map(|(log_id, _)| log_id.index).max(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
     records.extend(committed.as_deref());
     let file = &mut wal.files[wal.current];
     let written = match &wal.failed {
         Some(failed) => Err(Arc::new(WriteFailed::SwitchFailed(Arc::clone(failed)))),
         None => file
-            .append(records)
+            .append(records, mark)
             .and_then(|()| if appends { file.sync() } else { Ok(()) })
             .map_err(|e| Arc::new(WriteFailed::Wal(e))),
     };

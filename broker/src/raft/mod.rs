@@ -11,6 +11,7 @@ mod log_layout;
 pub mod log_store;
 mod log_write;
 pub mod network;
+pub mod repair;
 pub mod runtime;
 pub mod snapshot_file;
 pub mod state_store;

@@ -6,7 +6,8 @@
 //!
 //! Layout: two header slots, one per 512-byte sector (at 0 and 512), then records from byte
 //! 1024. A slot holds a magic, the file's epoch, a sequence number, the **durable end** (every
-//! byte of records before it was synced) and a CRC-32 of those; the valid slot with the greatest
+//! byte of records before it was synced), the **durable mark** (the caller's mark of the records
+//! before it: the log's last index) and a CRC-32 of those; the valid slot with the greatest
 //! epoch and sequence wins, so a slot torn by a crash leaves the other. A record is a u32 body
 //! length, a u32 CRC-32 of the epoch, length and body, then the body.
 //!
@@ -16,7 +17,9 @@
 //!   cut short, or the leftovers of an earlier epoch: the file is overwritten in place, never
 //!   shrunk), unless a valid record of this epoch follows the bad one: then it is damage.
 //!
-//! Only a torn tail is dropped. The durable end a header records is the one of the sync before
+//! Only a torn tail is dropped. Damage is reported with what survives ([`Damage`]): the records
+//! before it, the valid ones after it and the durable mark, so the log can tell how far it had
+//! reached and repair the rest from its peers. The durable end a header records is the one of the sync before
 //! the one that writes it, so a sync cut short by power loss never leaves a header claiming
 //! records that were not synced; [`Wal::seal`] records the latest one when the writer idles, and
 //! before the file is started over.
@@ -28,11 +31,14 @@ use std::io;
 
 use redb::StorageBackend;
 
-const MAGIC: &[u8; 8] = b"CHORUSW2";
+const MAGIC: &[u8; 8] = b"CHORUSW3";
+/// The layout before the durable mark, still read: its slots end in the CRC where the mark is
+/// now, and give a mark of 0.
+const MAGIC_UNMARKED: &[u8; 8] = b"CHORUSW2";
 /// A header slot per sector, so a torn write damages at most one.
 const SLOT_STRIDE_BYTES: u64 = 512;
-/// Magic, epoch, sequence, durable end, CRC.
-const SLOT_BYTES: usize = 8 + 8 + 8 + 8 + 4;
+/// Magic, epoch, sequence, durable end, durable mark, CRC.
+const SLOT_BYTES: usize = 8 + 8 + 8 + 8 + 8 + 4;
 /// Where the records start.
 const RECORDS_AT: u64 = 2 * SLOT_STRIDE_BYTES;
 /// Length and checksum before each body.
@@ -54,22 +60,27 @@ pub enum WalCorruption {
     FollowedByValid { at: u64 },
 }
 
-/// Why a write-ahead file did not open.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("{0}")]
-    Corrupt(#[from] WalCorruption),
-}
-
 /// What replay read from a file.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
-    /// The record bodies, in append order; empty for a file of an epoch before the minimum.
+    /// The record bodies, in append order, up to any damage; empty for a file of an epoch before
+    /// the minimum.
     pub(crate) bodies: Vec<Vec<u8>>,
     /// Where a torn tail began, if replay dropped one.
     pub(crate) torn_at: Option<u64>,
+    /// The mark of the records before the durable end, as the header recorded it.
+    pub(crate) durable_mark: u64,
+    /// Damage to records that were synced, if any: `bodies` stop before it.
+    pub(crate) damage: Option<Damage>,
+}
+
+/// Damage replay found, and what it could still read past it.
+#[derive(Debug)]
+pub(crate) struct Damage {
+    pub(crate) corruption: WalCorruption,
+    /// Valid records after the damaged one, up to the next bad one: lost from the log, but they
+    /// tell how far it had reached.
+    pub(crate) after: Vec<Vec<u8>>,
 }
 
 /// The header a slot holds.
@@ -78,6 +89,7 @@ struct Header {
     epoch: u64,
     seq: u64,
     durable_end: u64,
+    durable_mark: u64,
 }
 
 impl Header {
@@ -87,19 +99,26 @@ impl Header {
         slot[8..16].copy_from_slice(&self.epoch.to_le_bytes());
         slot[16..24].copy_from_slice(&self.seq.to_le_bytes());
         slot[24..32].copy_from_slice(&self.durable_end.to_le_bytes());
-        let crc = crc32fast::hash(&slot[..32]);
-        slot[32..].copy_from_slice(&crc.to_le_bytes());
+        slot[32..40].copy_from_slice(&self.durable_mark.to_le_bytes());
+        let crc = crc32fast::hash(&slot[..40]);
+        slot[40..].copy_from_slice(&crc.to_le_bytes());
         slot
     }
 
     /// `None` unless the slot holds a header whose checksum holds.
     fn decode(slot: &[u8; SLOT_BYTES]) -> Option<Header> {
         let u64_at = |at: usize| u64::from_le_bytes(slot[at..at + 8].try_into().expect("8 bytes"));
-        let crc = u32::from_le_bytes(slot[32..].try_into().expect("4 bytes"));
-        (&slot[..8] == MAGIC && crc32fast::hash(&slot[..32]) == crc).then(|| Header {
+        let crc_at = |at: usize| u32::from_le_bytes(slot[at..at + 4].try_into().expect("4 bytes"));
+        let (mark_at, crc_at_byte) = match &slot[..8] {
+            magic if magic == MAGIC => (Some(32), 40),
+            magic if magic == MAGIC_UNMARKED => (None, 32),
+            _ => return None,
+        };
+        (crc32fast::hash(&slot[..crc_at_byte]) == crc_at(crc_at_byte)).then(|| Header {
             epoch: u64_at(8),
             seq: u64_at(16),
             durable_end: u64_at(24),
+            durable_mark: mark_at.map_or(0, u64_at),
         })
     }
 }
@@ -112,8 +131,11 @@ pub(crate) struct Wal {
     seq: u64,
     /// Where the next record goes: the end of the valid records.
     end: u64,
-    /// The end as of the last sync that returned.
+    /// The greatest mark appended so far.
+    mark: u64,
+    /// The end as of the last sync that returned, and the mark then.
     synced_end: u64,
+    synced_mark: u64,
     /// The durable end the last header written records.
     header_end: u64,
     /// A write or sync failed: what the file holds is unknown, so it takes no more records.
@@ -129,20 +151,29 @@ impl std::fmt::Debug for Wal {
 impl Wal {
     /// Opens `file` under the epoch its header gives (0 without one), and reads back the bodies
     /// it holds, in append order, if that epoch is `epoch_min` or later. Damage to records that
-    /// were synced is an error, never a shorter replay.
-    pub(crate) fn open(file: Box<dyn StorageBackend>, epoch_min: u64) -> Result<(Wal, Replay), OpenError> {
+    /// were synced is reported in [`Replay::damage`], never taken for a shorter file; such a
+    /// file must be [`Wal::reset`] before it takes records again.
+    pub(crate) fn open(file: Box<dyn StorageBackend>, epoch_min: u64) -> io::Result<(Wal, Replay)> {
         let len = file.len()?;
         let mut wal = Wal {
             file,
             epoch: 0,
             seq: 0,
             end: RECORDS_AT,
+            mark: 0,
             synced_end: RECORDS_AT,
+            synced_mark: 0,
             header_end: RECORDS_AT,
             broken: false,
         };
-        let Some(header) = wal.read_header(len)? else {
-            return Ok((wal, Replay::default()));
+        let header = match wal.read_header(len)? {
+            Ok(Some(header)) => header,
+            Ok(None) => return Ok((wal, Replay::default())),
+            Err(corruption) => {
+                wal.broken = true;
+                let damage = Some(Damage { corruption, after: Vec::new() });
+                return Ok((wal, Replay { damage, ..Replay::default() }));
+            }
         };
         wal.epoch = header.epoch;
         wal.seq = header.seq;
@@ -150,14 +181,17 @@ impl Wal {
             return Ok((wal, Replay::default()));
         }
         let replay = wal.replay(len, header.durable_end)?;
+        wal.broken = replay.damage.is_some();
         wal.synced_end = wal.end;
         wal.header_end = header.durable_end;
-        Ok((wal, replay))
+        wal.mark = header.durable_mark;
+        wal.synced_mark = header.durable_mark;
+        Ok((wal, Replay { durable_mark: header.durable_mark, ..replay }))
     }
 
     /// The winning header, `None` for a file that never had one (all zeros, or shorter than a
-    /// slot), or an error when a slot was written and none is valid.
-    fn read_header(&self, len: u64) -> Result<Option<Header>, OpenError> {
+    /// slot), or damage when a slot was written and none is valid.
+    fn read_header(&self, len: u64) -> io::Result<Result<Option<Header>, WalCorruption>> {
         let mut slots = Vec::with_capacity(2);
         let mut written = false;
         for at in [0, SLOT_STRIDE_BYTES] {
@@ -169,52 +203,67 @@ impl Wal {
             written |= slot.iter().any(|&b| b != 0);
             slots.extend(Header::decode(&slot));
         }
-        match slots.into_iter().max_by_key(|h| (h.epoch, h.seq)) {
+        Ok(match slots.into_iter().max_by_key(|h| (h.epoch, h.seq)) {
             Some(header) => Ok(Some(header)),
-            None if written => Err(WalCorruption::Header.into()),
+            None if written => Err(WalCorruption::Header),
             None => Ok(None),
-        }
+        })
     }
 
     /// Reads records from the start: all of them up to `durable_end`, then on to the first bad
     /// one.
-    fn replay(&mut self, len: u64, durable_end: u64) -> Result<Replay, OpenError> {
-        // A file with no records ends after its second slot, before `RECORDS_AT`.
-        if durable_end > RECORDS_AT && len < durable_end {
-            return Err(WalCorruption::Short { len, durable_end }.into());
-        }
+    fn replay(&mut self, len: u64, durable_end: u64) -> io::Result<Replay> {
         let mut replay = Replay::default();
+        let damaged = |replay: &mut Replay, corruption, after| {
+            replay.damage = Some(Damage { corruption, after });
+        };
         while self.end < durable_end {
-            match self.read_record(self.end, durable_end)? {
+            match self.read_record(self.end, durable_end.min(len))? {
                 Some(body) => self.take(body, &mut replay),
-                None => return Err(WalCorruption::BeforeDurableEnd { at: self.end, durable_end }.into()),
+                None if len < durable_end => {
+                    damaged(&mut replay, WalCorruption::Short { len, durable_end }, Vec::new());
+                    return Ok(replay);
+                }
+                None => {
+                    let after = self.records_after_damaged(self.end, len)?;
+                    damaged(&mut replay, WalCorruption::BeforeDurableEnd { at: self.end, durable_end }, after);
+                    return Ok(replay);
+                }
             }
         }
         while let Some(body) = self.read_record(self.end, len)? {
             self.take(body, &mut replay);
         }
         if self.end < len {
-            if self.valid_record_follows(self.end, len)? {
-                return Err(WalCorruption::FollowedByValid { at: self.end }.into());
+            let after = self.records_after_damaged(self.end, len)?;
+            if after.is_empty() {
+                replay.torn_at = Some(self.end);
+            } else {
+                damaged(&mut replay, WalCorruption::FollowedByValid { at: self.end }, after);
             }
-            replay.torn_at = Some(self.end);
         }
         Ok(replay)
+    }
+
+    /// The valid records right after the bad one at `at`, if its length is plausible: none when
+    /// it was cut short rather than damaged in place.
+    fn records_after_damaged(&self, at: u64, len: u64) -> io::Result<Vec<Vec<u8>>> {
+        let Some(body_len) = self.body_len_at(at, len)? else {
+            return Ok(Vec::new());
+        };
+        let mut next = at + (RECORD_HEAD_BYTES + body_len) as u64;
+        let mut after = Vec::new();
+        while next < len {
+            let Some(body) = self.read_record(next, len)? else { break };
+            next += (RECORD_HEAD_BYTES + body.len()) as u64;
+            after.push(body);
+        }
+        Ok(after)
     }
 
     fn take(&mut self, body: Vec<u8>, replay: &mut Replay) {
         self.end += (RECORD_HEAD_BYTES + body.len()) as u64;
         replay.bodies.push(body);
-    }
-
-    /// Whether the bad record at `at` has a plausible length and a valid record of this epoch
-    /// lies right after it: then it was damaged in place, not cut short.
-    fn valid_record_follows(&self, at: u64, len: u64) -> io::Result<bool> {
-        let Some(body_len) = self.body_len_at(at, len)? else {
-            return Ok(false);
-        };
-        let next = at + (RECORD_HEAD_BYTES + body_len) as u64;
-        Ok(next < len && self.read_record(next, len)?.is_some())
     }
 
     /// The body length the record head at `at` gives, if the head is there and the body fits
@@ -242,9 +291,9 @@ impl Wal {
         Ok((checksum(self.epoch, &body) == u32::from_le_bytes(crc)).then_some(body))
     }
 
-    /// Writes `bodies` as records after the last one, in one write. They are durable only after
-    /// [`Wal::sync`].
-    pub(crate) fn append<'a>(&mut self, bodies: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
+    /// Writes `bodies` as records after the last one, in one write, and raises the file's mark
+    /// to `mark` (the log's last index, say). They are durable only after [`Wal::sync`].
+    pub(crate) fn append<'a>(&mut self, bodies: impl IntoIterator<Item = &'a [u8]>, mark: u64) -> io::Result<()> {
         let mut buf = Vec::new();
         for body in bodies {
             assert!(body.len() <= RECORD_BODY_BYTES_MAX, "a log entry of {} bytes", body.len());
@@ -257,20 +306,22 @@ impl Wal {
         }
         self.guard(|wal| wal.file.write(wal.end, &buf))?;
         self.end += buf.len() as u64;
+        self.mark = self.mark.max(mark);
         Ok(())
     }
 
     /// Makes every record appended so far durable. The header it writes along records the end
     /// of the sync before: a header never claims records its own sync may not have finished.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        let end = self.end;
+        let (end, mark) = (self.end, self.mark);
         self.guard(|wal| {
             if wal.header_end != wal.synced_end {
-                wal.write_header(wal.synced_end)?;
+                wal.write_header(wal.synced_end, wal.synced_mark)?;
             }
             wal.file.sync_data()
         })?;
         self.synced_end = end;
+        self.synced_mark = mark;
         Ok(())
     }
 
@@ -281,14 +332,15 @@ impl Wal {
             return Ok(());
         }
         self.guard(|wal| {
-            wal.write_header(wal.synced_end)?;
+            wal.write_header(wal.synced_end, wal.synced_mark)?;
             wal.file.sync_data()
         })
     }
 
-    /// Writes the next header slot, recording `durable_end`; durable with the next sync.
-    fn write_header(&mut self, durable_end: u64) -> io::Result<()> {
-        let header = Header { epoch: self.epoch, seq: self.seq + 1, durable_end };
+    /// Writes the next header slot, recording `durable_end` and `durable_mark`; durable with the
+    /// next sync.
+    fn write_header(&mut self, durable_end: u64, durable_mark: u64) -> io::Result<()> {
+        let header = Header { epoch: self.epoch, seq: self.seq + 1, durable_end, durable_mark };
         self.file.write((header.seq % 2) * SLOT_STRIDE_BYTES, &header.encode())?;
         self.seq = header.seq;
         self.header_end = durable_end;
@@ -310,16 +362,20 @@ impl Wal {
     /// them is valid whenever a crash comes, and no slot of the old epoch outlives the reset.
     pub(crate) fn reset(&mut self, epoch: u64) -> io::Result<()> {
         assert!(epoch > self.epoch || self.end == RECORDS_AT, "the epoch went back from {} to {epoch}", self.epoch);
+        // A file damaged at open takes records again once started over.
+        self.broken = false;
         self.guard(|wal| {
             wal.epoch = epoch;
             for _ in 0..2 {
-                wal.write_header(RECORDS_AT)?;
+                wal.write_header(RECORDS_AT, 0)?;
                 wal.file.sync_data()?;
             }
             Ok(())
         })?;
         self.end = RECORDS_AT;
+        self.mark = 0;
         self.synced_end = RECORDS_AT;
+        self.synced_mark = 0;
         Ok(())
     }
 
@@ -357,10 +413,10 @@ mod tests {
     }
 
     fn reopen(file: &Disk, epoch: u64) -> Result<Replay, WalCorruption> {
-        match Wal::open(Box::new(file.open()), epoch) {
-            Ok((_, replay)) => Ok(replay),
-            Err(OpenError::Corrupt(corruption)) => Err(corruption),
-            Err(OpenError::Io(error)) => panic!("{error}"),
+        let (_, mut replay) = Wal::open(Box::new(file.open()), epoch).unwrap();
+        match replay.damage.take() {
+            Some(damage) => Err(damage.corruption),
+            None => Ok(replay),
         }
     }
 
@@ -378,9 +434,9 @@ mod tests {
     fn records_come_back_in_order_for_their_epoch_only() {
         let file = Disk::default();
         let mut wal = fresh(&file, 3);
-        wal.append([b"one".as_slice(), b"".as_slice()]).unwrap();
+        wal.append([b"one".as_slice(), b"".as_slice()], 0).unwrap();
         wal.sync().unwrap();
-        wal.append([b"three".as_slice()]).unwrap();
+        wal.append([b"three".as_slice()], 0).unwrap();
         assert_eq!(bodies(&file, 3), vec![b"one".to_vec(), Vec::new(), b"three".to_vec()]);
         assert!(bodies(&file, 4).is_empty(), "a file of epoch 3 replayed when epoch 4 was durable");
         assert_eq!(bodies(&file, 2).len(), 3, "a file of epoch 3 is replayed while epoch 2 is the durable one");
@@ -393,12 +449,12 @@ mod tests {
     fn a_reset_hides_the_old_epochs_records() {
         let file = Disk::default();
         let mut wal = fresh(&file, 1);
-        wal.append([[7u8; 100].as_slice(), [8u8; 100].as_slice(), [9u8; 100].as_slice()]).unwrap();
+        wal.append([[7u8; 100].as_slice(), [8u8; 100].as_slice(), [9u8; 100].as_slice()], 0).unwrap();
         wal.sync().unwrap();
         wal.seal().unwrap();
         wal.reset(2).unwrap();
         assert!(bodies(&file, 2).is_empty());
-        wal.append([[1u8; 10].as_slice()]).unwrap();
+        wal.append([[1u8; 10].as_slice()], 0).unwrap();
         wal.sync().unwrap();
         wal.seal().unwrap();
         let replay = reopen(&file, 2).unwrap();
@@ -424,7 +480,7 @@ mod tests {
         let file = Disk::default();
         let mut wal = fresh(&file, 1);
         for body in [b"a", b"b", b"c"] {
-            wal.append([body.as_slice()]).unwrap();
+            wal.append([body.as_slice()], 0).unwrap();
             wal.sync().unwrap();
         }
         wal.seal().unwrap();
@@ -441,11 +497,11 @@ mod tests {
     fn a_crash_loses_only_what_was_not_synced() {
         let file = Disk::default();
         let mut wal = fresh(&file, 1);
-        wal.append([b"synced".as_slice()]).unwrap();
+        wal.append([b"synced".as_slice()], 0).unwrap();
         wal.sync().unwrap();
-        wal.append([b"also synced".as_slice()]).unwrap();
+        wal.append([b"also synced".as_slice()], 0).unwrap();
         wal.sync().unwrap();
-        wal.append([b"not synced".as_slice()]).unwrap();
+        wal.append([b"not synced".as_slice()], 0).unwrap();
         file.crash();
         assert_eq!(bodies(&file, 1), vec![b"synced".to_vec(), b"also synced".to_vec()]);
     }
@@ -456,10 +512,10 @@ mod tests {
     fn a_lost_write_before_the_durable_end_is_damage() {
         let file = Disk::default();
         let mut wal = fresh(&file, 1);
-        wal.append([[1u8; 32].as_slice()]).unwrap();
+        wal.append([[1u8; 32].as_slice()], 0).unwrap();
         wal.sync().unwrap();
         let second = wal.bytes();
-        wal.append([[2u8; 32].as_slice()]).unwrap();
+        wal.append([[2u8; 32].as_slice()], 0).unwrap();
         wal.sync().unwrap();
         wal.seal().unwrap();
         file.open().write(second, &[0u8; 40]).unwrap();
@@ -469,6 +525,33 @@ mod tests {
         );
         file.open().set_len(second).unwrap();
         assert_eq!(reopen(&file, 1).unwrap_err(), WalCorruption::Short { len: second, durable_end: second + 40 });
+    }
+
+    /// Damage reports what survives: the records before it, the valid ones after it, and the
+    /// mark the header recorded, which is how far the log had durably reached.
+    #[test]
+    fn damage_reports_the_records_around_it_and_the_durable_mark() {
+        let file = Disk::default();
+        let mut wal = fresh(&file, 1);
+        let mut starts = Vec::new();
+        for (mark, body) in (10..).zip([b"a", b"b", b"c", b"d"]) {
+            starts.push(wal.bytes());
+            wal.append([body.as_slice()], mark).unwrap();
+            wal.sync().unwrap();
+        }
+        wal.seal().unwrap();
+        flip(&file, starts[1] + RECORD_HEAD_BYTES as u64);
+        let (mut damaged, replay) = Wal::open(Box::new(file.open()), 1).unwrap();
+        assert_eq!(replay.bodies, vec![b"a".to_vec()]);
+        assert_eq!(replay.durable_mark, 13, "the mark of the last synced record");
+        let damage = replay.damage.expect("damage");
+        assert_eq!(damage.corruption, WalCorruption::BeforeDurableEnd { at: starts[1], durable_end: wal.bytes() });
+        assert_eq!(damage.after, vec![b"c".to_vec(), b"d".to_vec()]);
+        assert!(damaged.append([b"e".as_slice()], 14).is_err(), "a damaged file takes no records");
+        damaged.reset(2).unwrap();
+        damaged.append([b"e".as_slice()], 14).unwrap();
+        damaged.sync().unwrap();
+        assert_eq!(bodies(&file, 2), vec![b"e".to_vec()], "started over, it takes records again");
     }
 
     proptest! {
@@ -491,7 +574,7 @@ mod tests {
             for group in &groups {
                 for body in group {
                     let start = wal.bytes();
-                    wal.append([body.as_slice()]).unwrap();
+                    wal.append([body.as_slice()], 0).unwrap();
                     records.push((start, wal.bytes(), body.clone()));
                 }
                 wal.sync().unwrap();

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_broker::Broker;
+use chorus_broker::broker::VoteRefused;
 use chorus_broker::raft::{BrokerNode, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -212,7 +213,17 @@ impl RaftNetwork<TypeConfig> for SimLink {
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Rpc<VoteResponse<NodeId>> {
-        self.rpc(option.hard_ttl(), |peer| async move { peer.raft.vote(rpc).await }).await
+        // A broker repairing its log refuses to vote; to the candidate that is no answer.
+        let answer = self
+            .rpc(option.hard_ttl(), |peer| async move {
+                match peer.vote(rpc).await {
+                    Ok(response) => Ok(Ok(response)),
+                    Err(VoteRefused::Repairing { id, floor }) => Ok(Err(format!("{id} repairs through {floor}"))),
+                    Err(VoteRefused::Raft(error)) => Err(*error),
+                }
+            })
+            .await?;
+        answer.map_err(|why| self.unreachable(&why))
     }
 
     fn backoff(&self) -> Backoff {
