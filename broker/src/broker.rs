@@ -21,8 +21,9 @@ use crate::proposer::{MembershipError, ProposeError, Proposer, raft_error};
 use crate::raft::repair::LogRepair;
 use crate::raft::snapshot_file::Receipts;
 use crate::raft::state_store::AppliedStatus;
+use crate::raft::state_store::{self, StateDamage};
 use crate::raft::{BrokerNode, NodeId, Raft};
-use crate::storage::ReadStore;
+use crate::storage::{CorruptValue, DamageAlarm, ReadStore};
 
 /// The leader as a broker knows it: its id and addresses.
 pub type Leader = (NodeId, BrokerNode);
@@ -41,13 +42,32 @@ pub struct Broker {
     committed: Arc<AtomicU64>,
     proposer: Proposer,
     forwarder: Forwarder,
-    /// Why the Raft core stopped, once it has: the broker stops serving then.
-    core_failure: OnceLock<String>,
+    /// Why the Raft core stopped, or the state was found damaged, once it has: the broker stops
+    /// serving then.
+    core_failure: Arc<OnceLock<String>>,
+    /// Sounded by a read that finds a damaged value.
+    damage_alarm: DamageAlarm,
     /// The snapshot arriving from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipts: Receipts,
     /// The log's repair: while under way, this broker does not vote.
     pub(crate) repair: LogRepair,
     shutdown: CancellationToken,
+}
+
+/// What a read does when it finds a damaged value: once, it marks the state in `data_dir` for a
+/// rebuild at the next start and stops the broker, which exits non-zero so that its supervisor
+/// starts it again. The read itself still fails, and other brokers serve the client meanwhile.
+fn state_damage_alarm(
+    data_dir: std::path::PathBuf,
+    failure: Arc<OnceLock<String>>,
+    shutdown: CancellationToken,
+) -> DamageAlarm {
+    Arc::new(move |corrupt: &CorruptValue| {
+        if failure.set(format!("the state is damaged: {corrupt}")).is_ok() {
+            state_store::mark_damaged(&data_dir, &StateDamage::Value(corrupt.clone()));
+            shutdown.cancel();
+        }
+    })
 }
 
 /// Why this broker refused a vote request.
@@ -77,6 +97,9 @@ impl Broker {
     ) -> Broker {
         let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
         let forwarder = Forwarder::new(config.network(), config.limits.forward_connections_max);
+        let core_failure = Arc::new(OnceLock::new());
+        let shutdown = CancellationToken::new();
+        let damage_alarm = state_damage_alarm(config.data_dir.clone(), Arc::clone(&core_failure), shutdown.clone());
         Broker {
             config,
             raft,
@@ -85,10 +108,11 @@ impl Broker {
             committed,
             proposer,
             forwarder,
-            core_failure: OnceLock::new(),
+            core_failure,
+            damage_alarm,
             snapshot_receipts: Receipts::default(),
             repair,
-            shutdown: CancellationToken::new(),
+            shutdown,
         }
     }
 
@@ -173,8 +197,9 @@ impl Broker {
     }
 
     /// A consistent read view of the applied state.
+    /// A read that meets a damaged value marks the state for a rebuild and stops the broker.
     pub fn read(&self) -> Result<ReadStore, ReadError> {
-        Ok(ReadStore::open(self.state.begin_read()?))
+        Ok(ReadStore::open(self.state.begin_read()?).with_alarm(Arc::clone(&self.damage_alarm)))
     }
 
     /// Passes a client's request to the leader, as `actor`, and returns the leader's answer.

@@ -68,6 +68,9 @@ impl Broker {
         state: StateStore,
         network: impl RaftNetworkFactory<TypeConfig>,
     ) -> Result<Arc<Broker>, StartError> {
+        if state.rebuilt() && log.purged()? {
+            log.forget_entries()?;
+        }
         log.purge_behind_state(state.durable());
         let committed = log.committed_index();
         let repair = log.repair();
@@ -75,7 +78,10 @@ impl Broker {
         let database = state.database();
         let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
         if let Some(floor) = repair.floor() {
-            tracing::warn!(floor, "the log is under repair: this broker neither votes nor stands for election until it has applied index {floor} from a leader");
+            tracing::warn!(
+                floor,
+                "the log is under repair: this broker neither votes nor stands for election until it has applied index {floor} from a leader"
+            );
             raft.runtime_config().elect(false);
         }
         let broker = Arc::new(Broker::new(config, raft, database, applied, committed, repair));

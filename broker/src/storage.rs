@@ -11,6 +11,7 @@
 
 use std::cell::OnceCell;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use chorus_machine::store::{KeyValue, Store, StoreError, StoreRead, Table};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
@@ -106,6 +107,19 @@ fn opened<T>(cell: &OnceCell<T>, open: impl FnOnce() -> Result<T, StoreError>) -
     Ok(cell.get_or_init(|| table))
 }
 
+/// Told when a read finds a damaged value, so the broker can stop and rebuild its state.
+pub type DamageAlarm = Arc<dyn Fn(&CorruptValue) + Send + Sync>;
+
+/// `result`, after sounding `alarm` if it is a damaged value.
+fn watched<T>(alarm: Option<&DamageAlarm>, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let (Some(alarm), Err(error)) = (alarm, &result)
+        && let Some(corrupt) = CorruptValue::find(error)
+    {
+        alarm(corrupt);
+    }
+    result
+}
+
 /// The machine's tables, open for writing within one transaction.
 pub struct WriteStore<'txn> {
     txn: &'txn WriteTransaction,
@@ -139,11 +153,18 @@ impl std::fmt::Debug for WriteStore<'_> {
 pub struct ReadStore {
     txn: ReadTransaction,
     tables: [OnceCell<ReadTable>; Table::ALL.len()],
+    alarm: Option<DamageAlarm>,
 }
 
 impl ReadStore {
     pub fn open(txn: ReadTransaction) -> ReadStore {
-        ReadStore { txn, tables: cells() }
+        ReadStore { txn, tables: cells(), alarm: None }
+    }
+
+    /// Sounds `alarm` whenever a read finds a damaged value (it still fails as
+    /// [`CorruptValue`]).
+    pub fn with_alarm(self, alarm: DamageAlarm) -> ReadStore {
+        ReadStore { alarm: Some(alarm), ..self }
     }
 
     /// The transaction the store reads through, for tables beside the machine's.
@@ -251,11 +272,11 @@ impl Store for WriteStore<'_> {
 
 impl StoreRead for ReadStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        get(table, self.table(table)?, key)
+        watched(self.alarm.as_ref(), get(table, self.table(table)?, key))
     }
 
     fn range(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        range(table, self.table(table)?, start, end, limit)
+        watched(self.alarm.as_ref(), range(table, self.table(table)?, start, end, limit))
     }
 
     fn keys(&self, table: Table, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -290,6 +290,21 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `timeout` for broker `id` to exit by itself, and returns how it exited.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let broker = self.brokers.get_mut(&id).expect("known broker");
+            let child = broker.child.as_mut().expect("broker is running");
+            if let Some(status) = child.try_wait().expect("poll the broker") {
+                broker.child = None;
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "broker {id} did not exit\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Deletes broker `id`'s data directory (the broker must be stopped).
     pub fn wipe(&mut self, id: u64) {
         let broker = &self.brokers[&id];

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chorus_consumers::Connection;
 use chorus_protocol::pb::{self, server_frame::Body};
-use chorus_tests::cluster::Cluster;
+use chorus_tests::cluster::{Cluster, ClusterOptions};
 use chorus_tests::workload::{
     client, create_topic, publish_idempotent, publish_many, wiped_follower_behind_a_snapshot,
 };
@@ -149,8 +149,9 @@ async fn assert_no_leader_among(cluster: &Cluster, ids: &[u64], period: Duration
 }
 
 /// Case 2. A flipped byte in a follower's `state.redb` used to be served to subscribers with no
-/// error anywhere. The follower must refuse the damaged batch (its client is told to go to
-/// another broker) and serve only intact messages; the other brokers serve all of them.
+/// error anywhere. The follower must refuse the damaged batch and serve only intact messages
+/// (the other brokers serve all of them), then stop, exiting non-zero, and rebuild its state
+/// when started again: after that it serves all of them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_value_in_a_followers_state_is_never_served() {
     let mut cluster = Cluster::start(3).await;
@@ -197,6 +198,8 @@ async fn a_damaged_value_in_a_followers_state_is_never_served() {
     }
     assert!(served.len() < 20, "every message was served, the damaged one included");
     assert!(cluster.logs_of(follower).contains("fails its checksum"), "{}", cluster.logs());
+    let exit = cluster.wait_exit(follower, Duration::from_secs(30)).await;
+    assert!(!exit.success(), "a broker that found its state damaged exited with {exit}");
 
     // Another broker's copy is its own: it serves all 20, intact.
     let other = [1, 2, 3].into_iter().find(|id| *id != follower).unwrap();
@@ -213,6 +216,67 @@ async fn a_damaged_value_in_a_followers_state_is_never_served() {
     for message in &intact {
         assert_eq!(message.payload, payload(message.seq - 1).as_bytes());
     }
+
+    // Started again, the follower rebuilds its state from its log and serves all 20, intact.
+    cluster.spawn(follower);
+    cluster.wait_caught_up(&[follower], applied, Duration::from_secs(30)).await;
+    assert!(cluster.logs_of(follower).contains("it is set aside"), "{}", cluster.logs_of(follower));
+    assert_eq!(subscribe_all(&cluster, follower, 20).await, (0..20).map(payload).collect::<Vec<_>>());
+}
+
+/// Every payload of the topic as broker `id` serves it, once it has served `count`.
+async fn subscribe_all(cluster: &Cluster, id: u64, count: usize) -> Vec<String> {
+    let connection = Connection::connect(&cluster.brokers[&id].client_addr, "fault-test", T).await.unwrap();
+    let subscribe = pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 1_000 };
+    let (_, _, mut deliveries) = connection.open_stream(subscribe, T).await.unwrap();
+    let mut served = Vec::new();
+    while served.len() < count {
+        match tokio::time::timeout(T, deliveries.recv()).await {
+            Ok(Some(Body::Delivery(delivery))) => served.extend(delivery.messages),
+            outcome => panic!("broker {id} did not serve the topic: {outcome:?}"),
+        }
+    }
+    served.into_iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()).collect()
+}
+
+/// Case 5. Heavy damage to a follower's `state.redb` used to make redb panic at start-up, and the
+/// broker crash-looped. It must set the file aside and rebuild its state: here the log was
+/// purged behind a snapshot, so it forgets its log, takes the leader's snapshot and the entries
+/// after it, and serves every message intact, without voting until it is back where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_heavily_damaged_state_is_rebuilt_from_the_leader() {
+    let options = ClusterOptions { snapshot_after_entries: 50, entries_kept_after_snapshot: 10, ..Default::default() };
+    let mut cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, TOPIC).await;
+    let payload = |n: u64| format!("canary-{n:03}-{}", "x".repeat(40));
+    for n in 0..300 {
+        publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
+    }
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(20)).await;
+    cluster.terminate(follower);
+    let path = cluster.data_dir(follower).join("state.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for byte in bytes.iter_mut().skip(64).step_by(7) {
+        *byte ^= 0xA5;
+    }
+    std::fs::write(&path, bytes).unwrap();
+
+    cluster.spawn(follower);
+    for n in 300..320 {
+        publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
+    }
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(30)).await;
+    assert!(!cluster.exited(follower), "the follower stopped\n{}", cluster.logs());
+    wait_repaired(&cluster, follower).await;
+    let log = cluster.logs_of(follower);
+    assert!(log.contains("the state file is damaged"), "{log}");
+    assert!(log.contains("the log's entries are forgotten") && log.contains("installed snapshot"), "{log}");
+    assert_eq!(subscribe_all(&cluster, follower, 320).await, (0..320).map(payload).collect::<Vec<_>>());
 }
 
 /// Case 4. A flipped byte in the leader's snapshot used to spread: a wiped follower installed it
@@ -306,4 +370,101 @@ async fn a_damaged_log_entry_on_the_leader_is_never_replicated() {
     }
     let held = payloads(&reference);
     assert!((0..200).all(|n| held.contains(&payload(n))), "a payload is missing or damaged");
+}
+
+/// A small tmpfs mounted over a broker's data directory, with what the directory held copied
+/// in; unmounted when dropped. Needs root, as CI on this machine has: the test says so if not.
+struct SmallDisk {
+    mount_point: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount_over(data_dir: &Path, bytes: u64) -> SmallDisk {
+        let saved = tempfile::tempdir().unwrap();
+        copy_dir(data_dir, saved.path());
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(data_dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root: this test provokes a full disk on one");
+        copy_dir(saved.path(), data_dir);
+        SmallDisk { mount_point: data_dir.to_path_buf() }
+    }
+
+    /// Fills the disk up with a file, which [`SmallDisk::free`] removes.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.mount_point.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while filler.write_all(&chunk).is_ok() {}
+        let _ = filler.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.mount_point.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.mount_point).status();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Case 6. When a broker's Raft core stopped (here on a full disk), the process used to stay up
+/// as a zombie: serving stale reads, naming itself leader, never restarted, never recovering
+/// once space returned. It must stop at once and exit non-zero, saying why, while the other two
+/// go on taking writes; started again once space is back (as `chorus up` or a supervisor
+/// does), it catches up and holds every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_whose_disk_fills_up_exits_and_recovers_when_space_returns() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let victim = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.terminate(victim);
+    let disk = SmallDisk::mount_over(cluster.data_dir(victim), 48 << 20);
+    cluster.spawn(victim);
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, TOPIC).await;
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[victim], applied, Duration::from_secs(30)).await;
+
+    disk.fill();
+    let payload = |n: u64| format!("{n:05}-{}", "y".repeat(4_000));
+    let mut published = 0;
+    while !cluster.exited(victim) {
+        assert!(published < 20_000, "the broker on a full disk kept running\n{}", cluster.logs_of(victim));
+        publish_idempotent(&client, TOPIC, "filler", published, payload(published)).await.unwrap();
+        published += 1;
+    }
+    let log = cluster.logs_of(victim);
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(log.contains("this broker stops serving"), "{log}");
+    // The other two go on.
+    for n in published..published + 50 {
+        publish_idempotent(&client, TOPIC, "filler", n, payload(n)).await.unwrap();
+    }
+    published += 50;
+
+    disk.free();
+    cluster.spawn(victim);
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[victim], applied, Duration::from_secs(60)).await;
+    cluster.terminate(victim);
+    let held = payloads(&cluster.inspect(victim, TOPIC));
+    assert_eq!(held.len() as u64, published);
+    assert!((0..published).all(|n| held.contains(&payload(n))), "a message is missing after recovery");
 }

@@ -35,6 +35,16 @@ impl Disk {
         DiskHandle { disk: self.clone(), generation }
     }
 
+    /// The file is gone, durably, as if deleted: for a damaged file set aside. Every open handle
+    /// is dead.
+    pub fn wipe(&self) {
+        let mut image = self.0.lock().unwrap();
+        image.live.clear();
+        image.durable.clear();
+        image.unsynced.clear();
+        image.generation += 1;
+    }
+
     /// Power loss: unsynced writes are gone and every open handle is dead.
     pub fn crash(&self) {
         let mut image = self.0.lock().unwrap();

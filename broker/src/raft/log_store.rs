@@ -28,7 +28,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 use tokio::sync::{oneshot, watch};
 
-use super::log_layout::{self, COMMITTED_KEY, LOG, META, PURGED_KEY, VOTE_KEY};
+use super::log_layout::{self, COMMITTED_KEY, LOG, META, PURGED_KEY, REPAIR_KEY, VOTE_KEY};
 use super::log_write::{self, Flushed, Job, Shared, SyncOp, WalPair};
 use super::repair::LogRepair;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
@@ -197,6 +197,37 @@ impl LogStore {
             Ok(_) => Ok(()),
             Err(_) => Err(write_error(StateStopped)),
         }
+    }
+
+    /// Drops every entry and the purge point, keeping the vote, for a state machine that was
+    /// rebuilt empty when the log no longer reaches back to its start: the leader then sends a
+    /// snapshot and the entries after it. The broker must not vote until it is back where it
+    /// was, so this records a repair floor at the last index the log held. Call it before raft
+    /// starts.
+    pub fn forget_entries(&mut self) -> Result<u64, StorageError> {
+        let purged = self.read_log_id(PURGED_KEY)?.map_or(0, |id| id.index);
+        let last = self.reader.last_on_disk()?.map_or(0, |id| id.index);
+        let floor = self.repair.floor().unwrap_or(0).max(purged).max(last);
+        let mut txn = self.reader.shared.db.begin_write().map_err(write_error)?;
+        txn.set_durability(redb::Durability::Immediate).map_err(write_error)?;
+        {
+            txn.open_table(LOG).map_err(write_error)?.retain(|_, _| false).map_err(write_error)?;
+            let mut meta = txn.open_table(META).map_err(write_error)?;
+            meta.remove(PURGED_KEY).map_err(write_error)?;
+            meta.remove(COMMITTED_KEY).map_err(write_error)?;
+            meta.insert(REPAIR_KEY, floor.to_le_bytes().as_slice()).map_err(write_error)?;
+        }
+        txn.commit().map_err(write_error)?;
+        self.committed_id = None;
+        self.committed.store(0, Ordering::Relaxed);
+        self.repair.raise(floor);
+        tracing::warn!(floor, "the log's entries are forgotten: the state is rebuilt from the leader's snapshot");
+        Ok(floor)
+    }
+
+    /// Whether the log was ever purged: then it no longer reaches back to its first entry.
+    pub fn purged(&self) -> Result<bool, StorageError> {
+        Ok(self.read_log_id(PURGED_KEY)?.is_some())
     }
 
     /// The log's repair, under way if opening it found damage, now or before a restart.

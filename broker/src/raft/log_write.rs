@@ -32,7 +32,8 @@ use redb::{Database, Durability, ReadableTable, StorageBackend};
 use chorus_protocol::pb;
 
 use super::log_layout::{
-    COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, REPAIR_KEY, VOTE_KEY, decode_entry, decode_entry_at, stored_entry,
+    COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, REPAIR_KEY, VOTE_KEY, decode_entry, decode_entry_at,
+    stored_entry,
 };
 use super::wal::{self, Wal};
 use super::{Entry, LogId};
@@ -243,9 +244,13 @@ pub(super) fn recover(
 }
 
 /// The greatest index the repair floor holds, if a repair is under way.
-pub(super) fn read_repair_floor(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u64>, WriteFailed> {
+pub(super) fn read_repair_floor(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<u64>, WriteFailed> {
     match meta.get(REPAIR_KEY).map_err(redb::Error::from)? {
-        Some(bytes) => Ok(Some(u64::from_le_bytes(bytes.value().try_into().map_err(|_| WriteFailed::CorruptRepairFloor)?))),
+        Some(bytes) => {
+            Ok(Some(u64::from_le_bytes(bytes.value().try_into().map_err(|_| WriteFailed::CorruptRepairFloor)?)))
+        }
         None => Ok(None),
     }
 }
@@ -373,7 +378,11 @@ impl Salvage {
 
 /// Opens write-ahead file number `file` and replays it, if its epoch is `durable` or later. A
 /// torn tail is dropped, and said so; damage is in the replay.
-fn open_wal(file: usize, backend: Box<dyn StorageBackend>, durable: u64) -> Result<(usize, (Wal, wal::Replay)), WriteFailed> {
+fn open_wal(
+    file: usize,
+    backend: Box<dyn StorageBackend>,
+    durable: u64,
+) -> Result<(usize, (Wal, wal::Replay)), WriteFailed> {
     let (wal, replay) = Wal::open(backend, durable)?;
     if let Some(at) = replay.torn_at {
         tracing::info!(file = format!("log.wal{file}"), at, "the write-ahead file ends in a torn tail, dropped");

@@ -53,6 +53,12 @@ impl LogRepair {
         *self.floor.lock().expect("repair lock")
     }
 
+    /// Raises the floor to `floor`: the caller has recorded it durably.
+    pub(super) fn raise(&self, floor: u64) {
+        let mut current = self.floor.lock().expect("repair lock");
+        *current = Some(current.unwrap_or(0).max(floor));
+    }
+
     /// Whether a state machine that applied `applied` has repaired the log.
     pub fn repaired_by(&self, applied: Option<u64>) -> bool {
         match self.floor() {

@@ -10,8 +10,17 @@
 //! bounded chunks, and installed by replacing every table in one transaction. Each ends in a
 //! checksum (`snapshot_file`), checked before it is sent and before it is installed; a damaged
 //! current snapshot is built again from the state rather than sent.
+//!
+//! A damaged state is never served or applied on, and never opened twice: a damaged value found
+//! by an apply or a read, or a panic inside redb during an apply, leaves a mark
+//! ([`mark_damaged`]) and stops the broker. An open that finds the mark, or a state redb reports
+//! corrupted or panics on, sets the file aside (`state.redb.damaged`) and starts an empty state
+//! ([`StateStore::rebuilt`]): openraft applies the log into it again, and if the log was purged,
+//! the broker forgets its log entries and takes a snapshot from the leader
+//! ([`super::log_store::LogStore::forget_entries`]).
 
 use std::io::{BufReader, BufWriter, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,7 +37,7 @@ use super::{
     Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, inbound, snapshot_file,
     storage_error, wire,
 };
-use crate::storage::{ReadStore, WriteStore, create_tables};
+use crate::storage::{CorruptValue, ReadStore, WriteStore, create_tables};
 
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const APPLIED_KEY: &str = "applied";
@@ -36,6 +45,74 @@ const MEMBERSHIP_KEY: &str = "membership";
 const SNAPSHOT_KEY: &str = "snapshot";
 /// How often reading the current snapshot follows a newer one that replaced it.
 const SNAPSHOT_OPEN_ATTEMPTS: usize = 3;
+/// The file whose presence says the state in its directory is damaged.
+const DAMAGE_MARK: &str = "state.damaged";
+/// Where a damaged state file is set aside, for a post-mortem; the next one replaces it.
+const DAMAGED_STATE: &str = "state.redb.damaged";
+
+/// Why a state could not be used as it is.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StateDamage {
+    #[error("an earlier run found it damaged: {0}")]
+    Marked(String),
+    #[error("redb reports it corrupted: {0}")]
+    Corrupted(String),
+    #[error("redb panicked on it: {0}")]
+    Panicked(String),
+    #[error("{0}")]
+    Value(#[from] CorruptValue),
+}
+
+/// Why a state did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum StateOpenError {
+    #[error("the state is damaged: {0}")]
+    Damaged(StateDamage),
+    #[error("{0}")]
+    Failed(StorageError),
+}
+
+/// Records, durably, that the state in `dir` is damaged: the next open sets it aside and
+/// rebuilds it. Failing that is logged; the damage is still refused wherever it is read.
+pub fn mark_damaged(dir: &Path, damage: &StateDamage) {
+    let path = dir.join(DAMAGE_MARK);
+    let written = std::fs::File::create(&path).and_then(|mut file| {
+        writeln!(file, "{damage}")?;
+        file.sync_all()
+    });
+    match written {
+        Ok(()) => {
+            tracing::error!(%damage, "the state is damaged; this broker stops, and rebuilds its state when it starts again")
+        }
+        Err(error) => tracing::error!(%damage, %error, "the state is damaged, and that cannot be recorded"),
+    }
+}
+
+/// Why the state in `dir` was marked damaged, if it was.
+fn damage_mark(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(DAMAGE_MARK)).ok()
+}
+
+fn clear_damage_mark(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(DAMAGE_MARK)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// `open`'s result, with a panic inside redb taken for damage.
+fn without_panics<T>(open: impl FnOnce() -> Result<T, StateOpenError>) -> Result<T, StateOpenError> {
+    catch_unwind(AssertUnwindSafe(open))
+        .unwrap_or_else(|panic| Err(StateOpenError::Damaged(StateDamage::Panicked(panic_message(panic.as_ref())))))
+}
+
+/// A redb failure while opening: damage if redb says the file is corrupted.
+fn opening(error: impl Into<redb::Error>) -> StateOpenError {
+    match error.into() {
+        redb::Error::Corrupted(message) => StateOpenError::Damaged(StateDamage::Corrupted(message)),
+        other => StateOpenError::Failed(write_error(other)),
+    }
+}
 
 /// What the last apply left behind, for the broker: subscribers wait on the index, the leader
 /// proposes a pulse at the deadline.
@@ -49,10 +126,14 @@ pub struct AppliedStatus {
 /// The state machine openraft drives.
 pub struct StateStore {
     db: Arc<Database>,
+    /// Where the damage mark goes: the directory of the state and its snapshots.
+    dir: PathBuf,
     snapshot_dir: PathBuf,
     receiving: Option<PathBuf>,
     status: watch::Sender<AppliedStatus>,
     durable: Arc<watch::Sender<Option<u64>>>,
+    /// This state replaced a damaged one and starts empty.
+    rebuilt: bool,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -83,37 +164,107 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 
 impl StateStore {
     /// Opens or creates the state in `dir` (`state.redb` and `snapshots/`), with a page cache of
-    /// `cache_bytes`.
+    /// `cache_bytes`. A damaged state is set aside as `state.redb.damaged` and replaced by an
+    /// empty one ([`StateStore::rebuilt`]).
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<StateStore, StorageError> {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir).map_err(write_error)?;
-        let db = Database::builder().set_cache_size(cache_bytes).create(dir.join("state.redb")).map_err(write_error)?;
-        StateStore::on_database(db, snapshot_dir)
+        let path = dir.join("state.redb");
+        let create = || Database::builder().set_cache_size(cache_bytes).create(&path).map_err(opening);
+        let damage = match StateStore::open_checked(create, &snapshot_dir) {
+            Ok(store) => return Ok(store),
+            Err(StateOpenError::Failed(error)) => return Err(error),
+            Err(StateOpenError::Damaged(damage)) => damage,
+        };
+        tracing::error!(%damage, "the state file is damaged: it is set aside as {DAMAGED_STATE} and rebuilt");
+        match std::fs::rename(&path, dir.join(DAMAGED_STATE)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(write_error(error)),
+            _ => {}
+        }
+        StateStore::rebuild(create, &snapshot_dir)
     }
 
     /// Opens or creates the state on `backend`, with snapshot files in `snapshot_dir`: for
-    /// simulations, whose disks are in memory.
+    /// simulations, whose disks are in memory. A damaged state is an error: the caller gives
+    /// [`StateStore::rebuild_on`] an empty disk.
     pub fn open_on(
         backend: impl redb::StorageBackend,
         snapshot_dir: PathBuf,
         cache_bytes: usize,
-    ) -> Result<StateStore, StorageError> {
-        std::fs::create_dir_all(&snapshot_dir).map_err(write_error)?;
-        let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(write_error)?;
-        StateStore::on_database(db, snapshot_dir)
+    ) -> Result<StateStore, StateOpenError> {
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| StateOpenError::Failed(write_error(e)))?;
+        let create = || Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening);
+        StateStore::open_checked(create, &snapshot_dir)
     }
 
-    fn on_database(db: Database, snapshot_dir: PathBuf) -> Result<StateStore, StorageError> {
-        let txn = db.begin_write().map_err(write_error)?;
-        create_tables(&txn).map_err(write_error)?;
-        txn.open_table(SM_META).map_err(write_error)?;
-        txn.commit().map_err(write_error)?;
+    /// Starts an empty state on `backend` in place of a damaged one.
+    pub fn rebuild_on(
+        backend: impl redb::StorageBackend,
+        snapshot_dir: PathBuf,
+        cache_bytes: usize,
+    ) -> Result<StateStore, StorageError> {
+        let create = || Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening);
+        StateStore::rebuild(create, &snapshot_dir)
+    }
+
+    /// Whether this state replaced a damaged one, empty.
+    pub fn rebuilt(&self) -> bool {
+        self.rebuilt
+    }
+
+    /// Opens the state `create` opens, unless it was marked damaged; redb's corruption errors
+    /// and panics, and damaged values read while opening, are damage too.
+    fn open_checked(
+        create: impl FnOnce() -> Result<Database, StateOpenError>,
+        snapshot_dir: &Path,
+    ) -> Result<StateStore, StateOpenError> {
+        let dir = snapshot_dir.parent().unwrap_or(snapshot_dir);
+        if let Some(why) = damage_mark(dir) {
+            return Err(StateOpenError::Damaged(StateDamage::Marked(why.trim().to_owned())));
+        }
+        without_panics(|| StateStore::on_database(create()?, snapshot_dir))
+    }
+
+    /// An empty state from `create` (which must open an empty file); the damage mark goes once it
+    /// exists.
+    fn rebuild(
+        create: impl FnOnce() -> Result<Database, StateOpenError>,
+        snapshot_dir: &Path,
+    ) -> Result<StateStore, StorageError> {
+        let failed = |error| match error {
+            StateOpenError::Failed(error) => error,
+            StateOpenError::Damaged(damage) => write_error(damage),
+        };
+        let mut store = without_panics(|| StateStore::on_database(create()?, snapshot_dir)).map_err(failed)?;
+        clear_damage_mark(&store.dir).map_err(write_error)?;
+        store.rebuilt = true;
+        Ok(store)
+    }
+
+    fn on_database(db: Database, snapshot_dir: &Path) -> Result<StateStore, StateOpenError> {
+        let txn = db.begin_write().map_err(opening)?;
+        create_tables(&txn).map_err(|e| StateOpenError::Failed(write_error(e)))?;
+        txn.open_table(SM_META).map_err(opening)?;
+        txn.commit().map_err(opening)?;
         let db = Arc::new(db);
-        let read = db.begin_read().map_err(read_error)?;
+        let read = db.begin_read().map_err(opening)?;
         // What an open finds is durable: redb recovers to its last durable commit.
-        let durable = Arc::new(watch::Sender::new(read_log_id(&read, APPLIED_KEY)?.map(|id| id.index)));
-        let status = watch::Sender::new(read_status(read)?);
-        Ok(StateStore { db, snapshot_dir, receiving: None, status, durable })
+        let applied = read_log_id(&read, APPLIED_KEY).map_err(StateOpenError::Failed)?;
+        let durable = Arc::new(watch::Sender::new(applied.map(|id| id.index)));
+        let status = read_status(read).map_err(|error| match error {
+            ApplyError::Damaged(corrupt) => StateOpenError::Damaged(corrupt.into()),
+            ApplyError::Failed(error) => StateOpenError::Failed(error),
+        })?;
+        let dir = snapshot_dir.parent().unwrap_or(snapshot_dir).to_path_buf();
+        Ok(StateStore {
+            db,
+            dir,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            receiving: None,
+            status: watch::Sender::new(status),
+            durable,
+            rebuilt: false,
+        })
     }
 
     /// Follows the applied index, time and next deadline.
@@ -140,7 +291,20 @@ impl StateStore {
         Arc::clone(&self.db)
     }
 
+    /// Applies `entries`; a damaged value it meets, or a panic inside it (redb panics on some
+    /// damaged pages), marks the state damaged before the error stops the Raft core.
     fn apply_blocking(&mut self, entries: Vec<Entry>) -> Result<Vec<Applied>, StorageError> {
+        let damage = match catch_unwind(AssertUnwindSafe(|| self.apply_entries(entries))) {
+            Ok(Ok(applied)) => return Ok(applied),
+            Ok(Err(ApplyError::Failed(error))) => return Err(error),
+            Ok(Err(ApplyError::Damaged(corrupt))) => StateDamage::Value(corrupt),
+            Err(panic) => StateDamage::Panicked(panic_message(panic.as_ref())),
+        };
+        mark_damaged(&self.dir, &damage);
+        Err(write_error(damage))
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Applied>, ApplyError> {
         let mut txn = self.db.begin_write().map_err(write_error)?;
         txn.set_durability(Durability::None).map_err(write_error)?;
         let mut results = Vec::with_capacity(entries.len());
@@ -157,7 +321,7 @@ impl StateStore {
                             tracing::error!(%error, "a committed entry does not decode; this broker stops applying");
                             storage_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Read, error)
                         })?;
-                        Applied(machine.apply(entry.log_id.index, &decoded).map_err(write_error)?)
+                        Applied(machine.apply(entry.log_id.index, &decoded).map_err(ApplyError::store)?)
                     }
                     EntryPayload::Membership(m) => {
                         // The audit trail records every membership change the log applies; the
@@ -168,7 +332,7 @@ impl StateStore {
                                 learners: m.learner_ids().collect(),
                             };
                             let record = MachineEntry { time_ms: 0, submissions: vec![Submission::broker(applied)] };
-                            machine.apply(entry.log_id.index, &record).map_err(write_error)?;
+                            machine.apply(entry.log_id.index, &record).map_err(ApplyError::store)?;
                         }
                         membership = Some(StoredMembership::new(Some(entry.log_id), m));
                         Applied::default()
@@ -193,13 +357,43 @@ impl StateStore {
     }
 }
 
-fn machine_status(store: &impl chorus_machine::StoreRead) -> Result<AppliedStatus, StorageError> {
-    let (log_index, time_ms) = query::last_applied(store).map_err(read_error)?;
-    let next_deadline_ms = query::next_deadline(store).map_err(read_error)?;
+/// Why an apply failed: a damaged value, or anything else.
+#[derive(Debug)]
+enum ApplyError {
+    Damaged(CorruptValue),
+    Failed(StorageError),
+}
+
+impl ApplyError {
+    fn store(error: chorus_machine::StoreError) -> ApplyError {
+        match CorruptValue::find(&error) {
+            Some(corrupt) => ApplyError::Damaged(corrupt.clone()),
+            None => ApplyError::Failed(write_error(error)),
+        }
+    }
+}
+
+impl From<StorageError> for ApplyError {
+    fn from(error: StorageError) -> ApplyError {
+        ApplyError::Failed(error)
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn machine_status(store: &impl chorus_machine::StoreRead) -> Result<AppliedStatus, ApplyError> {
+    let (log_index, time_ms) = query::last_applied(store).map_err(ApplyError::store)?;
+    let next_deadline_ms = query::next_deadline(store).map_err(ApplyError::store)?;
     Ok(AppliedStatus { log_index, time_ms, next_deadline_ms })
 }
 
-fn read_status(txn: ReadTransaction) -> Result<AppliedStatus, StorageError> {
+fn read_status(txn: ReadTransaction) -> Result<AppliedStatus, ApplyError> {
     let store = ReadStore::open(txn);
     let mut status = machine_status(&store)?;
     if let Some(applied) = read_log_id(store.transaction(), APPLIED_KEY)? {
@@ -440,7 +634,10 @@ fn install_blocking(
     }
     set_current_snapshot(&txn, dir, meta)?;
     txn.commit().map_err(write_error)?;
-    read_status(db.begin_read().map_err(read_error)?)
+    read_status(db.begin_read().map_err(read_error)?).map_err(|error| match error {
+        ApplyError::Damaged(corrupt) => read_error(corrupt),
+        ApplyError::Failed(error) => error,
+    })
 }
 
 #[cfg(test)]
@@ -479,5 +676,45 @@ mod tests {
         drop(state);
         let reopened = StateStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(*reopened.durable().borrow(), Some(12), "a reopened store is durable at what it finds");
+    }
+
+    /// A state marked damaged (by a read or an apply that met a damaged value) is set aside at the
+    /// next open and replaced by an empty one, once; the log then applies into it again.
+    #[tokio::test]
+    async fn a_state_marked_damaged_is_set_aside_and_rebuilt_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = StateStore::open(dir.path(), 1 << 20).unwrap();
+        state.apply(blanks(0..=9)).await.unwrap();
+        state.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        drop(state);
+        let corrupt = CorruptValue { table: "messages", key: vec![1, 2] };
+        mark_damaged(dir.path(), &StateDamage::Value(corrupt));
+        let mut rebuilt = StateStore::open(dir.path(), 1 << 20).unwrap();
+        assert!(rebuilt.rebuilt());
+        assert_eq!(rebuilt.applied_state().await.unwrap().0, None, "the rebuilt state starts empty");
+        assert!(dir.path().join(DAMAGED_STATE).exists(), "the damaged file is kept aside");
+        assert!(damage_mark(dir.path()).is_none(), "the mark is gone once the new state exists");
+        drop(rebuilt);
+        assert!(!StateStore::open(dir.path(), 1 << 20).unwrap().rebuilt(), "rebuilt once, not at every open");
+    }
+
+    /// A state file redb cannot make sense of (it panics or reports corruption) is damage: set
+    /// aside and rebuilt, never a broker that fails to start over and over.
+    #[tokio::test]
+    async fn a_state_file_redb_cannot_read_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = StateStore::open(dir.path(), 1 << 20).unwrap();
+        state.apply(blanks(0..=99)).await.unwrap();
+        state.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        drop(state);
+        let path = dir.path().join("state.redb");
+        let mut bytes = std::fs::read(&path).unwrap();
+        for byte in bytes.iter_mut().skip(64).step_by(7) {
+            *byte ^= 0xA5;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let mut rebuilt = StateStore::open(dir.path(), 1 << 20).unwrap();
+        assert!(rebuilt.rebuilt());
+        assert_eq!(rebuilt.applied_state().await.unwrap().0, None);
     }
 }

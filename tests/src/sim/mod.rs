@@ -25,7 +25,7 @@ use chorus_broker::Broker;
 use chorus_broker::clock::Clock;
 use chorus_broker::config::{BrokerConfig, Limits, RaftTiming};
 use chorus_broker::raft::log_store::{LogStore, Writer};
-use chorus_broker::raft::state_store::StateStore;
+use chorus_broker::raft::state_store::{StateOpenError, StateStore};
 use chorus_broker::raft::{BrokerNode, NodeId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -152,12 +152,20 @@ pub fn broker_config(id: NodeId, members: &BTreeMap<NodeId, BrokerNode>, data_di
     }
 }
 
-/// Opens a broker's log and state on its simulated disks (snapshot files under `data_dir`).
+/// Opens a broker's log and state on its simulated disks (snapshot files under `data_dir`). A
+/// damaged state is set aside (its disk wiped) and rebuilt, as `StateStore::open` does with files.
 pub fn open_stores(disks: &Disks, data_dir: &Path) -> (LogStore, StateStore) {
     let log =
         LogStore::open_on(disks.log.open(), disks.wal_handles(), CACHE_BYTES, Writer::Inline).expect("open the log");
-    let state =
-        StateStore::open_on(disks.state.open(), data_dir.join("snapshots"), CACHE_BYTES).expect("open the state");
+    let snapshots = data_dir.join("snapshots");
+    let state = match StateStore::open_on(disks.state.open(), snapshots.clone(), CACHE_BYTES) {
+        Ok(state) => state,
+        Err(StateOpenError::Damaged(_)) => {
+            disks.state.wipe();
+            StateStore::rebuild_on(disks.state.open(), snapshots, CACHE_BYTES).expect("rebuild the state")
+        }
+        Err(StateOpenError::Failed(error)) => panic!("open the state: {error}"),
+    };
     (log, state)
 }
 
