@@ -20,6 +20,7 @@ use crate::forward::{ForwardError, Forwarder};
 use crate::proposer::{MembershipError, ProposeError, Proposer, raft_error};
 use crate::raft::repair::LogRepair;
 use crate::raft::snapshot_file::Receipts;
+use crate::raft::state_check::StateChecks;
 use crate::raft::state_store::AppliedStatus;
 use crate::raft::state_store::{self, StateDamage};
 use crate::raft::{BrokerNode, NodeId, Raft};
@@ -51,6 +52,8 @@ pub struct Broker {
     pub(crate) snapshot_receipts: Receipts,
     /// The log's repair: while under way, this broker does not vote.
     pub(crate) repair: LogRepair,
+    /// Digests of the applied state at state check marks.
+    state_checks: StateChecks,
     shutdown: CancellationToken,
 }
 
@@ -94,6 +97,7 @@ impl Broker {
         applied: watch::Receiver<AppliedStatus>,
         committed: Arc<AtomicU64>,
         repair: LogRepair,
+        state_checks: StateChecks,
     ) -> Broker {
         let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
         let forwarder = Forwarder::new(config.network(), config.limits.forward_connections_max);
@@ -112,6 +116,7 @@ impl Broker {
             damage_alarm,
             snapshot_receipts: Receipts::default(),
             repair,
+            state_checks,
             shutdown,
         }
     }
@@ -180,6 +185,11 @@ impl Broker {
             return Err(VoteRefused::Repairing { id: self.id(), floor });
         }
         self.raft.vote(request).await.map_err(|error| VoteRefused::Raft(Box::new(error)))
+    }
+
+    /// The digests this broker took of its state at state check marks.
+    pub fn state_checks(&self) -> &StateChecks {
+        &self.state_checks
     }
 
     /// The index this broker must apply before it votes again, while its log is under repair.

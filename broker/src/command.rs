@@ -4,8 +4,8 @@
 
 use chorus_machine::access::{Action, Actor, Pattern, Permission, Quotas};
 use chorus_machine::command::{
-    Command, Entry, GroupConfig, Header, KeyOrdering, MembershipChange, NewMessage, NewUser, ProducerStamp, Publish,
-    RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
+    Command, DigestClaim, Entry, GroupConfig, Header, KeyOrdering, MembershipChange, NewMessage, NewUser,
+    ProducerStamp, Publish, RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
 };
 use chorus_machine::limits::{DEDUP_WINDOW_MS_DEFAULT, LEASE_MS_DEFAULT};
 use chorus_protocol::pb;
@@ -187,6 +187,9 @@ pub fn command_to_pb(command: Command) -> pb::Command {
         Command::MembershipApplied { voters, learners } => {
             Op::MembershipApplied(pb::MembershipApplied { voters, learners })
         }
+        Command::MarkStateCheck { claim } => Op::MarkStateCheck(pb::MarkStateCheck {
+            claim: claim.map(|c| pb::DigestClaim { index: c.index, broker: c.broker, digest: c.digest.into() }),
+        }),
     };
     pb::Command { op: Some(op), actor: None }
 }
@@ -235,6 +238,9 @@ pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
         Op::MembershipApplied(applied) => {
             Command::MembershipApplied { voters: applied.voters, learners: applied.learners }
         }
+        Op::MarkStateCheck(mark) => Command::MarkStateCheck {
+            claim: mark.claim.map(|c| DigestClaim { index: c.index, broker: c.broker, digest: c.digest.to_vec() }),
+        },
     })
 }
 
@@ -470,6 +476,11 @@ mod tests {
             any::<u64>().prop_map(|id| Command::RecordMembershipChange(MembershipChange::Remove { id })),
             (prop::collection::vec(any::<u64>(), 0..4), prop::collection::vec(any::<u64>(), 0..3))
                 .prop_map(|(voters, learners)| Command::MembershipApplied { voters, learners }),
+            prop::option::of((any::<u64>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..33))).prop_map(
+                |claim| Command::MarkStateCheck {
+                    claim: claim.map(|(index, broker, digest)| DigestClaim { index, broker, digest })
+                }
+            ),
         ]
     }
 

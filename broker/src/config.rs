@@ -86,6 +86,9 @@ pub struct RaftTiming {
     pub snapshot_chunk_bytes: u64,
     /// Entries in one AppendEntries at most.
     pub entries_per_append_max: u64,
+    /// How often the leader marks a state check, so the brokers compare digests of their state
+    /// (`raft::state_check`); 0 never.
+    pub state_check_interval_ms: u64,
 }
 
 impl Default for RaftTiming {
@@ -98,6 +101,7 @@ impl Default for RaftTiming {
             entries_kept_after_snapshot: 2_000,
             snapshot_chunk_bytes: 1024 * 1024,
             entries_per_append_max: 256,
+            state_check_interval_ms: 600_000,
         }
     }
 }

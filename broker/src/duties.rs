@@ -7,12 +7,14 @@
 //! - [`watch_core`]: stops the broker when its Raft core stops;
 //! - [`watch_repair`]: while the log is under repair, lets the broker vote again once it has
 //!   applied the repair floor;
+//! - [`state_check_loop`]: while leader, marks a state check now and then, carrying its digest at
+//!   the previous mark for the others to compare;
 //! - [`watch_membership`]: stops the broker once the membership has left it out for a while.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_machine::{Command, Submission, query};
+use chorus_machine::{Command, DigestClaim, Submission, query};
 use chorus_protocol::pb;
 
 use crate::broker::Broker;
@@ -32,6 +34,9 @@ pub fn start(broker: &Arc<Broker>) {
     tokio::spawn(pulse_loop(Arc::clone(broker)));
     tokio::spawn(watch_membership(Arc::clone(broker)));
     tokio::spawn(watch_core(Arc::clone(broker)));
+    if broker.config.raft.state_check_interval_ms > 0 {
+        tokio::spawn(state_check_loop(Arc::clone(broker)));
+    }
     if broker.repair.floor().is_some() {
         tokio::spawn(watch_repair(Arc::clone(broker)));
     }
@@ -178,6 +183,29 @@ async fn watch_core(broker: Arc<Broker>) {
                 }
                 return;
             },
+        }
+    }
+}
+
+/// Every `state_check_interval_ms`, while leader, proposes a state check mark carrying this
+/// broker's digest at the latest mark it has one of: every broker compares that digest with its
+/// own, and takes a new one at the new mark.
+async fn state_check_loop(broker: Arc<Broker>) {
+    let shutdown = broker.shutdown_token();
+    let every = Duration::from_millis(broker.config.raft.state_check_interval_ms);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if !broker.is_leader() {
+            continue;
+        }
+        let latest = broker.state_checks().subscribe().borrow().latest();
+        let claim = latest.map(|(index, digest)| DigestClaim { index, broker: broker.id(), digest: digest.to_vec() });
+        let actor = Submission::broker(Command::MarkStateCheck { claim });
+        if let Err(error) = broker.propose(actor).await {
+            tracing::debug!(%error, "state check not marked");
         }
     }
 }

@@ -74,6 +74,7 @@ impl Broker {
         log.purge_behind_state(state.durable());
         let committed = log.committed_index();
         let repair = log.repair();
+        let state_checks = state.state_checks();
         let applied = state.status();
         let database = state.database();
         let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
@@ -84,7 +85,7 @@ impl Broker {
             );
             raft.runtime_config().elect(false);
         }
-        let broker = Arc::new(Broker::new(config, raft, database, applied, committed, repair));
+        let broker = Arc::new(Broker::new(config, raft, database, applied, committed, repair, state_checks));
         duties::start(&broker);
         Ok(broker)
     }

@@ -70,15 +70,26 @@ fn seal_into(table: Table, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
 
 /// The value a stored one holds, if its checksum holds.
 fn unseal<'v>(table: Table, key: &[u8], stored: &'v [u8]) -> Result<&'v [u8], StoreError> {
-    let corrupt = || {
-        let error = CorruptValue { table: table.name(), key: key.to_vec() };
+    unseal_stored(table, key, stored).map_err(|error| {
         tracing::error!(%error, "a damaged value was read and refused");
         StoreError::new(error)
-    };
-    let split = stored.len().checked_sub(CHECKSUM_BYTES).ok_or_else(corrupt)?;
+    })
+}
+
+/// The value a stored one holds, if its checksum holds: for readers of whole tables, such as the
+/// state digest.
+pub fn unseal_stored<'v>(table: Table, key: &[u8], stored: &'v [u8]) -> Result<&'v [u8], CorruptValue> {
+    let split = stored
+        .len()
+        .checked_sub(CHECKSUM_BYTES)
+        .ok_or_else(|| CorruptValue { table: table.name(), key: key.to_vec() })?;
     let (value, crc) = stored.split_at(split);
     let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    if checksum(table, key, value) == crc { Ok(value) } else { Err(corrupt()) }
+    if checksum(table, key, value) == crc {
+        Ok(value)
+    } else {
+        Err(CorruptValue { table: table.name(), key: key.to_vec() })
+    }
 }
 
 /// Creates every machine table, so read transactions can open them on a fresh database.

@@ -98,6 +98,8 @@ exchanges! {
     DeleteUser(pb::DeleteUser) => Done(pb::Empty);
     DescribeUser(pb::DescribeUser) => User(pb::UserInfo);
     ListUsers(pb::ListUsers) => Users(pb::UserList);
+    MarkStateCheck(pb::MarkStateCheckRequest) => StateMark(pb::StateMark);
+    StateDigest(pb::StateDigestRequest) => StateDigest(pb::StateDigest);
 }
 
 macro_rules! peer_exchanges {
@@ -175,6 +177,8 @@ pub fn answer_name(answer: &Answer) -> &'static str {
         Answer::Subscription(_) => "Subscription",
         Answer::User(_) => "User",
         Answer::Users(_) => "Users",
+        Answer::StateMark(_) => "StateMark",
+        Answer::StateDigest(_) => "StateDigest",
     }
 }
 

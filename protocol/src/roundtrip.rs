@@ -167,6 +167,8 @@ fn client_bodies() -> Vec<C> {
         C::DeleteUser(pb::DeleteUser { name: "alice".into() }),
         C::DescribeUser(pb::DescribeUser { name: String::new() }),
         C::ListUsers(pb::ListUsers { after: "a".into(), limit: 5 }),
+        C::MarkStateCheck(pb::MarkStateCheckRequest {}),
+        C::StateDigest(pb::StateDigestRequest { index: 9, wait_ms: 100 }),
     ]
 }
 
@@ -224,6 +226,8 @@ fn client_tag(body: &C) -> usize {
         C::DeleteUser(_) => 25,
         C::DescribeUser(_) => 26,
         C::ListUsers(_) => 27,
+        C::MarkStateCheck(_) => 28,
+        C::StateDigest(_) => 29,
     }
 }
 
@@ -285,6 +289,14 @@ fn server_bodies() -> Vec<S> {
         S::Subscription(pb::SubscriptionInfo { name: "s".into(), next_seq: 4, lag: 2 }),
         S::User(user_info()),
         S::Users(pb::UserList { users: vec![user_info(), pb::UserInfo::default()] }),
+        S::StateMark(pb::StateMark { index: 42 }),
+        S::StateDigest(pb::StateDigest {
+            broker_id: 2,
+            index: 42,
+            digest: vec![7; 32].into(),
+            mismatches: vec![pb::DigestMismatch { index: 30, other_broker: 1 }],
+            compared: 12,
+        }),
     ]
 }
 
@@ -308,6 +320,8 @@ fn server_tag(body: &S) -> usize {
         S::Subscription(_) => 15,
         S::User(_) => 16,
         S::Users(_) => 17,
+        S::StateMark(_) => 18,
+        S::StateDigest(_) => 19,
     }
 }
 
@@ -352,6 +366,10 @@ fn commands() -> Vec<pb::command::Op> {
             change: Some(pb::change_membership::Change::Remove(pb::RemoveBroker { id: 3 })),
         }),
         Op::MembershipApplied(pb::MembershipApplied { voters: vec![1, 2], learners: vec![4] }),
+        Op::MarkStateCheck(pb::MarkStateCheck { claim: None }),
+        Op::MarkStateCheck(pb::MarkStateCheck {
+            claim: Some(pb::DigestClaim { index: 5, broker: 2, digest: vec![1; 32].into() }),
+        }),
     ]
 }
 
@@ -389,6 +407,7 @@ fn command_tag(op: &pb::command::Op) -> usize {
         Op::BootstrapAdmin(_) => 16,
         Op::RecordMembershipChange(_) => 17,
         Op::MembershipApplied(_) => 18,
+        Op::MarkStateCheck(_) => 19,
     }
 }
 
@@ -498,7 +517,7 @@ fn covers(tags: impl Iterator<Item = usize>, variants: usize) {
 #[test]
 fn every_client_frame_round_trips() {
     let bodies = client_bodies();
-    covers(bodies.iter().map(client_tag), 28);
+    covers(bodies.iter().map(client_tag), 30);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ClientFrame { request_id: i as u64 + 1, body: Some(body) };
         through(frame, &mut ClientCodec::default(), &mut ServerCodec::default());
@@ -508,7 +527,7 @@ fn every_client_frame_round_trips() {
 #[test]
 fn every_server_frame_round_trips() {
     let bodies = server_bodies();
-    covers(bodies.iter().map(server_tag), 18);
+    covers(bodies.iter().map(server_tag), 20);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ServerFrame { request_id: u64::MAX - i as u64, body: Some(body) };
         through(frame, &mut ServerCodec::default(), &mut ClientCodec::default());
@@ -518,7 +537,7 @@ fn every_server_frame_round_trips() {
 #[test]
 fn every_log_command_round_trips() {
     let ops = commands();
-    covers(ops.iter().map(command_tag), 19);
+    covers(ops.iter().map(command_tag), 20);
     let entry = pb::Entry {
         time_ms: 1_700_000_000_123,
         commands: ops.into_iter().enumerate().map(|(i, op)| pb::Command { op: Some(op), actor: actor(i) }).collect(),

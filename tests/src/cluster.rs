@@ -449,6 +449,23 @@ impl Cluster {
         String::from_utf8(output.stdout).expect("utf-8").lines().map(str::to_owned).collect()
     }
 
+    /// Runs `chorus <args>` against this cluster's running brokers, without credentials, off the
+    /// runtime's threads.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let brokers: Vec<String> = self.running().iter().map(|id| self.brokers[id].client_addr.clone()).collect();
+        let mut command = Command::new(binary());
+        // A context saved on this machine (by `chorus up`, say) must not lend its CA or user.
+        let no_context = self.root().join("no-cli-context");
+        command
+            .args(args)
+            .arg(format!("--brokers={}", brokers.join(",")))
+            .env_remove("CHORUS_CONTEXT")
+            .env("CHORUS_CONFIG_DIR", no_context);
+        tokio::task::spawn_blocking(move || command.output().expect("run the chorus command line"))
+            .await
+            .expect("the command line thread")
+    }
+
     pub fn data_dir(&self, id: u64) -> &Path {
         &self.brokers[&id].data_dir
     }

@@ -468,3 +468,50 @@ async fn a_broker_whose_disk_fills_up_exits_and_recovers_when_space_returns() {
     assert_eq!(held.len() as u64, published);
     assert!((0..published).all(|n| held.contains(&payload(n))), "a message is missing after recovery");
 }
+
+/// `chorus check` marks an index through the log and compares every broker's digest of its
+/// state there: on a healthy cluster all agree and it exits 0; with a broker down it says which
+/// one has no digest and exits non-zero. The leader's periodic checks compare the brokers'
+/// digests all along, and find nothing to report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chorus_check_compares_the_brokers_states() {
+    let options =
+        ClusterOptions { extra_args: vec!["--state-check-interval-ms=300".into()], ..ClusterOptions::default() };
+    let mut cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, TOPIC).await;
+    publish_many(&client, TOPIC, 5, 40, Arc::new(AtomicU64::new(0))).await;
+
+    let output = cluster.cli(&["check", "--json"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["agree"], true, "{report}");
+    let brokers = report["brokers"].as_array().unwrap();
+    assert_eq!(brokers.len(), 3);
+    let digests: BTreeSet<&str> = brokers.iter().map(|b| b["digest"].as_str().unwrap()).collect();
+    assert_eq!(digests.len(), 1, "one digest for all three: {report}");
+
+    // The leader's periodic checks had every broker compare digests, and none differed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let output = cluster.cli(&["check", "--json"]).await;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for broker in report["brokers"].as_array().unwrap() {
+        assert!(broker["compared"].as_u64().unwrap() > 0, "no periodic comparison: {report}");
+        assert_eq!(broker["earlier_mismatches"].as_array().unwrap().len(), 0, "{report}");
+    }
+    for id in [1, 2, 3] {
+        let log = cluster.logs_of(id);
+        assert!(!log.contains("STATE DIVERGENCE"), "{log}");
+    }
+
+    let down = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill(down);
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != down).collect();
+    cluster.wait_for_leader(&survivors, Duration::from_secs(20)).await;
+    let output = cluster.cli(&["check"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "a check with a broker down passed:\n{stdout}");
+    assert!(stdout.contains("agrees") && stdout.contains("NO DIGEST"), "{stdout}");
+}

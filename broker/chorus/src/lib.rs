@@ -10,6 +10,7 @@
 
 mod bench;
 mod cert;
+mod check;
 mod commands;
 pub mod context;
 mod demo;
@@ -59,6 +60,9 @@ pub enum CliCommand {
     Group(commands::GroupCommand),
     /// The cluster's brokers, roles, term, leader, indexes and lag.
     Status(commands::StatusArgs),
+    /// Compare the brokers' applied states: mark a log index through the log, ask every broker
+    /// for a digest of its state there, and say which agree. Exits non-zero on a difference.
+    Check(check::CheckArgs),
     /// Create, update, list, describe or delete users and their permissions.
     #[command(subcommand)]
     User(users::UserCommand),
@@ -111,6 +115,7 @@ async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {
         CliCommand::Topic(command) => commands::topic(command).await,
         CliCommand::Group(command) => commands::group(command).await,
         CliCommand::Status(args) => commands::status(args).await,
+        CliCommand::Check(args) => check::check(args).await,
         CliCommand::User(command) => users::run(command).await,
         CliCommand::Cert(command) => cert::run(command),
         CliCommand::Inspect(args) => serve::inspect(&args),

@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// Entries kept in the log behind a snapshot.
     #[arg(long, default_value_t = RaftTiming::default().entries_kept_after_snapshot)]
     pub entries_kept_after_snapshot: u64,
+    /// How often the leader has the brokers compare digests of their state; 0 never.
+    #[arg(long, default_value_t = RaftTiming::default().state_check_interval_ms)]
+    pub state_check_interval_ms: u64,
 }
 
 impl ServeArgs {
@@ -93,6 +96,7 @@ impl ServeArgs {
             election_timeout_ms_max: self.election_timeout_ms * 2,
             snapshot_after_entries: self.snapshot_after_entries,
             entries_kept_after_snapshot: self.entries_kept_after_snapshot,
+            state_check_interval_ms: self.state_check_interval_ms,
             ..RaftTiming::default()
         }
     }

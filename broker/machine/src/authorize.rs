@@ -94,7 +94,10 @@ fn needs(command: &Command) -> Needs {
         | Command::Nack { topic, group: name, .. }
         | Command::Extend { topic, group: name, .. } => group(Action::Consume, topic, name),
         Command::Pulse | Command::BootstrapAdmin { .. } | Command::MembershipApplied { .. } => Needs::Broker,
-        Command::CreateUser(_) | Command::DeleteUser { .. } | Command::RecordMembershipChange(_) => admin(),
+        Command::CreateUser(_)
+        | Command::DeleteUser { .. }
+        | Command::RecordMembershipChange(_)
+        | Command::MarkStateCheck { .. } => admin(),
         Command::UpdateUser(update) if update.permissions.is_none() && update.quotas.is_none() => {
             Needs::AdminOrSelf(update.name.clone())
         }

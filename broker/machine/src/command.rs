@@ -85,6 +85,18 @@ pub enum Command {
     RecordMembershipChange(MembershipChange),
     /// Records a membership entry the log applied. Only a broker submits it.
     MembershipApplied { voters: Vec<u64>, learners: Vec<u64> },
+    /// Marks the log position at which every broker takes a digest of its applied state, and may
+    /// carry the digest a broker took at an earlier mark, for the others to compare with theirs.
+    /// Changes nothing in the state. Needs admin.
+    MarkStateCheck { claim: Option<DigestClaim> },
+}
+
+/// The digest one broker took of its state at a marked log index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestClaim {
+    pub index: u64,
+    pub broker: u64,
+    pub digest: Vec<u8>,
 }
 
 /// A user as created.

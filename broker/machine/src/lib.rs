@@ -38,8 +38,8 @@ mod testkit;
 
 pub use access::{Action, Actor, Pattern, Permission, Quotas};
 pub use command::{
-    Command, Entry, GroupConfig, Header, KeyOrdering, MembershipChange, NewMessage, NewUser, ProducerStamp, Publish,
-    RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
+    Command, DigestClaim, Entry, GroupConfig, Header, KeyOrdering, MembershipChange, NewMessage, NewUser,
+    ProducerStamp, Publish, RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
 };
 pub use machine::Machine;
 pub use outcome::{Grant, Leased, MachineError, Outcome, Output, OutputMismatch, Published, PulseReport};

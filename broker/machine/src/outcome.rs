@@ -71,6 +71,10 @@ pub enum Output {
     UserUpdated,
     UserDeleted,
     MembershipRecorded,
+    /// The log index a state check marked.
+    StateMarked {
+        log_index: u64,
+    },
 }
 
 /// An output of another kind than its command yields: a bug in the machine or the broker.
@@ -97,6 +101,8 @@ macro_rules! takers {
 }
 
 takers! {
+    /// Of `MarkStateCheck`: the index it marked.
+    state_marked -> u64 = Output::StateMarked { log_index } => log_index;
     /// Of `Publish`.
     published -> Published = Output::Published(published) => published;
     /// Of `Lease`.

@@ -14,6 +14,7 @@ pub mod network;
 pub mod repair;
 pub mod runtime;
 pub mod snapshot_file;
+pub mod state_check;
 pub mod state_store;
 mod wal;
 pub mod wire;

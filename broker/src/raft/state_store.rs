@@ -19,12 +19,13 @@
 //! the broker forgets its log entries and takes a snapshot from the leader
 //! ([`super::log_store::LogStore::forget_entries`]).
 
+use std::collections::VecDeque;
 use std::io::{BufReader, BufWriter, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chorus_machine::{Command, Entry as MachineEntry, Machine, Submission, query};
+use chorus_machine::{Command, DigestClaim, Entry as MachineEntry, Machine, Submission, query};
 use chorus_protocol::pb;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -33,6 +34,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinit
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
+use super::state_check::{self, StateChecks};
 use super::{
     Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, inbound, snapshot_file,
     storage_error, wire,
@@ -134,6 +136,9 @@ pub struct StateStore {
     durable: Arc<watch::Sender<Option<u64>>>,
     /// This state replaced a damaged one and starts empty.
     rebuilt: bool,
+    /// Digests of the state at marked indexes.
+    checks: StateChecks,
+    digests: Digests,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -194,7 +199,9 @@ impl StateStore {
     ) -> Result<StateStore, StateOpenError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| StateOpenError::Failed(write_error(e)))?;
         let create = || Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening);
-        StateStore::open_checked(create, &snapshot_dir)
+        let mut store = StateStore::open_checked(create, &snapshot_dir)?;
+        store.digests = Digests::Inline;
+        Ok(store)
     }
 
     /// Starts an empty state on `backend` in place of a damaged one.
@@ -204,12 +211,19 @@ impl StateStore {
         cache_bytes: usize,
     ) -> Result<StateStore, StorageError> {
         let create = || Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening);
-        StateStore::rebuild(create, &snapshot_dir)
+        let mut store = StateStore::rebuild(create, &snapshot_dir)?;
+        store.digests = Digests::Inline;
+        Ok(store)
     }
 
     /// Whether this state replaced a damaged one, empty.
     pub fn rebuilt(&self) -> bool {
         self.rebuilt
+    }
+
+    /// The digests this state machine takes at state check marks.
+    pub fn state_checks(&self) -> StateChecks {
+        self.checks.clone()
     }
 
     /// Opens the state `create` opens, unless it was marked damaged; redb's corruption errors
@@ -264,6 +278,8 @@ impl StateStore {
             status: watch::Sender::new(status),
             durable,
             rebuilt: false,
+            checks: StateChecks::default(),
+            digests: Digests::Thread,
         })
     }
 
@@ -294,7 +310,7 @@ impl StateStore {
     /// Applies `entries`; a damaged value it meets, or a panic inside it (redb panics on some
     /// damaged pages), marks the state damaged before the error stops the Raft core.
     fn apply_blocking(&mut self, entries: Vec<Entry>) -> Result<Vec<Applied>, StorageError> {
-        let damage = match catch_unwind(AssertUnwindSafe(|| self.apply_entries(entries))) {
+        let damage = match catch_unwind(AssertUnwindSafe(|| self.apply_marked(entries))) {
             Ok(Ok(applied)) => return Ok(applied),
             Ok(Err(ApplyError::Failed(error))) => return Err(error),
             Ok(Err(ApplyError::Damaged(corrupt))) => StateDamage::Value(corrupt),
@@ -304,15 +320,68 @@ impl StateStore {
         Err(write_error(damage))
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Applied>, ApplyError> {
+    /// Applies `entries` in transactions that each end at a state check's mark, so that the
+    /// digest of the mark is taken of the state exactly there ([`super::state_check`]).
+    fn apply_marked(&mut self, entries: Vec<Entry>) -> Result<Vec<Applied>, ApplyError> {
+        let mut queue: VecDeque<Entry> = entries.into();
+        let mut results = Vec::with_capacity(queue.len());
+        while !queue.is_empty() {
+            let checked = self.apply_entries(&mut queue, &mut results)?;
+            if let Some(index) = checked.mark {
+                self.take_digest(index)?;
+            }
+            for claim in checked.claims {
+                self.checks.claim(claim);
+            }
+        }
+        Ok(results)
+    }
+
+    /// Takes the digest of the state as committed now, at the mark `index`: on a thread of its
+    /// own, or here for a simulation.
+    fn take_digest(&self, index: u64) -> Result<(), ApplyError> {
+        let read = self.db.begin_read().map_err(read_error)?;
+        self.checks.begin(index);
+        let (checks, dir) = (self.checks.clone(), self.dir.clone());
+        let take = move || {
+            let digest = match state_check::digest_state(&read) {
+                Ok(digest) => Some(digest),
+                Err(state_check::DigestError::Damaged(corrupt)) => {
+                    mark_damaged(&dir, &StateDamage::Value(corrupt));
+                    None
+                }
+                Err(error) => {
+                    tracing::error!(%error, index, "the state digest failed");
+                    None
+                }
+            };
+            checks.finish(index, digest);
+        };
+        match self.digests {
+            Digests::Thread => {
+                std::thread::Builder::new().name("chorus-state-digest".into()).spawn(take).map_err(read_error)?;
+            }
+            Digests::Inline => take(),
+        }
+        Ok(())
+    }
+
+    /// Applies entries from the front of `queue` in one transaction, up to and including the
+    /// first that marks a state check.
+    fn apply_entries(
+        &mut self,
+        queue: &mut VecDeque<Entry>,
+        results: &mut Vec<Applied>,
+    ) -> Result<Checked, ApplyError> {
         let mut txn = self.db.begin_write().map_err(write_error)?;
         txn.set_durability(Durability::None).map_err(write_error)?;
-        let mut results = Vec::with_capacity(entries.len());
+        let mut checked = Checked::default();
         let mut last_applied = None;
         let mut membership = None;
         let status = {
             let mut machine = Machine::new(WriteStore::open(&txn));
-            for entry in entries {
+            while checked.mark.is_none() {
+                let Some(entry) = queue.pop_front() else { break };
                 last_applied = Some(entry.log_id);
                 results.push(match entry.payload {
                     EntryPayload::Blank => Applied::default(),
@@ -321,6 +390,7 @@ impl StateStore {
                             tracing::error!(%error, "a committed entry does not decode; this broker stops applying");
                             storage_error(ErrorSubject::Apply(entry.log_id), ErrorVerb::Read, error)
                         })?;
+                        checked.note(entry.log_id.index, &decoded);
                         Applied(machine.apply(entry.log_id.index, &decoded).map_err(ApplyError::store)?)
                     }
                     EntryPayload::Membership(m) => {
@@ -353,8 +423,36 @@ impl StateStore {
         txn.commit().map_err(write_error)?;
         let log_index = last_applied.map_or(0, |id| id.index);
         self.status.send_replace(AppliedStatus { log_index, ..status });
-        Ok(results)
+        Ok(checked)
     }
+}
+
+/// What a transaction of applies found of state checks: the mark it ends at, and the digests
+/// other brokers claimed.
+#[derive(Debug, Default)]
+struct Checked {
+    mark: Option<u64>,
+    claims: Vec<DigestClaim>,
+}
+
+impl Checked {
+    fn note(&mut self, index: u64, entry: &MachineEntry) {
+        for submission in &entry.submissions {
+            if let Command::MarkStateCheck { claim } = &submission.command {
+                self.mark = Some(index);
+                self.claims.extend(claim.iter().cloned());
+            }
+        }
+    }
+}
+
+/// Where state digests are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Digests {
+    /// On a thread of their own, off the apply path.
+    Thread,
+    /// On the applying thread, so a single-threaded simulation stays deterministic.
+    Inline,
 }
 
 /// Why an apply failed: a damaged value, or anything else.

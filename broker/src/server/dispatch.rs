@@ -53,6 +53,8 @@ pub async fn dispatch(runner: &impl Runner, request: Request, actor: &Actor) -> 
         Request::DeleteUser(r) => answer(runner, r, actor).await,
         Request::DescribeUser(r) => answer(runner, r, actor).await,
         Request::ListUsers(r) => answer(runner, r, actor).await,
+        Request::MarkStateCheck(r) => answer(runner, r, actor).await,
+        Request::StateDigest(r) => answer(runner, r, actor).await,
         Request::Hello(_) => invalid("hello is only the first frame"),
         // A connection serves these itself: they act on its own state.
         Request::Subscribe(_) | Request::Credit(_) | Request::Unsubscribe(_) => {

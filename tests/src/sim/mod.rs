@@ -27,6 +27,7 @@ use chorus_broker::config::{BrokerConfig, Limits, RaftTiming};
 use chorus_broker::raft::log_store::{LogStore, Writer};
 use chorus_broker::raft::state_store::{StateOpenError, StateStore};
 use chorus_broker::raft::{BrokerNode, NodeId};
+use chorus_machine::{Command, Submission};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -77,23 +78,43 @@ pub struct Report {
     pub digest: u64,
     /// Panics in broker tasks. Must be 0.
     pub panics: u64,
+    /// State checks: digests compared between brokers during the run, and at the end.
+    pub states: StateCheckReport,
+}
+
+/// What the brokers' state checks found over a run.
+#[derive(Debug, Clone, Default)]
+pub struct StateCheckReport {
+    /// Other brokers' digests a broker compared with its own during the run.
+    pub compared: u64,
+    /// Differences: (broker, index, other broker). Must be none.
+    pub mismatches: Vec<(NodeId, u64, u64)>,
+    /// At a mark after draining, every running broker's digest, equal or not.
+    pub final_agree: bool,
 }
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.drained && self.panics == 0 && self.verdict.is_valid()
+        self.drained
+            && self.panics == 0
+            && self.verdict.is_valid()
+            && self.states.mismatches.is_empty()
+            && self.states.final_agree
     }
 
     /// One row of the summary table.
     pub fn row(&self) -> String {
         format!(
-            "seed {:>5} | {} brokers | {:>2} faults | {:>5} ops | drained {} | panics {} | {}",
+            "seed {:>5} | {} brokers | {:>2} faults | {:>5} ops | drained {} | panics {} | states {} compared, {} differ, final {} | {}",
             self.seed,
             self.brokers,
             self.faults.len(),
             self.operations,
             self.drained,
             self.panics,
+            self.states.compared,
+            self.states.mismatches.len(),
+            if self.states.final_agree { "agree" } else { "DIFFER" },
             self.verdict.summary()
         )
     }
@@ -206,6 +227,8 @@ struct World {
     members: BTreeMap<NodeId, BrokerNode>,
     /// When the run began, on the true clock.
     origin: tokio::time::Instant,
+    /// State checks of the brokers stopped so far, and of the rest at the end.
+    states: StateCheckReport,
 }
 
 impl World {
@@ -228,7 +251,16 @@ impl World {
                 (id, node)
             })
             .collect();
-        World { seed, config, rng, net: Net::new(seed), nodes, members, origin: tokio::time::Instant::now() }
+        World {
+            seed,
+            config,
+            rng,
+            net: Net::new(seed),
+            nodes,
+            members,
+            origin: tokio::time::Instant::now(),
+            states: StateCheckReport::default(),
+        }
     }
 
     fn ids(&self) -> Vec<NodeId> {
@@ -244,7 +276,12 @@ impl World {
         let config = BrokerConfig {
             // Never snapshot: a crash then always recovers by replaying the log, and no
             // snapshot file IO (off this thread) can reorder events.
-            raft: RaftTiming { snapshot_after_entries: u64::MAX / 2, ..RaftTiming::default() },
+            raft: RaftTiming {
+                snapshot_after_entries: u64::MAX / 2,
+                // Often, so every run compares the brokers' states several times.
+                state_check_interval_ms: 2_000,
+                ..RaftTiming::default()
+            },
             clock: Clock::Tokio { origin: self.origin, origin_ms: 1_700_000_000_000 + node.skew_ms },
             ..broker_config(id, &self.members, node.dir.path())
         };
@@ -253,11 +290,50 @@ impl World {
     }
 
     /// Power loss: off the network, unsynced writes gone, raft stopped.
-    async fn crash(&self, id: NodeId) {
+    async fn crash(&mut self, id: NodeId) {
         if let Some(broker) = self.net.detach(id) {
+            self.harvest_state_checks(&broker);
             self.nodes[&id].disks.crash();
             broker.stop().await;
         }
+    }
+
+    /// Adds what `broker`'s state checks found to the run's, before it stops and forgets them.
+    fn harvest_state_checks(&mut self, broker: &Broker) {
+        let checks = broker.state_checks().subscribe().borrow().clone();
+        self.states.compared += checks.compared();
+        let id = broker.id();
+        self.states.mismatches.extend(checks.mismatches().iter().map(|(index, other)| (id, *index, *other)));
+    }
+
+    /// Marks a state check through the leader and waits for every running broker's digest at the
+    /// mark: whether they are all equal.
+    async fn final_state_check(&self) -> bool {
+        let mut marked = None;
+        for _ in 0..20 {
+            if let Some(leader) = self.leader().and_then(|id| self.net.broker(id)) {
+                let mark = Submission::broker(Command::MarkStateCheck { claim: None });
+                if let Ok(Ok(output)) = leader.propose(mark).await {
+                    marked = output.state_marked().ok();
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Some(index) = marked else { return false };
+        let digests = self
+            .poll_leader(100, |_| {
+                let digests: Vec<Option<[u8; 32]>> = self
+                    .net
+                    .up_ids()
+                    .into_iter()
+                    .filter_map(|id| self.net.broker(id))
+                    .map(|broker| broker.state_checks().subscribe().borrow().digest_at(index).flatten())
+                    .collect();
+                digests.iter().all(Option::is_some).then_some(digests)
+            })
+            .await;
+        digests.is_some_and(|digests| digests.windows(2).all(|pair| pair[0] == pair[1]))
     }
 
     fn down_ids(&self) -> Vec<NodeId> {
@@ -286,6 +362,7 @@ impl World {
             faults.push(format!("{:>6} ms: {fault}", self.elapsed_ms()));
         }
         let (drained, caught_up) = self.heal_and_drain(clients).await;
+        self.states.final_agree = self.final_state_check().await;
 
         let history = history.lock().unwrap().clone();
         let expect = Expectations { caught_up_subscribers: caught_up, group_drained: drained };
@@ -304,6 +381,7 @@ impl World {
             verdict,
             digest: hasher.finish(),
             panics: 0,
+            states: self.states,
         }
     }
 

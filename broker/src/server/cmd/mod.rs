@@ -24,9 +24,11 @@ mod lease;
 mod list_groups;
 mod list_topics;
 mod list_users;
+mod mark_state_check;
 mod ping;
 mod publish;
 mod settle;
+mod state_digest;
 mod update_user;
 
 use std::future::Future;
