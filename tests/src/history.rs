@@ -11,10 +11,33 @@
 //! - **overlapping grants**: a message granted again before its previous lease ended (deadline,
 //!   nack or ack), or after an accepted ack;
 //! - **failed but present**: a publish answered as a definite failure that was delivered anyway;
+//! - **corrupted**: a delivered or leased payload whose checksum fails ([`payload`] makes
+//!   payloads that carry one): a damaged byte served;
 //! - **redeliveries**, which are reported, not failures.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+
+/// Producer `process`'s `n`th payload, unique, ending in a checksum of the rest, so a damaged
+/// byte anywhere in it is seen ([`payload_intact`]).
+pub fn payload(process: u32, n: u64) -> String {
+    let body = format!("p{process}-{n}");
+    let sum = fnv1a(body.as_bytes());
+    format!("{body}.{sum:08x}")
+}
+
+/// Whether `payload` (one of [`payload`]'s) is as it was made.
+pub fn payload_intact(payload: &str) -> bool {
+    match payload.rsplit_once('.') {
+        Some((body, sum)) => u32::from_str_radix(sum, 16).is_ok_and(|sum| sum == fnv1a(body.as_bytes())),
+        None => false,
+    }
+}
+
+/// FNV-1a, 32 bits.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, byte| (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193))
+}
 
 /// What one operation was.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +99,7 @@ pub struct Verdict {
     pub stale_acks_accepted: u64,
     pub overlapping_grants: u64,
     pub failed_but_present: u64,
+    pub corrupted: u64,
     pub redeliveries: u64,
     /// What the first few violations were, for a failure message.
     pub examples: Vec<String>,
@@ -89,6 +113,7 @@ impl Verdict {
             + self.stale_acks_accepted
             + self.overlapping_grants
             + self.failed_but_present
+            + self.corrupted
             == 0
     }
 
@@ -101,7 +126,7 @@ impl Verdict {
     /// A one-line summary table row.
     pub fn summary(&self) -> String {
         format!(
-            "ok publishes {:>7} | failed {:>5} | unknown {:>5} | lost {} | unexpected {} | order {} | stale acks {} | overlaps {} | failed-but-present {} | redeliveries {}",
+            "ok publishes {:>7} | failed {:>5} | unknown {:>5} | lost {} | unexpected {} | order {} | stale acks {} | overlaps {} | failed-but-present {} | corrupted {} | redeliveries {}",
             self.publishes_ok,
             self.publishes_failed,
             self.publishes_unknown,
@@ -111,6 +136,7 @@ impl Verdict {
             self.stale_acks_accepted,
             self.overlapping_grants,
             self.failed_but_present,
+            self.corrupted,
             self.redeliveries
         )
     }
@@ -147,9 +173,24 @@ pub fn check(history: &[Record], expect: &Expectations) -> Verdict {
             }
         }
     }
+    check_payloads(history, &mut verdict);
     check_order(history, expect, &attempted, &acknowledged, &failed, &mut verdict);
     check_leases(history, expect, &acknowledged, &mut verdict);
     verdict
+}
+
+/// Every payload a subscriber or worker was served must pass its checksum.
+fn check_payloads(history: &[Record], verdict: &mut Verdict) {
+    for record in history {
+        let (seq, payload) = match &record.op {
+            Op::Deliver { seq, payload, .. } | Op::Grant { seq, payload, .. } => (seq, payload),
+            _ => continue,
+        };
+        if !payload_intact(payload) {
+            verdict.corrupted += 1;
+            verdict.flag(format!("message {seq} was served damaged: {payload:?}"));
+        }
+    }
 }
 
 fn check_order(
@@ -294,20 +335,42 @@ fn check_leases(history: &[Record], expect: &Expectations, acknowledged: &BTreeS
 mod tests {
     use super::*;
 
+    /// `name` as a payload with its checksum, as producers make them.
+    fn sealed(name: &str) -> String {
+        format!("{name}.{:08x}", fnv1a(name.as_bytes()))
+    }
+
     fn publish(payload: &str, outcome: Outcome) -> Record {
-        Record { process: 0, op: Op::Publish { payload: payload.into(), seq: None }, outcome }
+        Record { process: 0, op: Op::Publish { payload: sealed(payload), seq: None }, outcome }
     }
 
     fn deliver(subscriber: u32, seq: u64, payload: &str) -> Record {
-        Record { process: 1, op: Op::Deliver { subscriber, seq, payload: payload.into() }, outcome: Outcome::Ok }
+        Record { process: 1, op: Op::Deliver { subscriber, seq, payload: sealed(payload) }, outcome: Outcome::Ok }
     }
 
     fn grant(seq: u64, token: u64, granted_ms: u64, deadline_ms: u64) -> Record {
         Record {
             process: 2,
-            op: Op::Grant { seq, payload: format!("m{seq}"), token, granted_ms, deadline_ms },
+            op: Op::Grant { seq, payload: sealed(&format!("m{seq}")), token, granted_ms, deadline_ms },
             outcome: Outcome::Ok,
         }
+    }
+
+    #[test]
+    fn a_damaged_payload_served_is_corrupted() {
+        let made = payload(3, 17);
+        assert!(payload_intact(&made));
+        let mut damaged = made.clone().into_bytes();
+        damaged[1] ^= 0x01;
+        let damaged = String::from_utf8(damaged).unwrap();
+        assert!(!payload_intact(&damaged));
+        let history = vec![
+            Record { process: 3, op: Op::Publish { payload: made, seq: Some(1) }, outcome: Outcome::Ok },
+            Record { process: 1, op: Op::Deliver { subscriber: 1, seq: 1, payload: damaged }, outcome: Outcome::Ok },
+        ];
+        let verdict = check(&history, &caught_up(&[]));
+        assert_eq!(verdict.corrupted, 1);
+        assert!(!verdict.is_valid());
     }
 
     fn settle(seq: u64, token: u64, ack: bool, outcome: Outcome) -> Record {

@@ -55,7 +55,7 @@ async fn producer(client: Client, process: u32, history: History, stop: Arc<Atom
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let payload = format!("p{process}-{n}");
+        let payload = chorus_tests::history::payload(process, n);
         let request = Request::Publish(pb::PublishRequest {
             topic: TOPIC.into(),
             messages: vec![pb::Message { payload: Bytes::from(payload.clone()), ..Default::default() }],

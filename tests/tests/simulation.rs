@@ -3,12 +3,20 @@
 //!
 //! - `CHORUS_SIM_SEEDS` (default 100) seeds from `CHORUS_SIM_SEED` (default 1) are run; a
 //!   failing seed is printed, and `CHORUS_SIM_SEEDS=1 CHORUS_SIM_SEED=<seed>` replays it.
+//! - The same seeds run again with storage faults on a minority of brokers
+//!   (`CHORUS_SIM_STORAGE_SEEDS`, default 100): each reports the faults injected, the damage the
+//!   brokers detected and the repairs they made; nothing acknowledged may be lost and no damaged
+//!   payload served.
 //! - `CHORUS_SOAK_MINUTES=30 cargo test --release -p chorus-tests --test simulation -- --ignored
-//!   --nocapture soak` runs fresh seeds until the time is up.
+//!   --nocapture soak` runs fresh seeds until the time is up, every other one with storage
+//!   faults.
 
 use std::time::{Duration, Instant};
 
 use chorus_tests::sim::{Report, SimConfig, run};
+
+/// The configuration a seed runs under.
+type Configure = fn(u64) -> SimConfig;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -19,7 +27,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 const SEED_SECONDS_MAX: u64 = 300;
 
 /// Runs `seeds` on two threads, printing each row as it finishes.
-fn run_seeds(seeds: impl Iterator<Item = u64> + Send, until: Option<Instant>) -> Vec<Report> {
+fn run_seeds(seeds: impl Iterator<Item = u64> + Send, until: Option<Instant>, configure: Configure) -> Vec<Report> {
     let seeds = std::sync::Mutex::new(seeds);
     let reports = std::sync::Mutex::new(Vec::new());
     let running = std::sync::Mutex::new(std::collections::BTreeMap::<u64, Instant>::new());
@@ -46,7 +54,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64> + Send, until: Option<Instant>) ->
                         let Some(seed) = seeds.lock().unwrap().next() else { return };
                         let started = Instant::now();
                         running.lock().unwrap().insert(seed, started);
-                        let report = run(seed, &SimConfig::for_seed(seed));
+                        let report = run(seed, &configure(seed));
                         running.lock().unwrap().remove(&seed);
                         println!("{} | {:.1} s", report.row(), started.elapsed().as_secs_f64());
                         reports.lock().unwrap().push(report);
@@ -77,12 +85,31 @@ fn assert_all_pass(reports: &[Report]) {
         totals.2,
         failed.len()
     );
+    let storage: Vec<_> = reports.iter().filter_map(|r| r.storage.as_ref()).collect();
+    if !storage.is_empty() {
+        let sum =
+            |f: fn(&chorus_tests::sim::disk_faults::StorageReport) -> u64| storage.iter().map(|s| f(s)).sum::<u64>();
+        let lost: u64 = reports.iter().filter(|r| r.storage.is_some()).map(|r| r.verdict.lost).sum();
+        let corrupted: u64 = reports.iter().filter(|r| r.storage.is_some()).map(|r| r.verdict.corrupted).sum();
+        println!(
+            "storage faults: {} seeds, {} faults injected, {} detected, {} repairs, {} refused starts, {lost} lost, {corrupted} corrupted served",
+            storage.len(),
+            sum(|s| s.injected_total()),
+            sum(|s| s.detected),
+            sum(|s| s.repairs),
+            sum(|s| s.refused_starts),
+        );
+        for why in storage.iter().flat_map(|s| s.refusals.iter()).take(8) {
+            println!("  refused: {why}");
+        }
+    }
     for report in &failed {
         println!(
-            "FAILED {}\n  faults: {:#?}\n  violations: {:#?}",
+            "FAILED {}\n  faults: {:#?}\n  violations: {:#?}\n  storage: {:#?}",
             report.row(),
             report.faults,
-            report.verdict.examples
+            report.verdict.examples,
+            report.storage
         );
     }
     assert!(failed.is_empty(), "failing seeds: {:?}", failed.iter().map(|r| r.seed).collect::<Vec<_>>());
@@ -92,10 +119,23 @@ fn assert_all_pass(reports: &[Report]) {
 fn simulated_seeds_pass_the_checker() {
     let first = env_u64("CHORUS_SIM_SEED", 1);
     let count = env_u64("CHORUS_SIM_SEEDS", 100);
-    let reports = run_seeds(first..first + count, None);
+    let reports = run_seeds(first..first + count, None, SimConfig::for_seed);
     assert_eq!(reports.len() as u64, count);
     assert_all_pass(&reports);
     assert!(reports.iter().all(|r| r.verdict.publishes_ok > 0 && !r.faults.is_empty()), "a run did nothing");
+}
+
+#[test]
+fn storage_fault_seeds_pass_the_checker() {
+    let first = env_u64("CHORUS_SIM_SEED", 1);
+    let count = env_u64("CHORUS_SIM_STORAGE_SEEDS", 100);
+    let reports = run_seeds(first..first + count, None, SimConfig::with_storage_faults);
+    assert_eq!(reports.len() as u64, count);
+    assert_all_pass(&reports);
+    let storage: Vec<_> = reports.iter().filter_map(|r| r.storage.as_ref()).collect();
+    assert!(storage.iter().map(|s| s.injected_total()).sum::<u64>() > count, "too few storage faults injected");
+    assert!(storage.iter().map(|s| s.detected).sum::<u64>() > 0, "no damage was ever detected");
+    assert!(storage.iter().map(|s| s.repairs).sum::<u64>() > 0, "no repair was ever made");
 }
 
 #[test]
@@ -117,6 +157,8 @@ fn soak() {
     let minutes = env_u64("CHORUS_SOAK_MINUTES", 30);
     let first = env_u64("CHORUS_SIM_SEED", 1_000_000);
     let until = Instant::now() + Duration::from_secs(minutes * 60);
-    let reports = run_seeds(first.., Some(until));
+    let reports = run_seeds(first.., Some(until), |seed| {
+        if seed % 2 == 0 { SimConfig::with_storage_faults(seed) } else { SimConfig::for_seed(seed) }
+    });
     assert_all_pass(&reports);
 }

@@ -4,6 +4,10 @@
 //! durable. A crash throws away every write since the last sync, and the
 //! handles opened before it fail from then on, so a crashed broker's leftover tasks cannot touch
 //! what its restarted self reads.
+//!
+//! For storage-fault simulations a disk also takes damage: bits flipped and ranges zeroed at
+//! rest, a synced write lost (the disk acknowledged it and it is gone) or misdirected (it landed
+//! elsewhere), and power loss that tears the unsynced writes instead of dropping them.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -20,7 +24,21 @@ struct Image {
     unsynced: Vec<Change>,
     /// Bumped by each crash; handles from an older generation are dead.
     generation: u64,
+    /// The latest synced writes, oldest first, with the bytes they replaced: what a lost or
+    /// misdirected write undoes.
+    synced: std::collections::VecDeque<SyncedWrite>,
 }
+
+/// A write a sync made durable, and what it overwrote.
+#[derive(Debug)]
+struct SyncedWrite {
+    offset: usize,
+    replaced: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+/// Synced writes a disk remembers for faults.
+const SYNCED_WRITES_KEPT: usize = 64;
 
 #[derive(Debug)]
 enum Change {
@@ -52,6 +70,99 @@ impl Disk {
         image.unsynced.clear();
         image.generation += 1;
     }
+
+    /// Power loss that tears: of the unsynced changes, the first `whole` reach the disk, and of
+    /// the next write only its first `bytes` bytes. Every open handle is dead.
+    pub fn crash_torn(&self, whole: usize, bytes: usize) {
+        let mut image = self.0.lock().unwrap();
+        let image = &mut *image;
+        let changes: Vec<Change> = image.unsynced.drain(..).collect();
+        for change in changes.iter().take(whole) {
+            apply(&mut image.durable, change);
+        }
+        if let Some(Change::Write { offset, bytes: written }) = changes.get(whole) {
+            let cut = Change::Write { offset: *offset, bytes: written[..bytes.min(written.len())].to_vec() };
+            apply(&mut image.durable, &cut);
+        }
+        image.live = image.durable.clone();
+        image.generation += 1;
+    }
+
+    /// The file's length on disk.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().durable.len()
+    }
+
+    /// Whether the file is empty on disk.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the file's bytes on disk, to pick where to damage it.
+    pub fn durable_bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().durable.clone()
+    }
+
+    /// Flips bit `bit` (0..8) of the byte at `at`, at rest. Past the end, nothing.
+    pub fn flip(&self, at: usize, bit: u8) {
+        self.damage(|file| {
+            if let Some(byte) = file.get_mut(at) {
+                *byte ^= 1 << (bit % 8);
+            }
+        });
+    }
+
+    /// Zeroes `len` bytes from `at`, at rest (clipped to the file).
+    pub fn zero(&self, at: usize, len: usize) {
+        self.damage(|file| {
+            let end = at.saturating_add(len).min(file.len());
+            if at < end {
+                file[at..end].fill(0);
+            }
+        });
+    }
+
+    /// Undoes the `back`th latest synced write still in memory (0: the latest): the disk had
+    /// acknowledged it. Returns whether there was one.
+    pub fn lose_write(&self, back: usize) -> bool {
+        let mut image = self.0.lock().unwrap();
+        let Some(index) = image.synced.len().checked_sub(back + 1) else { return false };
+        let Some(lost) = image.synced.remove(index) else { return false };
+        let undo = |file: &mut Vec<u8>| overwrite(file, lost.offset, &lost.replaced);
+        undo(&mut image.durable);
+        undo(&mut image.live);
+        true
+    }
+
+    /// Moves the `back`th latest synced write to `shift` bytes further on: it landed in the wrong
+    /// place, and the right place kept its old bytes. Returns whether there was one.
+    pub fn misdirect_write(&self, back: usize, shift: usize) -> bool {
+        let mut image = self.0.lock().unwrap();
+        let Some(index) = image.synced.len().checked_sub(back + 1) else { return false };
+        let Some(moved) = image.synced.remove(index) else { return false };
+        let misplace = |file: &mut Vec<u8>| {
+            overwrite(file, moved.offset, &moved.replaced);
+            overwrite(file, moved.offset + shift, &moved.bytes);
+        };
+        misplace(&mut image.durable);
+        misplace(&mut image.live);
+        true
+    }
+
+    /// Applies `damage` to the file on disk and to what is read now.
+    fn damage(&self, damage: impl Fn(&mut Vec<u8>)) {
+        let mut image = self.0.lock().unwrap();
+        damage(&mut image.durable);
+        damage(&mut image.live);
+    }
+}
+
+/// Writes `bytes` at `offset` of `file`, within its length.
+fn overwrite(file: &mut [u8], offset: usize, bytes: &[u8]) {
+    let end = offset.saturating_add(bytes.len()).min(file.len());
+    if offset < end {
+        file[offset..end].copy_from_slice(&bytes[..end - offset]);
+    }
 }
 
 /// The files of one broker, kept across its crashes. A power loss hits them all at once.
@@ -76,6 +187,11 @@ impl Disks {
         self.log.crash();
         self.wal.iter().for_each(Disk::crash);
         self.state.crash();
+    }
+
+    /// The files by name, for faults: `log.redb`, `log.wal0`, `log.wal1`, `state.redb`.
+    pub fn files(&self) -> [(&'static str, &Disk); 4] {
+        [("log.redb", &self.log), ("log.wal0", &self.wal[0]), ("log.wal1", &self.wal[1]), ("state.redb", &self.state)]
     }
 }
 
@@ -135,6 +251,14 @@ impl redb::StorageBackend for DiskHandle {
         let mut image = self.image()?;
         let image = &mut *image;
         for change in image.unsynced.drain(..) {
+            if let Change::Write { offset, bytes } = &change {
+                let replaced =
+                    (*offset..offset + bytes.len()).map(|i| image.durable.get(i).copied().unwrap_or(0)).collect();
+                image.synced.push_back(SyncedWrite { offset: *offset, replaced, bytes: bytes.clone() });
+                if image.synced.len() > SYNCED_WRITES_KEPT {
+                    image.synced.pop_front();
+                }
+            }
             apply(&mut image.durable, &change);
         }
         Ok(())

@@ -216,6 +216,7 @@ impl LogStore {
             meta.remove(PURGED_KEY).map_err(write_error)?;
             meta.remove(COMMITTED_KEY).map_err(write_error)?;
             meta.insert(REPAIR_KEY, floor.to_le_bytes().as_slice()).map_err(write_error)?;
+            log_write::demote_vote(&mut meta).map_err(write_error)?;
         }
         txn.commit().map_err(write_error)?;
         self.committed_id = None;
@@ -511,6 +512,25 @@ mod tests {
         assert_eq!(files.open().repair().floor(), None, "a finished repair is durable");
     }
 
+    /// Regression (found by the simulation's storage faults): a broker whose vote was a granted
+    /// one for itself restarted as the leader of that term, and with a log cut by damage it handed
+    /// out again indexes of its term that followers held with other entries. The cut demotes the
+    /// vote to one not granted, keeping its term and candidate.
+    #[tokio::test]
+    async fn a_cut_log_demotes_a_granted_vote() {
+        let files = Files::default();
+        let mut store = files.open();
+        append_all(&mut store, 2, 1..=4, 40);
+        let leader = Vote::new_committed(2, 1);
+        store.save_vote(&leader).await.unwrap();
+        damage_stored(&store, 3, |stored| stored[5] ^= 0x08);
+        drop(store);
+        let mut store = files.open();
+        let vote = store.read_vote().await.unwrap().expect("a vote");
+        assert!(!vote.committed, "a broker with a cut log would resume leadership: {vote:?}");
+        assert_eq!(vote.leader_id, leader.leader_id, "the term and the candidate stay");
+    }
+
     /// A flipped byte in a synced write-ahead record: the log keeps the records before it, and
     /// the valid records after it raise the repair floor to the last index it had reached.
     #[tokio::test]
@@ -537,6 +557,39 @@ mod tests {
         let mut store = files.open();
         assert_eq!(terms(&mut store).await, vec![(1, 1), (2, 2)]);
         assert_eq!(store.repair().floor(), Some(5));
+    }
+
+    /// A synced write the disk loses (any of the last few) either leaves every flushed entry in
+    /// place or is found: the log then records a repair floor at or past the last entry.
+    #[tokio::test]
+    async fn a_lost_write_never_silently_shortens_the_log() {
+        for back in 0..8 {
+            for file in 0..2 {
+                let files = Files::default();
+                let mut store = files.open();
+                for index in 1..=3 {
+                    append_flushed(&mut store, entry(1, index, 50));
+                    store.save_committed(Some(entry(1, index, 0).log_id)).await.unwrap();
+                }
+                store.save_vote(&Vote::new(2, 1)).await.unwrap();
+                for index in 4..=6 {
+                    store.save_committed(Some(entry(1, index - 1, 0).log_id)).await.unwrap();
+                    append_flushed(&mut store, entry(1, index, 50));
+                }
+                files.crash();
+                drop(store);
+                if !files.0.wal[file].lose_write(back) {
+                    continue;
+                }
+                let mut store = files.open();
+                let last = store.get_log_state().await.unwrap().last_log_id.map_or(0, |id| id.index);
+                let floor = store.repair().floor();
+                assert!(
+                    last == 6 || floor.is_some_and(|floor| floor >= 6),
+                    "losing write {back} back in log.wal{file} left the log at {last} with floor {floor:?}"
+                );
+            }
+        }
     }
 
     /// An intact entry stored under another index (a misdirected write) is refused too.

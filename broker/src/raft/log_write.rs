@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use redb::{Database, Durability, ReadableTable, StorageBackend};
 
 use chorus_protocol::pb;
+use prost::Message;
 
 use super::log_layout::{
     COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, REPAIR_KEY, VOTE_KEY, decode_entry, decode_entry_at,
@@ -146,6 +147,8 @@ pub(super) enum WriteFailed {
     CorruptEpoch,
     #[error("the repair floor in the log's metadata is corrupt")]
     CorruptRepairFloor,
+    #[error("the vote in the log's metadata is corrupt")]
+    CorruptVote,
     #[error("a write-ahead record with a valid checksum is not a log entry")]
     CorruptRecord(#[source] Option<EntryDecodeError>),
     #[error("the log's store stage failed earlier")]
@@ -243,6 +246,23 @@ pub(super) fn recover(
     Ok((shared, WalPair { files: wals, current: 0, failed: None }, damaged))
 }
 
+/// Marks the stored vote as not granted by a quorum. openraft 0.9 starts a broker whose vote is
+/// a granted one for itself as the leader of that term, without an election; a leader whose log
+/// lost entries would then hand out again indexes of its term that its followers still hold
+/// with other entries, and Raft's log matching (same index and term, same entry) would break.
+/// The simulation's storage faults found this. The term and the candidate stay as they were.
+pub(super) fn demote_vote(meta: &mut MetaTable<'_>) -> Result<(), WriteFailed> {
+    let Some(bytes) = meta.get(VOTE_KEY).map_err(redb::Error::from)?.map(|v| v.value().to_vec()) else {
+        return Ok(());
+    };
+    let mut vote = pb::Vote::decode(bytes.as_slice()).map_err(|_| WriteFailed::CorruptVote)?;
+    if vote.committed {
+        vote.committed = false;
+        meta.insert(VOTE_KEY, vote.encode_to_vec().as_slice()).map_err(redb::Error::from)?;
+    }
+    Ok(())
+}
+
 /// The greatest index the repair floor holds, if a repair is under way.
 pub(super) fn read_repair_floor(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -269,7 +289,7 @@ struct Salvage {
 }
 
 type LogTable<'t> = redb::Table<'t, u64, &'static [u8]>;
-type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+pub(super) type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
 impl Salvage {
     /// Replays one write-ahead file into the tables, unless damage came before it; its damage,
@@ -365,6 +385,7 @@ impl Salvage {
         };
         log.retain_in(first_lost.., |_, _| false).map_err(redb::Error::from)?;
         meta.remove(COMMITTED_KEY).map_err(redb::Error::from)?;
+        demote_vote(meta)?;
         let horizon = read_repair_floor(meta)?.unwrap_or(0).max(self.horizon).max(first_lost);
         meta.insert(REPAIR_KEY, horizon.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
         tracing::error!(
@@ -548,9 +569,11 @@ fn forget_stored(shared: &Shared, jobs: &[StoreJob]) {
     }
 }
 
-/// Runs both stages on the caller's thread.
+/// Runs both stages on the caller's thread, and records the durable end at once: a simulation
+/// never idles on a thread, so this stands for the writer's seal after 5 ms idle.
 pub(super) fn run_inline(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) {
     let stored = write_ahead(wal, shared, jobs);
+    wal.seal();
     store(shared, stored);
 }
 

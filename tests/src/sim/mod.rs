@@ -10,6 +10,7 @@
 //! tokio_unstable`, set in `.cargo/config.toml`) and the clocks. The same seed replays the same
 //! history, which [`Report::digest`] fingerprints.
 
+pub mod disk_faults;
 pub mod net;
 mod workload;
 
@@ -34,6 +35,7 @@ use rand::{RngExt, SeedableRng};
 use crate::history::History;
 use crate::history::{Expectations, Verdict, check};
 use chorus_broker::raft::crash_disk::Disks;
+use disk_faults::StorageReport;
 use net::{Net, SimNetwork, Weather};
 
 /// Page cache per redb database in the simulation.
@@ -50,6 +52,8 @@ pub struct SimConfig {
     pub producers: u32,
     pub workers: u32,
     pub subscribers: u32,
+    /// Damage the disks of a minority of brokers too ([`disk_faults`]).
+    pub storage_faults: bool,
 }
 
 impl SimConfig {
@@ -61,7 +65,13 @@ impl SimConfig {
             producers: 3,
             workers: 2,
             subscribers: 2,
+            storage_faults: false,
         }
+    }
+
+    /// [`SimConfig::for_seed`] with storage faults on a minority of brokers.
+    pub fn with_storage_faults(seed: u64) -> SimConfig {
+        SimConfig { storage_faults: true, ..SimConfig::for_seed(seed) }
     }
 }
 
@@ -80,6 +90,8 @@ pub struct Report {
     pub panics: u64,
     /// State checks: digests compared between brokers during the run, and at the end.
     pub states: StateCheckReport,
+    /// What storage faults did, when the run had them.
+    pub storage: Option<StorageReport>,
 }
 
 /// What the brokers' state checks found over a run.
@@ -116,7 +128,7 @@ impl Report {
             self.states.mismatches.len(),
             if self.states.final_agree { "agree" } else { "DIFFER" },
             self.verdict.summary()
-        )
+        ) + &self.storage.as_ref().map(|storage| format!(" | {}", storage.summary())).unwrap_or_default()
     }
 }
 
@@ -131,7 +143,12 @@ fn count_panics() {
     HOOK.call_once(|| {
         let report = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.with(|panics| panics.set(panics.get() + 1));
+            // redb panics on some damaged pages (in debug builds on all of them); the state store
+            // catches those and rebuilds. Any other panic is a failure.
+            let in_redb = info.location().is_some_and(|at| at.file().contains("/redb-"));
+            if !in_redb {
+                PANICS.with(|panics| panics.set(panics.get() + 1));
+            }
             report(info);
         }));
     });
@@ -176,18 +193,23 @@ pub fn broker_config(id: NodeId, members: &BTreeMap<NodeId, BrokerNode>, data_di
 /// Opens a broker's log and state on its simulated disks (snapshot files under `data_dir`). A
 /// damaged state is set aside (its disk wiped) and rebuilt, as `StateStore::open` does with files.
 pub fn open_stores(disks: &Disks, data_dir: &Path) -> (LogStore, StateStore) {
-    let log =
-        LogStore::open_on(disks.log.open(), disks.wal_handles(), CACHE_BYTES, Writer::Inline).expect("open the log");
+    try_open_stores(disks, data_dir).expect("open the stores")
+}
+
+/// [`open_stores`], or why a store did not open.
+pub fn try_open_stores(disks: &Disks, data_dir: &Path) -> Result<(LogStore, StateStore), String> {
+    let log = LogStore::open_on(disks.log.open(), disks.wal_handles(), CACHE_BYTES, Writer::Inline)
+        .map_err(|e| format!("the log: {e}"))?;
     let snapshots = data_dir.join("snapshots");
     let state = match StateStore::open_on(disks.state.open(), snapshots.clone(), CACHE_BYTES) {
         Ok(state) => state,
         Err(StateOpenError::Damaged(_)) => {
             disks.state.wipe();
-            StateStore::rebuild_on(disks.state.open(), snapshots, CACHE_BYTES).expect("rebuild the state")
+            StateStore::rebuild_on(disks.state.open(), snapshots, CACHE_BYTES).map_err(|e| format!("the state: {e}"))?
         }
-        Err(StateOpenError::Failed(error)) => panic!("open the state: {error}"),
+        Err(StateOpenError::Failed(error)) => return Err(format!("the state: {error}")),
     };
-    (log, state)
+    Ok((log, state))
 }
 
 /// Starts a broker on simulated disks, its peers reached through `net`; attaching it to `net`
@@ -229,6 +251,20 @@ struct World {
     origin: tokio::time::Instant,
     /// State checks of the brokers stopped so far, and of the rest at the end.
     states: StateCheckReport,
+    /// Brokers whose disks take damage: a minority, when the run has storage faults.
+    faulty: BTreeSet<NodeId>,
+    storage: StorageReport,
+    /// Per broker: damage found at its last start whose repair is not yet seen done.
+    repairing: BTreeMap<NodeId, Repairing>,
+}
+
+/// Damage a broker found at its start, until its repair is seen done.
+#[derive(Debug, Clone, Copy, Default)]
+struct Repairing {
+    /// The log was cut and a repair floor set.
+    floor: bool,
+    /// The state was set aside and started empty.
+    rebuilt: bool,
 }
 
 impl World {
@@ -251,10 +287,21 @@ impl World {
                 (id, node)
             })
             .collect();
+        let faulty = if config.storage_faults {
+            let mut ids: Vec<NodeId> = (1..=config.brokers).collect();
+            shuffle(&mut rng, &mut ids);
+            let minority = (config.brokers as usize - 1) / 2;
+            ids.into_iter().take(rng.random_range(1..=minority)).collect()
+        } else {
+            BTreeSet::new()
+        };
         World {
             seed,
             config,
             rng,
+            faulty,
+            storage: StorageReport::default(),
+            repairing: BTreeMap::new(),
             net: Net::new(seed),
             nodes,
             members,
@@ -271,7 +318,8 @@ impl World {
         self.origin.elapsed().as_millis() as u64
     }
 
-    async fn start(&self, id: NodeId) {
+    /// Starts broker `id`, unless its damaged files stop it (counted, and it stays down).
+    async fn start(&mut self, id: NodeId) {
         let node = &self.nodes[&id];
         let config = BrokerConfig {
             // Never snapshot: a crash then always recovers by replaying the log, and no
@@ -285,16 +333,79 @@ impl World {
             clock: Clock::Tokio { origin: self.origin, origin_ms: 1_700_000_000_000 + node.skew_ms },
             ..broker_config(id, &self.members, node.dir.path())
         };
-        let broker = start_broker(config, &node.disks, &self.net).await;
-        self.net.attach(broker);
+        let (log, state) = match try_open_stores(&node.disks, node.dir.path()) {
+            Ok(stores) => stores,
+            Err(error) => {
+                assert!(self.faulty.contains(&id), "broker {id}'s stores did not open: {error}");
+                self.storage.refused(id, error);
+                return;
+            }
+        };
+        let found = Repairing { floor: log.repair().floor().is_some(), rebuilt: state.rebuilt() };
+        let network = SimNetwork { from: id, net: Arc::clone(&self.net) };
+        match Broker::start_in_process(config, log, state, network).await {
+            Ok(broker) => self.net.attach(broker),
+            Err(error) => {
+                assert!(self.faulty.contains(&id), "broker {id} did not start: {error}");
+                self.storage.refused(id, error.to_string());
+                return;
+            }
+        }
+        let known = self.repairing.entry(id).or_default();
+        self.storage.detected += u64::from(found.floor && !known.floor) + u64::from(found.rebuilt);
+        known.floor |= found.floor;
+        known.rebuilt |= found.rebuilt;
+    }
+
+    /// Starts every broker that is down, after crashing those that stopped themselves.
+    async fn restart_all(&mut self) {
+        self.reap_stopped().await;
+        for id in self.down_ids() {
+            self.start(id).await;
+        }
+    }
+
+    /// Crashes the brokers that stopped themselves (their Raft core stopped, or they found their
+    /// state damaged), so that they start again; returns them.
+    async fn reap_stopped(&mut self) -> Vec<NodeId> {
+        let stopped: Vec<(NodeId, String)> = self
+            .net
+            .up_ids()
+            .into_iter()
+            .filter_map(|id| self.net.broker(id).and_then(|b| b.core_failure().map(|why| (id, why.to_owned()))))
+            .collect();
+        for (id, why) in &stopped {
+            assert!(self.faulty.contains(id), "broker {id} stopped without a disk fault: {why}");
+            self.storage.detected += u64::from(why.contains("damaged"));
+            self.crash(*id).await;
+        }
+        stopped.into_iter().map(|(id, _)| id).collect()
     }
 
     /// Power loss: off the network, unsynced writes gone, raft stopped.
     async fn crash(&mut self, id: NodeId) {
         if let Some(broker) = self.net.detach(id) {
             self.harvest_state_checks(&broker);
-            self.nodes[&id].disks.crash();
+            self.harvest_repairs(&broker);
+            if self.faulty.contains(&id) && self.rng.random_bool(0.3) {
+                disk_faults::crash_torn(&mut self.rng, &self.nodes[&id].disks, &mut self.storage);
+            } else {
+                self.nodes[&id].disks.crash();
+            }
             broker.stop().await;
+        }
+    }
+
+    /// Counts the repairs `broker` finished since its start.
+    fn harvest_repairs(&mut self, broker: &Broker) {
+        let Some(known) = self.repairing.get_mut(&broker.id()) else { return };
+        if known.floor && broker.repair_floor().is_none() {
+            self.storage.repairs += 1;
+            known.floor = false;
+        }
+        if known.rebuilt && broker.applied().borrow().log_index > 0 {
+            self.storage.repairs += 1;
+            known.rebuilt = false;
         }
     }
 
@@ -358,10 +469,14 @@ impl World {
         let mut faults = Vec::new();
         while self.elapsed_ms() < self.config.fault_ms {
             tokio::time::sleep(Duration::from_millis(self.rng.random_range(200..1_500))).await;
+            for id in self.reap_stopped().await {
+                faults.push(format!("{:>6} ms: {id} stopped itself", self.elapsed_ms()));
+            }
             let fault = self.inject().await;
             faults.push(format!("{:>6} ms: {fault}", self.elapsed_ms()));
         }
         let (drained, caught_up) = self.heal_and_drain(clients).await;
+        self.restart_all().await;
         self.states.final_agree = self.final_state_check().await;
 
         let history = history.lock().unwrap().clone();
@@ -382,6 +497,7 @@ impl World {
             digest: hasher.finish(),
             panics: 0,
             states: self.states,
+            storage: self.config.storage_faults.then_some(self.storage),
         }
     }
 
@@ -417,9 +533,7 @@ impl World {
     async fn heal_and_drain(&mut self, clients: Clients) -> (bool, BTreeSet<u32>) {
         self.net.heal();
         self.net.set_weather(Weather::CALM);
-        for id in self.down_ids() {
-            self.start(id).await;
-        }
+        self.restart_all().await;
         clients.stop_producing.store(true, Ordering::Relaxed);
         for producer in clients.producers {
             producer.await.expect("a producer");
@@ -474,7 +588,20 @@ impl World {
         let minority = (ids.len() - 1) / 2;
         let down = self.down_ids();
         let leader = self.leader();
-        match self.rng.random_range(0..10) {
+        let kinds = if self.faulty.is_empty() { 10 } else { 12 };
+        match self.rng.random_range(0..kinds) {
+            10 | 11 => {
+                let faulty: Vec<NodeId> = self.faulty.iter().copied().collect();
+                let id = faulty[self.rng.random_range(0..faulty.len())];
+                let was_up = self.net.broker(id).is_some();
+                self.crash(id).await;
+                let damage = disk_faults::damage_at_rest(&mut self.rng, &self.nodes[&id].disks, &mut self.storage);
+                let damage = damage.unwrap_or_else(|| "nothing to damage".into());
+                if was_up {
+                    self.start(id).await;
+                }
+                format!("disk fault on {id}: {damage}")
+            }
             0 | 1 if !down.is_empty() => {
                 let id = down[self.rng.random_range(0..down.len())];
                 self.start(id).await;
@@ -565,7 +692,7 @@ mod tests {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async {
-                let world = World::new(1, SimConfig { brokers: 1, ..SimConfig::for_seed(0) });
+                let mut world = World::new(1, SimConfig { brokers: 1, ..SimConfig::for_seed(0) });
                 world.start(1).await;
                 let broker = world.net.broker(1).expect("broker 1 runs");
                 broker.raft.initialize(world.members.clone()).await.expect("initialize");

@@ -108,7 +108,7 @@ pub async fn producer(mut client: SimClient, history: History, stop: Arc<AtomicB
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let payload = format!("p{process}-{n}");
+        let payload = crate::history::payload(process, n);
         let message =
             NewMessage { key: None, headers: Vec::new(), payload: Bytes::from(payload.clone()), not_before_ms: None };
         let command = Command::Publish(Publish { topic: TOPIC.into(), producer: None, messages: vec![message] });

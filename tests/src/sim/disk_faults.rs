@@ -1,0 +1,132 @@
+//! Storage faults for the simulation: damage to the files of a minority of brokers, while they
+//! are down, and what the brokers made of it. The faults: bits flipped and ranges zeroed anywhere
+//! in the write-ahead files and the state, and inside stored entries of the log's redb file;
+//! synced writes lost or misdirected; power loss that tears the unsynced writes. redb checks its
+//! page checksums when it opens a file after a crash, so damage to the log's redb file stops the
+//! broker from starting (counted as a refused start): its vote lives there, and a broker that lost
+//! its vote must be replaced (docs/design.md). Those faults are rarer, so that most damage lands
+//! where brokers repair it.
+
+use std::collections::BTreeMap;
+
+use chorus_broker::raft::crash_disk::{Disk, Disks};
+use rand::RngExt;
+use rand::rngs::StdRng;
+
+/// What storage faults did over a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageReport {
+    /// Faults injected, by kind.
+    pub injected: BTreeMap<&'static str, u64>,
+    /// Damage a broker found: a log cut at open (a repair floor), a state set aside, or a broker
+    /// that stopped itself on a damaged value.
+    pub detected: u64,
+    /// Repairs finished: a repair floor reached and cleared, a rebuilt state applied again.
+    pub repairs: u64,
+    /// Starts a broker refused: damage beyond repair, say.
+    pub refused_starts: u64,
+    /// Why, the first few times.
+    pub refusals: Vec<String>,
+}
+
+impl StorageReport {
+    /// Notes that broker `id` refused to start, and why.
+    pub fn refused(&mut self, id: u64, why: String) {
+        self.refused_starts += 1;
+        if self.refusals.len() < 5 {
+            self.refusals.push(format!("broker {id}: {why}"));
+        }
+    }
+}
+
+impl StorageReport {
+    pub fn injected_total(&self) -> u64 {
+        self.injected.values().sum()
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "disk faults {} injected, {} detected, {} repaired, {} refused starts",
+            self.injected_total(),
+            self.detected,
+            self.repairs,
+            self.refused_starts
+        )
+    }
+}
+
+/// Damages one file of `disks` at rest, at random; returns what it did, or `None` if the file
+/// it picked offered nothing to damage.
+pub fn damage_at_rest(rng: &mut StdRng, disks: &Disks, report: &mut StorageReport) -> Option<String> {
+    let files = disks.files();
+    // log.redb 1 in 10, each write-ahead file 3 in 10, state.redb 3 in 10.
+    let (name, disk) = files[match rng.random_range(0..10) {
+        0 => 0,
+        1..=3 => 1,
+        4..=6 => 2,
+        _ => 3,
+    }];
+    if disk.is_empty() {
+        return None;
+    }
+    let kind = if name == "log.redb" { 0 } else { rng.random_range(0..4) };
+    let done = match kind {
+        0 => flip(rng, name, disk),
+        1 => {
+            let at = rng.random_range(0..disk.len());
+            let len = rng.random_range(1..=512);
+            disk.zero(at, len);
+            Some(("zeroed range", format!("zeroed {len} bytes at {at} of {name}")))
+        }
+        2 => {
+            let back = rng.random_range(0..8);
+            disk.lose_write(back).then(|| ("lost write", format!("lost the synced write {back} back in {name}")))
+        }
+        _ => {
+            let (back, shift) = (rng.random_range(0..8), rng.random_range(1..4096));
+            disk.misdirect_write(back, shift).then(|| {
+                ("misdirected write", format!("moved the synced write {back} back by {shift} bytes in {name}"))
+            })
+        }
+    };
+    let (kind, what) = done?;
+    *report.injected.entry(kind).or_default() += 1;
+    Some(what)
+}
+
+/// A flipped bit: anywhere in a write-ahead file or the state; in the log's redb file, inside a
+/// stored payload (the simulation's payloads start `p<digit>`).
+fn flip(rng: &mut StdRng, name: &str, disk: &Disk) -> Option<(&'static str, String)> {
+    let at = if name == "log.redb" {
+        let bytes = disk.durable_bytes();
+        let payloads: Vec<usize> = bytes
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[0] == b'p' && w[1].is_ascii_digit())
+            .map(|(at, _)| at)
+            .collect();
+        if payloads.is_empty() {
+            return None;
+        }
+        payloads[rng.random_range(0..payloads.len())] + rng.random_range(0..4)
+    } else {
+        rng.random_range(0..disk.len())
+    };
+    let bit = rng.random_range(0..8);
+    disk.flip(at, bit);
+    Some(("bit flip", format!("flipped bit {bit} of byte {at} of {name}")))
+}
+
+/// Power loss on `disks` that tears one file's unsynced writes (never a synced one).
+pub fn crash_torn(rng: &mut StdRng, disks: &Disks, report: &mut StorageReport) {
+    let files = disks.files();
+    let torn = rng.random_range(0..files.len());
+    for (i, (_, disk)) in files.iter().enumerate() {
+        if i == torn {
+            disk.crash_torn(rng.random_range(0..4), rng.random_range(0..4096));
+        } else {
+            disk.crash();
+        }
+    }
+    *report.injected.entry("torn write").or_default() += 1;
+}
