@@ -154,17 +154,7 @@ async fn assert_no_leader_among(cluster: &Cluster, ids: &[u64], period: Duration
 /// when started again: after that it serves all of them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_value_in_a_followers_state_is_never_served() {
-    let mut cluster = Cluster::start(3).await;
-    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
-    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    let client = client(cluster.client_addrs()).await;
-    create_topic(&client, TOPIC).await;
-    let payload = |n: u64| format!("canary-{n:03}-{}", "x".repeat(40));
-    for n in 0..20 {
-        publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
-    }
-    let applied = cluster.status(leader).await.unwrap().applied_index;
-    cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(20)).await;
+    let (mut cluster, _, follower, applied) = canaries_everywhere(ClusterOptions::default(), 20).await;
     cluster.terminate(follower);
     let damaged = payload(7);
     let copies = flip_every(&cluster.data_dir(follower).join("state.redb"), damaged.as_bytes());
@@ -224,6 +214,27 @@ async fn a_damaged_value_in_a_followers_state_is_never_served() {
     assert_eq!(subscribe_all(&cluster, follower, 20).await, (0..20).map(payload).collect::<Vec<_>>());
 }
 
+/// The `n`th canary payload.
+fn payload(n: u64) -> String {
+    format!("canary-{n:03}-{}", "x".repeat(40))
+}
+
+/// A 3-broker cluster whose topic holds `count` canaries on every broker: the cluster, its
+/// leader, a follower, and the index all have applied.
+async fn canaries_everywhere(options: ClusterOptions, count: u64) -> (Cluster, u64, u64, u64) {
+    let cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, TOPIC).await;
+    for n in 0..count {
+        publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
+    }
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(20)).await;
+    (cluster, leader, follower, applied)
+}
+
 /// Every payload of the topic as broker `id` serves it, once it has served `count`.
 async fn subscribe_all(cluster: &Cluster, id: u64, count: usize) -> Vec<String> {
     let connection = Connection::connect(&cluster.brokers[&id].client_addr, "fault-test", T).await.unwrap();
@@ -246,17 +257,8 @@ async fn subscribe_all(cluster: &Cluster, id: u64, count: usize) -> Vec<String> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_heavily_damaged_state_is_rebuilt_from_the_leader() {
     let options = ClusterOptions { snapshot_after_entries: 50, entries_kept_after_snapshot: 10, ..Default::default() };
-    let mut cluster = Cluster::start_with(3, options).await;
-    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
-    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let (mut cluster, leader, follower, _) = canaries_everywhere(options, 300).await;
     let client = client(cluster.client_addrs()).await;
-    create_topic(&client, TOPIC).await;
-    let payload = |n: u64| format!("canary-{n:03}-{}", "x".repeat(40));
-    for n in 0..300 {
-        publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
-    }
-    let applied = cluster.status(leader).await.unwrap().applied_index;
-    cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(20)).await;
     cluster.terminate(follower);
     let path = cluster.data_dir(follower).join("state.redb");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -329,7 +331,6 @@ async fn a_damaged_log_entry_on_the_leader_is_never_replicated() {
     cluster.kill(behind);
     let client = client(cluster.client_addrs()).await;
     create_topic(&client, TOPIC).await;
-    let payload = |n: u64| format!("canary-{n:03}-{}", "x".repeat(40));
     for n in 0..200 {
         publish_idempotent(&client, TOPIC, "canary", n, payload(n)).await.unwrap();
     }
@@ -443,11 +444,11 @@ async fn a_broker_whose_disk_fills_up_exits_and_recovers_when_space_returns() {
     cluster.wait_caught_up(&[victim], applied, Duration::from_secs(30)).await;
 
     disk.fill();
-    let payload = |n: u64| format!("{n:05}-{}", "y".repeat(4_000));
+    let filler = |n: u64| format!("{n:05}-{}", "y".repeat(4_000));
     let mut published = 0;
     while !cluster.exited(victim) {
         assert!(published < 20_000, "the broker on a full disk kept running\n{}", cluster.logs_of(victim));
-        publish_idempotent(&client, TOPIC, "filler", published, payload(published)).await.unwrap();
+        publish_idempotent(&client, TOPIC, "filler", published, filler(published)).await.unwrap();
         published += 1;
     }
     let log = cluster.logs_of(victim);
@@ -455,7 +456,7 @@ async fn a_broker_whose_disk_fills_up_exits_and_recovers_when_space_returns() {
     assert!(log.contains("this broker stops serving"), "{log}");
     // The other two go on.
     for n in published..published + 50 {
-        publish_idempotent(&client, TOPIC, "filler", n, payload(n)).await.unwrap();
+        publish_idempotent(&client, TOPIC, "filler", n, filler(n)).await.unwrap();
     }
     published += 50;
 
@@ -466,7 +467,7 @@ async fn a_broker_whose_disk_fills_up_exits_and_recovers_when_space_returns() {
     cluster.terminate(victim);
     let held = payloads(&cluster.inspect(victim, TOPIC));
     assert_eq!(held.len() as u64, published);
-    assert!((0..published).all(|n| held.contains(&payload(n))), "a message is missing after recovery");
+    assert!((0..published).all(|n| held.contains(&filler(n))), "a message is missing after recovery");
 }
 
 /// `chorus check` marks an index through the log and compares every broker's digest of its

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chorus_broker::raft::state_check::hex;
 use chorus_consumers::{ConnectOptions, Connection};
 use chorus_protocol::pb;
@@ -14,7 +14,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::commands::connect;
-use super::local::status_of;
+use super::local::first_view;
 use crate::target::Target;
 
 #[derive(Debug, Args)]
@@ -40,14 +40,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let options = resolved.connect_options("chorus-cli")?;
     let client = connect(&args.target).await?;
     let mark = client.call(pb::MarkStateCheckRequest {}).await.context("marking a state check")?;
-    let mut view = None;
-    for addr in &resolved.brokers {
-        if let Some(status) = status_of(addr, &options).await {
-            view = Some(status);
-            break;
-        }
-    }
-    let Some(view) = view else { bail!("no broker answered at {}", resolved.brokers.join(",")) };
+    let view = first_view(&resolved.brokers, &options).await?;
     let mut rows = Vec::new();
     for broker in &view.brokers {
         let answer = digest_of(&broker.client_addr, &options, mark.index, args.wait_ms).await;

@@ -3,7 +3,7 @@
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chorus_consumers::{
     Client, Delivered, Job, Message, Producer, ProducerConfig, Start, Subscriber, SubscriberConfig, WorkerConfig,
     WorkerPool,
@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::local::status_of;
+use super::local::{first_view, status_of};
 use crate::target::Target;
 
 pub async fn connect(target: &Target) -> anyhow::Result<Client> {
@@ -470,14 +470,7 @@ pub struct StatusArgs {
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let resolved = args.target.resolve()?;
     let options = resolved.connect_options("chorus-cli")?;
-    let mut view = None;
-    for addr in &resolved.brokers {
-        if let Some(status) = status_of(addr, &options).await {
-            view = Some(status);
-            break;
-        }
-    }
-    let Some(view) = view else { bail!("no broker answered at {}", resolved.brokers.join(",")) };
+    let view = first_view(&resolved.brokers, &options).await?;
     // Ask every member for its own role and indexes; the leader knows each follower's lag.
     let mut rows = Vec::new();
     let mut lags = std::collections::BTreeMap::new();

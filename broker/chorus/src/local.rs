@@ -235,6 +235,16 @@ pub async fn status_of(addr: &str, options: &ConnectOptions) -> Option<pb::Clust
     connection.call(pb::ClusterStatusRequest {}, Duration::from_secs(2)).await.ok()
 }
 
+/// The cluster as the first of `addrs` that answers sees it.
+pub async fn first_view(addrs: &[String], options: &ConnectOptions) -> anyhow::Result<pb::ClusterStatus> {
+    for addr in addrs {
+        if let Some(status) = status_of(addr, options).await {
+            return Ok(status);
+        }
+    }
+    anyhow::bail!("no broker answered at {}", addrs.join(","))
+}
+
 /// Waits until some broker in `addrs` reports itself leader; returns its status.
 pub async fn wait_for_leader(
     addrs: &[String],

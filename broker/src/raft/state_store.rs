@@ -776,15 +776,20 @@ mod tests {
         assert_eq!(*reopened.durable().borrow(), Some(12), "a reopened store is durable at what it finds");
     }
 
+    /// A closed state in a new directory that applied blanks `0..=last` and made a snapshot.
+    async fn applied_and_snapshotted(last: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = StateStore::open(dir.path(), 1 << 20).unwrap();
+        state.apply(blanks(0..=last)).await.unwrap();
+        state.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        dir
+    }
+
     /// A state marked damaged (by a read or an apply that met a damaged value) is set aside at the
     /// next open and replaced by an empty one, once; the log then applies into it again.
     #[tokio::test]
     async fn a_state_marked_damaged_is_set_aside_and_rebuilt_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state = StateStore::open(dir.path(), 1 << 20).unwrap();
-        state.apply(blanks(0..=9)).await.unwrap();
-        state.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        drop(state);
+        let dir = applied_and_snapshotted(9).await;
         let corrupt = CorruptValue { table: "messages", key: vec![1, 2] };
         mark_damaged(dir.path(), &StateDamage::Value(corrupt));
         let mut rebuilt = StateStore::open(dir.path(), 1 << 20).unwrap();
@@ -800,11 +805,7 @@ mod tests {
     /// aside and rebuilt, never a broker that fails to start over and over.
     #[tokio::test]
     async fn a_state_file_redb_cannot_read_is_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state = StateStore::open(dir.path(), 1 << 20).unwrap();
-        state.apply(blanks(0..=99)).await.unwrap();
-        state.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        drop(state);
+        let dir = applied_and_snapshotted(99).await;
         let path = dir.path().join("state.redb");
         let mut bytes = std::fs::read(&path).unwrap();
         for byte in bytes.iter_mut().skip(64).step_by(7) {
