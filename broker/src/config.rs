@@ -179,3 +179,7 @@ impl BrokerConfig {
 
 const _: () =
     assert!(chorus_protocol::limits::FRAME_BYTES_MAX_DEFAULT <= chorus_protocol::limits::FRAME_BYTES_MAX_LIMIT);
+
+// The client library follows the protocol's limits, the state machine applies its own: they agree.
+const _: () = assert!(chorus_machine::limits::PRODUCER_IDLE_MS_MAX == chorus_protocol::limits::PRODUCER_IDLE_MS_MAX);
+const _: () = assert!(chorus_machine::limits::PRODUCER_ID_BYTES_MAX == chorus_protocol::limits::PRODUCER_ID_BYTES_MAX);

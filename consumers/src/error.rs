@@ -44,6 +44,10 @@ pub enum ClientError {
     Exhausted(String),
     #[error("an ephemeral subscription has nothing to commit")]
     NotDurable,
+    /// A producer's batch was not sent again after an earlier batch of the same producer and
+    /// topic failed: storing it would break the producer's order.
+    #[error("not stored, to keep the producer's order: {0}")]
+    Unordered(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -85,9 +89,11 @@ impl ClientError {
             ClientError::Tls(crate::tls::TlsError::Handshake { source, .. }) => {
                 !matches!(source.kind(), std::io::ErrorKind::InvalidData)
             }
-            ClientError::Violation(_) | ClientError::Exhausted(_) | ClientError::NotDurable | ClientError::Tls(_) => {
-                false
-            }
+            ClientError::Violation(_)
+            | ClientError::Exhausted(_)
+            | ClientError::NotDurable
+            | ClientError::Unordered(_)
+            | ClientError::Tls(_) => false,
         }
     }
 
@@ -113,9 +119,14 @@ mod tests {
         for code in [ErrorCode::NotLeader, ErrorCode::Unavailable, ErrorCode::Overloaded] {
             assert!(refused(code).is_retryable(), "{code:?}");
         }
-        for code in
-            [ErrorCode::LimitReached, ErrorCode::UnknownSubscription, ErrorCode::QuotaExceeded, ErrorCode::Forbidden]
-        {
+        // OUT_OF_ORDER is the producer's to handle: it sends the earlier batches first.
+        for code in [
+            ErrorCode::LimitReached,
+            ErrorCode::UnknownSubscription,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::Forbidden,
+            ErrorCode::OutOfOrder,
+        ] {
             assert!(!refused(code).is_retryable(), "{code:?}");
         }
     }

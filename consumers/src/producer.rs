@@ -3,15 +3,19 @@
 //! after a failover is deduplicated by the broker instead of published twice. A send resolves
 //! once its batch is durable on a majority.
 //!
+//! **A producer's messages are stored in the order it sent them**, per topic, across pipelining,
+//! retries and leader changes. Each topic's batches carry consecutive sequences, and the broker
+//! stores a batch only right after the one before it (`OUT_OF_ORDER` otherwise); a batch refused
+//! so waits until the one before it is stored, then goes again. If a batch fails for good, the
+//! batches sent after it on that topic were not stored, and fail too
+//! ([`ClientError::Unordered`]); later sends start a new run under a new producer id.
+//!
 //! Batching adapts to load: while the window has room, whatever is queued goes out at once; while
 //! it is full, messages queue, and the next free slot takes them all (up to the batch limits) in
 //! one request. Behind a batch in flight, a batch lingers until a batch in flight lands or
 //! `linger` (5 ms by default, a cap on a slow round trip) passes, whichever is first: the senders
 //! a batch of acks wakes then go out together as the next batch (ack clocking, as in Nagle's
 //! rule). With nothing in flight, a send goes out at once.
-//!
-//! With a window above 1, batches may commit in a different order than they were sent, most of
-//! all across a failover; use a window of 1 where one producer's order matters.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), chorus_consumers::ClientError> {
@@ -24,12 +28,12 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chorus_protocol::pb;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use chorus_protocol::pb::{self, ErrorCode};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::client::Client;
@@ -38,12 +42,16 @@ use crate::message::Message;
 
 /// Times a lingering batch yields to ready tasks before it waits; see [`after_yields`].
 const BURST_YIELDS: usize = 4;
+/// How often a batch refused as out of order goes again, each time once the batch before it is
+/// stored.
+const OUT_OF_ORDER_RESENDS_MAX: usize = 16;
 
 /// How a producer batches.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// Identifies this producer for deduplication; random by default. Reuse an id only for the
-    /// same logical producer.
+    /// Identifies this producer for deduplication and ordering; random by default. Reuse an id
+    /// only for the same logical producer. After a batch fails for good, a topic's later batches
+    /// go under this id with `~N` appended.
     pub producer_id: String,
     /// The longest a batch waits for more messages behind a batch in flight. It stops waiting
     /// as soon as a batch in flight lands, so a batch of acks and the sends it wakes go out as
@@ -153,9 +161,133 @@ impl Producer {
     }
 }
 
+/// One topic's batches from this producer, in sequence order.
+#[derive(Debug)]
+struct Lane {
+    /// The producer id this run of batches goes under.
+    id: String,
+    /// Runs started so far; a batch that fails for good starts the next, and so does a lane
+    /// silent for [`RUN_IDLE`], before the topic forgets the producer.
+    run: u64,
+    next_seq: u64,
+    ends: Arc<watch::Sender<Ends>>,
+    last_used: tokio::time::Instant,
+}
+
+/// How long a lane may stay silent before its next batch starts a new run: half the time a topic
+/// remembers a producer's last batch.
+const RUN_IDLE: Duration = Duration::from_millis(chorus_protocol::limits::PRODUCER_IDLE_MS_MAX / 2);
+
+impl Lane {
+    fn new(producer_id: &str) -> Lane {
+        Lane {
+            id: producer_id.to_owned(),
+            run: 0,
+            next_seq: 1,
+            ends: Arc::default(),
+            last_used: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Starts run `run + 1` under an id of its own.
+    fn next_run(&mut self, producer_id: &str) {
+        self.run += 1;
+        let suffix = format!("~{}", self.run);
+        let mut base = producer_id.len().min(chorus_protocol::limits::PRODUCER_ID_BYTES_MAX - suffix.len());
+        while !producer_id.is_char_boundary(base) {
+            base -= 1;
+        }
+        self.id = format!("{}{suffix}", &producer_id[..base]);
+        self.next_seq = 1;
+        self.ends = Arc::default();
+    }
+}
+
+/// How the batches of one run ended.
+#[derive(Debug, Default)]
+struct Ends {
+    /// Every batch up to this sequence is stored.
+    stored_through: u64,
+    /// Stored batches past `stored_through`.
+    stored: BTreeSet<u64>,
+    /// The first batch that failed, and why: no later one of the run can be stored in order.
+    failed: Option<(u64, String)>,
+}
+
+impl Ends {
+    fn stored(&mut self, seq: u64) {
+        self.stored.insert(seq);
+        while self.stored.remove(&(self.stored_through + 1)) {
+            self.stored_through += 1;
+        }
+    }
+
+    fn failed(&mut self, seq: u64, why: String) {
+        if self.failed.as_ref().is_none_or(|(first, _)| seq < *first) {
+            self.failed = Some((seq, why));
+        }
+    }
+
+    /// How the batch before `seq` ended: stored, failed (and why), or not yet.
+    fn before(&self, seq: u64) -> Option<Result<(), String>> {
+        let previous = seq - 1;
+        match &self.failed {
+            _ if previous <= self.stored_through => Some(Ok(())),
+            Some((first, why)) if *first <= previous => Some(Err(why.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Where one batch goes in its topic's order.
+#[derive(Debug, Clone)]
+struct Slot {
+    id: String,
+    run: u64,
+    seq: u64,
+    ends: Arc<watch::Sender<Ends>>,
+}
+
+/// Every topic's lane, shared by the batch loop (which hands out slots) and the batches in flight
+/// (which start a new run when one fails).
+#[derive(Debug, Clone)]
+struct Lanes {
+    producer_id: String,
+    lanes: Arc<Mutex<BTreeMap<String, Lane>>>,
+}
+
+impl Lanes {
+    fn new(producer_id: &str) -> Lanes {
+        Lanes { producer_id: producer_id.to_owned(), lanes: Arc::default() }
+    }
+
+    /// The next slot in `topic`'s order.
+    fn slot(&self, topic: &str) -> Slot {
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        let lane = lanes.entry(topic.to_owned()).or_insert_with(|| Lane::new(&self.producer_id));
+        if lane.last_used.elapsed() >= RUN_IDLE {
+            lane.next_run(&self.producer_id);
+        }
+        lane.last_used = tokio::time::Instant::now();
+        let slot = Slot { id: lane.id.clone(), run: lane.run, seq: lane.next_seq, ends: Arc::clone(&lane.ends) };
+        lane.next_seq += 1;
+        slot
+    }
+
+    /// `failed` failed for good: later batches of `topic` start a new run, unless one already did.
+    fn restart_after(&self, topic: &str, failed: &Slot) {
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        if let Some(lane) = lanes.get_mut(topic)
+            && lane.run == failed.run
+        {
+            lane.next_run(&self.producer_id);
+        }
+    }
+}
+
 async fn batch_loop(client: Client, config: ProducerConfig, mut queued: mpsc::Receiver<Queued>) {
     let window = Arc::new(Semaphore::new(config.window.max(1)));
-    let mut next_seq: u64 = 0;
+    let lanes = Lanes::new(&config.producer_id);
     let mut flights = JoinSet::new();
     while let Some(first) = queued.recv().await {
         // Wait for a free slot first: what queues meanwhile joins this batch.
@@ -170,10 +302,9 @@ async fn batch_loop(client: Client, config: ProducerConfig, mut queued: mpsc::Re
                     Err(_) => return,
                 },
             };
-            next_seq += 1;
-            let (client, producer_id, seq) = (client.clone(), config.producer_id.clone(), next_seq);
+            let (client, lanes, slot) = (client.clone(), lanes.clone(), lanes.slot(&topic));
             flights.spawn(async move {
-                publish_batch(&client, &topic, &producer_id, seq, batch).await;
+                publish_batch(&client, &lanes, &topic, slot, batch).await;
                 drop(permit);
             });
         }
@@ -243,15 +374,23 @@ async fn after_yields(queued: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
     None
 }
 
-async fn publish_batch(client: &Client, topic: &str, producer_id: &str, producer_seq: u64, batch: Vec<Queued>) {
+async fn publish_batch(client: &Client, lanes: &Lanes, topic: &str, slot: Slot, batch: Vec<Queued>) {
     let (messages, waiters): (Vec<pb::Message>, Vec<_>) = batch.into_iter().map(|q| (q.message.into(), q.done)).unzip();
     let request = pb::PublishRequest {
         topic: topic.to_owned(),
         messages,
-        producer_id: Some(producer_id.to_owned()),
-        producer_seq: Some(producer_seq),
+        producer_id: Some(slot.id.clone()),
+        producer_seq: Some(slot.seq),
     };
-    match client.call(request).await {
+    let result = send_in_order(client, request, &slot).await;
+    match &result {
+        Ok(_) => slot.ends.send_modify(|ends| ends.stored(slot.seq)),
+        Err(error) => {
+            slot.ends.send_modify(|ends| ends.failed(slot.seq, error.to_string()));
+            lanes.restart_after(topic, &slot);
+        }
+    }
+    match result {
         Ok(ok) => {
             for (i, waiter) in waiters.into_iter().enumerate() {
                 let receipt = Receipt {
@@ -271,12 +410,39 @@ async fn publish_batch(client: &Client, topic: &str, producer_id: &str, producer
     }
 }
 
+/// Sends `request` until it is stored in its place in the producer's order: refused as out of
+/// order, it waits until the batch before it is stored and goes again; if that batch failed, this
+/// one is not sent again.
+async fn send_in_order(
+    client: &Client,
+    request: pb::PublishRequest,
+    slot: &Slot,
+) -> Result<pb::PublishOk, ClientError> {
+    let mut ends = slot.ends.subscribe();
+    for _ in 0..OUT_OF_ORDER_RESENDS_MAX {
+        match client.call(request.clone()).await {
+            Err(error) if error.code() == Some(ErrorCode::OutOfOrder) => {
+                let before = match ends.wait_for(|ends| ends.before(slot.seq).is_some()).await {
+                    Ok(ends) => ends.before(slot.seq),
+                    Err(_) => None,
+                };
+                if let Some(Err(why)) = before {
+                    return Err(ClientError::Unordered(format!("an earlier batch failed: {why}")));
+                }
+            }
+            other => return other,
+        }
+    }
+    Err(ClientError::Unordered(format!("refused as out of order {OUT_OF_ORDER_RESENDS_MAX} times")))
+}
+
 /// The same failure again, for each message of a batch: a broker's answer as it was, anything
 /// else (a lost connection, a timeout) as its message.
 fn copy_of(error: &ClientError) -> ClientError {
     match error {
         ClientError::Server(refusal) => ClientError::Server(refusal.clone()),
         ClientError::Violation(violation) => ClientError::Violation(violation.clone()),
+        ClientError::Unordered(why) => ClientError::Unordered(why.clone()),
         other => ClientError::Exhausted(other.to_string()),
     }
 }
@@ -284,6 +450,95 @@ fn copy_of(error: &ClientError) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{fake_broker, hello_ok};
+    use chorus_protocol::pb::{client_frame::Body as Request, server_frame::Body as Answer};
+
+    /// A broker that stores a producer's batches only in sequence order, as the real one does,
+    /// refusing the first attempt of the batches `refuse_once` (retryably) and every batch whose
+    /// payload is `bad`. Returns its address and what it stored, in order, with producer ids.
+    async fn ordering_broker(refuse_once: &'static [u64]) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        let stored: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let heads: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let refused: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+        let log = Arc::clone(&stored);
+        let addr = fake_broker(move |request| {
+            let publish = match request {
+                Request::Hello(_) => return Some(hello_ok()),
+                Request::Ping(_) => return Some(Answer::Pong(pb::Pong {})),
+                Request::Publish(publish) => publish,
+                _ => return None,
+            };
+            let (id, seq) = (publish.producer_id.clone().unwrap_or_default(), publish.producer_seq.unwrap_or(0));
+            let refuse = |code, why: &str| Some(Answer::Error(pb::Error::new(code, why)));
+            if refuse_once.contains(&seq) && refused.lock().unwrap().insert(seq) {
+                return refuse(ErrorCode::Unavailable, "lost on the way");
+            }
+            let mut heads = heads.lock().unwrap();
+            let head = heads.get(&id).copied().unwrap_or(0);
+            if seq != 1 && seq != head + 1 {
+                return refuse(ErrorCode::OutOfOrder, "does not follow");
+            }
+            if publish.messages.iter().any(|m| m.payload.as_ref() == b"bad") {
+                return refuse(ErrorCode::InvalidArgument, "bad message");
+            }
+            heads.insert(id.clone(), seq);
+            let mut log = log.lock().unwrap();
+            let first_seq = log.len() as u64 + 1;
+            log.extend(publish.messages.iter().map(|m| (id.clone(), String::from_utf8_lossy(&m.payload).into_owned())));
+            Some(Answer::PublishOk(pb::PublishOk {
+                first_seq,
+                count: publish.messages.len() as u32,
+                ..Default::default()
+            }))
+        })
+        .await;
+        (addr, stored)
+    }
+
+    fn one_per_batch() -> ProducerConfig {
+        ProducerConfig { linger: Duration::ZERO, batch_messages_max: 1, ..ProducerConfig::default() }
+    }
+
+    /// Regression (issue 18): a producer's first batch needed a retry while the next ones, in
+    /// flight, were stored before it. Refused as out of order, they now go again after it, and
+    /// everything is stored in the order it was sent.
+    #[tokio::test]
+    async fn batches_are_stored_in_send_order_when_an_earlier_one_is_retried() {
+        let (addr, stored) = ordering_broker(&[1, 3]).await;
+        let producer = Producer::new(Client::connect([addr]).await.unwrap(), one_per_batch());
+        let receipts = producer.send_all("t", (0..6).map(|n| Message::new(format!("m{n}")))).await.unwrap();
+        let payloads: Vec<String> = stored.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(payloads, ["m0", "m1", "m2", "m3", "m4", "m5"]);
+        assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    }
+
+    /// A batch that fails for good fails the batches sent after it on the topic (storing them
+    /// would break the order), and later sends start a new run under a new producer id.
+    #[tokio::test]
+    async fn a_failed_batch_fails_the_ones_behind_it_and_a_new_run_starts() {
+        let (addr, stored) = ordering_broker(&[]).await;
+        let producer = Producer::new(Client::connect([addr]).await.unwrap(), one_per_batch());
+        let mut pending = Vec::new();
+        for payload in ["a", "bad", "c", "d"] {
+            pending.push(producer.enqueue("t", Message::new(payload)).await.unwrap());
+        }
+        let mut outcomes = Vec::new();
+        for receipt in pending {
+            outcomes.push(receipt.await.unwrap());
+        }
+        assert!(outcomes[0].is_ok());
+        assert!(matches!(&outcomes[1], Err(ClientError::Server(e)) if e.code == ErrorCode::InvalidArgument));
+        for outcome in &outcomes[2..] {
+            assert!(matches!(outcome, Ok(_) | Err(ClientError::Unordered(_))), "{outcome:?}");
+        }
+        producer.send("t", Message::new("e")).await.unwrap();
+        let stored = stored.lock().unwrap().clone();
+        let payloads: Vec<&str> = stored.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(payloads.first(), Some(&"a"));
+        assert_eq!(payloads.last(), Some(&"e"));
+        assert!(payloads.windows(2).all(|pair| pair[0] < pair[1]), "stored out of order: {payloads:?}");
+        assert!(stored.last().unwrap().0.ends_with("~1"), "the new run has an id of its own: {stored:?}");
+    }
 
     fn queue(items: &[&str]) -> (mpsc::Sender<Queued>, mpsc::Receiver<Queued>) {
         let (sender, receiver) = mpsc::channel(64);

@@ -11,5 +11,11 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
 /// able to make a broker buffer more than this for one frame.
 pub const FRAME_BYTES_MAX_LIMIT: usize = 64 * 1024 * 1024;
 
+/// The longest producer id a publish may carry.
+pub const PRODUCER_ID_BYTES_MAX: usize = 128;
+/// How long a topic remembers a producer's last batch, for its order: a producer silent for
+/// longer must start a new run at sequence 1.
+pub const PRODUCER_IDLE_MS_MAX: u64 = 10 * 60 * 1000;
+
 const _: () = assert!(FRAME_BYTES_MAX_DEFAULT <= FRAME_BYTES_MAX_LIMIT);
 const _: () = assert!(FRAME_BYTES_MAX_LIMIT <= u32::MAX as usize);

@@ -11,6 +11,8 @@
 //! - **overlapping grants**: a message granted again before its previous lease ended (deadline,
 //!   nack or ack), or after an accepted ack;
 //! - **failed but present**: a publish answered as a definite failure that was delivered anyway;
+//! - **producer order**: a process's acknowledged publishes, in the order it sent them, stored at
+//!   sequences that do not increase (FIFO per producer);
 //! - **corrupted**: a delivered or leased payload whose checksum fails ([`payload`] makes
 //!   payloads that carry one): a damaged byte served;
 //! - **redeliveries**, which are reported, not failures.
@@ -99,6 +101,7 @@ pub struct Verdict {
     pub stale_acks_accepted: u64,
     pub overlapping_grants: u64,
     pub failed_but_present: u64,
+    pub producer_order: u64,
     pub corrupted: u64,
     pub redeliveries: u64,
     /// What the first few violations were, for a failure message.
@@ -113,6 +116,7 @@ impl Verdict {
             + self.stale_acks_accepted
             + self.overlapping_grants
             + self.failed_but_present
+            + self.producer_order
             + self.corrupted
             == 0
     }
@@ -126,13 +130,14 @@ impl Verdict {
     /// A one-line summary table row.
     pub fn summary(&self) -> String {
         format!(
-            "ok publishes {:>7} | failed {:>5} | unknown {:>5} | lost {} | unexpected {} | order {} | stale acks {} | overlaps {} | failed-but-present {} | corrupted {} | redeliveries {}",
+            "ok publishes {:>7} | failed {:>5} | unknown {:>5} | lost {} | unexpected {} | order {} | producer order {} | stale acks {} | overlaps {} | failed-but-present {} | corrupted {} | redeliveries {}",
             self.publishes_ok,
             self.publishes_failed,
             self.publishes_unknown,
             self.lost,
             self.unexpected,
             self.order_violations,
+            self.producer_order,
             self.stale_acks_accepted,
             self.overlapping_grants,
             self.failed_but_present,
@@ -174,9 +179,31 @@ pub fn check(history: &[Record], expect: &Expectations) -> Verdict {
         }
     }
     check_payloads(history, &mut verdict);
+    check_producer_order(history, &mut verdict);
     check_order(history, expect, &attempted, &acknowledged, &failed, &mut verdict);
     check_leases(history, expect, &acknowledged, &mut verdict);
     verdict
+}
+
+/// A process publishes in order, one publish after another: the sequences of its acknowledged
+/// publishes must increase in the order it recorded them.
+fn check_producer_order(history: &[Record], verdict: &mut Verdict) {
+    let mut last: BTreeMap<u32, (u64, &str)> = BTreeMap::new();
+    for record in history {
+        let Op::Publish { payload, seq: Some(seq) } = &record.op else { continue };
+        if record.outcome != Outcome::Ok {
+            continue;
+        }
+        if let Some((before, earlier)) = last.insert(record.process, (*seq, payload))
+            && before >= *seq
+        {
+            verdict.producer_order += 1;
+            verdict.flag(format!(
+                "process {} sent {earlier:?} before {payload:?}, stored at {before} and {seq}",
+                record.process
+            ));
+        }
+    }
 }
 
 /// Every payload a subscriber or worker was served must pass its checksum.
@@ -354,6 +381,19 @@ mod tests {
             op: Op::Grant { seq, payload: sealed(&format!("m{seq}")), token, granted_ms, deadline_ms },
             outcome: Outcome::Ok,
         }
+    }
+
+    #[test]
+    fn a_producers_publishes_stored_out_of_its_order_are_flagged() {
+        let acked = |payload: &str, seq| Record {
+            process: 4,
+            op: Op::Publish { payload: sealed(payload), seq: Some(seq) },
+            outcome: Outcome::Ok,
+        };
+        let in_order = vec![acked("a", 1), acked("b", 3)];
+        assert_eq!(check(&in_order, &caught_up(&[])).producer_order, 0);
+        let reordered = vec![acked("a", 5), acked("b", 3)];
+        assert_eq!(check(&reordered, &caught_up(&[])).producer_order, 1);
     }
 
     #[test]

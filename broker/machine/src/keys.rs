@@ -147,6 +147,10 @@ pub(crate) fn message(topic_id: u64, seq: u64) -> Vec<u8> {
 pub(crate) fn dedup(topic_id: u64, producer: &str, producer_seq: u64) -> Vec<u8> {
     KeyBuf::new().u64(topic_id).prefixed(producer.as_bytes()).u64(producer_seq).done()
 }
+/// A producer's head on a topic: a prefix of its dedup keys, so no dedup range holds it.
+pub(crate) fn producer_head(topic_id: u64, producer: &str) -> Vec<u8> {
+    KeyBuf::new().u64(topic_id).prefixed(producer.as_bytes()).done()
+}
 /// The dedup expiry key is the expiry time followed by the dedup key itself.
 pub(crate) fn dedup_expiry(expire_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
     KeyBuf::new().u64(expire_ms).tail(dedup_key).done()

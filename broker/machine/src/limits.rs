@@ -63,6 +63,10 @@ pub const AUDIT_MESSAGES_MAX: u64 = 100_000;
 
 /// Default idempotency window for producer ids.
 pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 2 * 60 * 1000;
+/// How long a topic remembers a producer's last batch, for its order, after that batch: a
+/// producer silent for longer starts a new run at sequence 1 (the client library does so after
+/// half of this).
+pub const PRODUCER_IDLE_MS_MAX: u64 = 10 * 60 * 1000;
 /// Longest idempotency window.
 pub const DEDUP_WINDOW_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 /// Default lease length of a work group.

@@ -32,6 +32,19 @@ pub enum MachineError {
     QuotaExceeded(String),
     #[error("unknown user {0:?}")]
     UnknownUser(String),
+    /// A producer's batch does not follow the last one stored from it: `behind`, it comes after a
+    /// later one (it cannot be stored in order any more); otherwise an earlier one is missing.
+    #[error("{}", out_of_order(producer, *sequence, *behind))]
+    OutOfOrder { producer: String, sequence: u64, behind: bool },
+}
+
+fn out_of_order(producer: &str, sequence: u64, behind: bool) -> String {
+    match behind {
+        true => format!("batch {sequence} of producer {producer:?} comes after a later batch of it was stored"),
+        false => format!(
+            "batch {sequence} of producer {producer:?} does not follow the last one stored: send the earlier batches first"
+        ),
+    }
 }
 
 /// The successful result of one command.

@@ -96,6 +96,15 @@ pub(crate) struct DedupRecord {
     pub expire_ms: u64,
 }
 
+/// The last batch a topic stored from one producer, for its order (`topic::in_producer_order`).
+/// It outlives the dedup records: it expires [`crate::limits::PRODUCER_IDLE_MS_MAX`] after the
+/// producer's last batch, or at the end of the dedup window if that is later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProducerHead {
+    pub last_sequence: u64,
+    pub expire_ms: u64,
+}
+
 /// Running totals of a work group. `leased + ready + waiting` are the pending messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupCounts {

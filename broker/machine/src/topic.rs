@@ -3,14 +3,16 @@
 
 use crate::access::Actor;
 use crate::chore::Chore;
-use crate::command::{NewMessage, Publish, TopicConfig};
+use crate::command::{NewMessage, ProducerStamp, Publish, TopicConfig};
 use crate::ctx::{Ctx, Res};
 use crate::keys;
-use crate::limits::{DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX};
+use crate::limits::{
+    DEDUP_EXPIRIES_MAX, GROUPS_PER_TOPIC_MAX, PRODUCER_IDLE_MS_MAX, SUBSCRIPTIONS_PER_TOPIC_MAX, TOPICS_MAX,
+};
 use crate::messages::{BatchRecord, StoredMessage};
 use crate::outcome::{MachineError, Output, Published};
 use crate::owners::{self, Owned};
-use crate::records::{DedupRecord, TopicRecord};
+use crate::records::{DedupRecord, ProducerHead, TopicRecord};
 use crate::retention;
 use crate::store::{Store, Table, prefix_end};
 use crate::validate;
@@ -102,6 +104,7 @@ pub(crate) fn publish<S: Store>(ctx: &mut Ctx<'_, S>, publish: &Publish) -> Res<
                 duplicate: true,
             }));
         }
+        in_producer_order(ctx, topic.id, producer)?;
     }
     let published = append(ctx, &mut topic, &publish.messages)?;
     if let Some(producer) = &publish.producer {
@@ -116,10 +119,40 @@ pub(crate) fn publish<S: Store>(ctx: &mut Ctx<'_, S>, publish: &Publish) -> Res<
         };
         ctx.save(Table::Dedup, &key, &record)?;
         ctx.mark(Table::DedupExpiry, &keys::dedup_expiry(expire_ms, &key))?;
+        advance_producer(ctx, &topic, producer)?;
     }
     retention::trim(ctx, &mut topic, None)?;
     ctx.save_topic(&topic)?;
     Ok(Output::Published(published))
+}
+
+/// A producer's batches are stored in its sequence order, FIFO per producer: a batch must follow
+/// the last one the topic stored from that producer (its sequence plus one), so a batch that
+/// overtook an earlier one still in flight or being retried is refused, and the producer sends it
+/// again after the earlier one. Sequence 1 starts a run (a new producer, or one that restarted);
+/// a retry of a stored first batch is a duplicate before it gets here. The topic remembers a
+/// producer's last batch for [`PRODUCER_IDLE_MS_MAX`] (or the dedup window, if longer).
+fn in_producer_order<S: Store>(ctx: &mut Ctx<'_, S>, topic_id: u64, producer: &ProducerStamp) -> Res<()> {
+    let head = ctx.load::<ProducerHead>(Table::Dedup, &keys::producer_head(topic_id, &producer.id))?;
+    let last = head.map(|head| head.last_sequence);
+    if producer.sequence == 1 || last.is_some_and(|last| producer.sequence == last + 1) {
+        return Ok(());
+    }
+    let behind = last.is_some_and(|last| producer.sequence <= last);
+    Err(MachineError::OutOfOrder { producer: producer.id.clone(), sequence: producer.sequence, behind }.into())
+}
+
+/// Records `producer`'s batch as the last one `topic` stored from it.
+fn advance_producer<S: Store>(ctx: &mut Ctx<'_, S>, topic: &TopicRecord, producer: &ProducerStamp) -> Res<()> {
+    let key = keys::producer_head(topic.id, &producer.id);
+    if let Some(old) = ctx.load::<ProducerHead>(Table::Dedup, &key)? {
+        ctx.remove(Table::DedupExpiry, &keys::dedup_expiry(old.expire_ms, &key))?;
+    }
+    let life_ms = topic.config.dedup_window_ms.max(PRODUCER_IDLE_MS_MAX);
+    let head = ProducerHead { last_sequence: producer.sequence, expire_ms: ctx.now_ms.saturating_add(life_ms) };
+    ctx.save(Table::Dedup, &key, &head)?;
+    ctx.mark(Table::DedupExpiry, &keys::dedup_expiry(head.expire_ms, &key))?;
+    Ok(())
 }
 
 /// Appends validated messages to `topic` (the caller saves it). Also used to dead-letter.
@@ -244,15 +277,77 @@ mod tests {
                 messages: vec![message(None, "a"), message(None, "b")],
             })
         };
-        let Output::Published(original) = h.ok(stamped(7)) else { panic!() };
-        let Output::Published(retry) = h.ok(stamped(7)) else { panic!() };
+        let Output::Published(original) = h.ok(stamped(1)) else { panic!() };
+        let Output::Published(retry) = h.ok(stamped(1)) else { panic!() };
         assert!(retry.duplicate && !original.duplicate);
         assert_eq!((retry.first_seq, retry.count, retry.log_index), (original.first_seq, 2, original.log_index));
         assert_eq!(h.topic("t").last_seq, 2);
         h.advance(1000);
-        let Output::Published(late) = h.ok(stamped(7)) else { panic!() };
+        let Output::Published(late) = h.ok(stamped(1)) else { panic!() };
         assert!(!late.duplicate, "the window has passed");
         assert_eq!(late.first_seq, 3);
+    }
+
+    /// A producer's batches are stored in its sequence order: one that overtakes an earlier
+    /// batch is refused until that one is stored, a retry of a stored one is a duplicate, and one
+    /// that comes after a later one was stored is refused for good.
+    #[test]
+    fn a_producers_batches_are_stored_in_sequence_order() {
+        let mut h = Harness::new();
+        h.create_topic("t", TopicConfig { dedup_window_ms: 1000, ..TopicConfig::default() });
+        let stamped = |sequence| {
+            Command::Publish(Publish {
+                topic: "t".into(),
+                producer: Some(ProducerStamp { id: "p".into(), sequence }),
+                messages: vec![message(None, &format!("m{sequence}"))],
+            })
+        };
+        let Output::Published(first) = h.ok(stamped(1)) else { panic!() };
+        let overtaking = h.err(stamped(3));
+        assert!(matches!(overtaking, MachineError::OutOfOrder { sequence: 3, behind: false, .. }), "{overtaking:?}");
+        let Output::Published(second) = h.ok(stamped(2)) else { panic!() };
+        let Output::Published(third) = h.ok(stamped(3)) else { panic!() };
+        assert_eq!((first.first_seq, second.first_seq, third.first_seq), (1, 2, 3));
+        let Output::Published(retry) = h.ok(stamped(2)) else { panic!() };
+        assert!(retry.duplicate);
+        h.advance(1000);
+        // Out of the dedup window, batch 2 is no duplicate any more, and comes after batch 3.
+        let late = h.err(stamped(2));
+        assert!(matches!(late, MachineError::OutOfOrder { sequence: 2, behind: true, .. }), "{late:?}");
+        let Output::Published(fourth) = h.ok(stamped(4)) else { panic!("the order outlives the dedup window") };
+        assert_eq!(fourth.first_seq, 4);
+        let restart = h.ok(stamped(1));
+        assert!(matches!(restart, Output::Published(Published { duplicate: false, .. })), "sequence 1 starts a run");
+        h.advance(crate::limits::PRODUCER_IDLE_MS_MAX);
+        let forgotten = h.err(stamped(2));
+        assert!(matches!(forgotten, MachineError::OutOfOrder { behind: false, .. }), "a silent producer is forgotten");
+        assert_eq!(h.topic("t").last_seq, 5);
+    }
+
+    proptest::proptest! {
+        /// Whatever order a producer's batches arrive in, with retries, the batches stored (not
+        /// duplicates) are stored in sequence order, each once.
+        #[test]
+        fn stored_batches_follow_the_producers_sequence(arrivals in proptest::collection::vec(1u64..8, 1..40)) {
+            let mut h = Harness::new();
+            h.create_topic("t", TopicConfig::default());
+            let mut stored = Vec::new();
+            for sequence in arrivals {
+                let publish = Command::Publish(Publish {
+                    topic: "t".into(),
+                    producer: Some(ProducerStamp { id: "p".into(), sequence }),
+                    messages: vec![message(None, "m")],
+                });
+                if let Ok(Output::Published(published)) = h.run_as(&Actor::Anonymous, publish)
+                    && !published.duplicate
+                {
+                    stored.push(sequence);
+                }
+            }
+            // Each stored batch starts a run or follows the one before.
+            proptest::prop_assert!(stored.first().is_none_or(|first| *first == 1), "stored {:?}", stored);
+            proptest::prop_assert!(stored.windows(2).all(|pair| pair[1] == 1 || pair[1] == pair[0] + 1), "stored {:?}", stored);
+        }
     }
 
     #[test]

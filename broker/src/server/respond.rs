@@ -68,6 +68,7 @@ pub fn refused(error: &MachineError) -> pb::Error {
         MachineError::Forbidden(_) => ErrorCode::Forbidden,
         MachineError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
         MachineError::UnknownUser(_) => ErrorCode::UnknownUser,
+        MachineError::OutOfOrder { .. } => ErrorCode::OutOfOrder,
     };
     pb::Error::new(code, error.to_string())
 }
