@@ -203,8 +203,8 @@ async fn state_check_loop(broker: Arc<Broker>) {
         }
         let latest = broker.state_checks().subscribe().borrow().latest();
         let claim = latest.map(|(index, digest)| DigestClaim { index, broker: broker.id(), digest: digest.to_vec() });
-        let actor = Submission::broker(Command::MarkStateCheck { claim });
-        if let Err(error) = broker.propose(actor).await {
+        let mark = Submission::broker(Command::MarkStateCheck { claim });
+        if let Err(error) = broker.propose(mark).await {
             tracing::debug!(%error, "state check not marked");
         }
     }

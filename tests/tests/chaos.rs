@@ -51,24 +51,31 @@ fn outcome_of(error: &ClientError) -> Outcome {
     }
 }
 
+/// Publishes one message at a time as an idempotent producer. A producer's batches are stored in
+/// its sequence order, so after a publish that did not succeed (its outcome may be unknown) the
+/// next one starts a new run, under a new producer id, at sequence 1, as the client library does.
 async fn producer(client: Client, process: u32, history: History, stop: Arc<AtomicBool>) {
-    let mut n = 0u64;
+    let (mut n, mut run, mut sequence) = (0u64, 0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         n += 1;
+        sequence += 1;
         let payload = chorus_tests::history::payload(process, n);
         let request = Request::Publish(pb::PublishRequest {
             topic: TOPIC.into(),
             messages: vec![pb::Message { payload: Bytes::from(payload.clone()), ..Default::default() }],
-            producer_id: Some(format!("producer-{process}")),
-            producer_seq: Some(n),
+            producer_id: Some(format!("producer-{process}-{run}")),
+            producer_seq: Some(sequence),
         });
-        match client.request(request).await {
+        let outcome = match client.request(request).await {
             Ok(Body::PublishOk(ok)) => {
-                record(&history, process, Op::Publish { payload, seq: Some(ok.first_seq) }, Outcome::Ok)
+                record(&history, process, Op::Publish { payload, seq: Some(ok.first_seq) }, Outcome::Ok);
+                continue;
             }
-            Ok(_) => record(&history, process, Op::Publish { payload, seq: None }, Outcome::Info),
-            Err(error) => record(&history, process, Op::Publish { payload, seq: None }, outcome_of(&error)),
-        }
+            Ok(_) => Outcome::Info,
+            Err(error) => outcome_of(&error),
+        };
+        record(&history, process, Op::Publish { payload, seq: None }, outcome);
+        (run, sequence) = (run + 1, 0);
     }
 }
 

@@ -129,13 +129,15 @@ pub(crate) fn publish<S: Store>(ctx: &mut Ctx<'_, S>, publish: &Publish) -> Res<
 /// A producer's batches are stored in its sequence order, FIFO per producer: a batch must follow
 /// the last one the topic stored from that producer (its sequence plus one), so a batch that
 /// overtook an earlier one still in flight or being retried is refused, and the producer sends it
-/// again after the earlier one. Sequence 1 starts a run (a new producer, or one that restarted);
-/// a retry of a stored first batch is a duplicate before it gets here. The topic remembers a
-/// producer's last batch for [`PRODUCER_IDLE_MS_MAX`] (or the dedup window, if longer).
+/// again after the earlier one. Sequence 0 or 1 starts a run (a new producer, or one that
+/// restarted): a run that starts at 0 must send its first batch alone, since its 1 would start a
+/// run too. A retry of a stored first batch is a duplicate before it gets here. The topic
+/// remembers a producer's last batch for [`PRODUCER_IDLE_MS_MAX`] (or the dedup window, if
+/// longer).
 fn in_producer_order<S: Store>(ctx: &mut Ctx<'_, S>, topic_id: u64, producer: &ProducerStamp) -> Res<()> {
     let head = ctx.load::<ProducerHead>(Table::Dedup, &keys::producer_head(topic_id, &producer.id))?;
     let last = head.map(|head| head.last_sequence);
-    if producer.sequence == 1 || last.is_some_and(|last| producer.sequence == last + 1) {
+    if producer.sequence <= 1 || last.is_some_and(|last| producer.sequence == last + 1) {
         return Ok(());
     }
     let behind = last.is_some_and(|last| producer.sequence <= last);

@@ -132,7 +132,7 @@ impl LogStore {
     }
 
     fn on_database(db: Database, wal: [Box<dyn StorageBackend>; 2], writer: Writer) -> Result<LogStore, StorageError> {
-        let (shared, wal, _) = log_write::recover(db, wal).map_err(write_error)?;
+        let (shared, wal) = log_write::recover(db, wal).map_err(write_error)?;
         let shared = Arc::new(shared);
         let floor = {
             let txn = shared.db.begin_read().map_err(read_error)?;

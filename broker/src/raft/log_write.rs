@@ -196,15 +196,6 @@ impl WalPair {
     }
 }
 
-/// What opening the log found damaged, and the repair it asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Damaged {
-    /// The first index the log lost; it now ends before it.
-    pub first_lost: u64,
-    /// The greatest index the log is known to have held durably before the damage.
-    pub horizon: u64,
-}
-
 /// Opens the log's redb tables and its write-ahead files, replays into redb every file of the
 /// recorded epoch or later, in epoch order, checks every stored entry, and checkpoints.
 ///
@@ -213,13 +204,10 @@ pub struct Damaged {
 /// holes), forgets the committed id, and records a **repair floor**, the greatest index it had
 /// reached, in the same durable transaction. Until its state machine has applied that index
 /// again, from a leader, the broker must not vote or stand for election
-/// ([`super::repair`]). Returns the damage found, if any.
-pub(super) fn recover(
-    db: Database,
-    files: [Box<dyn StorageBackend>; 2],
-) -> Result<(Shared, WalPair, Option<Damaged>), WriteFailed> {
+/// ([`super::repair`]).
+pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Result<(Shared, WalPair), WriteFailed> {
     let txn = db.begin_write().map_err(redb::Error::from)?;
-    let (mut wals, epoch, damaged) = {
+    let (mut wals, epoch) = {
         let mut log = txn.open_table(LOG).map_err(redb::Error::from)?;
         let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
         let durable = match meta.get(WAL_EPOCH_KEY).map_err(redb::Error::from)? {
@@ -234,16 +222,16 @@ pub(super) fn recover(
             salvage.replay(&mut log, &mut meta, *file, replay)?;
         }
         salvage.check_stored(&mut log)?;
-        let damaged = salvage.finish(&mut log, &mut meta)?;
+        salvage.finish(&mut log, &mut meta)?;
         let epoch = durable.max(wals[1].1.0.epoch()) + 1;
         meta.insert(WAL_EPOCH_KEY, epoch.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
-        (wals.map(|(_, (wal, _))| wal), epoch, damaged)
+        (wals.map(|(_, (wal, _))| wal), epoch)
     };
     txn.commit().map_err(redb::Error::from)?;
     wals[0].reset(epoch)?;
     let shared =
         Shared { db, pending: Mutex::new(BTreeMap::new()), durable_epoch: (Mutex::new(Some(epoch)), Condvar::new()) };
-    Ok((shared, WalPair { files: wals, current: 0, failed: None }, damaged))
+    Ok((shared, WalPair { files: wals, current: 0, failed: None }))
 }
 
 /// Marks the stored vote as not granted by a quorum. openraft 0.9 starts a broker whose vote is
@@ -367,7 +355,7 @@ impl Salvage {
     /// keeping a floor recorded before if it is higher. A damaged write-ahead file lost the
     /// entries past those redb holds intact, up to the horizon; if the horizon is unknown, at
     /// least the next one.
-    fn finish(mut self, log: &mut LogTable<'_>, meta: &mut MetaTable<'_>) -> Result<Option<Damaged>, WriteFailed> {
+    fn finish(mut self, log: &mut LogTable<'_>, meta: &mut MetaTable<'_>) -> Result<(), WriteFailed> {
         if self.wal_damaged {
             let kept_end = match self.first_lost {
                 Some(first_lost) => first_lost,
@@ -381,7 +369,7 @@ impl Salvage {
             if self.wal_damaged {
                 tracing::warn!("the damaged write-ahead records are all in the log's store already: nothing was lost");
             }
-            return Ok(None);
+            return Ok(());
         };
         log.retain_in(first_lost.., |_, _| false).map_err(redb::Error::from)?;
         meta.remove(COMMITTED_KEY).map_err(redb::Error::from)?;
@@ -393,7 +381,7 @@ impl Salvage {
             horizon,
             "the log lost entries to damage; it keeps what precedes them, and this broker will not vote or lead until a leader has repaired it through index {horizon}"
         );
-        Ok(Some(Damaged { first_lost, horizon }))
+        Ok(())
     }
 }
 
