@@ -79,17 +79,11 @@ fn unseal<'v>(table: Table, key: &[u8], stored: &'v [u8]) -> Result<&'v [u8], St
 /// The value a stored one holds, if its checksum holds: for readers of whole tables, such as the
 /// state digest.
 pub fn unseal_stored<'v>(table: Table, key: &[u8], stored: &'v [u8]) -> Result<&'v [u8], CorruptValue> {
-    let split = stored
-        .len()
-        .checked_sub(CHECKSUM_BYTES)
-        .ok_or_else(|| CorruptValue { table: table.name(), key: key.to_vec() })?;
+    let corrupt = || CorruptValue { table: table.name(), key: key.to_vec() };
+    let split = stored.len().checked_sub(CHECKSUM_BYTES).ok_or_else(corrupt)?;
     let (value, crc) = stored.split_at(split);
     let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    if checksum(table, key, value) == crc {
-        Ok(value)
-    } else {
-        Err(CorruptValue { table: table.name(), key: key.to_vec() })
-    }
+    if checksum(table, key, value) == crc { Ok(value) } else { Err(corrupt()) }
 }
 
 /// Creates every machine table, so read transactions can open them on a fresh database.
