@@ -42,6 +42,10 @@ pub struct ClientConfig {
     pub retry_deadline: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Move to the leader a broker names in its Hello (true by default): writes would be
+    /// forwarded anyway, so this saves a hop. False keeps every request on the broker connected
+    /// to, follower or not: subscriptions then read that broker's copy of the log.
+    pub follow_leader: bool,
 }
 
 impl ClientConfig {
@@ -56,6 +60,7 @@ impl ClientConfig {
             retry_deadline: Duration::from_secs(30),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
+            follow_leader: true,
         }
     }
 }
@@ -163,7 +168,7 @@ impl Client {
         };
         let connection = self.open(&addr).await?;
         let leader_addr = connection.hello().leader_addr.clone();
-        if !leader_addr.is_empty() && leader_addr != addr {
+        if self.config.follow_leader && !leader_addr.is_empty() && leader_addr != addr {
             // Writes would be forwarded anyway, but talking to the leader saves a hop.
             if let Ok(leader) = self.open(&leader_addr).await {
                 state.connection = Some(leader.clone());
@@ -183,7 +188,7 @@ impl Client {
         let current = state.connection.as_ref().is_some_and(|c| c.addr() == connection.addr());
         match error {
             ClientError::Server(server) if server.code == ErrorCode::NotLeader => {
-                state.next_addr = server.leader_addr.clone();
+                state.next_addr = server.leader_addr.clone().filter(|_| self.config.follow_leader);
                 if current {
                     state.connection = None;
                 }

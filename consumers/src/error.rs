@@ -36,8 +36,9 @@ pub enum ClientError {
     Closed,
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// Not `#[from]`: the server's error is this one's text, not a cause to print again.
     #[error("broker refused: {0}")]
-    Server(#[from] ServerError),
+    Server(ServerError),
     #[error(transparent)]
     Violation(#[from] Violation),
     #[error("no broker could serve the request: {0}")]
@@ -62,6 +63,12 @@ pub enum Violation {
     TooManyGrants { asked: usize, granted: usize },
     #[error("the broker's settle answer does not hold one result per token, in order")]
     NotOneResultPerToken,
+}
+
+impl From<ServerError> for ClientError {
+    fn from(error: ServerError) -> ClientError {
+        ClientError::Server(error)
+    }
 }
 
 impl From<AnswerError> for ClientError {
@@ -129,5 +136,17 @@ mod tests {
         ] {
             assert!(!refused(code).is_retryable(), "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_refusal_is_said_once() {
+        let error = ClientError::Server(ServerError {
+            code: ErrorCode::UnknownTopic,
+            message: "unknown topic \"x\"".into(),
+            leader_id: None,
+            leader_addr: None,
+        });
+        assert!(std::error::Error::source(&error).is_none());
+        assert_eq!(error.to_string(), "broker refused: UnknownTopic: unknown topic \"x\"");
     }
 }

@@ -94,6 +94,8 @@ pub struct Subscriber {
     messages: mpsc::Receiver<Result<Delivered, ClientError>>,
     /// The last sequence yielded to the caller.
     last_yielded: Arc<AtomicU64>,
+    /// Where the broker started the subscription: its first message's sequence, once there is one.
+    start_seq: u64,
     reader: tokio::task::JoinHandle<()>,
     committer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -113,6 +115,7 @@ impl Subscriber {
         let (sink, messages) = mpsc::channel(config.credits.max(1) as usize);
         let mut reader = Reader { client: client.clone(), config: config.clone(), next_seq: None, sink };
         let first = reader.subscribe().await?;
+        let start_seq = reader.next_seq.unwrap_or(1);
         let reader = tokio::spawn(reader.run(first));
         let last_yielded = Arc::new(AtomicU64::new(0));
         let committer = match (&config.subscription, config.auto_commit) {
@@ -123,13 +126,19 @@ impl Subscriber {
             }
             _ => None,
         };
-        Ok(Subscriber { client: client.clone(), config, messages, last_yielded, reader, committer })
+        Ok(Subscriber { client: client.clone(), config, messages, last_yielded, start_seq, reader, committer })
     }
 
     /// Records in the cluster that everything up to `seq` is processed (durable subscriptions).
     pub async fn commit(&self, seq: u64) -> Result<u64, ClientError> {
         let name = self.config.subscription.clone().ok_or(ClientError::NotDurable)?;
         commit(&self.client, &self.config.topic, &name, seq).await
+    }
+
+    /// The sequence the subscription started at (`SubscribeOk.next_seq`): its first message's,
+    /// once that is published.
+    pub fn start_seq(&self) -> u64 {
+        self.start_seq
     }
 
     /// The last sequence this subscriber yielded.

@@ -7,6 +7,10 @@
 //! dead-letter topic on the broker. Shutdown stops leasing and lets running handlers finish and
 //! settle.
 //!
+//! The lease length is the group's unless the config sets one. A pool stops by itself after
+//! `jobs_max` jobs, or on an error no retry can cure (an unknown group, a forbidden topic):
+//! [`WorkerPool::finished`] waits for that, and [`WorkerPool::shutdown`] returns the error.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), chorus_consumers::ClientError> {
 //! use chorus_consumers::{Client, WorkerConfig, WorkerPool};
@@ -43,7 +47,10 @@ pub struct WorkerConfig {
     pub consumer: String,
     /// Handlers running at once.
     pub concurrency: usize,
-    pub lease: Duration,
+    /// How long a lease lasts before it is extended; `None` takes the group's lease time.
+    pub lease: Option<Duration>,
+    /// Take at most this many jobs, then stop leasing; `None` runs until shutdown.
+    pub jobs_max: Option<u64>,
     /// How long one lease request waits for work.
     pub poll: Duration,
     /// The first nack delay; doubled per delivery up to `nack_delay_max`.
@@ -58,7 +65,8 @@ impl WorkerConfig {
             group: group.into(),
             consumer: format!("worker-{:08x}", rand::random::<u32>()),
             concurrency: 8,
-            lease: Duration::from_secs(30),
+            lease: None,
+            jobs_max: None,
             poll: Duration::from_secs(5),
             nack_delay_min: Duration::from_millis(100),
             nack_delay_max: Duration::from_secs(60),
@@ -80,7 +88,9 @@ pub struct Job {
 #[derive(Debug)]
 pub struct WorkerPool {
     stop: CancellationToken,
-    fetcher: tokio::task::JoinHandle<()>,
+    /// The fetch loop, until it ended; then `outcome` holds how.
+    fetcher: Option<tokio::task::JoinHandle<Result<(), ClientError>>>,
+    outcome: Option<Result<(), ClientError>>,
 }
 
 impl WorkerPool {
@@ -92,36 +102,72 @@ impl WorkerPool {
     {
         let stop = CancellationToken::new();
         let fetcher = tokio::spawn(fetch_loop(client, config, Arc::new(handler), stop.clone()));
-        WorkerPool { stop, fetcher }
+        WorkerPool { stop, fetcher: Some(fetcher), outcome: None }
     }
 
-    /// Stops leasing, waits for running handlers to finish and settle.
-    pub async fn shutdown(self) {
+    /// Waits until the pool stops by itself: its `jobs_max` jobs ran and settled, or an error no
+    /// retry cures stopped it. Cancel-safe; pending forever for a pool that keeps working.
+    pub async fn finished(&mut self) {
+        if let Some(fetcher) = &mut self.fetcher {
+            let outcome = fetcher.await.unwrap_or(Err(ClientError::Closed));
+            self.fetcher = None;
+            self.outcome = Some(outcome);
+        }
+    }
+
+    /// Stops leasing, waits for running handlers to finish and settle, and says why the pool
+    /// stopped by itself, if it did on an error.
+    pub async fn shutdown(mut self) -> Result<(), ClientError> {
         self.stop.cancel();
-        let _ = self.fetcher.await;
+        self.finished().await;
+        self.outcome.unwrap_or(Ok(()))
     }
 }
 
-async fn fetch_loop<H, F, E>(client: Client, config: WorkerConfig, handler: Arc<H>, stop: CancellationToken)
+/// The lease length: the config's, else the group's (which also checks the group exists).
+async fn lease_length(client: &Client, config: &WorkerConfig) -> Result<Duration, ClientError> {
+    if let Some(lease) = config.lease {
+        return Ok(lease);
+    }
+    let group = pb::DescribeGroup { topic: config.topic.clone(), name: config.group.clone() };
+    let lease_ms = client.call(group).await?.config.and_then(|config| config.lease_ms_default);
+    Ok(lease_ms.map_or(Duration::from_secs(30), Duration::from_millis))
+}
+
+async fn fetch_loop<H, F, E>(
+    client: Client,
+    mut config: WorkerConfig,
+    handler: Arc<H>,
+    stop: CancellationToken,
+) -> Result<(), ClientError>
 where
     H: Fn(Job) -> F + Send + Sync + 'static,
     F: Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
+    let lease = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        lease = lease_length(&client, &config) => lease?,
+    };
+    config.lease = Some(lease);
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let config = Arc::new(config);
+    let mut jobs_left = config.jobs_max.unwrap_or(u64::MAX);
+    let mut outcome = Ok(());
     let (acks, queued_acks) = mpsc::channel(config.concurrency.max(1));
     let acker = tokio::spawn(ack_loop(client.clone(), Arc::clone(&config), queued_acks));
     let mut running = tokio::task::JoinSet::new();
     let mut backoff = client.config().backoff_min;
-    loop {
-        // Take every free slot: one lease request asks for that many messages.
+    while jobs_left > 0 {
+        // Take every free slot, up to the jobs left: one lease request asks for that many.
         let first = tokio::select! {
             _ = stop.cancelled() => break,
             permit = Arc::clone(&slots).acquire_owned() => permit.expect("slots stay open"),
         };
         let mut permits = vec![first];
-        while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+        while (permits.len() as u64) < jobs_left
+            && let Ok(permit) = Arc::clone(&slots).try_acquire_owned()
+        {
             permits.push(permit);
         }
         let request = pb::LeaseRequest {
@@ -130,7 +176,7 @@ where
             consumer: config.consumer.clone(),
             count_max: permits.len() as u32,
             wait_ms: config.poll.as_millis() as u64,
-            lease_ms: Some(config.lease.as_millis() as u64),
+            lease_ms: Some(lease.as_millis() as u64),
         };
         let leased = tokio::select! {
             _ = stop.cancelled() => break,
@@ -138,6 +184,10 @@ where
         };
         let mut messages = match leased {
             Ok(ok) => ok.messages,
+            Err(error) if !error.is_retryable() => {
+                outcome = Err(error);
+                break;
+            }
             Err(error) => {
                 tracing::warn!(%error, "lease failed");
                 tokio::time::sleep(backoff).await;
@@ -160,6 +210,7 @@ where
         }
         for (leased, permit) in messages.into_iter().zip(permits.drain(..)) {
             let Some(message) = leased.message else { continue };
+            jobs_left -= 1;
             let job = Job { message: message.into(), token: leased.token, delivery_count: leased.delivery_count };
             let (client, config, handler) = (client.clone(), Arc::clone(&config), Arc::clone(&handler));
             let acks = acks.clone();
@@ -173,6 +224,7 @@ where
     while running.join_next().await.is_some() {}
     drop(acks);
     let _ = acker.await;
+    outcome
 }
 
 /// A finished job's ack, and where its answer goes.
@@ -240,7 +292,8 @@ where
     let work = handler(job);
     tokio::pin!(work);
     // Extend at a third of the lease so one slow round trip does not lose it.
-    let mut extend = tokio::time::interval(config.lease / 3);
+    let lease = config.lease.unwrap_or(Duration::from_secs(30));
+    let mut extend = tokio::time::interval(lease / 3);
     extend.tick().await;
     let result = loop {
         tokio::select! {
@@ -250,7 +303,7 @@ where
                     topic: config.topic.clone(),
                     group: config.group.clone(),
                     tokens: vec![token],
-                    lease_ms: config.lease.as_millis() as u64,
+                    lease_ms: lease.as_millis() as u64,
                 };
                 if let Err(error) = settle(client, request).await {
                     tracing::warn!(token, %error, "could not extend a lease");
@@ -355,6 +408,85 @@ mod tests {
         }
     }
 
+    /// A broker whose every Lease is refused with `refusal`; counts the lease requests.
+    async fn refusing_broker(refusal: pb::ErrorCode) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        use pb::client_frame::Body as Request;
+        use pb::server_frame::Body as Answer;
+        let leases = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Arc::clone(&leases);
+        let addr = crate::testkit::fake_broker(move |request| match request {
+            Request::Hello(_) => Some(crate::testkit::hello_ok()),
+            Request::Ping(_) => Some(Answer::Pong(pb::Pong {})),
+            Request::Lease(_) => {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(Answer::Error(pb::Error::new(refusal, "unknown work group \"g\"")))
+            }
+            _ => None,
+        })
+        .await;
+        (addr, leases)
+    }
+
+    /// An unknown group used to make the pool log a warning and lease again forever; it now stops
+    /// at the first refusal and says why.
+    #[tokio::test]
+    async fn a_refusal_no_retry_cures_stops_the_pool() {
+        let (addr, leases) = refusing_broker(pb::ErrorCode::UnknownGroup).await;
+        let client = Client::connect([addr]).await.unwrap();
+        let config = WorkerConfig { lease: Some(Duration::from_secs(5)), ..WorkerConfig::new("t", "g") };
+        let mut pool = WorkerPool::start(client, config, |_| async { Ok::<(), std::io::Error>(()) });
+        tokio::time::timeout(Duration::from_secs(10), pool.finished()).await.expect("the pool stops by itself");
+        let error = pool.shutdown().await.unwrap_err();
+        assert_eq!(error.code(), Some(pb::ErrorCode::UnknownGroup));
+        assert_eq!(leases.load(std::sync::atomic::Ordering::Relaxed), 1, "no second try");
+    }
+
+    /// A pool of four slots limited to one job asks for one lease and runs one job, then stops.
+    #[tokio::test]
+    async fn a_pool_takes_no_more_jobs_than_its_limit() {
+        use pb::client_frame::Body as Request;
+        use pb::server_frame::Body as Answer;
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&asked);
+        let addr = crate::testkit::fake_broker(move |request| match request {
+            Request::Hello(_) => Some(crate::testkit::hello_ok()),
+            Request::Ping(_) => Some(Answer::Pong(pb::Pong {})),
+            Request::Lease(lease) => {
+                seen.lock().unwrap().push(lease.count_max);
+                let grant = |token| pb::LeasedMessage {
+                    message: Some(pb::StoredMessage { seq: token, ..Default::default() }),
+                    token,
+                    deadline_ms: u64::MAX,
+                    delivery_count: 1,
+                };
+                Some(Answer::LeaseOk(pb::LeaseOk { messages: (1..=lease.count_max as u64).map(grant).collect() }))
+            }
+            Request::Ack(ack) => {
+                let results = ack.tokens.iter().map(|&token| pb::SettleResult { token, ..Default::default() });
+                Some(Answer::SettleOk(pb::SettleOk { results: results.collect() }))
+            }
+            _ => None,
+        })
+        .await;
+        let client = Client::connect([addr]).await.unwrap();
+        let config = WorkerConfig {
+            concurrency: 4,
+            jobs_max: Some(1),
+            lease: Some(Duration::from_secs(5)),
+            ..WorkerConfig::new("t", "g")
+        };
+        let ran = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&ran);
+        let mut pool = WorkerPool::start(client, config, move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { Ok::<(), std::io::Error>(()) }
+        });
+        tokio::time::timeout(Duration::from_secs(10), pool.finished()).await.expect("the pool stops after one job");
+        pool.shutdown().await.unwrap();
+        assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(*asked.lock().unwrap(), vec![1]);
+    }
+
     /// A broker that grants three leases to a request for one. The pool used to panic on the
     /// second grant (`permits.pop().expect(..)`); it now runs the one it has room for and gives
     /// the others back at once with a nack.
@@ -396,7 +528,12 @@ mod tests {
         })
         .await;
         let client = Client::connect([addr]).await.unwrap();
-        let config = WorkerConfig { concurrency: 1, poll: Duration::from_millis(20), ..WorkerConfig::new("t", "g") };
+        let config = WorkerConfig {
+            concurrency: 1,
+            poll: Duration::from_millis(20),
+            lease: Some(Duration::from_secs(30)),
+            ..WorkerConfig::new("t", "g")
+        };
         let pool = WorkerPool::start(client, config, |_| async { Ok::<(), std::io::Error>(()) });
         let mut seen = std::collections::BTreeMap::new();
         while seen.len() < 2 {
@@ -408,6 +545,6 @@ mod tests {
         }
         assert_eq!(seen["ack"], vec![1], "the one slot ran the first grant");
         assert_eq!(seen["nack"], vec![2, 3], "the grants past the ask went back at once");
-        pool.shutdown().await;
+        pool.shutdown().await.unwrap();
     }
 }

@@ -153,7 +153,8 @@ fn free_addr() -> String {
 
 /// The broker binary: cargo builds `chorus-node` beside the integration test executables
 /// (`target/<profile>/deps/<test>` → `target/<profile>/chorus-node`).
-fn binary() -> PathBuf {
+/// The `chorus` binary the tests run (`chorus-node`, or `CHORUS_NODE_BIN`).
+pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("CHORUS_NODE_BIN") {
         return PathBuf::from(path);
     }
@@ -452,18 +453,40 @@ impl Cluster {
     /// Runs `chorus <args>` against this cluster's running brokers, without credentials, off the
     /// runtime's threads.
     pub async fn cli(&self, args: &[&str]) -> std::process::Output {
-        let brokers: Vec<String> = self.running().iter().map(|id| self.brokers[id].client_addr.clone()).collect();
+        self.cli_input(args, b"").await
+    }
+
+    /// Runs `chorus <args>` as [`Cluster::cli`] does, with `input` as its standard input.
+    pub async fn cli_input(&self, args: &[&str], input: &[u8]) -> std::process::Output {
+        let mut command = self.cli_command(args, &self.running());
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let input = input.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().expect("run the chorus command line");
+            let mut stdin = child.stdin.take().expect("a piped stdin");
+            // A command that stops reading early closes the pipe: not the test's failure.
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+            drop(stdin);
+            child.wait_with_output().expect("the command line's output")
+        })
+        .await
+        .expect("the command line thread")
+    }
+
+    /// `chorus <args>` against brokers `ids` only, without credentials or a saved context: to run
+    /// as the caller likes (spawned, with pipes).
+    pub fn cli_command(&self, args: &[&str], ids: &[u64]) -> Command {
+        let brokers: Vec<String> = ids.iter().map(|id| self.brokers[id].client_addr.clone()).collect();
         let mut command = Command::new(binary());
         // A context saved on this machine (by `chorus up`, say) must not lend its CA or user.
         let no_context = self.root().join("no-cli-context");
+        // The brokers go in the environment: a flag after `work ... -- CMD` would be CMD's.
         command
             .args(args)
-            .arg(format!("--brokers={}", brokers.join(",")))
+            .env("CHORUS_BROKERS", brokers.join(","))
             .env_remove("CHORUS_CONTEXT")
             .env("CHORUS_CONFIG_DIR", no_context);
-        tokio::task::spawn_blocking(move || command.output().expect("run the chorus command line"))
-            .await
-            .expect("the command line thread")
+        command
     }
 
     pub fn data_dir(&self, id: u64) -> &Path {

@@ -31,7 +31,7 @@ async fn producer_subscriber_and_workers_ride_through_a_failover() {
     // Workers record every message they handle; one in ten fails once and is retried.
     let handled: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
     let mut config = WorkerConfig::new("jobs", "workers");
-    config.lease = Duration::from_secs(3);
+    config.lease = Some(Duration::from_secs(3));
     config.poll = Duration::from_millis(500);
     config.nack_delay_min = Duration::from_millis(10);
     let record = Arc::clone(&handled);
@@ -88,7 +88,7 @@ async fn producer_subscriber_and_workers_ride_through_a_failover() {
         assert!(Instant::now() < deadline, "workers finished only {} of {TOTAL}", done.len());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    pool.shutdown().await;
+    pool.shutdown().await.expect("the pool stops cleanly");
     let retried = handled.lock().unwrap().iter().filter(|(seq, d)| seq % 10 == 0 && *d >= 2).count();
     assert!(retried >= (TOTAL / 10) as usize, "failed jobs were nacked and delivered again ({retried})");
     producer.close().await;

@@ -30,8 +30,10 @@ pub enum CertCommand {
         /// A host name or IP address the broker is reached at; repeat for each.
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
+        /// The certificate's common name.
         #[arg(long, default_value = "chorus-broker")]
         name: String,
+        /// Where to write the certificate and key.
         #[arg(long)]
         out: PathBuf,
         /// Days the certificate is valid.
@@ -42,10 +44,13 @@ pub enum CertCommand {
     Client {
         #[command(flatten)]
         ca: CaFiles,
+        /// The user the certificate names (its common name).
         #[arg(long)]
         user: String,
+        /// Where to write the certificate and key.
         #[arg(long)]
         out: PathBuf,
+        /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: i64,
     },

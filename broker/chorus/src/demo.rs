@@ -129,7 +129,7 @@ async fn workers(client: &Client, topic: &str) -> anyhow::Result<()> {
     let done: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
     let mut config = WorkerConfig::new(topic, "workers");
     config.consumer = "worker-b".into();
-    config.lease = Duration::from_secs(5);
+    config.lease = Some(Duration::from_secs(5));
     config.poll = Duration::from_millis(500);
     let record = Arc::clone(&done);
     let pool = WorkerPool::start(client.clone(), config, move |job| {
@@ -148,7 +148,7 @@ async fn workers(client: &Client, topic: &str) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    pool.shutdown().await;
+    pool.shutdown().await.context("worker B")?;
     let done = done.lock().expect("record").clone();
     let processed: BTreeSet<u64> = done.iter().map(|(seq, _)| *seq).collect();
     ensure!(processed.len() == TASKS as usize, "worker B processed {} distinct messages", processed.len());

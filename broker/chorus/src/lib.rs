@@ -15,6 +15,7 @@ mod commands;
 pub mod context;
 mod demo;
 pub mod local;
+mod report;
 mod serve;
 mod target;
 mod up;
@@ -46,11 +47,12 @@ pub enum CliCommand {
     /// Print a topic's messages from a stopped broker's data directory, one per line:
     /// seq, log index, batch position, payload.
     Inspect(InspectArgs),
-    /// Publish messages given as arguments, or one per line of standard input.
+    /// Publish messages given as arguments, a file, or one per line of standard input.
     Publish(commands::PublishArgs),
-    /// Print a topic's messages in order.
+    /// Print a topic's messages in order, one line each (or JSON with --json).
     Subscribe(commands::SubscribeArgs),
-    /// Run a command once per message of a work group: payload on stdin, exit 0 acks.
+    /// Run a command once per message of a work group: payload on stdin, exit 0 acks. Says what
+    /// it did with each message on stderr.
     Work(commands::WorkArgs),
     /// Create, list, describe or delete topics.
     #[command(subcommand)]
@@ -92,7 +94,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("chorus: {error:#}");
+            eprintln!("chorus: {}", report::line(&error));
             ExitCode::FAILURE
         }
     }
@@ -130,5 +132,30 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Regression (issue 18): every `topic` and `group` subcommand was described by the shared
+    /// flags' doc ("Which cluster a client command talks to…"), and many flags had no help.
+    #[test]
+    fn every_command_and_flag_says_what_it_does() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                let about = sub.get_about().map(|about| about.to_string()).unwrap_or_default();
+                if about.is_empty() || about.starts_with("Which cluster") {
+                    missing.push(format!("{path}: {about:?}"));
+                }
+                for arg in sub.get_arguments().filter(|arg| !arg.is_hide_set() && !arg.is_positional()) {
+                    if arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str()) {
+                        missing.push(format!("{path} --{}", arg.get_id()));
+                    }
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "chorus", &mut missing);
+        assert!(missing.is_empty(), "no help for:\n{}", missing.join("\n"));
     }
 }

@@ -104,8 +104,10 @@ impl ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
+    /// The stopped broker's data directory.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// The topic to print.
     #[arg(long)]
     pub topic: String,
 }

@@ -18,9 +18,9 @@ pub struct UpArgs {
     /// Where the brokers keep their data and logs.
     #[arg(long, default_value = "chorus-data")]
     pub data_dir: PathBuf,
-    /// How many brokers: 3 or 5.
+    /// How many brokers: 3 or 5. (Other commands' --brokers is a list of addresses.)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
-    pub brokers: u64,
+    pub size: u64,
     /// The first broker's client port; the others follow.
     #[arg(long, default_value_t = 7101)]
     pub client_port: u16,
@@ -35,8 +35,8 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let security = if args.insecure { LocalSecurity::OPEN } else { LocalSecurity::SECURE };
-    let mut cluster = LocalCluster::start(&args.data_dir, args.brokers, args.client_port, args.peer_port, security)?;
-    println!("chorus: {} brokers, data in {}", args.brokers, args.data_dir.display());
+    let mut cluster = LocalCluster::start(&args.data_dir, args.size, args.client_port, args.peer_port, security)?;
+    println!("chorus: {} brokers, data in {}", args.size, args.data_dir.display());
     println!("  {:<8} {:<18} {:<18}", "broker", "clients", "peers");
     for broker in &cluster.brokers {
         println!("  {:<8} {:<18} {:<18}", broker.id, broker.client_addr, broker.peer_addr);

@@ -43,6 +43,7 @@ pub struct BenchArgs {
     /// Benchmark a running cluster instead of starting one (comma-separated client addresses).
     #[arg(long, value_delimiter = ',')]
     pub brokers: Option<Vec<String>>,
+    /// Messages to publish.
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
     /// Payload bytes per message.
@@ -68,6 +69,7 @@ pub struct BenchArgs {
     /// Also run the publish workload against this system, in the same run.
     #[arg(long, value_enum)]
     pub peer: Option<Peer>,
+    /// Print the figures as one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Its own cluster with TLS on both ports (a local CA, as `chorus up` makes).

@@ -1,0 +1,344 @@
+//! `chorus topic` and `chorus group`: create, list, describe and delete, printing each answer as
+//! text for people (configuration included) or as JSON.
+
+use std::process::ExitCode;
+
+use chorus_consumers::Start;
+use chorus_protocol::Exchange;
+use chorus_protocol::pb;
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{connect, parse_start};
+use crate::target::Target;
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic; creating it again with the same configuration is a no-op.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+        /// Delete messages once every group acked them and every subscription moved past them.
+        #[arg(long)]
+        work_queue: bool,
+        /// Keep at most this many messages; the oldest go first.
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Keep at most this many payload bytes; the oldest messages go first.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Delete messages older than this (ms since they were committed).
+        #[arg(long)]
+        max_age_ms: Option<u64>,
+    },
+    /// List the topics with their message counts.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A topic's configuration, messages, work groups and subscriptions.
+    Describe {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+    },
+    /// Delete a topic, its messages, groups and subscriptions.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a work group: its workers share the topic's messages, each leased to one at a time.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        topic: String,
+        name: String,
+        /// How long a lease lasts unless a worker asks for another length [default: 30000].
+        #[arg(long)]
+        lease_ms: Option<u64>,
+        /// Deliveries before a message is dead-lettered (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_deliveries: u32,
+        /// Where a message goes after --max-deliveries (a topic that exists; without one, such
+        /// messages are dropped and counted).
+        #[arg(long)]
+        dead_letter: Option<String>,
+        /// Lease one message per key at a time, in order.
+        #[arg(long)]
+        per_key: bool,
+        /// Where the group starts: earliest, latest, a sequence, or time:MS.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+    },
+    /// List a topic's work groups.
+    List {
+        #[command(flatten)]
+        target: Target,
+        topic: String,
+    },
+    /// A group's configuration and counts.
+    Describe {
+        #[command(flatten)]
+        target: Target,
+        topic: String,
+        name: String,
+    },
+    /// Delete a work group; its leases end.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        topic: String,
+        name: String,
+    },
+}
+
+pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TopicCommand::Create { target, name, work_queue, max_messages, max_bytes, max_age_ms } => {
+            let retention = if work_queue { pb::RetentionPolicy::WorkQueue } else { pb::RetentionPolicy::Limits };
+            let config = pb::TopicConfig {
+                retention: retention as i32,
+                messages_max: max_messages,
+                bytes_max: max_bytes,
+                age_ms_max: max_age_ms,
+                dedup_window_ms: None,
+            };
+            answer(&target, pb::CreateTopic { name, config: Some(config) }).await
+        }
+        TopicCommand::List { target } => answer(&target, pb::ListTopics::default()).await,
+        TopicCommand::Describe { target, name } => answer(&target, pb::DescribeTopic { name }).await,
+        TopicCommand::Delete { target, name } => answer(&target, pb::DeleteTopic { name }).await,
+    }
+}
+
+pub async fn group(command: GroupCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        GroupCommand::Create { target, topic, name, lease_ms, max_deliveries, dead_letter, per_key, from } => {
+            let start = match parse_start(&from)? {
+                Start::Earliest => pb::start_position::Position::Earliest(pb::Empty {}),
+                Start::Latest => pb::start_position::Position::Latest(pb::Empty {}),
+                Start::Seq(seq) => pb::start_position::Position::Seq(seq),
+                Start::TimeMs(time_ms) => pb::start_position::Position::TimeMs(time_ms),
+            };
+            let ordering = if per_key { pb::KeyOrdering::PerKey } else { pb::KeyOrdering::Unordered };
+            let config = pb::GroupConfig {
+                lease_ms_default: lease_ms,
+                deliveries_max: max_deliveries,
+                dead_letter_topic: dead_letter,
+                start: Some(pb::StartPosition { position: Some(start) }),
+                ordering: ordering as i32,
+            };
+            answer(&target, pb::CreateGroup { topic, name, config: Some(config) }).await
+        }
+        GroupCommand::List { target, topic } => answer(&target, pb::ListGroups { topic }).await,
+        GroupCommand::Describe { target, topic, name } => answer(&target, pb::DescribeGroup { topic, name }).await,
+        GroupCommand::Delete { target, topic, name } => answer(&target, pb::DeleteGroup { topic, name }).await,
+    }
+}
+
+/// Sends an admin request and prints its answer, as JSON with `--json`.
+pub async fn answer<R: Exchange<Answer: Shown>>(target: &Target, request: R) -> anyhow::Result<ExitCode> {
+    let client = connect(target).await?;
+    let answer = client.call(request).await?;
+    match target.json {
+        true => println!("{}", answer.json()),
+        false => answer.print(),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An answer the command line shows: as text for people, or as JSON.
+pub trait Shown {
+    fn json(&self) -> serde_json::Value;
+    fn print(&self);
+}
+
+impl Shown for pb::Empty {
+    fn json(&self) -> serde_json::Value {
+        json!({"ok": true})
+    }
+
+    fn print(&self) {
+        println!("ok");
+    }
+}
+
+impl Shown for pb::TopicInfo {
+    fn json(&self) -> serde_json::Value {
+        topic_json(self)
+    }
+
+    fn print(&self) {
+        print_topic(self);
+    }
+}
+
+impl Shown for pb::TopicList {
+    fn json(&self) -> serde_json::Value {
+        json!(self.topics.iter().map(topic_json).collect::<Vec<_>>())
+    }
+
+    fn print(&self) {
+        println!("{:<24} {:>10} {:>10} {:>8} {:>6}", "topic", "messages", "last_seq", "groups", "subs");
+        for t in &self.topics {
+            let (groups, subs) = (t.groups.len(), t.subscriptions.len());
+            println!("{:<24} {:>10} {:>10} {:>8} {:>6}", t.name, t.messages, t.last_seq, groups, subs);
+        }
+    }
+}
+
+impl Shown for pb::GroupInfo {
+    fn json(&self) -> serde_json::Value {
+        group_json(self)
+    }
+
+    fn print(&self) {
+        print_groups(std::slice::from_ref(self));
+    }
+}
+
+impl Shown for pb::GroupList {
+    fn json(&self) -> serde_json::Value {
+        json!(self.groups.iter().map(group_json).collect::<Vec<_>>())
+    }
+
+    fn print(&self) {
+        print_groups(&self.groups);
+    }
+}
+
+fn topic_config_json(config: &pb::TopicConfig) -> serde_json::Value {
+    json!({
+        "retention": retention_name(config.retention()),
+        "max_messages": config.messages_max,
+        "max_bytes": config.bytes_max,
+        "max_age_ms": config.age_ms_max,
+        "dedup_window_ms": config.dedup_window_ms,
+    })
+}
+
+fn group_config_json(config: &pb::GroupConfig) -> serde_json::Value {
+    json!({
+        "lease_ms": config.lease_ms_default,
+        "max_deliveries": config.deliveries_max,
+        "dead_letter": config.dead_letter_topic,
+        "per_key": config.ordering() == pb::KeyOrdering::PerKey,
+    })
+}
+
+fn retention_name(retention: pb::RetentionPolicy) -> &'static str {
+    match retention {
+        pb::RetentionPolicy::Limits => "limits",
+        pb::RetentionPolicy::WorkQueue => "work-queue",
+    }
+}
+
+fn topic_json(topic: &pb::TopicInfo) -> serde_json::Value {
+    json!({
+        "name": topic.name,
+        "config": topic.config.as_ref().map(topic_config_json),
+        "messages": topic.messages,
+        "bytes": topic.bytes,
+        "first_seq": topic.first_seq,
+        "last_seq": topic.last_seq,
+        "groups": topic.groups.iter().map(group_json).collect::<Vec<_>>(),
+        "subscriptions": topic.subscriptions.iter().map(|s| json!({"name": s.name, "next_seq": s.next_seq, "lag": s.lag})).collect::<Vec<_>>(),
+    })
+}
+
+fn group_json(group: &pb::GroupInfo) -> serde_json::Value {
+    json!({
+        "topic": group.topic,
+        "name": group.name,
+        "config": group.config.as_ref().map(group_config_json),
+        "next_seq": group.next_seq,
+        "backlog": group.backlog,
+        "leased": group.leased,
+        "waiting_for_key": group.waiting_for_key,
+        "delivered_total": group.delivered_total,
+        "acked_total": group.acked_total,
+        "nacked_total": group.nacked_total,
+        "expired_total": group.expired_total,
+        "dead_lettered_total": group.dead_lettered_total,
+        "dropped_total": group.dropped_total,
+    })
+}
+
+/// A topic's configuration in words: `limits (max 5 messages)`, `work-queue (no limits)`.
+fn topic_config_text(config: &pb::TopicConfig) -> String {
+    let limits: Vec<String> = [
+        config.messages_max.map(|n| format!("max {n} messages")),
+        config.bytes_max.map(|n| format!("max {n} bytes")),
+        config.age_ms_max.map(|n| format!("max age {n} ms")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let limits = if limits.is_empty() { "no limits".to_owned() } else { limits.join(", ") };
+    format!("{} ({limits})", retention_name(config.retention()))
+}
+
+/// A group's configuration in words.
+fn group_config_text(config: &pb::GroupConfig) -> String {
+    let mut parts = vec![format!("lease {} ms", config.lease_ms_default.unwrap_or_default())];
+    parts.push(match config.deliveries_max {
+        0 => "unlimited deliveries".to_owned(),
+        n => format!("max {n} deliveries"),
+    });
+    match (&config.dead_letter_topic, config.deliveries_max) {
+        (Some(topic), _) => parts.push(format!("dead letters to {topic}")),
+        (None, 1..) => parts.push("no dead-letter topic: exhausted messages are dropped".to_owned()),
+        (None, 0) => {}
+    }
+    if config.ordering() == pb::KeyOrdering::PerKey {
+        parts.push("one message per key at a time".to_owned());
+    }
+    parts.join(", ")
+}
+
+fn print_topic(topic: &pb::TopicInfo) {
+    println!(
+        "topic {}: {} messages ({} bytes), sequences {}..={}",
+        topic.name, topic.messages, topic.bytes, topic.first_seq, topic.last_seq
+    );
+    if let Some(config) = &topic.config {
+        println!("  retention: {}", topic_config_text(config));
+    }
+    if !topic.groups.is_empty() {
+        print_groups(&topic.groups);
+    }
+    for sub in &topic.subscriptions {
+        println!("  subscription {:<16} next {:>8}  lag {:>8}", sub.name, sub.next_seq, sub.lag);
+    }
+}
+
+fn print_groups(groups: &[pb::GroupInfo]) {
+    println!(
+        "  {:<16} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "group", "backlog", "leased", "delivered", "acked", "expired", "dead", "dropped"
+    );
+    for g in groups {
+        println!(
+            "  {:<16} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            g.name,
+            g.backlog,
+            g.leased,
+            g.delivered_total,
+            g.acked_total,
+            g.expired_total,
+            g.dead_lettered_total,
+            g.dropped_total
+        );
+    }
+    for g in groups {
+        if let Some(config) = &g.config {
+            println!("  {}: {}", g.name, group_config_text(config));
+        }
+    }
+}

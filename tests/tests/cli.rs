@@ -1,0 +1,211 @@
+//! The `chorus` command line, run as a user runs it: the real binary against real brokers
+//! (issue 18's CLI items). Each test names the defect it guards.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chorus_tests::cluster::Cluster;
+use serde_json::Value;
+
+async fn cluster() -> Cluster {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    cluster
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs a command that must succeed, and returns its stdout.
+async fn ok(cluster: &Cluster, args: &[&str]) -> String {
+    let output = cluster.cli(args).await;
+    assert!(output.status.success(), "chorus {args:?} failed: {}", stderr(&output));
+    stdout(&output)
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))).collect()
+}
+
+/// Regressions: `publish --json` printed one summary for the call, and `publish` read standard
+/// input to its end before sending anything. Now each message gets its own line, in input order,
+/// and a line is published (and reported) while standard input is still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reports_each_message_and_streams_standard_input() {
+    let cluster = cluster().await;
+    ok(&cluster, &["topic", "create", "orders"]).await;
+    let output = cluster.cli_input(&["publish", "orders", "--json"], b"a\nb\r\nc").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines = json_lines(&stdout(&output));
+    assert_eq!(lines.len(), 3, "one line per message");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["input_index"], i as u64);
+        assert_eq!(line["seq"], i as u64 + 1, "stored in input order");
+        assert_eq!(line["topic"], "orders");
+    }
+    let printed = ok(&cluster, &["subscribe", "orders", "--until-end"]).await;
+    assert_eq!(printed, "1\ta\n2\tb\n3\tc\n", "line ends are not part of a message");
+
+    let mut publisher = cluster
+        .cli_command(&["publish", "orders", "--json"], &cluster.running())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start publish");
+    let mut stdin = publisher.stdin.take().expect("stdin");
+    let mut reported = BufReader::new(publisher.stdout.take().expect("stdout"));
+    stdin.write_all(b"streamed\n").expect("write a line");
+    stdin.flush().expect("flush");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = reported.read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    let line = receiver.recv_timeout(Duration::from_secs(20)).expect("a line reported while stdin is still open");
+    let line: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(line["seq"], 4);
+    drop(stdin);
+    assert!(publisher.wait().expect("publish exits").success());
+}
+
+/// Regressions: payloads were printed as lossy UTF-8, keys and headers dropped, and a payload with
+/// a line break broke the output's lines; binary payloads could not be published from the command
+/// line. Now `--file` and `--header` publish them and both output forms give them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_print_with_key_headers_and_binary_payloads_intact() {
+    let cluster = cluster().await;
+    ok(&cluster, &["topic", "create", "blobs"]).await;
+    let payload: Vec<u8> = vec![0, 255, b'\n', 7, b'x'];
+    let file = cluster.root().join("blob.bin");
+    std::fs::write(&file, &payload).unwrap();
+    let file = file.to_str().unwrap();
+    ok(&cluster, &["publish", "blobs", "--file", file, "--key", "k1", "--header", "trace=abc"]).await;
+    ok(&cluster, &["publish", "blobs", "two\nlines"]).await;
+
+    let text = ok(&cluster, &["subscribe", "blobs", "--until-end"]).await;
+    assert_eq!(text, "1\t\\u{0}\\xff\\n\\u{7}x\tkey=k1\ttrace=abc\n2\ttwo\\nlines\n");
+
+    let json = json_lines(&ok(&cluster, &["subscribe", "blobs", "--until-end", "--json"]).await);
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(json[0]["payload_base64"].as_str().unwrap());
+    assert_eq!(decoded.unwrap(), payload);
+    assert_eq!(json[0]["key"], "k1");
+    assert_eq!(json[0]["headers"][0]["name"], "trace");
+    assert_eq!(json[0]["headers"][0]["value"], "abc");
+    assert_eq!(json[1]["payload"], "two\nlines");
+}
+
+/// Regressions: an error printed the broker's refusal three times over; `subscribe --count N` with
+/// fewer than N messages waited forever in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line_with_a_hint_and_subscribe_stops_when_asked() {
+    let cluster = cluster().await;
+    let output = cluster.cli(&["publish", "nosuch", "hello"]).await;
+    assert!(!output.status.success());
+    let said = stderr(&output);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert_eq!(said.matches("unknown topic \"nosuch\"").count(), 1, "{said}");
+    assert!(said.contains("create it with `chorus topic create nosuch`"), "{said}");
+    assert!(!said.contains("UnknownTopic"), "the broker's words, not its code: {said}");
+
+    ok(&cluster, &["topic", "create", "few"]).await;
+    ok(&cluster, &["publish", "few", "a", "b"]).await;
+    let started = Instant::now();
+    let output = cluster.cli(&["subscribe", "few", "--count", "5", "--timeout", "1s"]).await;
+    assert!(!output.status.success(), "fewer messages than asked for is an error");
+    assert_eq!(stdout(&output), "1\ta\n2\tb\n");
+    assert!(stderr(&output).contains("2 of 5 messages"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(ok(&cluster, &["subscribe", "few", "--until-end"]).await, "1\ta\n2\tb\n");
+    assert_eq!(ok(&cluster, &["subscribe", "few", "--until-end", "--from", "latest"]).await, "");
+    let output = cluster.cli(&["subscribe", "few", "--timeout", "500ms", "--from", "3"]).await;
+    assert!(output.status.success(), "without --count a timeout is the end: {}", stderr(&output));
+}
+
+/// Regressions: `work` on a group that does not exist logged warnings forever; a command that
+/// cannot start was nacked in silence and `work` exited 0; `--count 1` with concurrency 4 handled
+/// 4 messages; the worker's own 30 s lease overrode the group's; the command's output was mixed
+/// with unlabelled status columns and a dead-lettered message was never said to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_ends_on_permanent_errors_handles_exactly_count_and_keeps_stdout_to_the_command() {
+    let cluster = cluster().await;
+    ok(&cluster, &["topic", "create", "jobs"]).await;
+    ok(&cluster, &["topic", "create", "jobs-dlq"]).await;
+    let group = ["group", "create", "jobs", "billing", "--lease-ms", "3000", "--max-deliveries", "1"];
+    ok(&cluster, &[&group[..], &["--dead-letter", "jobs-dlq"]].concat()).await;
+    ok(&cluster, &["publish", "jobs", "a", "b", "c", "d", "e"]).await;
+
+    let output = cluster.cli(&["work", "jobs", "nogroup", "--", "cat"]).await;
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("unknown work group \"nogroup\""), "{}", stderr(&output));
+
+    let output = cluster.cli(&["work", "jobs", "billing", "--count", "1", "--", "/no/such/command"]).await;
+    assert!(!output.status.success(), "a command that cannot start is an error");
+    assert!(stderr(&output).contains("cannot run \"/no/such/command\""), "{}", stderr(&output));
+    assert!(stderr(&output).contains("dead-lettered to jobs-dlq"), "{}", stderr(&output));
+
+    let output = cluster.cli(&["work", "jobs", "billing", "--count", "1", "--concurrency", "4", "--", "cat"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "b", "stdout is the command's alone");
+    assert!(stderr(&output).contains("work: seq 2 delivery 1: ack"), "{}", stderr(&output));
+    let described: Value =
+        serde_json::from_str(&ok(&cluster, &["group", "describe", "jobs", "billing", "--json"]).await).expect("JSON");
+    assert_eq!(described["acked_total"], 1, "exactly one message handled: {described}");
+    assert_eq!(described["dead_lettered_total"], 1, "{described}");
+    assert_eq!(described["leased"], 0, "nothing stays leased after exit: {described}");
+    assert_eq!(described["config"]["lease_ms"], 3000, "{described}");
+
+    let output = cluster.cli(&["work", "jobs", "billing", "--count", "1", "--", "false"]).await;
+    assert!(output.status.success(), "a command that fails nacks; work goes on: {}", stderr(&output));
+    assert!(
+        stderr(&output).contains("nack; the command exit status: 1; dead-lettered to jobs-dlq"),
+        "{}",
+        stderr(&output)
+    );
+    let dead = ok(&cluster, &["subscribe", "jobs-dlq", "--until-end"]).await;
+    assert!(dead.starts_with("1\ta\t") && dead.contains("chorus-dead-reason="), "{dead}");
+}
+
+/// Regression: `subscribe --brokers ONE` followed the leader hint. Given one broker, it reads that
+/// broker: with the follower it reads frozen, a message committed meanwhile is not printed until
+/// the follower runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_given_one_broker_reads_that_broker() {
+    let cluster = cluster().await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).expect("a follower");
+    ok(&cluster, &["topic", "create", "replica"]).await;
+    ok(&cluster, &["publish", "replica", "first"]).await;
+    let mut subscriber = cluster
+        .cli_command(&["subscribe", "replica", "--count", "2"], &[follower])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start subscribe");
+    let (sender, lines) = std::sync::mpsc::channel();
+    let mut printed = BufReader::new(subscriber.stdout.take().expect("stdout"));
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while printed.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let _ = sender.send(std::mem::take(&mut line));
+        }
+    });
+    assert_eq!(lines.recv_timeout(Duration::from_secs(20)).expect("the first message"), "1\tfirst\n");
+    cluster.signal(follower, "STOP");
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != follower).collect();
+    let output = cluster.cli_command(&["publish", "replica", "second"], &others).output().expect("publish");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let early = lines.recv_timeout(Duration::from_secs(2));
+    cluster.signal(follower, "CONT");
+    assert!(early.is_err(), "printed {early:?} while the broker it reads was frozen");
+    assert_eq!(lines.recv_timeout(Duration::from_secs(20)).expect("the second message"), "2\tsecond\n");
+    assert!(subscriber.wait().expect("subscribe exits").success());
+}
