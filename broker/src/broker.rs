@@ -29,6 +29,10 @@ use crate::storage::{CorruptValue, DamageAlarm, ReadStore};
 /// The leader as a broker knows it: its id and addresses.
 pub type Leader = (NodeId, BrokerNode);
 
+/// The least time a follower waits to apply what a forwarded request did, even when the forward
+/// itself took all its time: an applied index a heartbeat away is worth the wait.
+const FORWARD_CATCH_UP_MIN: Duration = Duration::from_millis(500);
+
 /// Why the applied state cannot be read.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read the applied state: {0}")]
@@ -212,8 +216,10 @@ impl Broker {
         Ok(ReadStore::open(self.state.begin_read()?).with_alarm(Arc::clone(&self.damage_alarm)))
     }
 
-    /// Passes a client's request to the leader, as `actor`, and returns the leader's answer.
-    /// The frame carries the client's own request id, for the leader's logs.
+    /// Passes a client's request to the leader, as `actor`, and returns the leader's answer once
+    /// this broker has applied as far as the leader had when it answered (for up to `timeout`
+    /// all told): the client's next request here sees what this one did. The frame carries the
+    /// client's own request id, for the leader's logs.
     pub async fn forward(
         &self,
         leader: &Leader,
@@ -221,8 +227,20 @@ impl Broker {
         actor: &Actor,
         timeout: Duration,
     ) -> Result<pb::ServerFrame, ForwardError> {
+        let started = tokio::time::Instant::now();
         let forwarded = pb::Forwarded { request: Some(request), actor: Some(crate::command::actor_to_pb(actor)) };
-        self.forwarder.forward(leader, forwarded, timeout).await
+        let answered = self.forwarder.forward(leader, forwarded, timeout).await?;
+        let left = timeout.saturating_sub(started.elapsed()).max(FORWARD_CATCH_UP_MIN);
+        let caught_up = self.raft.wait(Some(left)).applied_index_at_least(Some(answered.applied_index), "forwarded").await;
+        if caught_up.is_err() {
+            tracing::debug!(index = answered.applied_index, "answering a forwarded request before applying its index");
+        }
+        Ok(answered.answer.unwrap_or_default())
+    }
+
+    /// The index of the last log entry this broker applied.
+    pub fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
     }
 
     /// Role, term, leader, indexes and each follower's lag.

@@ -44,7 +44,7 @@ impl Forwarder {
         (leader, node): &(NodeId, crate::raft::BrokerNode),
         forwarded: pb::Forwarded,
         timeout: Duration,
-    ) -> Result<pb::ServerFrame, ForwardError> {
+    ) -> Result<pb::ForwardedAnswer, ForwardError> {
         let _permit = self.permits.acquire().await.map_err(|_| ForwardError::ShuttingDown)?;
         let pooled = self.idle.lock().await.get_mut(leader).and_then(Vec::pop);
         let mut client = pooled.unwrap_or_else(|| PeerClient::new(&self.network, *leader, node.peer_addr.clone()));

@@ -99,7 +99,10 @@ async fn connection(stream: Stream, server: Arc<Server>) {
             Some(Body::Forward(forwarded)) => {
                 let (server, answers) = (Arc::clone(&server), answers.clone());
                 tokio::spawn(async move {
-                    let answer = pb::Forwarded::into_answer(answer_forwarded(&server, forwarded).await);
+                    let answer = answer_forwarded(&server, forwarded).await;
+                    // Read after answering: the index covers what the request wrote.
+                    let applied_index = server.broker.applied_index();
+                    let answer = pb::Forwarded::into_answer(pb::ForwardedAnswer { answer: Some(answer), applied_index });
                     let _ = answers.send(pb::PeerFrame { request_id, body: Some(answer) }).await;
                 });
             }

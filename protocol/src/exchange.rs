@@ -131,7 +131,7 @@ peer_exchanges! {
     AppendEntries(pb::AppendEntriesRequest) => AppendEntriesOk(pb::AppendEntriesResponse);
     Vote(pb::VoteRequest) => VoteOk(pb::VoteResponse);
     SnapshotChunk(pb::SnapshotChunk) => SnapshotChunkOk(pb::SnapshotChunkOk);
-    Forward(pb::Forwarded) => ForwardOk(pb::ServerFrame);
+    Forward(pb::Forwarded) => ForwardOk(pb::ForwardedAnswer);
 }
 
 /// PeerHello is answered in kind, so its pairing is written out.

@@ -472,7 +472,10 @@ fn peer_bodies() -> Vec<P> {
             request: Some(pb::ClientFrame { request_id: 5, body: Some(C::Publish(publish())) }),
             actor: actor(3),
         }),
-        P::ForwardOk(pb::ServerFrame { request_id: 5, body: Some(S::Done(pb::Empty {})) }),
+        P::ForwardOk(pb::ForwardedAnswer {
+            answer: Some(pb::ServerFrame { request_id: 5, body: Some(S::Done(pb::Empty {})) }),
+            applied_index: 17,
+        }),
         P::Error(pb::PeerError { message: "busy".into(), higher_vote: Some(vote()), snapshot_mismatch: true }),
     ]
 }

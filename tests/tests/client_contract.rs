@@ -84,3 +84,54 @@ async fn each_producers_messages_are_stored_in_send_order_across_leader_changes(
     let missing: Vec<&String> = acknowledged.iter().filter(|p| !stored.contains(p)).collect();
     assert!(missing.is_empty(), "acknowledged and not stored: {:?}", &missing[..missing.len().min(5)]);
 }
+
+/// Regression (issue 18): a topic created through a follower, then described or subscribed to on
+/// the same connection, was unknown in up to 5 of 20 tries: the follower answered the forwarded
+/// create before it had applied it. A follower now answers a forwarded request only once it has
+/// applied as far as the leader had when it answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_a_follower_reads_its_own_writes() {
+    use chorus_consumers::Connection;
+    use chorus_protocol::pb;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    let addr = &cluster.brokers[&follower].client_addr;
+    let connection = Connection::connect_with(addr, &cluster.connect_options()).await.unwrap();
+    let timeout = Duration::from_secs(10);
+    for i in 0..40 {
+        let name = format!("own-{i}");
+        let create = pb::CreateTopic { name: name.clone(), config: None };
+        connection.call(create, timeout).await.expect("create through the follower");
+        let described = connection.call(pb::DescribeTopic { name: name.clone() }, timeout).await;
+        assert!(described.is_ok(), "try {i}: describe after create: {described:?}");
+        let subscribe = pb::SubscribeRequest { topic: name, subscription: None, start: None, credits: 1 };
+        let opened = connection.open_stream(subscribe, timeout).await;
+        assert!(opened.is_ok(), "try {i}: subscribe after create: {:?}", opened.err());
+    }
+}
+
+/// Regression (issue 18): for a new subscription on a topic of 25 messages, CreateSubscription
+/// answered lag 0 and DescribeTopic lag 25. Lag is the retained messages at or after the cursor;
+/// every answer now agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_gives_a_subscription_the_same_lag() {
+    use chorus_protocol::pb;
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, "lagging").await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    producer.send_all("lagging", (0..25).map(|i| Message::new(format!("m{i}")))).await.unwrap();
+    producer.close().await;
+    let start = Some(pb::StartPosition { position: Some(pb::start_position::Position::Earliest(pb::Empty {})) });
+    let create = pb::CreateSubscription { topic: "lagging".into(), name: "audit".into(), start };
+    let created = client.call(create).await.unwrap();
+    assert_eq!((created.next_seq, created.lag), (1, 25));
+    let described = client.call(pb::DescribeTopic { name: "lagging".into() }).await.unwrap();
+    let listed = &described.subscriptions[0];
+    assert_eq!((listed.next_seq, listed.lag), (created.next_seq, created.lag));
+    client.call(pb::CommitRequest { topic: "lagging".into(), subscription: "audit".into(), seq: 10 }).await.unwrap();
+    let described = client.call(pb::DescribeTopic { name: "lagging".into() }).await.unwrap();
+    assert_eq!((described.subscriptions[0].next_seq, described.subscriptions[0].lag), (11, 15));
+}

@@ -234,8 +234,10 @@ async fn every_error_code_a_client_can_provoke_is_returned() {
     let forwarded = pb::Forwarded { request: Some(request), actor: None };
     peer.send(pb::PeerFrame { request_id: 2, body: Some(pb::peer_frame::Body::Forward(forwarded)) }).await.unwrap();
     let answer = peer.next().await.unwrap().unwrap();
-    let Some(pb::peer_frame::Body::ForwardOk(pb::ServerFrame { body: Some(Body::Error(not_leader)), .. })) =
-        answer.body
+    let Some(pb::peer_frame::Body::ForwardOk(pb::ForwardedAnswer {
+        answer: Some(pb::ServerFrame { body: Some(Body::Error(not_leader)), .. }),
+        ..
+    })) = answer.body
     else {
         panic!("{answer:?}")
     };

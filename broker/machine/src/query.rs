@@ -78,7 +78,12 @@ pub fn group_backlog(topic: &TopicRecord, group: &GroupRecord) -> u64 {
 
 /// Messages the subscription has yet to commit.
 pub fn subscription_lag(topic: &TopicRecord, sub: &SubRecord) -> u64 {
-    (topic.last_seq + 1).saturating_sub(sub.next_seq.max(topic.first_seq))
+    lag(topic, sub.next_seq)
+}
+
+/// A cursor's lag: the retained messages at or after `next_seq`, those it has yet to read.
+pub fn lag(topic: &TopicRecord, next_seq: u64) -> u64 {
+    (topic.last_seq + 1).saturating_sub(next_seq.max(topic.first_seq))
 }
 
 /// The sequence a group or subscription created now at `start` reads first.
