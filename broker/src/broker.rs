@@ -231,7 +231,8 @@ impl Broker {
         let forwarded = pb::Forwarded { request: Some(request), actor: Some(crate::command::actor_to_pb(actor)) };
         let answered = self.forwarder.forward(leader, forwarded, timeout).await?;
         let left = timeout.saturating_sub(started.elapsed()).max(FORWARD_CATCH_UP_MIN);
-        let caught_up = self.raft.wait(Some(left)).applied_index_at_least(Some(answered.applied_index), "forwarded").await;
+        let caught_up =
+            self.raft.wait(Some(left)).applied_index_at_least(Some(answered.applied_index), "forwarded").await;
         if caught_up.is_err() {
             tracing::debug!(index = answered.applied_index, "answering a forwarded request before applying its index");
         }

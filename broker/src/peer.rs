@@ -102,7 +102,8 @@ async fn connection(stream: Stream, server: Arc<Server>) {
                     let answer = answer_forwarded(&server, forwarded).await;
                     // Read after answering: the index covers what the request wrote.
                     let applied_index = server.broker.applied_index();
-                    let answer = pb::Forwarded::into_answer(pb::ForwardedAnswer { answer: Some(answer), applied_index });
+                    let answer =
+                        pb::Forwarded::into_answer(pb::ForwardedAnswer { answer: Some(answer), applied_index });
                     let _ = answers.send(pb::PeerFrame { request_id, body: Some(answer) }).await;
                 });
             }
