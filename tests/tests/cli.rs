@@ -172,6 +172,15 @@ async fn work_ends_on_permanent_errors_handles_exactly_count_and_keeps_stdout_to
     );
     let dead = ok(&cluster, &["subscribe", "jobs-dlq", "--until-end"]).await;
     assert!(dead.starts_with("1\ta\t") && dead.contains("chorus-dead-reason="), "{dead}");
+
+    // Regression: deleting a topic a group dead-letters to was accepted, and the group's later
+    // failures were dropped, seen only as `dropped_total` in JSON.
+    let output = cluster.cli(&["topic", "delete", "jobs-dlq"]).await;
+    assert!(!output.status.success(), "a dead-letter topic in use is not deleted");
+    assert!(stderr(&output).contains("dead-letter topic of jobs/billing"), "{}", stderr(&output));
+    ok(&cluster, &["topic", "delete", "jobs-dlq", "--force"]).await;
+    let described = ok(&cluster, &["group", "describe", "jobs", "billing"]).await;
+    assert!(described.contains("dropped"), "{described}");
 }
 
 /// Regression: `subscribe --brokers ONE` followed the leader hint. Given one broker, it reads that

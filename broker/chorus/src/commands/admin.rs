@@ -43,11 +43,15 @@ pub enum TopicCommand {
         target: Target,
         name: String,
     },
-    /// Delete a topic, its messages, groups and subscriptions.
+    /// Delete a topic, its messages, groups and subscriptions. Refused while a work group uses the
+    /// topic as its dead-letter topic (its exhausted messages would then be dropped), unless --force.
     Delete {
         #[command(flatten)]
         target: Target,
         name: String,
+        /// Delete it even if work groups use it as their dead-letter topic.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -113,7 +117,17 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
         }
         TopicCommand::List { target } => answer(&target, pb::ListTopics::default()).await,
         TopicCommand::Describe { target, name } => answer(&target, pb::DescribeTopic { name }).await,
-        TopicCommand::Delete { target, name } => answer(&target, pb::DeleteTopic { name }).await,
+        TopicCommand::Delete { target, name, force } => {
+            let users = dead_letter_users(&target, &name).await?;
+            if !users.is_empty() && !force {
+                anyhow::bail!(
+                    "topic {name:?} is the dead-letter topic of {}: their exhausted messages would be dropped \
+                     (hint: delete or re-create those groups first, or pass --force)",
+                    users.join(", ")
+                );
+            }
+            answer(&target, pb::DeleteTopic { name }).await
+        }
     }
 }
 
@@ -139,6 +153,27 @@ pub async fn group(command: GroupCommand) -> anyhow::Result<ExitCode> {
         GroupCommand::List { target, topic } => answer(&target, pb::ListGroups { topic }).await,
         GroupCommand::Describe { target, topic, name } => answer(&target, pb::DescribeGroup { topic, name }).await,
         GroupCommand::Delete { target, topic, name } => answer(&target, pb::DeleteGroup { topic, name }).await,
+    }
+}
+
+/// The groups (`topic/group`) whose dead-letter topic is `name`, from every topic, page by page.
+async fn dead_letter_users(target: &Target, name: &str) -> anyhow::Result<Vec<String>> {
+    const PAGE: u32 = 1000;
+    let client = connect(target).await?;
+    let mut users = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = client.call(pb::ListTopics { after: after.clone(), limit: PAGE }).await?;
+        for topic in &page.topics {
+            let uses = |group: &&pb::GroupInfo| {
+                group.config.as_ref().and_then(|config| config.dead_letter_topic.as_deref()) == Some(name)
+            };
+            users.extend(topic.groups.iter().filter(uses).map(|group| format!("{}/{}", topic.name, group.name)));
+        }
+        match page.topics.last() {
+            Some(last) if page.topics.len() == PAGE as usize => after = last.name.clone(),
+            _ => return Ok(users),
+        }
     }
 }
 
