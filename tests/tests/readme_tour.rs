@@ -94,5 +94,22 @@ fn the_readme_tour_runs_as_written() {
             assert_eq!(printed, "1\tapple\n2\tbanana\n3\tcherry\n4\tdurian\tkey=fruit\n", "as the comment says");
         }
     }
+    // Regression: the logs `up` writes held ANSI colour codes, and a healthy first start logged
+    // six WARN lines about votes.
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(root.path().join(format!("chorus-data/broker-{id}.log"))).unwrap();
+        assert!(!log.contains('\x1b'), "colour codes in broker {id}'s log");
+        let warnings: Vec<&str> = log.lines().filter(|line| line.contains(" WARN ")).collect();
+        assert!(warnings.is_empty(), "broker {id} warned on a healthy start: {warnings:?}");
+    }
+    // Regression: a second `chorus up` on the directory a running one holds printed a banner,
+    // restarted its brokers 30 times in 10 s, and overwrote the running brokers' pid files.
+    let pid_file = root.path().join("chorus-data/1/broker.pid");
+    let pid_before = std::fs::read_to_string(&pid_file).expect("broker 1's pid file");
+    let second = shell(&up_line.replace("exec ", "")).stdin(Stdio::null()).output().expect("a second up");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second up on the same directory is refused");
+    assert!(said.contains("is in use by another `chorus up`"), "{said}");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid_before, "the running cluster's pid files stay");
     drop(up);
 }

@@ -261,7 +261,59 @@ fn kill(id: u64, own: Option<&LocalCluster>, args: &DemoArgs) -> anyhow::Result<
             std::fs::read_to_string(&path).with_context(|| format!("reading {} to kill the leader", path.display()))?
         }
     };
-    let status = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status()?;
+    let pid = pid.trim();
+    if own.is_none() {
+        let dir = args.data_dir.join(id.to_string());
+        ensure!(
+            is_broker(pid, id, &dir),
+            "process {pid} (from {}/broker.pid) is not broker {id} of that directory; not killing it",
+            dir.display()
+        );
+    }
+    let status = std::process::Command::new("kill").args(["-KILL", pid]).status()?;
     ensure!(status.success(), "kill -KILL {pid} failed");
     Ok(())
+}
+
+/// Whether process `pid` is `chorus serve --id=ID --data-dir=DIR`, by its command line: a pid
+/// file outlives its process, and the pid may since name any other process.
+fn is_broker(pid: &str, id: u64, dir: &std::path::Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let has = |arg: String| args.contains(&arg.as_bytes());
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    has("serve".into()) && has(format!("--id={id}")) && has(format!("--data-dir={}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 18): the demo passed any pid from a pid file to `kill -KILL`; a stale
+    /// file (overwritten by a second `chorus up`) named processes that were not brokers.
+    #[test]
+    fn only_a_broker_of_the_directory_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker_dir = dir.path().join("1");
+        std::fs::create_dir(&broker_dir).unwrap();
+        let canonical = broker_dir.canonicalize().unwrap();
+        let mut lookalike = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 20; true", "serve", "--id=1"])
+            .arg(format!("--data-dir={}", canonical.display()))
+            .spawn()
+            .unwrap();
+        let mut other = std::process::Command::new("sleep").arg("20").spawn().unwrap();
+        let (broker_pid, other_pid) = (lookalike.id().to_string(), other.id().to_string());
+        let judged = (is_broker(&broker_pid, 1, &broker_dir), is_broker(&broker_pid, 2, &broker_dir));
+        let stranger = is_broker(&other_pid, 1, &broker_dir);
+        for child in [&mut lookalike, &mut other] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(judged, (true, false), "its own id only");
+        assert!(!stranger, "a process that is not a broker");
+        assert!(!is_broker("999999999", 1, &broker_dir), "a pid that is gone");
+    }
 }

@@ -77,7 +77,9 @@ pub enum CliCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        CliCommand::Serve(_) => "info,openraft=warn",
+        // openraft's raft_core warns of every stale vote or replication answer it drops, which
+        // a healthy election produces: noise an operator cannot act on.
+        CliCommand::Serve(_) => "info,openraft=warn,openraft::core::raft_core=error",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -86,6 +88,8 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person: `chorus up` writes brokers' logs to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         CliCommand::Inspect(args) => serve::inspect(&args),

@@ -54,6 +54,40 @@ pub struct LocalCluster {
     /// The flags every broker gets for its security.
     security_args: Vec<String>,
     context: Context,
+    /// Held while this cluster runs: a second `chorus up` on the same directory is refused.
+    _lock: std::fs::File,
+}
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("up.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "{} is in use by another `chorus up` (pid {}): stop it first, or give another --data-dir",
+                data_dir.display(),
+                holder.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 impl LocalCluster {
@@ -68,6 +102,7 @@ impl LocalCluster {
     ) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = &data_dir.canonicalize().with_context(|| format!("finding {}", data_dir.display()))?;
+        let lock = lock_data_dir(data_dir)?;
         let (security_args, mut context) = secure(data_dir, security)?;
         let brokers: Vec<LocalBroker> = (1..=count)
             .map(|id| LocalBroker {
@@ -79,7 +114,8 @@ impl LocalCluster {
             })
             .collect();
         context.brokers = brokers.iter().map(|b| b.client_addr.clone()).collect();
-        let mut cluster = LocalCluster { data_dir: data_dir.to_path_buf(), brokers, security_args, context };
+        let mut cluster =
+            LocalCluster { data_dir: data_dir.to_path_buf(), brokers, security_args, context, _lock: lock };
         for index in 0..cluster.brokers.len() {
             cluster.spawn(index)?;
         }
