@@ -29,6 +29,10 @@ use crate::storage::{CorruptValue, DamageAlarm, ReadStore};
 /// The leader as a broker knows it: its id and addresses.
 pub type Leader = (NodeId, BrokerNode);
 
+/// How long a stopping broker waits for its client connections to drain: each has 10 s for its
+/// requests in flight, and a little more to send their answers.
+const DRAIN_MS_MAX: u64 = 12_000;
+
 /// The least time a follower waits to apply what a forwarded request did, even when the forward
 /// itself took all its time: an applied index a heartbeat away is worth the wait.
 const FORWARD_CATCH_UP_MIN: Duration = Duration::from_millis(500);
@@ -59,6 +63,8 @@ pub struct Broker {
     /// Digests of the applied state at state check marks.
     state_checks: StateChecks,
     shutdown: CancellationToken,
+    /// The client listener, which returns once its connections drained after shutdown.
+    client_listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What a read does when it finds a damaged value: once, it marks the state in `data_dir` for a
@@ -122,7 +128,13 @@ impl Broker {
             repair,
             state_checks,
             shutdown,
+            client_listener: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Hands over the client listener's task, for [`Broker::stop`] to wait for.
+    pub(crate) fn serving_clients(&self, listener: tokio::task::JoinHandle<()>) {
+        *self.client_listener.lock().expect("the listener slot") = Some(listener);
     }
 
     pub fn id(&self) -> NodeId {
@@ -140,9 +152,16 @@ impl Broker {
         self.shutdown.clone()
     }
 
-    /// Stops accepting work, lets listeners drain, and stops raft.
+    /// Stops accepting work, lets client connections drain (each finishes its requests in
+    /// flight, within [`DRAIN_MS_MAX`] all told), and stops raft, which kept committing meanwhile.
     pub async fn stop(&self) {
         self.shutdown.cancel();
+        let listener = self.client_listener.lock().expect("the listener slot").take();
+        if let Some(listener) = listener
+            && tokio::time::timeout(Duration::from_millis(DRAIN_MS_MAX), listener).await.is_err()
+        {
+            tracing::warn!("client connections did not drain in time; closing them");
+        }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 const ACCEPT_RETRY_MS: u64 = 50;
 
 /// Accepts connections on `listener` until `shutdown`, with at most `connections_max` open at
-/// once. Each accepted connection is served by `serve` in a task of its own; one over the cap is
-/// given to `refuse`, likewise.
+/// once, then returns once every connection it accepted has closed. Each accepted connection is
+/// served by `serve` in a task of its own; one over the cap is given to `refuse`, likewise.
 pub async fn accept<Serve, Served, Refuse, Refused>(
     listener: TcpListener,
     connections_max: usize,
@@ -41,7 +41,7 @@ pub async fn accept<Serve, Served, Refuse, Refused>(
     let permits = Arc::new(Semaphore::new(connections_max));
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, remote) = match accepted {
@@ -66,6 +66,9 @@ pub async fn accept<Serve, Served, Refuse, Refused>(
             }
         }
     }
+    drop(listener);
+    // Each connection drains within its own bound; wait for them all.
+    let _ = permits.acquire_many(connections_max as u32).await;
 }
 
 /// A framed connection's two halves: [`Link::next`] reads frames, [`Link::outbox`] queues frames

@@ -54,7 +54,7 @@ impl Broker {
         let broker = Broker::start_in_process(config, log, state, network).await?;
         let server = Server::new(Arc::clone(&broker));
         tokio::spawn(peer::serve(peers, Arc::clone(&server)));
-        tokio::spawn(server::serve(clients, server));
+        broker.serving_clients(tokio::spawn(server::serve(clients, server)));
         tokio::spawn(duties::bootstrap(Arc::clone(&broker)));
         Ok(broker)
     }

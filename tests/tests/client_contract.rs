@@ -135,3 +135,55 @@ async fn every_answer_gives_a_subscription_the_same_lag() {
     let described = client.call(pb::DescribeTopic { name: "lagging".into() }).await.unwrap();
     assert_eq!((described.subscriptions[0].next_seq, described.subscriptions[0].lag), (11, 15));
 }
+
+/// Regression (issue 18): the spec says a stopping broker "finishes the requests in flight (up to
+/// 10 s), then closes", but a follower sent SIGTERM closed at once, leaving a lease long-poll
+/// unanswered and dropping its subscriber without a word, and a leader answered its long-poll
+/// UNAVAILABLE at once. Now the long-poll is answered (the leader's at once, with what it has),
+/// and each subscriber is told UNAVAILABLE, so that it subscribes again elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_finishes_its_long_polls_and_tells_its_subscribers() {
+    use chorus_consumers::Connection;
+    use chorus_protocol::pb::{self, ErrorCode, server_frame::Body};
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, "draining").await;
+    let group = pb::CreateGroup { topic: "draining".into(), name: "g".into(), config: None };
+    client.call(group).await.unwrap();
+    for role in ["follower", "leader"] {
+        let up = cluster.running();
+        let leader = cluster.wait_for_leader(&up, Duration::from_secs(20)).await;
+        let stopped = match role {
+            "follower" => up.into_iter().find(|&id| id != leader).unwrap(),
+            _ => leader,
+        };
+        let addr = cluster.brokers[&stopped].client_addr.clone();
+        let connection = Connection::connect_with(&addr, &cluster.connect_options()).await.unwrap();
+        let lease = pb::LeaseRequest {
+            topic: "draining".into(),
+            group: "g".into(),
+            consumer: "w".into(),
+            count_max: 1,
+            wait_ms: 3_000,
+            lease_ms: None,
+        };
+        let polled = {
+            let connection = connection.clone();
+            tokio::spawn(async move { connection.call(lease, Duration::from_secs(20)).await })
+        };
+        let subscribe = pb::SubscribeRequest { topic: "draining".into(), subscription: None, start: None, credits: 8 };
+        let (_, _, mut deliveries) = connection.open_stream(subscribe, Duration::from_secs(10)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.signal(stopped, "TERM");
+        let answered = tokio::time::timeout(Duration::from_secs(15), polled).await.expect("answered in time").unwrap();
+        let answered = answered.unwrap_or_else(|e| panic!("the {role}'s long-poll was not answered: {e}"));
+        assert!(answered.messages.is_empty());
+        let told = tokio::time::timeout(Duration::from_secs(15), deliveries.recv()).await.expect("told in time");
+        match told {
+            Some(Body::Error(error)) => assert_eq!(error.code(), ErrorCode::Unavailable, "the {role}: {error:?}"),
+            other => panic!("the {role}'s subscriber was not told the broker stops: {other:?}"),
+        }
+        assert!(cluster.wait_exit(stopped, Duration::from_secs(20)).await.success(), "the {role} exits cleanly");
+    }
+}

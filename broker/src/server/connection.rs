@@ -4,7 +4,9 @@
 //! [`Router`], and the link's writer sends answers. Past the in-flight limit, or the user's
 //! in-flight bytes, a request is answered OVERLOADED at once. A frame that cannot be decoded, or a
 //! request before Hello, is a protocol violation: the connection gets an error frame and is
-//! closed. On shutdown the reader stops, in-flight requests finish, then the connection closes.
+//! closed. On shutdown the reader stops; each open subscription is told UNAVAILABLE (subscribe
+//! again, to another broker); in-flight requests finish (up to 10 s: a lease long-poll here
+//! answers at once with what it has), then the connection closes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -181,6 +183,7 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
             drop(admitted);
         });
     }
+    streams.stopping(&answers).await;
     // Let what is in flight finish before the connection closes.
     let drained = in_flight.acquire_many(in_flight_max as u32);
     let _ = tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), drained).await;
@@ -213,6 +216,16 @@ struct Streams {
 }
 
 impl Streams {
+    /// Ends every open subscription with UNAVAILABLE under its Subscribe's request id, so that
+    /// its client subscribes again, elsewhere, instead of waiting on a silent stream.
+    async fn stopping(&mut self, answers: &mpsc::Sender<pb::ServerFrame>) {
+        let why = "the broker is stopping: subscribe again, to another broker";
+        for (request_id, stream) in std::mem::take(&mut self.open) {
+            drop(stream);
+            let _ = answers.send(pb::ServerFrame::error(request_id, error(ErrorCode::Unavailable, why))).await;
+        }
+    }
+
     /// Handles Subscribe, Credit and Unsubscribe, which act on connection state.
     async fn route(
         &mut self,

@@ -54,6 +54,7 @@ async fn long_poll(
     let broker = &server.broker;
     let mut applied = broker.applied();
     let mut releases = server.claims.releases();
+    let stopping = broker.shutdown_token();
     loop {
         let hint = {
             let store = broker.read()?;
@@ -93,6 +94,8 @@ async fn long_poll(
             },
             _ = releases.changed() => {}
             _ = tokio::time::sleep(sleep) => {}
+            // A stopping broker finishes its requests: this one with what it has, now.
+            _ = stopping.cancelled() => return Ok(Leased::default()),
         }
     }
 }
