@@ -144,11 +144,21 @@ pub fn command_to_pb(command: Command) -> pb::Command {
             Op::CreateTopic(pb::CreateTopic { name, config: Some(topic_config_to_pb(&config)) })
         }
         Command::DeleteTopic { name } => Op::DeleteTopic(pb::DeleteTopic { name }),
+        Command::UpdateTopic { name, config } => {
+            Op::UpdateTopic(pb::UpdateTopic { name, config: Some(topic_config_to_pb(&config)) })
+        }
         Command::Publish(publish) => Op::Publish(publish_to_pb(publish)),
         Command::CreateGroup { topic, name, config } => {
             Op::CreateGroup(pb::CreateGroup { topic, name, config: Some(group_config_to_pb(&config)) })
         }
         Command::DeleteGroup { topic, name } => Op::DeleteGroup(pb::DeleteGroup { topic, name }),
+        Command::UpdateGroup { topic, name, config } => {
+            Op::UpdateGroup(pb::UpdateGroup { topic, name, config: Some(group_config_to_pb(&config)) })
+        }
+        Command::SeekSubscription { topic, name, start } => {
+            Op::SeekSubscription(pb::SeekSubscription { topic, name, start: Some(start_to_pb(start)) })
+        }
+        Command::Redrive { topic, count_max } => Op::Redrive(pb::RedriveRequest { topic, count_max }),
         Command::CreateSubscription { topic, name, start } => {
             Op::CreateSubscription(pb::CreateSubscription { topic, name, start: Some(start_to_pb(start)) })
         }
@@ -199,6 +209,14 @@ pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
     Ok(match command.op.ok_or_else(|| missing("command"))? {
         Op::CreateTopic(c) => Command::CreateTopic { name: c.name, config: topic_config_from_pb(c.config) },
         Op::DeleteTopic(c) => Command::DeleteTopic { name: c.name },
+        Op::UpdateTopic(c) => Command::UpdateTopic { name: c.name, config: topic_config_from_pb(c.config) },
+        Op::UpdateGroup(c) => {
+            Command::UpdateGroup { topic: c.topic, name: c.name, config: group_config_from_pb(c.config) }
+        }
+        Op::SeekSubscription(c) => {
+            Command::SeekSubscription { topic: c.topic, name: c.name, start: start_from_pb(c.start) }
+        }
+        Op::Redrive(c) => Command::Redrive { topic: c.topic, count_max: c.count_max },
         Op::Publish(p) => Command::Publish(publish_from_pb(p)?),
         Op::CreateGroup(c) => {
             Command::CreateGroup { topic: c.topic, name: c.name, config: group_config_from_pb(c.config) }
@@ -419,20 +437,29 @@ mod tests {
                 bytes_max,
                 age_ms_max,
                 dedup_window_ms,
-            });
-        let group_config = (any::<u64>(), any::<u32>(), prop::option::of(name), start(), any::<bool>()).prop_map(
-            |(lease_ms_default, deliveries_max, dead_letter_topic, start, per_key)| GroupConfig {
+            })
+            .boxed();
+        let group_config = (any::<u64>(), any::<u32>(), prop::option::of(name), start(), any::<bool>())
+            .prop_map(|(lease_ms_default, deliveries_max, dead_letter_topic, start, per_key)| GroupConfig {
                 lease_ms_default,
                 deliveries_max,
                 dead_letter_topic,
                 start,
                 ordering: if per_key { KeyOrdering::PerKey } else { KeyOrdering::Unordered },
-            },
-        );
+            })
+            .boxed();
         let producer = prop::option::of((name, any::<u64>()).prop_map(|(id, sequence)| ProducerStamp { id, sequence }));
         prop_oneof![
-            (name, topic_config).prop_map(|(name, config)| Command::CreateTopic { name, config }),
+            (name, topic_config.clone()).prop_map(|(name, config)| Command::CreateTopic { name, config }),
             name.prop_map(|name| Command::DeleteTopic { name }),
+            (name, topic_config).prop_map(|(name, config)| Command::UpdateTopic { name, config }),
+            (name, name, group_config.clone()).prop_map(|(topic, name, config)| Command::UpdateGroup {
+                topic,
+                name,
+                config
+            }),
+            (name, name, start()).prop_map(|(topic, name, start)| Command::SeekSubscription { topic, name, start }),
+            (name, any::<u32>()).prop_map(|(topic, count_max)| Command::Redrive { topic, count_max }),
             (name, producer, prop::collection::vec(message(), 0..3))
                 .prop_map(|(topic, producer, messages)| Command::Publish(Publish { topic, producer, messages })),
             (name, name, group_config).prop_map(|(topic, name, config)| Command::CreateGroup { topic, name, config }),

@@ -100,6 +100,11 @@ exchanges! {
     ListUsers(pb::ListUsers) => Users(pb::UserList);
     MarkStateCheck(pb::MarkStateCheckRequest) => StateMark(pb::StateMark);
     StateDigest(pb::StateDigestRequest) => StateDigest(pb::StateDigest);
+    UpdateTopic(pb::UpdateTopic) => Topic(pb::TopicInfo);
+    UpdateGroup(pb::UpdateGroup) => Group(pb::GroupInfo);
+    SeekSubscription(pb::SeekSubscription) => Subscription(pb::SubscriptionInfo);
+    Redrive(pb::RedriveRequest) => RedriveOk(pb::RedriveOk);
+    PeekGroup(pb::PeekGroup) => GroupPeek(pb::GroupPeek);
 }
 
 macro_rules! peer_exchanges {
@@ -179,6 +184,8 @@ pub fn answer_name(answer: &Answer) -> &'static str {
         Answer::Users(_) => "Users",
         Answer::StateMark(_) => "StateMark",
         Answer::StateDigest(_) => "StateDigest",
+        Answer::RedriveOk(_) => "RedriveOk",
+        Answer::GroupPeek(_) => "GroupPeek",
     }
 }
 

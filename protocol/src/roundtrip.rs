@@ -169,6 +169,11 @@ fn client_bodies() -> Vec<C> {
         C::ListUsers(pb::ListUsers { after: "a".into(), limit: 5 }),
         C::MarkStateCheck(pb::MarkStateCheckRequest {}),
         C::StateDigest(pb::StateDigestRequest { index: 9, wait_ms: 100 }),
+        C::UpdateTopic(pb::UpdateTopic { name: "t".into(), config: Some(topic_config()) }),
+        C::UpdateGroup(pb::UpdateGroup { topic: "t".into(), name: "g".into(), config: Some(group_config()) }),
+        C::SeekSubscription(pb::SeekSubscription { topic: "t".into(), name: "s".into(), start: Some(start()) }),
+        C::Redrive(pb::RedriveRequest { topic: "dlq".into(), count_max: 10 }),
+        C::PeekGroup(pb::PeekGroup { topic: "t".into(), group: "g".into(), after_seq: 3, limit: 50 }),
     ]
 }
 
@@ -228,6 +233,11 @@ fn client_tag(body: &C) -> usize {
         C::ListUsers(_) => 27,
         C::MarkStateCheck(_) => 28,
         C::StateDigest(_) => 29,
+        C::UpdateTopic(_) => 30,
+        C::UpdateGroup(_) => 31,
+        C::SeekSubscription(_) => 32,
+        C::Redrive(_) => 33,
+        C::PeekGroup(_) => 34,
     }
 }
 
@@ -297,6 +307,21 @@ fn server_bodies() -> Vec<S> {
             mismatches: vec![pb::DigestMismatch { index: 30, other_broker: 1 }],
             compared: 12,
         }),
+        S::RedriveOk(pb::RedriveOk {
+            moved: vec![pb::RedrivenTopic { topic: "t".into(), messages: 3 }],
+            stopped_seq: Some(9),
+            stopped_why: "gone".into(),
+        }),
+        S::GroupPeek(pb::GroupPeek {
+            messages: vec![pb::PeekedMessage {
+                message: Some(stored()),
+                state: pb::PeekedState::Leased as i32,
+                deliveries: 2,
+                consumer: "w".into(),
+                deadline_ms: 77,
+                available_ms: 0,
+            }],
+        }),
     ]
 }
 
@@ -322,6 +347,8 @@ fn server_tag(body: &S) -> usize {
         S::Users(_) => 17,
         S::StateMark(_) => 18,
         S::StateDigest(_) => 19,
+        S::RedriveOk(_) => 20,
+        S::GroupPeek(_) => 21,
     }
 }
 
@@ -370,6 +397,10 @@ fn commands() -> Vec<pb::command::Op> {
         Op::MarkStateCheck(pb::MarkStateCheck {
             claim: Some(pb::DigestClaim { index: 5, broker: 2, digest: vec![1; 32].into() }),
         }),
+        Op::UpdateTopic(pb::UpdateTopic { name: "t".into(), config: Some(topic_config()) }),
+        Op::UpdateGroup(pb::UpdateGroup { topic: "t".into(), name: "g".into(), config: Some(group_config()) }),
+        Op::SeekSubscription(pb::SeekSubscription { topic: "t".into(), name: "s".into(), start: Some(start()) }),
+        Op::Redrive(pb::RedriveRequest { topic: "dlq".into(), count_max: 4 }),
     ]
 }
 
@@ -408,6 +439,10 @@ fn command_tag(op: &pb::command::Op) -> usize {
         Op::RecordMembershipChange(_) => 17,
         Op::MembershipApplied(_) => 18,
         Op::MarkStateCheck(_) => 19,
+        Op::UpdateTopic(_) => 20,
+        Op::UpdateGroup(_) => 21,
+        Op::SeekSubscription(_) => 22,
+        Op::Redrive(_) => 23,
     }
 }
 
@@ -520,7 +555,7 @@ fn covers(tags: impl Iterator<Item = usize>, variants: usize) {
 #[test]
 fn every_client_frame_round_trips() {
     let bodies = client_bodies();
-    covers(bodies.iter().map(client_tag), 30);
+    covers(bodies.iter().map(client_tag), 35);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ClientFrame { request_id: i as u64 + 1, body: Some(body) };
         through(frame, &mut ClientCodec::default(), &mut ServerCodec::default());
@@ -530,7 +565,7 @@ fn every_client_frame_round_trips() {
 #[test]
 fn every_server_frame_round_trips() {
     let bodies = server_bodies();
-    covers(bodies.iter().map(server_tag), 20);
+    covers(bodies.iter().map(server_tag), 22);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ServerFrame { request_id: u64::MAX - i as u64, body: Some(body) };
         through(frame, &mut ServerCodec::default(), &mut ClientCodec::default());
@@ -540,7 +575,7 @@ fn every_server_frame_round_trips() {
 #[test]
 fn every_log_command_round_trips() {
     let ops = commands();
-    covers(ops.iter().map(command_tag), 20);
+    covers(ops.iter().map(command_tag), 24);
     let entry = pb::Entry {
         time_ms: 1_700_000_000_123,
         commands: ops.into_iter().enumerate().map(|(i, op)| pb::Command { op: Some(op), actor: actor(i) }).collect(),

@@ -218,3 +218,71 @@ async fn subscribe_given_one_broker_reads_that_broker() {
     assert_eq!(lines.recv_timeout(Duration::from_secs(20)).expect("the second message"), "2\tsecond\n");
     assert!(subscriber.wait().expect("subscribe exits").success());
 }
+
+/// Issue 18's everyday operations: peek into a group (who holds a lease, until when), edit a
+/// topic's and a group's settings in place, redrive dead letters home, and reset a durable
+/// subscription's cursor; and a re-create with other settings says what differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_edit_redrive_and_reset_work_in_place() {
+    use chorus_protocol::pb;
+    let cluster = cluster().await;
+    ok(&cluster, &["topic", "create", "jobs"]).await;
+    ok(&cluster, &["topic", "create", "jobs-dlq"]).await;
+    let group = ["group", "create", "jobs", "billing", "--lease-ms", "3000", "--max-deliveries", "1"];
+    ok(&cluster, &[&group[..], &["--dead-letter", "jobs-dlq"]].concat()).await;
+    ok(&cluster, &["publish", "jobs", "a", "b", "c"]).await;
+    let output = cluster.cli(&["work", "jobs", "billing", "--count", "1", "--", "false"]).await;
+    assert!(stderr(&output).contains("dead-lettered to jobs-dlq"), "{}", stderr(&output));
+    let client = chorus_tests::workload::client(cluster.client_addrs()).await;
+    let lease = pb::LeaseRequest {
+        topic: "jobs".into(),
+        group: "billing".into(),
+        consumer: "holder".into(),
+        count_max: 1,
+        wait_ms: 0,
+        lease_ms: Some(60_000),
+    };
+    let held = client.call(lease).await.unwrap();
+    assert_eq!(held.messages.len(), 1);
+
+    let peeked = json_lines(&ok(&cluster, &["group", "peek", "jobs", "billing", "--json"]).await).remove(0);
+    let peeked = peeked.as_array().expect("a list");
+    assert_eq!(peeked.len(), 2, "{peeked:?}");
+    assert_eq!((peeked[0]["seq"].as_u64(), peeked[0]["state"].as_str()), (Some(2), Some("leased")));
+    assert_eq!(peeked[0]["consumer"], "holder");
+    assert_eq!(peeked[0]["deadline_ms"], held.messages[0].deadline_ms);
+    assert_eq!((peeked[1]["seq"].as_u64(), peeked[1]["state"].as_str()), (Some(3), Some("ready")));
+    assert_eq!(peeked[1]["payload"], "c");
+    let text = ok(&cluster, &["group", "peek", "jobs", "billing"]).await;
+    assert!(text.contains("holder until"), "{text}");
+
+    ok(&cluster, &["group", "edit", "jobs", "billing", "--lease-ms", "5000", "--max-deliveries", "3"]).await;
+    let described: Value =
+        serde_json::from_str(&ok(&cluster, &["group", "describe", "jobs", "billing", "--json"]).await).unwrap();
+    let config = &described["config"];
+    assert_eq!((config["lease_ms"].as_u64(), config["max_deliveries"].as_u64()), (Some(5000), Some(3)));
+    assert_eq!(config["dead_letter"], "jobs-dlq", "what was not given stays");
+
+    ok(&cluster, &["topic", "edit", "jobs", "--max-messages", "2"]).await;
+    let topic: Value = serde_json::from_str(&ok(&cluster, &["topic", "describe", "jobs", "--json"]).await).unwrap();
+    assert_eq!((topic["config"]["max_messages"].as_u64(), topic["messages"].as_u64()), (Some(2), Some(2)));
+    let output = cluster.cli(&["topic", "create", "jobs", "--max-messages", "9"]).await;
+    assert!(stderr(&output).contains("max_messages 2 here, 9 asked"), "{}", stderr(&output));
+
+    ok(&cluster, &["topic", "edit", "jobs", "--max-messages", "0"]).await;
+    let redriven = ok(&cluster, &["topic", "redrive", "jobs-dlq"]).await;
+    assert_eq!(redriven, "moved 1 message(s) back to jobs\n");
+    assert_eq!(ok(&cluster, &["subscribe", "jobs", "--until-end", "--from", "4"]).await, "4\ta\n");
+    assert_eq!(ok(&cluster, &["subscribe", "jobs-dlq", "--until-end"]).await, "", "the dead letter left");
+
+    ok(&cluster, &["subscription", "create", "jobs", "audit", "--from", "latest"]).await;
+    let reset = ok(&cluster, &["subscription", "reset", "jobs", "audit", "--from", "3", "--json"]).await;
+    assert_eq!(serde_json::from_str::<Value>(&reset).unwrap()["next_seq"], 3);
+    let read = ok(&cluster, &["subscribe", "jobs", "--subscription", "audit", "--until-end"]).await;
+    assert_eq!(read, "3\tc\n4\ta\n");
+    let reset = ok(&cluster, &["subscription", "reset", "jobs", "audit", "--from", "time:0", "--json"]).await;
+    assert_eq!(serde_json::from_str::<Value>(&reset).unwrap()["next_seq"], 2, "the oldest retained");
+    ok(&cluster, &["subscription", "delete", "jobs", "audit"]).await;
+    let topic: Value = serde_json::from_str(&ok(&cluster, &["topic", "describe", "jobs", "--json"]).await).unwrap();
+    assert_eq!(topic["subscriptions"].as_array().map(Vec::len), Some(0));
+}

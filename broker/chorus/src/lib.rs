@@ -54,12 +54,15 @@ pub enum CliCommand {
     /// Run a command once per message of a work group: payload on stdin, exit 0 acks. Says what
     /// it did with each message on stderr.
     Work(commands::WorkArgs),
-    /// Create, list, describe or delete topics.
+    /// Create, list, describe, edit, redrive or delete topics.
     #[command(subcommand)]
     Topic(commands::TopicCommand),
-    /// Create, list, describe or delete work groups.
+    /// Create, list, describe, edit, peek into or delete work groups.
     #[command(subcommand)]
     Group(commands::GroupCommand),
+    /// Create, reset or delete durable subscriptions' cursors.
+    #[command(subcommand)]
+    Subscription(commands::SubscriptionCommand),
     /// The cluster's brokers, roles, term, leader, indexes and lag.
     Status(commands::StatusArgs),
     /// Compare the brokers' applied states: mark a log index through the log, ask every broker
@@ -120,6 +123,7 @@ async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {
         CliCommand::Work(args) => commands::work(args).await,
         CliCommand::Topic(command) => commands::topic(command).await,
         CliCommand::Group(command) => commands::group(command).await,
+        CliCommand::Subscription(command) => commands::subscription(command).await,
         CliCommand::Status(args) => commands::status(args).await,
         CliCommand::Check(args) => check::check(args).await,
         CliCommand::User(command) => users::run(command).await,

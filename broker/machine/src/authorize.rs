@@ -65,7 +65,7 @@ fn verb(action: Action) -> &'static str {
 /// permissions like any other topic.
 fn reserved_target(command: &Command) -> Option<&str> {
     let topic = match command {
-        Command::CreateTopic { name, .. } | Command::DeleteTopic { name } => name,
+        Command::CreateTopic { name, .. } | Command::DeleteTopic { name } | Command::UpdateTopic { name, .. } => name,
         Command::Publish(publish) => &publish.topic,
         _ => return None,
     };
@@ -77,9 +77,13 @@ fn needs(command: &Command) -> Needs {
     let group = |action, topic: &str, group: &str| Needs::All(vec![(action, access::group_resource(topic, group))]);
     let admin = || Needs::All(vec![(Action::Admin, String::new())]);
     match command {
-        Command::CreateTopic { name, .. } | Command::DeleteTopic { name } => one(Action::Manage, name),
+        Command::CreateTopic { name, .. } | Command::DeleteTopic { name } | Command::UpdateTopic { name, .. } => {
+            one(Action::Manage, name)
+        }
+        // Redriving publishes to whichever topics the dead letters name, known only when it runs.
+        Command::Redrive { .. } => admin(),
         Command::Publish(publish) => one(Action::Publish, &publish.topic),
-        Command::CreateGroup { topic, name, config } => {
+        Command::CreateGroup { topic, name, config } | Command::UpdateGroup { topic, name, config } => {
             let mut wanted = vec![(Action::Manage, access::group_resource(topic, name))];
             // Dead-lettering publishes to the dead-letter topic on the group's behalf.
             wanted.extend(config.dead_letter_topic.iter().map(|dlq| (Action::Publish, dlq.clone())));
@@ -88,6 +92,7 @@ fn needs(command: &Command) -> Needs {
         Command::DeleteGroup { topic, name } => group(Action::Manage, topic, name),
         Command::CreateSubscription { topic, .. }
         | Command::DeleteSubscription { topic, .. }
+        | Command::SeekSubscription { topic, .. }
         | Command::Commit { topic, .. } => one(Action::Subscribe, topic),
         Command::Lease { topic, group: name, .. }
         | Command::Ack { topic, group: name, .. }

@@ -41,18 +41,30 @@ pub enum Command {
     CreateTopic { name: String, config: TopicConfig },
     /// Deletes a topic with its groups and subscriptions. Its messages are purged by pulses.
     DeleteTopic { name: String },
+    /// Replaces a topic's limits (its retention policy stays); new limits trim at once.
+    UpdateTopic { name: String, config: TopicConfig },
     /// Appends a batch of messages to a topic.
     Publish(Publish),
     /// Creates a work group on a topic; idempotent when the config is the same.
     CreateGroup { topic: String, name: String, config: GroupConfig },
     /// Deletes a work group and its leases.
     DeleteGroup { topic: String, name: String },
+    /// Replaces a group's lease time, max deliveries and dead-letter topic (its start and
+    /// ordering stay); leases already granted keep their deadlines.
+    UpdateGroup { topic: String, name: String, config: GroupConfig },
     /// Creates a durable subscription; idempotent, an existing one keeps its cursor.
     CreateSubscription { topic: String, name: String, start: StartPosition },
     /// Deletes a durable subscription.
     DeleteSubscription { topic: String, name: String },
     /// Moves a subscription's cursor past `seq`. Lower than the cursor is ignored.
     Commit { topic: String, subscription: String, seq: u64 },
+    /// Moves a subscription's cursor to `start`, back or forth, within the retained messages
+    /// (and at most just past the last).
+    SeekSubscription { topic: String, name: String, start: StartPosition },
+    /// Moves up to `count_max` messages from the head of a dead-letter topic back to the topics
+    /// they came from (their `chorus-origin-topic` header), with their key and their own headers,
+    /// and deletes them from the dead-letter topic: all in this one command.
+    Redrive { topic: String, count_max: u32 },
     /// Leases up to `count_max` available messages of a group to `consumer`.
     Lease {
         topic: String,
@@ -179,6 +191,42 @@ pub struct TopicConfig {
     pub age_ms_max: Option<u64>,
     /// How long a (producer id, sequence) pair is remembered.
     pub dedup_window_ms: u64,
+}
+
+impl TopicConfig {
+    /// What differs from `asked`, field by field: `max_messages 5 here, 10 asked; ...`.
+    pub fn differences(&self, asked: &TopicConfig) -> String {
+        differing(&[
+            ("retention", format!("{:?}", self.retention), format!("{:?}", asked.retention)),
+            ("max_messages", shown(self.messages_max), shown(asked.messages_max)),
+            ("max_bytes", shown(self.bytes_max), shown(asked.bytes_max)),
+            ("max_age_ms", shown(self.age_ms_max), shown(asked.age_ms_max)),
+            ("dedup_window_ms", self.dedup_window_ms.to_string(), asked.dedup_window_ms.to_string()),
+        ])
+    }
+}
+
+impl GroupConfig {
+    /// What differs from `asked`, field by field.
+    pub fn differences(&self, asked: &GroupConfig) -> String {
+        differing(&[
+            ("lease_ms", self.lease_ms_default.to_string(), asked.lease_ms_default.to_string()),
+            ("max_deliveries", self.deliveries_max.to_string(), asked.deliveries_max.to_string()),
+            ("dead_letter", shown(self.dead_letter_topic.as_ref()), shown(asked.dead_letter_topic.as_ref())),
+            ("start", format!("{:?}", self.start), format!("{:?}", asked.start)),
+            ("ordering", format!("{:?}", self.ordering), format!("{:?}", asked.ordering)),
+        ])
+    }
+}
+
+fn shown<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_owned(), |value| value.to_string())
+}
+
+/// `name HERE here, ASKED asked` for each field whose two values differ, joined by `; `.
+fn differing(fields: &[(&str, String, String)]) -> String {
+    let differ = fields.iter().filter(|(_, here, asked)| here != asked);
+    differ.map(|(name, here, asked)| format!("{name} {here} here, {asked} asked")).collect::<Vec<_>>().join("; ")
 }
 
 impl Default for TopicConfig {

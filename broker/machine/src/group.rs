@@ -16,13 +16,13 @@ use crate::ctx::{Ctx, Fail, Res};
 use crate::keys;
 use crate::leases::{self, Indexed, Touched};
 use crate::limits::{GROUPS_PER_TOPIC_MAX, LEASE_SCAN_MAX, LEASES_PER_CONSUMER_MAX, NACK_DELAY_MS_MAX};
-use crate::messages;
 use crate::outcome::{Grant, Leased, MachineError, Output};
 use crate::owners::{self, Owned};
 use crate::records::{
     GroupCounts, GroupRecord, LeaseBatchRecord, MessageRecord, PendingRecord, PendingState, TopicRecord, fresh_bits,
 };
 use crate::store::{Store, StoreError, Table, prefix_end};
+use crate::{messages, redrive};
 use crate::{query, retention, topic, validate};
 
 /// Messages read from a topic per storage scan while leasing.
@@ -47,7 +47,11 @@ pub(crate) fn create<S: Store>(
     }
     if let Some(existing) = query::group_of(&*ctx.store, topic.id, name)? {
         if existing.config != *config {
-            return Err(MachineError::Conflict(format!("group {name:?} on topic {topic_name:?}")).into());
+            let differences = existing.config.differences(config);
+            let why = format!(
+                "group {name:?} on topic {topic_name:?} already exists with another configuration: {differences}"
+            );
+            return Err(MachineError::Conflict(why).into());
         }
         return Ok(Output::GroupCreated { group_id: existing.id, created: false, next_seq: existing.next_seq });
     }
@@ -72,6 +76,32 @@ pub(crate) fn create<S: Store>(
     topic.groups += 1;
     ctx.save_topic(&topic)?;
     Ok(Output::GroupCreated { group_id: group.id, created: true, next_seq })
+}
+
+/// Replaces the group's lease time, max deliveries and dead-letter topic. Its start and ordering
+/// cannot change: they shaped what it has delivered.
+pub(crate) fn update<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    topic_name: &str,
+    name: &str,
+    config: &GroupConfig,
+) -> Res<Output> {
+    validate::group_config(config)?;
+    let topic = ctx.topic(topic_name)?;
+    let mut group = ctx.group(&topic, name)?;
+    if config.ordering != group.config.ordering {
+        let why = format!("group {name:?}'s key ordering cannot change; create another group for it");
+        return Err(MachineError::InvalidArgument(why).into());
+    }
+    if let Some(dead_letter) = &config.dead_letter_topic {
+        if dead_letter == topic_name {
+            return Err(MachineError::InvalidArgument("a group cannot dead-letter into its own topic".into()).into());
+        }
+        ctx.topic(dead_letter)?;
+    }
+    group.config = GroupConfig { start: group.config.start, ..config.clone() };
+    ctx.save_group(&group)?;
+    Ok(Output::GroupUpdated)
 }
 
 /// Deletes the group now; its pending records and leases are purged by pulses.
@@ -623,13 +653,8 @@ fn dead_letter<S: Store>(
         return Ok(());
     };
     let mut headers = message.headers;
-    for (name, value) in [
-        ("chorus-origin-topic", origin),
-        ("chorus-origin-seq", seq.to_string()),
-        ("chorus-origin-group", group.name.clone()),
-        ("chorus-dead-reason", reason.to_owned()),
-        ("chorus-deliveries", pending.deliveries.to_string()),
-    ] {
+    let values = [origin, seq.to_string(), group.name.clone(), reason.to_owned(), pending.deliveries.to_string()];
+    for (name, value) in redrive::HEADERS.into_iter().zip(values) {
         headers.push(Header { name: name.to_owned(), value: Bytes::from(value) });
     }
     let forwarded = NewMessage { key: message.key, headers, payload: message.payload, not_before_ms: None };
@@ -1054,5 +1079,30 @@ mod tests {
         for table in [Table::Pending, Table::Leases, Table::Deadlines, Table::Consumers, Table::Chores] {
             assert_eq!(h.machine.store().len(table), 0, "{table:?}");
         }
+    }
+
+    #[test]
+    fn an_update_changes_lease_time_deliveries_and_dead_letters_but_not_ordering() {
+        let mut h = harness(GroupConfig::default());
+        h.create_topic("dlq", TopicConfig::default());
+        let edited = GroupConfig {
+            lease_ms_default: 3_000,
+            deliveries_max: 4,
+            dead_letter_topic: Some("dlq".into()),
+            start: StartPosition::Latest,
+            ..GroupConfig::default()
+        };
+        let update = |config| Command::UpdateGroup { topic: "t".into(), name: "g".into(), config };
+        assert_eq!(h.ok(update(edited.clone())), Output::GroupUpdated);
+        let config = h.group("t", "g").config;
+        assert_eq!((config.lease_ms_default, config.deliveries_max), (3_000, 4));
+        assert_eq!(config.start, StartPosition::Earliest, "the start stays");
+        h.publish("t", &["a"]);
+        let grant = &h.lease("t", "g", "w", 1, 3_000).grants[0];
+        assert_eq!(grant.deadline_ms, h.now_ms + 3_000);
+        let per_key = GroupConfig { ordering: KeyOrdering::PerKey, ..edited.clone() };
+        assert!(matches!(h.err(update(per_key)), MachineError::InvalidArgument(_)));
+        let missing = GroupConfig { dead_letter_topic: Some("nope".into()), ..edited };
+        assert!(matches!(h.err(update(missing)), MachineError::UnknownTopic(_)));
     }
 }

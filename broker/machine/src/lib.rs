@@ -21,8 +21,11 @@ mod machine;
 mod messages;
 pub mod outcome;
 mod owners;
+mod peek;
 mod pulse;
 pub mod query;
+pub mod redrive;
+pub use peek::{PeekState, Peeked, peek};
 pub mod records;
 mod retention;
 mod revocation;
@@ -42,6 +45,6 @@ pub use command::{
     ProducerStamp, Publish, RetentionPolicy, StartPosition, Submission, TopicConfig, UserUpdate,
 };
 pub use machine::Machine;
-pub use outcome::{Grant, Leased, MachineError, Outcome, Output, OutputMismatch, Published, PulseReport};
+pub use outcome::{Grant, Leased, MachineError, Outcome, Output, OutputMismatch, Published, PulseReport, Redriven};
 pub use records::{GroupCounts, GroupRecord, MessageRecord, SubRecord, TopicRecord, UserRecord};
 pub use store::{MemStore, Store, StoreError, StoreRead, Table};

@@ -47,6 +47,8 @@ pub const DEDUP_EXPIRIES_MAX: usize = 256;
 
 /// Most topics in the cluster.
 pub const TOPICS_MAX: usize = 10_000;
+/// Messages one redrive moves at most.
+pub const REDRIVE_MESSAGES_MAX: usize = 1024;
 /// Most work groups on one topic.
 pub const GROUPS_PER_TOPIC_MAX: usize = 256;
 /// Most durable subscriptions on one topic.

@@ -8,7 +8,7 @@ use crate::keys;
 use crate::outcome::{Outcome, Output};
 use crate::records::{self, MetaRecord};
 use crate::store::{Store, StoreError, Table};
-use crate::{authorize, group, pulse, subscription, topic, users};
+use crate::{authorize, group, pulse, redrive, subscription, topic, users};
 
 /// The replicated state machine over a store.
 #[derive(Debug)]
@@ -69,12 +69,16 @@ fn dispatch<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, command: &Command) ->
     match command {
         Command::CreateTopic { name, config } => topic::create(ctx, actor, name, config),
         Command::DeleteTopic { name } => topic::delete(ctx, name),
+        Command::UpdateTopic { name, config } => topic::update(ctx, name, config),
         Command::Publish(publish) => topic::publish(ctx, publish),
         Command::CreateGroup { topic, name, config } => group::create(ctx, actor, topic, name, config),
         Command::DeleteGroup { topic, name } => group::delete(ctx, topic, name),
+        Command::UpdateGroup { topic, name, config } => group::update(ctx, topic, name, config),
         Command::CreateSubscription { topic, name, start } => subscription::create(ctx, topic, name, *start),
         Command::DeleteSubscription { topic, name } => subscription::delete(ctx, topic, name),
         Command::Commit { topic, subscription, seq } => subscription::commit(ctx, topic, subscription, *seq),
+        Command::SeekSubscription { topic, name, start } => subscription::seek(ctx, topic, name, *start),
+        Command::Redrive { topic, count_max } => redrive::redrive(ctx, topic, *count_max),
         Command::Lease { topic, group, consumer, count_max, lease_ms } => {
             let holder = match actor {
                 Actor::User(name) => Some(name.as_str()),

@@ -6,6 +6,14 @@ use crate::records::MessageRecord;
 /// The result of one command.
 pub type Outcome = Result<Output, MachineError>;
 
+/// What a redrive moved: how many messages went back to each origin topic, in name order; and,
+/// if it stopped early, the sequence of the message it could not move, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Redriven {
+    pub moved: Vec<(String, u64)>,
+    pub stopped: Option<(u64, String)>,
+}
+
 /// Why a command changed nothing. These are answers, not failures of the machine: the same entry
 /// yields the same error on every broker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,7 +26,8 @@ pub enum MachineError {
     UnknownSubscription(String),
     #[error("lease token {0} is not a live lease")]
     StaleLease(u64),
-    #[error("{0} already exists with a different configuration")]
+    /// Something to create exists already, otherwise: the message says what differs.
+    #[error("{0}")]
     Conflict(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -55,6 +64,7 @@ pub enum Output {
         created: bool,
     },
     TopicDeleted,
+    TopicUpdated,
     Published(Published),
     GroupCreated {
         group_id: u64,
@@ -62,6 +72,7 @@ pub enum Output {
         next_seq: u64,
     },
     GroupDeleted,
+    GroupUpdated,
     SubscriptionCreated {
         subscription_id: u64,
         created: bool,
@@ -71,6 +82,11 @@ pub enum Output {
     Committed {
         next_seq: u64,
     },
+    /// Where a seek put a subscription's cursor.
+    CursorMoved {
+        next_seq: u64,
+    },
+    Redriven(Redriven),
     Leased(Leased),
     /// One result per token of an ack or nack, in order.
     Settled(Vec<Result<(), MachineError>>),
@@ -128,6 +144,10 @@ takers! {
     extended -> Vec<Result<u64, MachineError>> = Output::Extended(results) => results;
     /// Of `CreateSubscription`: its next sequence.
     subscription_created -> u64 = Output::SubscriptionCreated { next_seq, .. } => next_seq;
+    /// Of `SeekSubscription`: where the cursor went.
+    cursor_moved -> u64 = Output::CursorMoved { next_seq } => next_seq;
+    /// Of `Redrive`.
+    redriven -> Redriven = Output::Redriven(redriven) => redriven;
 }
 
 /// Where a publish landed. Its messages hold sequences `first_seq..first_seq + count` and batch

@@ -79,6 +79,21 @@ pub(crate) fn commit<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
     Ok(Output::Committed { next_seq: sub.next_seq })
 }
 
+/// Moves the cursor to `start`, back or forth: never below the oldest retained message, nor
+/// further than just past the last.
+pub(crate) fn seek<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &str, start: StartPosition) -> Res<Output> {
+    let topic = ctx.topic(topic_name)?;
+    let mut sub = subscription(ctx, topic.id, name)?;
+    let next_seq = query::seq_at(&*ctx.store, &topic, start)?.clamp(topic.first_seq, topic.last_seq + 1);
+    let forward = next_seq > sub.next_seq;
+    sub.next_seq = next_seq;
+    ctx.save(Table::Subs, &keys::id(sub.id), &sub)?;
+    if forward {
+        retention::after_consume(ctx, topic)?;
+    }
+    Ok(Output::CursorMoved { next_seq })
+}
+
 fn subscription<S: Store>(ctx: &Ctx<'_, S>, topic_id: u64, name: &str) -> Res<SubRecord> {
     query::subscription_of(&*ctx.store, topic_id, name)?
         .ok_or_else(|| MachineError::UnknownSubscription(name.to_owned()).into())
@@ -137,5 +152,21 @@ mod tests {
         assert_eq!(h.topic("t").subscriptions, 0);
         let again = Command::DeleteSubscription { topic: "t".into(), name: "s".into() };
         assert!(matches!(h.err(again), MachineError::UnknownSubscription(_)));
+    }
+
+    #[test]
+    fn a_seek_moves_the_cursor_back_and_forth_within_the_topic() {
+        let mut h = Harness::new();
+        h.create_topic("t", TopicConfig::default());
+        h.publish("t", &["1", "2", "3", "4"]);
+        create(&mut h, "s", StartPosition::Latest);
+        let seek = |start| Command::SeekSubscription { topic: "t".into(), name: "s".into(), start };
+        assert_eq!(h.ok(seek(StartPosition::Earliest)), Output::CursorMoved { next_seq: 1 });
+        assert_eq!(h.ok(seek(StartPosition::Seq(3))), Output::CursorMoved { next_seq: 3 });
+        assert_eq!(h.ok(seek(StartPosition::Seq(99))), Output::CursorMoved { next_seq: 5 }, "just past the last");
+        assert_eq!(h.ok(seek(StartPosition::TimeMs(0))), Output::CursorMoved { next_seq: 1 });
+        let unknown =
+            Command::SeekSubscription { topic: "t".into(), name: "nope".into(), start: StartPosition::Earliest };
+        assert!(matches!(h.err(unknown), MachineError::UnknownSubscription(_)));
     }
 }

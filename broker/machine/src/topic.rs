@@ -23,7 +23,9 @@ pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, name: &str, 
     validate::topic_config(config)?;
     if let Some(existing) = crate::query::topic(&*ctx.store, name)? {
         if existing.config != *config {
-            return Err(MachineError::Conflict(format!("topic {name:?}")).into());
+            let differences = existing.config.differences(config);
+            let why = format!("topic {name:?} already exists with another configuration: {differences}");
+            return Err(MachineError::Conflict(why).into());
         }
         return Ok(Output::TopicCreated { topic_id: existing.id, created: false });
     }
@@ -59,6 +61,22 @@ pub(crate) fn insert<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, config: &TopicC
 
 /// Deletes the topic's name, groups and subscriptions now; its messages and idempotency records
 /// are purged by pulses, so deleting a large topic is bounded work per entry.
+/// Replaces the topic's limits and dedup window; tighter limits trim at once (up to a bound, the
+/// rest by pulses). The retention policy cannot change.
+pub(crate) fn update<S: Store>(ctx: &mut Ctx<'_, S>, name: &str, config: &TopicConfig) -> Res<Output> {
+    validate::topic_config(config)?;
+    let mut topic = ctx.topic(name)?;
+    if config.retention != topic.config.retention {
+        let why = format!("topic {name:?}'s retention policy cannot change; create another topic for it");
+        return Err(MachineError::InvalidArgument(why).into());
+    }
+    topic.config = config.clone();
+    retention::set_age_deadline(ctx, &mut topic)?;
+    retention::trim(ctx, &mut topic, None)?;
+    ctx.save_topic(&topic)?;
+    Ok(Output::TopicUpdated)
+}
+
 pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, name: &str) -> Res<Output> {
     let topic = ctx.topic(name)?;
     let prefix = keys::id(topic.id);
@@ -215,10 +233,14 @@ mod tests {
         let again = h.ok(Command::CreateTopic { name: "orders".into(), config: TopicConfig::default() });
         assert!(matches!(again, Output::TopicCreated { topic_id: 1, created: false }));
         let other = TopicConfig { messages_max: Some(5), ..TopicConfig::default() };
-        assert!(matches!(
-            h.err(Command::CreateTopic { name: "orders".into(), config: other }),
-            MachineError::Conflict(_)
-        ));
+        // Regression (issue 18): the refusal did not say what differs.
+        let refused = h.err(Command::CreateTopic { name: "orders".into(), config: other });
+        assert_eq!(
+            refused,
+            MachineError::Conflict(
+                "topic \"orders\" already exists with another configuration: max_messages none here, 5 asked".into()
+            )
+        );
         let bad = Command::CreateTopic { name: "bad name".into(), config: TopicConfig::default() };
         assert!(matches!(h.err(bad), MachineError::InvalidArgument(_)));
     }
@@ -456,5 +478,19 @@ mod tests {
         ] {
             assert_eq!(store.len(table), 0, "{table:?} keeps data of the deleted topic");
         }
+    }
+
+    #[test]
+    fn an_update_changes_limits_and_trims_at_once_but_not_the_policy() {
+        let mut h = Harness::new();
+        h.create_topic("t", TopicConfig::default());
+        h.publish("t", &["1", "2", "3", "4", "5"]);
+        let tighter = TopicConfig { messages_max: Some(2), ..TopicConfig::default() };
+        assert_eq!(h.ok(Command::UpdateTopic { name: "t".into(), config: tighter.clone() }), Output::TopicUpdated);
+        let topic = h.topic("t");
+        assert_eq!((topic.first_seq, topic.messages(), topic.config), (4, 2, tighter));
+        let work_queue = TopicConfig { retention: RetentionPolicy::WorkQueue, ..TopicConfig::default() };
+        let refused = h.err(Command::UpdateTopic { name: "t".into(), config: work_queue });
+        assert!(matches!(refused, MachineError::InvalidArgument(_)), "{refused:?}");
     }
 }

@@ -16,7 +16,7 @@ use crate::{revocation, validate};
 pub(crate) fn create<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, new: &NewUser) -> Res<Output> {
     check_user(&new.name, new.password_hash.as_deref(), &new.permissions)?;
     if ctx.user(&new.name)?.is_some() {
-        return Err(MachineError::Conflict(format!("user {:?}", new.name)).into());
+        return Err(MachineError::Conflict(format!("user {:?} already exists", new.name)).into());
     }
     if ctx.meta.users >= USERS_MAX {
         return Err(MachineError::LimitReached(format!("at most {USERS_MAX} users")).into());

@@ -55,6 +55,11 @@ pub async fn dispatch(runner: &impl Runner, request: Request, actor: &Actor) -> 
         Request::ListUsers(r) => answer(runner, r, actor).await,
         Request::MarkStateCheck(r) => answer(runner, r, actor).await,
         Request::StateDigest(r) => answer(runner, r, actor).await,
+        Request::UpdateTopic(r) => answer(runner, r, actor).await,
+        Request::UpdateGroup(r) => answer(runner, r, actor).await,
+        Request::SeekSubscription(r) => answer(runner, r, actor).await,
+        Request::Redrive(r) => answer(runner, r, actor).await,
+        Request::PeekGroup(r) => answer(runner, r, actor).await,
         Request::Hello(_) => invalid("hello is only the first frame"),
         // A connection serves these itself: they act on its own state.
         Request::Subscribe(_) | Request::Credit(_) | Request::Unsubscribe(_) => {

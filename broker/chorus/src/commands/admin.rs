@@ -3,13 +3,13 @@
 
 use std::process::ExitCode;
 
-use chorus_consumers::Start;
 use chorus_protocol::Exchange;
 use chorus_protocol::pb;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{connect, parse_start};
+use super::shown::{escaped, stored_line};
+use super::{connect, start_to_pb};
 use crate::target::Target;
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +42,33 @@ pub enum TopicCommand {
         #[command(flatten)]
         target: Target,
         name: String,
+    },
+    /// Change a topic's limits in place (its retention policy stays); tighter limits trim at once.
+    /// A limit not given stays as it is; 0 removes it.
+    Edit {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+        /// Keep at most this many messages (0: no limit).
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Keep at most this many payload bytes (0: no limit).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Delete messages older than this many ms (0: no limit).
+        #[arg(long)]
+        max_age_ms: Option<u64>,
+    },
+    /// Move messages from the head of a dead-letter topic back to the topics they came from, with
+    /// their key and headers, and delete them from it, atomically. Needs admin.
+    Redrive {
+        #[command(flatten)]
+        target: Target,
+        /// The dead-letter topic.
+        name: String,
+        /// Messages to move at most (1 to 1024).
+        #[arg(long, default_value_t = 100)]
+        count: u32,
     },
     /// Delete a topic, its messages, groups and subscriptions. Refused while a work group uses the
     /// topic as its dead-letter topic (its exhausted messages would then be dropped), unless --force.
@@ -93,6 +120,40 @@ pub enum GroupCommand {
         topic: String,
         name: String,
     },
+    /// Change a group's lease time, max deliveries or dead-letter topic in place; what is not
+    /// given stays as it is. Leases already granted keep their deadlines.
+    Edit {
+        #[command(flatten)]
+        target: Target,
+        topic: String,
+        name: String,
+        /// How long a lease lasts unless a worker asks for another length.
+        #[arg(long)]
+        lease_ms: Option<u64>,
+        /// Deliveries before a message is dead-lettered (0: unlimited).
+        #[arg(long)]
+        max_deliveries: Option<u32>,
+        /// Where a message goes after --max-deliveries (a topic that exists).
+        #[arg(long, conflicts_with = "no_dead_letter")]
+        dead_letter: Option<String>,
+        /// Drop messages past --max-deliveries instead of dead-lettering them.
+        #[arg(long)]
+        no_dead_letter: bool,
+    },
+    /// Browse a group's unfinished messages without consuming them: ready, delayed, leased (to
+    /// whom, until when) or waiting behind their key.
+    Peek {
+        #[command(flatten)]
+        target: Target,
+        topic: String,
+        name: String,
+        /// Start after this sequence.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Messages to show at most (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Delete a work group; its leases end.
     Delete {
         #[command(flatten)]
@@ -115,6 +176,23 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
             };
             answer(&target, pb::CreateTopic { name, config: Some(config) }).await
         }
+        TopicCommand::Edit { target, name, max_messages, max_bytes, max_age_ms } => {
+            let client = connect(&target).await?;
+            let described = client.call(pb::DescribeTopic { name: name.clone() }).await?;
+            let mut config = described.config.unwrap_or_default();
+            let set = |limit: Option<u64>, old: Option<u64>| match limit {
+                Some(0) => None,
+                Some(limit) => Some(limit),
+                None => old,
+            };
+            config.messages_max = set(max_messages, config.messages_max);
+            config.bytes_max = set(max_bytes, config.bytes_max);
+            config.age_ms_max = set(max_age_ms, config.age_ms_max);
+            show(&target, client.call(pb::UpdateTopic { name, config: Some(config) }).await?)
+        }
+        TopicCommand::Redrive { target, name, count } => {
+            answer(&target, pb::RedriveRequest { topic: name, count_max: count }).await
+        }
         TopicCommand::List { target } => answer(&target, pb::ListTopics::default()).await,
         TopicCommand::Describe { target, name } => answer(&target, pb::DescribeTopic { name }).await,
         TopicCommand::Delete { target, name, force } => {
@@ -134,21 +212,31 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
 pub async fn group(command: GroupCommand) -> anyhow::Result<ExitCode> {
     match command {
         GroupCommand::Create { target, topic, name, lease_ms, max_deliveries, dead_letter, per_key, from } => {
-            let start = match parse_start(&from)? {
-                Start::Earliest => pb::start_position::Position::Earliest(pb::Empty {}),
-                Start::Latest => pb::start_position::Position::Latest(pb::Empty {}),
-                Start::Seq(seq) => pb::start_position::Position::Seq(seq),
-                Start::TimeMs(time_ms) => pb::start_position::Position::TimeMs(time_ms),
-            };
             let ordering = if per_key { pb::KeyOrdering::PerKey } else { pb::KeyOrdering::Unordered };
             let config = pb::GroupConfig {
                 lease_ms_default: lease_ms,
                 deliveries_max: max_deliveries,
                 dead_letter_topic: dead_letter,
-                start: Some(pb::StartPosition { position: Some(start) }),
+                start: Some(start_to_pb(&from)?),
                 ordering: ordering as i32,
             };
             answer(&target, pb::CreateGroup { topic, name, config: Some(config) }).await
+        }
+        GroupCommand::Edit { target, topic, name, lease_ms, max_deliveries, dead_letter, no_dead_letter } => {
+            let client = connect(&target).await?;
+            let described = client.call(pb::DescribeGroup { topic: topic.clone(), name: name.clone() }).await?;
+            let mut config = described.config.unwrap_or_default();
+            config.lease_ms_default = lease_ms.or(config.lease_ms_default);
+            config.deliveries_max = max_deliveries.unwrap_or(config.deliveries_max);
+            if no_dead_letter {
+                config.dead_letter_topic = None;
+            } else if dead_letter.is_some() {
+                config.dead_letter_topic = dead_letter;
+            }
+            show(&target, client.call(pb::UpdateGroup { topic, name, config: Some(config) }).await?)
+        }
+        GroupCommand::Peek { target, topic, name, after, limit } => {
+            answer(&target, pb::PeekGroup { topic, group: name, after_seq: after, limit }).await
         }
         GroupCommand::List { target, topic } => answer(&target, pb::ListGroups { topic }).await,
         GroupCommand::Describe { target, topic, name } => answer(&target, pb::DescribeGroup { topic, name }).await,
@@ -180,7 +268,11 @@ async fn dead_letter_users(target: &Target, name: &str) -> anyhow::Result<Vec<St
 /// Sends an admin request and prints its answer, as JSON with `--json`.
 pub async fn answer<R: Exchange<Answer: Shown>>(target: &Target, request: R) -> anyhow::Result<ExitCode> {
     let client = connect(target).await?;
-    let answer = client.call(request).await?;
+    show(target, client.call(request).await?)
+}
+
+/// Prints an answer, as JSON with `--json`.
+pub fn show(target: &Target, answer: impl Shown) -> anyhow::Result<ExitCode> {
     match target.json {
         true => println!("{}", answer.json()),
         false => answer.print(),
@@ -374,6 +466,92 @@ fn print_groups(groups: &[pb::GroupInfo]) {
     for g in groups {
         if let Some(config) = &g.config {
             println!("  {}: {}", g.name, group_config_text(config));
+        }
+    }
+}
+
+impl Shown for pb::SubscriptionInfo {
+    fn json(&self) -> serde_json::Value {
+        json!({"name": self.name, "next_seq": self.next_seq, "lag": self.lag})
+    }
+
+    fn print(&self) {
+        println!("subscription {}: next {}, lag {}", self.name, self.next_seq, self.lag);
+    }
+}
+
+impl Shown for pb::RedriveOk {
+    fn json(&self) -> serde_json::Value {
+        let moved: Vec<_> = self.moved.iter().map(|m| json!({"topic": m.topic, "messages": m.messages})).collect();
+        json!({"moved": moved, "stopped_seq": self.stopped_seq, "stopped_why": self.stopped_why})
+    }
+
+    fn print(&self) {
+        if self.moved.is_empty() {
+            println!("moved nothing");
+        }
+        for moved in &self.moved {
+            println!("moved {} message(s) back to {}", moved.messages, moved.topic);
+        }
+        if let Some(seq) = self.stopped_seq {
+            println!("stopped at seq {seq}, which stays: {}", self.stopped_why);
+        }
+    }
+}
+
+fn peeked_state(state: pb::PeekedState) -> &'static str {
+    match state {
+        pb::PeekedState::Ready => "ready",
+        pb::PeekedState::Delayed => "delayed",
+        pb::PeekedState::Leased => "leased",
+        pb::PeekedState::WaitingForKey => "waiting-for-key",
+        pb::PeekedState::Unspecified => "unknown",
+    }
+}
+
+impl Shown for pb::GroupPeek {
+    fn json(&self) -> serde_json::Value {
+        let messages: Vec<_> = self
+            .messages
+            .iter()
+            .map(|peeked| {
+                let mut message = peeked.message.clone().map(super::shown::stored_json).unwrap_or_default();
+                let fields = message.as_object_mut().expect("an object");
+                fields.insert("state".into(), json!(peeked_state(peeked.state())));
+                fields.insert("deliveries".into(), json!(peeked.deliveries));
+                if peeked.state() == pb::PeekedState::Leased {
+                    fields.insert("consumer".into(), json!(peeked.consumer));
+                    fields.insert("deadline_ms".into(), json!(peeked.deadline_ms));
+                }
+                if peeked.state() == pb::PeekedState::Delayed {
+                    fields.insert("available_ms".into(), json!(peeked.available_ms));
+                }
+                message
+            })
+            .collect();
+        json!(messages)
+    }
+
+    fn print(&self) {
+        println!("{:>8} {:<16} {:>10}  {:<32} payload", "seq", "state", "deliveries", "held by / until");
+        for peeked in &self.messages {
+            let Some(message) = &peeked.message else { continue };
+            let detail = match peeked.state() {
+                pb::PeekedState::Leased => {
+                    format!("{} until {}", escaped(peeked.consumer.as_bytes()), peeked.deadline_ms)
+                }
+                pb::PeekedState::Delayed => format!("until {}", peeked.available_ms),
+                _ => String::new(),
+            };
+            let state = peeked_state(peeked.state());
+            println!(
+                "{:>8} {:<16} {:>10}  {:<32} {}",
+                message.seq,
+                state,
+                peeked.deliveries,
+                detail,
+                stored_line(message)
+            );
         }
     }
 }

@@ -2,7 +2,8 @@
 //! user, TLS, `--json`); what they print goes to stdout, what they say about it to stderr.
 //!
 //! - `publish`, `subscribe`, `work`: messages in and out;
-//! - `admin`: topics and groups; `status`: the cluster's brokers;
+//! - `admin`: topics and groups (edit, peek, redrive too); `subscriptions`: durable cursors;
+//! - `status`: the cluster's brokers;
 //! - `shown`: how messages and answers print, as text or JSON.
 
 mod admin;
@@ -10,12 +11,14 @@ mod publish;
 mod shown;
 mod status;
 mod subscribe;
+mod subscriptions;
 mod work;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use chorus_consumers::{Client, ClientConfig, Start};
+use chorus_protocol::pb;
 
 use crate::target::Target;
 
@@ -23,6 +26,7 @@ pub use admin::{GroupCommand, Shown, TopicCommand, answer, group, topic};
 pub use publish::{PublishArgs, publish};
 pub use status::{StatusArgs, status};
 pub use subscribe::{SubscribeArgs, subscribe};
+pub use subscriptions::{SubscriptionCommand, subscription};
 pub use work::{WorkArgs, work};
 
 pub async fn connect(target: &Target) -> anyhow::Result<Client> {
@@ -49,6 +53,18 @@ pub fn parse_start(text: &str) -> anyhow::Result<Start> {
             None => Start::Seq(other.parse().with_context(wrong)?),
         },
     })
+}
+
+/// A `--from` start position as the protocol carries it.
+pub fn start_to_pb(text: &str) -> anyhow::Result<pb::StartPosition> {
+    use pb::start_position::Position;
+    let position = match parse_start(text)? {
+        Start::Earliest => Position::Earliest(pb::Empty {}),
+        Start::Latest => Position::Latest(pb::Empty {}),
+        Start::Seq(seq) => Position::Seq(seq),
+        Start::TimeMs(time_ms) => Position::TimeMs(time_ms),
+    };
+    Ok(pb::StartPosition { position: Some(position) })
 }
 
 /// A duration as flags take it: `250ms`, `10s`, `2m`, `1h`; a bare number is seconds.

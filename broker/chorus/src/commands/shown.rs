@@ -9,11 +9,29 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chorus_consumers::Delivered;
+use chorus_protocol::pb;
 use serde_json::{Map, Value, json};
 
 /// A message as one text line (without its newline).
 pub fn message_line(message: &Delivered) -> String {
-    let mut line = format!("{}\t{}", message.seq, escaped(&message.payload));
+    format!("{}\t{}", message.seq, content_line(message))
+}
+
+/// A stored message's content as [`message_line`] gives it, without the sequence in front.
+pub fn stored_line(message: &pb::StoredMessage) -> String {
+    content_line(&Delivered::from(message.clone()))
+}
+
+/// A stored message as [`message_json`] gives it, without the topic.
+pub fn stored_json(message: pb::StoredMessage) -> Value {
+    let mut json = message_json("", &Delivered::from(message));
+    json.as_object_mut().expect("an object").remove("topic");
+    json
+}
+
+/// Payload, key and headers, tab-separated, escaped.
+fn content_line(message: &Delivered) -> String {
+    let mut line = escaped(&message.payload);
     if let Some(key) = &message.key {
         line.push_str(&format!("\tkey={}", escaped(key)));
     }

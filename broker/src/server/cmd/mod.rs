@@ -25,10 +25,15 @@ mod list_groups;
 mod list_topics;
 mod list_users;
 mod mark_state_check;
+mod peek_group;
 mod ping;
 mod publish;
+mod redrive;
+mod seek_subscription;
 mod settle;
 mod state_digest;
+mod update_group;
+mod update_topic;
 mod update_user;
 
 use std::future::Future;
