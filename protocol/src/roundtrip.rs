@@ -71,6 +71,7 @@ fn group_info() -> pb::GroupInfo {
         expired_total: 11,
         dead_lettered_total: 12,
         dropped_total: 13,
+        consumers: vec![pb::ConsumerLeases { consumer: "w".into(), leased: 2 }],
     }
 }
 

@@ -255,6 +255,12 @@ async fn peek_edit_redrive_and_reset_work_in_place() {
     assert_eq!(peeked[1]["payload"], "c");
     let text = ok(&cluster, &["group", "peek", "jobs", "billing"]).await;
     assert!(text.contains("holder until"), "{text}");
+    // Regression: describe showed neither the configuration nor who holds leases.
+    let described: Value =
+        serde_json::from_str(&ok(&cluster, &["group", "describe", "jobs", "billing", "--json"]).await).unwrap();
+    assert_eq!(described["consumers"], serde_json::json!([{"consumer": "holder", "leased": 1}]));
+    let text = ok(&cluster, &["group", "describe", "jobs", "billing"]).await;
+    assert!(text.contains("leases held by: holder (1)") && text.contains("lease 3000 ms"), "{text}");
 
     ok(&cluster, &["group", "edit", "jobs", "billing", "--lease-ms", "5000", "--max-deliveries", "3"]).await;
     let described: Value =
@@ -285,4 +291,70 @@ async fn peek_edit_redrive_and_reset_work_in_place() {
     ok(&cluster, &["subscription", "delete", "jobs", "audit"]).await;
     let topic: Value = serde_json::from_str(&ok(&cluster, &["topic", "describe", "jobs", "--json"]).await).unwrap();
     assert_eq!(topic["subscriptions"].as_array().map(Vec::len), Some(0));
+
+    // Regression: `work`'s own 30 s lease overrode the group's; it now takes the group's (5 s).
+    let mut worker = cluster
+        .cli_command(&["work", "jobs", "billing", "--count", "1", "--", "sleep", "3"], &cluster.running())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start work");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leased = loop {
+        let peeked = json_lines(&ok(&cluster, &["group", "peek", "jobs", "billing", "--json"]).await).remove(0);
+        let by_worker = peeked
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["consumer"].as_str().is_some_and(|c| c.starts_with("worker-")))
+            .cloned();
+        if let Some(leased) = by_worker {
+            break leased;
+        }
+        assert!(Instant::now() < deadline, "the worker leased nothing: {peeked}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let left_ms = leased["deadline_ms"].as_u64().unwrap().saturating_sub(now_ms);
+    assert!(left_ms <= 5_500, "the lease runs {left_ms} ms more: not the group's 5 s");
+    assert!(worker.wait().expect("work exits").success());
+}
+
+/// Regressions: `publish` had no `--timeout` (without quorum it retried for about 30 s and then
+/// reported only the last connection error); `inspect` on a running broker said "Database already
+/// open" and, after a kill -9, showed a stale state ("no topic" for a topic that existed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_gives_up_on_time_and_inspect_reads_as_a_restart_would() {
+    let mut cluster = cluster().await;
+    ok(&cluster, &["topic", "create", "s1"]).await;
+    ok(&cluster, &["publish", "s1", "one", "two", "three"]).await;
+    let dir = cluster.data_dir(1).to_str().unwrap().to_owned();
+    let output = cluster.cli(&["inspect", "--data-dir", &dir, "--topic", "s1"]).await;
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("is running") && stderr(&output).contains("stop it first"), "{}", stderr(&output));
+
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let applied = cluster.status(leader).await.unwrap().applied_index;
+    cluster.wait_applied_through(&[1, 2, 3], applied, Duration::from_secs(20)).await;
+    let survivor = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    for id in [1, 2, 3].into_iter().filter(|&id| id != survivor) {
+        cluster.kill(id);
+    }
+    let started = Instant::now();
+    let output = cluster.cli(&["publish", "s1", "four", "--timeout", "1s"]).await;
+    assert!(!output.status.success(), "no quorum, no acknowledgement");
+    assert!(stderr(&output).contains("nothing was published"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(15), "gave up after {:?}", started.elapsed());
+
+    cluster.kill(survivor);
+    for id in [1, 2, 3] {
+        let dir = cluster.data_dir(id).to_str().unwrap().to_owned();
+        let output = cluster.cli(&["inspect", "--data-dir", &dir, "--topic", "s1"]).await;
+        assert!(output.status.success(), "broker {id}: {}", stderr(&output));
+        // Nothing was durable in the state file (no snapshot yet): all of it comes from the log.
+        assert!(stderr(&output).contains("replayed"), "broker {id}: {}", stderr(&output));
+        let payloads: Vec<String> =
+            stdout(&output).lines().map(|l| l.rsplit('\t').next().unwrap().to_owned()).collect();
+        assert_eq!(payloads[..3], ["one", "two", "three"], "broker {id}");
+    }
 }

@@ -2,7 +2,7 @@
 //! broker (`chorus_broker`) and talks to clusters through the client library
 //! (`chorus_consumers`); neither of those depends on it.
 //!
-//! - `serve`: run one broker; `inspect`: read a stopped broker's topic;
+//! - `serve`: run one broker; `inspect`: read a stopped broker's topic, as a restart would;
 //! - `up`: a local cluster of broker processes, supervised; `demo`: a scripted tour;
 //! - `commands`: everyday client commands (publish, subscribe, work, topic, group, status);
 //! - `users`, `cert`: users and permissions; certificates and cluster secrets;
@@ -14,6 +14,7 @@ mod check;
 mod commands;
 pub mod context;
 mod demo;
+mod inspect;
 pub mod local;
 mod report;
 mod serve;
@@ -25,7 +26,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use serve::{InspectArgs, ServeArgs};
+use inspect::InspectArgs;
+use serve::ServeArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "chorus", version, about = "A distributed message queue with atomic broadcast")]
@@ -94,10 +96,7 @@ pub fn main() -> ExitCode {
         // Colour only for a person: `chorus up` writes brokers' logs to files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = match cli.command {
-        CliCommand::Inspect(args) => serve::inspect(&args),
-        command => runtime().and_then(|rt| rt.block_on(run(command))),
-    };
+    let result = runtime().and_then(|rt| rt.block_on(run(cli.command)));
     match result {
         Ok(code) => code,
         Err(error) => {
@@ -128,7 +127,7 @@ async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {
         CliCommand::Check(args) => check::check(args).await,
         CliCommand::User(command) => users::run(command).await,
         CliCommand::Cert(command) => cert::run(command),
-        CliCommand::Inspect(args) => serve::inspect(&args),
+        CliCommand::Inspect(args) => inspect::inspect(&args).await,
     }
 }
 

@@ -1,9 +1,6 @@
-//! `chorus serve` and `chorus inspect`.
-
-use std::process::ExitCode;
+//! `chorus serve`: one broker, from its flags, until SIGTERM or Ctrl-C.
 
 use anyhow::Context;
-use redb::ReadableDatabase;
 
 use chorus_broker::Broker;
 use chorus_broker::clock::Clock;
@@ -100,16 +97,6 @@ impl ServeArgs {
             ..RaftTiming::default()
         }
     }
-}
-
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// The stopped broker's data directory.
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// The topic to print.
-    #[arg(long)]
-    pub topic: String,
 }
 
 /// Parses `ID=PEER_ADDR,CLIENT_ADDR`.
@@ -230,29 +217,6 @@ pub async fn termination() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-pub fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
-    let path = args.data_dir.join("state.redb");
-    let db = redb::Database::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let txn = db.begin_read()?;
-    let store = chorus_broker::storage::ReadStore::open(txn);
-    let topic =
-        chorus_machine::query::topic(&store, &args.topic)?.with_context(|| format!("no topic {:?}", args.topic))?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut next = topic.first_seq;
-    loop {
-        let page = chorus_machine::query::read(&store, &topic, next, 1024, u64::MAX)?;
-        let Some((last, _)) = page.last() else { break };
-        next = last + 1;
-        for (seq, message) in page {
-            let payload = String::from_utf8_lossy(&message.payload);
-            writeln!(out, "{seq}\t{}\t{}\t{payload}", message.log_index, message.batch_pos)?;
-        }
-    }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

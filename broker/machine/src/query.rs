@@ -70,6 +70,22 @@ pub fn read(
     Ok(found)
 }
 
+/// The consumers holding leases in the group, in name order, with how many each holds: at most
+/// `limit` of them.
+pub fn lease_holders(store: &impl StoreRead, group_id: u64, limit: usize) -> Read<Vec<(String, u32)>> {
+    let prefix = keys::id(group_id);
+    let end = prefix_end(&prefix);
+    let mut holders = Vec::new();
+    for (key, value) in store.range(Table::Consumers, &prefix, end.as_deref(), limit)? {
+        let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+        let held: u32 = records::decode(&value)?;
+        if held > 0 {
+            holders.push((name, held));
+        }
+    }
+    Ok(holders)
+}
+
 /// Fresh messages plus ready and waiting ones: what the group has yet to deliver.
 pub fn group_backlog(topic: &TopicRecord, group: &GroupRecord) -> u64 {
     let fresh = (topic.last_seq + 1).saturating_sub(group.next_seq.max(topic.first_seq));

@@ -12,6 +12,7 @@ pub mod log_store;
 mod log_write;
 pub mod network;
 pub mod repair;
+pub mod replay;
 pub mod runtime;
 pub mod snapshot_file;
 pub mod state_check;

@@ -162,7 +162,7 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
         let admitted = match streams.route(server, &session.actor, &answers, &frame).await {
             Routed::Elsewhere => admit(session, &in_flight, in_flight_max, &frame).map_err(Body::Error),
             Routed::Handled(None) => continue,
-            Routed::Handled(Some(answer)) => Err(answer),
+            Routed::Handled(Some(answer)) => Err(*answer),
         };
         let admitted = match admitted {
             Ok(admitted) => admitted,
@@ -235,7 +235,7 @@ impl Streams {
         frame: &pb::ClientFrame,
     ) -> Routed {
         let request_id = frame.request_id;
-        let refuse = |e: pb::Error| Routed::Handled(Some(Body::Error(e)));
+        let refuse = |e: pb::Error| Routed::Handled(Some(Box::new(Body::Error(e))));
         match &frame.body {
             Some(Request::Subscribe(request)) => {
                 self.open.retain(|_, s| !s.is_finished());
@@ -262,7 +262,7 @@ impl Streams {
                 None => refuse(error(ErrorCode::InvalidArgument, format!("no subscription {}", credit.subscribe_id))),
             },
             Some(Request::Unsubscribe(unsubscribe)) => match self.open.remove(&unsubscribe.subscribe_id) {
-                Some(_) => Routed::Handled(Some(Body::Done(pb::Empty {}))),
+                Some(_) => Routed::Handled(Some(Box::new(Body::Done(pb::Empty {})))),
                 None => {
                     refuse(error(ErrorCode::InvalidArgument, format!("no subscription {}", unsubscribe.subscribe_id)))
                 }
@@ -277,7 +277,7 @@ enum Routed {
     /// Not a subscription request: the dispatcher answers it.
     Elsewhere,
     /// Done here, with an answer to send now or none (credit needs none).
-    Handled(Option<Body>),
+    Handled(Option<Box<Body>>),
 }
 
 fn protocol_error(failure: &ProtocolError) -> pb::Error {

@@ -164,6 +164,7 @@ pub fn group_info(topic: &TopicRecord, group: &GroupRecord) -> pb::GroupInfo {
         expired_total: c.expired_total,
         dead_lettered_total: c.dead_lettered_total,
         dropped_total: c.dropped_total,
+        consumers: Vec::new(),
     }
 }
 

@@ -394,6 +394,7 @@ fn group_json(group: &pb::GroupInfo) -> serde_json::Value {
         "expired_total": group.expired_total,
         "dead_lettered_total": group.dead_lettered_total,
         "dropped_total": group.dropped_total,
+        "consumers": group.consumers.iter().map(|c| json!({"consumer": c.consumer, "leased": c.leased})).collect::<Vec<_>>(),
     })
 }
 
@@ -466,6 +467,10 @@ fn print_groups(groups: &[pb::GroupInfo]) {
     for g in groups {
         if let Some(config) = &g.config {
             println!("  {}: {}", g.name, group_config_text(config));
+        }
+        if !g.consumers.is_empty() {
+            let holders: Vec<String> = g.consumers.iter().map(|c| format!("{} ({})", c.consumer, c.leased)).collect();
+            println!("  {} leases held by: {}", g.name, holders.join(", "));
         }
     }
 }
