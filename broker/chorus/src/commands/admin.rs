@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use chorus_protocol::Exchange;
 use chorus_protocol::pb;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::shared::{connect, start_to_pb};
 use super::shown::{escaped, stored_line};
-use super::{connect, start_to_pb};
 use crate::target::Target;
 
 #[derive(Debug, Subcommand)]
@@ -22,15 +22,8 @@ pub enum TopicCommand {
         /// Delete messages once every group acked them and every subscription moved past them.
         #[arg(long)]
         work_queue: bool,
-        /// Keep at most this many messages; the oldest go first.
-        #[arg(long)]
-        max_messages: Option<u64>,
-        /// Keep at most this many payload bytes; the oldest messages go first.
-        #[arg(long)]
-        max_bytes: Option<u64>,
-        /// Delete messages older than this (ms since they were committed).
-        #[arg(long)]
-        max_age_ms: Option<u64>,
+        #[command(flatten)]
+        limits: TopicLimits,
     },
     /// List the topics with their message counts.
     List {
@@ -49,15 +42,8 @@ pub enum TopicCommand {
         #[command(flatten)]
         target: Target,
         name: String,
-        /// Keep at most this many messages (0: no limit).
-        #[arg(long)]
-        max_messages: Option<u64>,
-        /// Keep at most this many payload bytes (0: no limit).
-        #[arg(long)]
-        max_bytes: Option<u64>,
-        /// Delete messages older than this many ms (0: no limit).
-        #[arg(long)]
-        max_age_ms: Option<u64>,
+        #[command(flatten)]
+        limits: TopicLimits,
     },
     /// Move messages from the head of a dead-letter topic back to the topics they came from, with
     /// their key and headers, and delete them from it, atomically. Needs admin.
@@ -80,6 +66,37 @@ pub enum TopicCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// A topic's retention limits, as `topic create` and `topic edit` take them.
+#[derive(Debug, Args)]
+pub struct TopicLimits {
+    /// Keep at most this many messages; the oldest go first (edit: 0 removes the limit).
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Keep at most this many payload, key and header bytes; the oldest messages go first (edit:
+    /// 0 removes the limit).
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Delete messages older than this many ms after they were committed (edit: 0 removes the
+    /// limit).
+    #[arg(long)]
+    max_age_ms: Option<u64>,
+}
+
+impl TopicLimits {
+    /// `config` with these limits over it: a limit not given stays, 0 removes one.
+    fn over(&self, mut config: pb::TopicConfig) -> pb::TopicConfig {
+        let set = |limit: Option<u64>, old: Option<u64>| match limit {
+            Some(0) => None,
+            Some(limit) => Some(limit),
+            None => old,
+        };
+        config.messages_max = set(self.max_messages, config.messages_max);
+        config.bytes_max = set(self.max_bytes, config.bytes_max);
+        config.age_ms_max = set(self.max_age_ms, config.age_ms_max);
+        config
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,29 +182,15 @@ pub enum GroupCommand {
 
 pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TopicCommand::Create { target, name, work_queue, max_messages, max_bytes, max_age_ms } => {
+        TopicCommand::Create { target, name, work_queue, limits } => {
             let retention = if work_queue { pb::RetentionPolicy::WorkQueue } else { pb::RetentionPolicy::Limits };
-            let config = pb::TopicConfig {
-                retention: retention as i32,
-                messages_max: max_messages,
-                bytes_max: max_bytes,
-                age_ms_max: max_age_ms,
-                dedup_window_ms: None,
-            };
+            let config = limits.over(pb::TopicConfig { retention: retention as i32, ..pb::TopicConfig::default() });
             answer(&target, pb::CreateTopic { name, config: Some(config) }).await
         }
-        TopicCommand::Edit { target, name, max_messages, max_bytes, max_age_ms } => {
+        TopicCommand::Edit { target, name, limits } => {
             let client = connect(&target).await?;
             let described = client.call(pb::DescribeTopic { name: name.clone() }).await?;
-            let mut config = described.config.unwrap_or_default();
-            let set = |limit: Option<u64>, old: Option<u64>| match limit {
-                Some(0) => None,
-                Some(limit) => Some(limit),
-                None => old,
-            };
-            config.messages_max = set(max_messages, config.messages_max);
-            config.bytes_max = set(max_bytes, config.bytes_max);
-            config.age_ms_max = set(max_age_ms, config.age_ms_max);
+            let config = limits.over(described.config.unwrap_or_default());
             show(&target, client.call(pb::UpdateTopic { name, config: Some(config) }).await?)
         }
         TopicCommand::Redrive { target, name, count } => {

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{connect, parse_duration};
+use super::shared::{connect, parse_duration};
 use crate::target::Target;
 
 /// Receipts queued between the reader and the printer: reading stdin waits when they are full.

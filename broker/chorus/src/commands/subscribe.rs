@@ -12,8 +12,8 @@ use clap::Args;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::shared::{connect_with, parse_duration, parse_start};
 use super::shown::{message_json, message_line};
-use super::{connect_with, parse_duration, parse_start};
 use crate::target::Target;
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use chorus_protocol::pb;
 use clap::Subcommand;
 
 use super::admin::answer;
-use super::start_to_pb;
+use super::shared::start_to_pb;
 use crate::target::Target;
 
 #[derive(Debug, Subcommand)]

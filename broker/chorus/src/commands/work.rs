@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::connect;
+use super::shared::connect;
 use crate::target::Target;
 
 #[derive(Debug, Args)]
