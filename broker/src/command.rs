@@ -164,8 +164,8 @@ pub fn command_to_pb(command: Command) -> pb::Command {
         }
         Command::DeleteSubscription { topic, name } => Op::DeleteSubscription(pb::DeleteSubscription { topic, name }),
         Command::Commit { topic, subscription, seq } => Op::Commit(pb::CommitRequest { topic, subscription, seq }),
-        Command::Lease { topic, group, consumer, count_max, lease_ms } => {
-            Op::Lease(pb::LeaseCommand { topic, group, consumer, count_max, lease_ms })
+        Command::Lease { topic, group, consumer, count_max, lease_ms, bytes_max } => {
+            Op::Lease(pb::LeaseCommand { topic, group, consumer, count_max, lease_ms, bytes_max })
         }
         Command::Ack { topic, group, tokens } => Op::Ack(pb::AckRequest { topic, group, tokens }),
         Command::Nack { topic, group, tokens, delay_ms } => {
@@ -233,6 +233,7 @@ pub fn command_from_pb(command: pb::Command) -> Converted<Command> {
             consumer: c.consumer,
             count_max: c.count_max,
             lease_ms: c.lease_ms,
+            bytes_max: c.bytes_max,
         },
         Op::Ack(c) => Command::Ack { topic: c.topic, group: c.group, tokens: c.tokens },
         Op::Nack(c) => Command::Nack { topic: c.topic, group: c.group, tokens: c.tokens, delay_ms: c.delay_ms },
@@ -471,9 +472,9 @@ mod tests {
                 subscription,
                 seq
             }),
-            (name, name, name, any::<u32>(), prop::option::of(any::<u64>())).prop_map(
-                |(topic, group, consumer, count_max, lease_ms)| {
-                    Command::Lease { topic, group, consumer, count_max, lease_ms }
+            (name, name, name, any::<u32>(), prop::option::of(any::<u64>()), prop::option::of(any::<u64>())).prop_map(
+                |(topic, group, consumer, count_max, lease_ms, bytes_max)| {
+                    Command::Lease { topic, group, consumer, count_max, lease_ms, bytes_max }
                 }
             ),
             (name, name, tokens.clone()).prop_map(|(topic, group, tokens)| Command::Ack { topic, group, tokens }),

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// How long the accept loop pauses after a failed accept (out of file descriptors, say), so it
 /// does not spin.
 const ACCEPT_RETRY_MS: u64 = 50;
+/// Failed accepts are logged at most once in this long, with how many failed since.
+const ACCEPT_FAILURE_LOG_MS: u64 = 10_000;
 
 /// Accepts connections on `listener` until `shutdown`, with at most `connections_max` open at
 /// once, then returns once every connection it accepted has closed. Each accepted connection is
@@ -39,6 +41,7 @@ pub async fn accept<Serve, Served, Refuse, Refused>(
     Refused: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(connections_max));
+    let mut failures = FailureLog::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -47,7 +50,7 @@ pub async fn accept<Serve, Served, Refuse, Refused>(
         let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "accepting a connection failed");
+                failures.failed(&error);
                 tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 continue;
             }
@@ -69,6 +72,26 @@ pub async fn accept<Serve, Served, Refuse, Refused>(
     drop(listener);
     // Each connection drains within its own bound; wait for them all.
     let _ = permits.acquire_many(connections_max as u32).await;
+}
+
+/// Logs failed accepts once per [`ACCEPT_FAILURE_LOG_MS`], counting the ones in between: out of
+/// file descriptors, every accept fails, and a line each would flood the log.
+#[derive(Default)]
+struct FailureLog {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl FailureLog {
+    fn failed(&mut self, error: &std::io::Error) {
+        self.unlogged += 1;
+        let due = self.last_logged.is_none_or(|at| at.elapsed() >= Duration::from_millis(ACCEPT_FAILURE_LOG_MS));
+        if due {
+            tracing::warn!(%error, failures = self.unlogged, "accepting connections fails; retrying every {ACCEPT_RETRY_MS} ms");
+            self.last_logged = Some(std::time::Instant::now());
+            self.unlogged = 0;
+        }
+    }
 }
 
 /// A framed connection's two halves: [`Link::next`] reads frames, [`Link::outbox`] queues frames

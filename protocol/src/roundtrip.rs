@@ -371,6 +371,7 @@ fn commands() -> Vec<pb::command::Op> {
             consumer: "w".into(),
             count_max: 3,
             lease_ms: Some(100),
+            bytes_max: Some(1 << 20),
         }),
         Op::Ack(pb::AckRequest { topic: topic.clone(), group: group.clone(), tokens: tokens.clone() }),
         Op::Nack(pb::NackRequest { topic: topic.clone(), group: group.clone(), tokens: tokens.clone(), delay_ms: 1 }),

@@ -158,6 +158,7 @@ mod tests {
             consumer: "w".into(),
             count_max: 1,
             lease_ms: None,
+            bytes_max: None,
         };
         assert!(h.run_as(&alice, lease).is_ok());
         assert!(matches!(h.run_as(&alice, Command::Pulse), Err(MachineError::Forbidden(_))));

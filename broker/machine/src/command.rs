@@ -73,6 +73,9 @@ pub enum Command {
         count_max: u32,
         /// The group's default when `None`.
         lease_ms: Option<u64>,
+        /// The granted messages' [`leased_bytes`](crate::group::leased_bytes) at most, but always
+        /// one message: so the answer fits in a frame. `None`: no bound.
+        bytes_max: Option<u64>,
     },
     /// Settles leased messages as done.
     Ack { topic: String, group: String, tokens: Vec<u64> },

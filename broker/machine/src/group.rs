@@ -118,6 +118,22 @@ pub(crate) fn delete<S: Store>(ctx: &mut Ctx<'_, S>, topic_name: &str, name: &st
     Ok(Output::GroupDeleted)
 }
 
+/// What a lease command asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted {
+    pub count_max: u32,
+    pub lease_ms: Option<u64>,
+    pub bytes_max: Option<u64>,
+}
+
+/// What a granted message counts against a lease's `bytes_max`: its stored size and a bound on
+/// what its `LeasedMessage` adds around it when encoded (fields, lengths, tags).
+pub fn leased_bytes(message: &MessageRecord) -> u64 {
+    const FIXED_BYTES: u64 = 96;
+    const PER_HEADER_BYTES: u64 = 8;
+    message.size() + FIXED_BYTES + PER_HEADER_BYTES * message.headers.len() as u64
+}
+
 /// Leases for `consumer`; `holder` is the user submitting it, when clients authenticate.
 pub(crate) fn lease<S: Store>(
     ctx: &mut Ctx<'_, S>,
@@ -125,9 +141,9 @@ pub(crate) fn lease<S: Store>(
     group_name: &str,
     consumer: &str,
     holder: Option<&str>,
-    count_max: u32,
-    lease_ms: Option<u64>,
+    wanted: Wanted,
 ) -> Res<Output> {
+    let Wanted { count_max, lease_ms, bytes_max } = wanted;
     validate::lease(consumer, count_max, lease_ms)?;
     let topic = ctx.topic(topic_name)?;
     let mut group = ctx.group(&topic, group_name)?;
@@ -143,6 +159,7 @@ pub(crate) fn lease<S: Store>(
     }
     let mut lessor = Lessor {
         want: count_max.min(LEASES_PER_CONSUMER_MAX - held) as usize,
+        bytes_left: bytes_max.unwrap_or(u64::MAX),
         lease_ms,
         grants: Vec::new(),
         fresh: Vec::new(),
@@ -180,6 +197,8 @@ enum Recorded {
 /// One lease command in progress.
 struct Lessor {
     want: usize,
+    /// What the grants may still add up to in [`leased_bytes`]; the first grant ignores it.
+    bytes_left: u64,
     lease_ms: u64,
     grants: Vec<Grant>,
     /// Per grant: whether it is a fresh lease, held by the batch alone.
@@ -190,7 +209,13 @@ struct Lessor {
 
 impl Lessor {
     fn wants_more(&self) -> bool {
-        self.grants.len() < self.want && self.examined < LEASE_SCAN_MAX
+        let room = self.grants.is_empty() || self.bytes_left > 0;
+        self.grants.len() < self.want && self.examined < LEASE_SCAN_MAX && room
+    }
+
+    /// Whether `message` fits in what is left of the byte budget: the first grant always does.
+    fn fits(&self, message: &MessageRecord) -> bool {
+        self.grants.is_empty() || leased_bytes(message) <= self.bytes_left
     }
 
     /// Grants pending messages whose time has come: redeliveries first, by availability.
@@ -203,13 +228,18 @@ impl Lessor {
                 break;
             }
             for (key, _) in due {
-                self.examined += 1;
                 let (_, _, seq) = keys::parse_ready(&key)?;
+                let message = messages::get(&*ctx.store, topic, seq)?;
+                if message.as_ref().is_some_and(|message| !self.fits(message)) {
+                    self.bytes_left = 0;
+                    return Ok(());
+                }
+                self.examined += 1;
                 ctx.remove(Table::Ready, &key)?;
                 group.counts.ready -= 1;
                 let pending = load_pending(ctx, group.id, seq)?;
                 assert!(matches!(pending.state, PendingState::Ready { .. }), "ready index points at {pending:?}");
-                let Some(message) = messages::get(&*ctx.store, topic, seq)? else {
+                let Some(message) = message else {
                     group.counts.trimmed_total += 1;
                     finish(ctx, group, seq, &pending)?;
                     continue;
@@ -237,6 +267,10 @@ impl Lessor {
             }
             for (seq, message) in page {
                 if !self.wants_more() {
+                    break;
+                }
+                if !self.fits(&message) {
+                    self.bytes_left = 0;
                     break;
                 }
                 assert_eq!(seq, group.next_seq, "topic {} has a gap before {seq}", topic.id);
@@ -298,6 +332,7 @@ impl Lessor {
         }
         group.counts.leased += 1;
         group.counts.delivered_total += 1;
+        self.bytes_left = self.bytes_left.saturating_sub(leased_bytes(&message));
         self.grants.push(Grant { seq, token, deadline_ms, delivery_count: pending.deliveries, message });
         self.fresh.push(fresh);
         Ok(())
@@ -1024,6 +1059,7 @@ mod tests {
             consumer: "w".into(),
             count_max,
             lease_ms,
+            bytes_max: None,
         };
         assert!(matches!(h.err(lease("nope", 1, None)), MachineError::UnknownGroup(_)));
         assert!(matches!(h.err(lease("g", 0, None)), MachineError::InvalidArgument(_)));
@@ -1053,6 +1089,7 @@ mod tests {
             consumer: "greedy".into(),
             count_max,
             lease_ms: None,
+            bytes_max: None,
         };
         assert!(matches!(h.err(greedy_more(1)), MachineError::LimitReached(_)));
         let other = h.lease("t", "g", "other", 1, 60_000);
@@ -1104,5 +1141,41 @@ mod tests {
         assert!(matches!(h.err(update(per_key)), MachineError::InvalidArgument(_)));
         let missing = GroupConfig { dead_letter_topic: Some("nope".into()), ..edited };
         assert!(matches!(h.err(update(missing)), MachineError::UnknownTopic(_)));
+    }
+
+    /// Regression (issue 19): a lease of 20 messages of 1 MB was granted whole, its answer could
+    /// not be encoded in a frame, and the messages expired until they were dropped. A lease now
+    /// grants what fits in `bytes_max`, and always one message.
+    #[test]
+    fn a_lease_grants_what_fits_in_its_bytes_and_always_one() {
+        let mut h = harness(GroupConfig::default());
+        let big = |fill: u8| NewMessage {
+            key: None,
+            headers: vec![],
+            payload: bytes::Bytes::from(vec![fill; 1000]),
+            not_before_ms: None,
+        };
+        h.publish_messages("t", (0..5).map(big).collect());
+        let one = leased_bytes(&messages::get(h.machine.store(), &h.topic("t"), 1).unwrap().unwrap());
+        let lease = |h: &mut Harness, bytes_max| {
+            let command = Command::Lease {
+                topic: "t".into(),
+                group: "g".into(),
+                consumer: "w".into(),
+                count_max: 10,
+                lease_ms: Some(5_000),
+                bytes_max: Some(bytes_max),
+            };
+            match h.ok(command) {
+                Output::Leased(leased) => leased.grants.iter().map(|g| g.seq).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(lease(&mut h, 2 * one + 1), [1, 2], "two fit, not three");
+        assert_eq!(lease(&mut h, 10), [3], "one always goes, however small the budget");
+        let token = h.lease("t", "g", "w", 1, 5_000).grants[0].token;
+        h.nack("t", "g", &[token], 0);
+        assert_eq!(lease(&mut h, one), [4], "a redelivery counts too");
+        assert_eq!(lease(&mut h, u64::MAX), [5]);
     }
 }

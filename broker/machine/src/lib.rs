@@ -25,7 +25,7 @@ mod peek;
 mod pulse;
 pub mod query;
 pub mod redrive;
-pub use peek::{PeekState, Peeked, peek};
+pub use peek::{PeekLimit, PeekState, Peeked, peek};
 pub mod records;
 mod retention;
 mod revocation;

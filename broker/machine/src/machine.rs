@@ -79,12 +79,13 @@ fn dispatch<S: Store>(ctx: &mut Ctx<'_, S>, actor: &Actor, command: &Command) ->
         Command::Commit { topic, subscription, seq } => subscription::commit(ctx, topic, subscription, *seq),
         Command::SeekSubscription { topic, name, start } => subscription::seek(ctx, topic, name, *start),
         Command::Redrive { topic, count_max } => redrive::redrive(ctx, topic, *count_max),
-        Command::Lease { topic, group, consumer, count_max, lease_ms } => {
+        Command::Lease { topic, group, consumer, count_max, lease_ms, bytes_max } => {
             let holder = match actor {
                 Actor::User(name) => Some(name.as_str()),
                 Actor::Broker | Actor::Anonymous => None,
             };
-            group::lease(ctx, topic, group, consumer, holder, *count_max, *lease_ms)
+            let wanted = group::Wanted { count_max: *count_max, lease_ms: *lease_ms, bytes_max: *bytes_max };
+            group::lease(ctx, topic, group, consumer, holder, wanted)
         }
         Command::Ack { topic, group, tokens } => group::ack(ctx, topic, group, tokens),
         Command::Nack { topic, group, tokens, delay_ms } => group::nack(ctx, topic, group, tokens, *delay_ms),

@@ -29,6 +29,13 @@ pub struct Peeked {
     pub deliveries: u32,
 }
 
+/// How many messages a peek shows at most, and how many of their bytes (always one message).
+#[derive(Debug, Clone, Copy)]
+pub struct PeekLimit {
+    pub messages: usize,
+    pub bytes: u64,
+}
+
 /// Up to `limit` of the group's unfinished messages after `after_seq`, at `now_ms`: those it has
 /// examined (pending records and live fresh leases) and those it has not reached yet. Leases are
 /// found among the group's first [`LEASE_SCAN_MAX`] lease batches.
@@ -37,9 +44,10 @@ pub fn peek(
     topic: &TopicRecord,
     group: &GroupRecord,
     after_seq: u64,
-    limit: usize,
+    limit: PeekLimit,
     now_ms: u64,
 ) -> Result<Vec<Peeked>, StoreError> {
+    let PeekLimit { messages: limit, bytes: mut bytes_left } = limit;
     let from = after_seq.saturating_add(1).max(topic.first_seq);
     let batches = lease_batches(store, group.id)?;
     let mut found: BTreeMap<u64, (PeekState, u32)> = BTreeMap::new();
@@ -71,6 +79,11 @@ pub fn peek(
     let mut peeked = Vec::new();
     for (seq, (state, deliveries)) in found.into_iter().take(limit) {
         let Some(message) = messages::get(store, topic, seq)? else { continue };
+        let size = crate::group::leased_bytes(&message);
+        if !peeked.is_empty() && size > bytes_left {
+            break;
+        }
+        bytes_left = bytes_left.saturating_sub(size);
         let state = match (state, message.not_before_ms) {
             (PeekState::Ready, Some(at)) if deliveries == 0 && at > now_ms => PeekState::Delayed { available_ms: at },
             (state, _) => state,
@@ -102,7 +115,8 @@ mod tests {
         h.ack("t", "g", &tokens[..1]);
         h.nack("t", "g", &tokens[1..2], 2_000);
         let (topic, group) = (h.topic("t"), h.group("t", "g"));
-        let peeked = peek(h.machine.store(), &topic, &group, 0, 10, h.now_ms).unwrap();
+        let all = PeekLimit { messages: 10, bytes: u64::MAX };
+        let peeked = peek(h.machine.store(), &topic, &group, 0, all, h.now_ms).unwrap();
         let seen: Vec<(u64, PeekState, u32)> = peeked.iter().map(|p| (p.seq, p.state.clone(), p.deliveries)).collect();
         assert_eq!(
             seen,
@@ -114,8 +128,12 @@ mod tests {
             "1 is acked and gone"
         );
         assert_eq!(peeked[2].message.payload, bytes::Bytes::from_static(b"4"));
-        let after = peek(h.machine.store(), &topic, &group, 2, 1, h.now_ms).unwrap();
+        let one = PeekLimit { messages: 1, bytes: u64::MAX };
+        let after = peek(h.machine.store(), &topic, &group, 2, one, h.now_ms).unwrap();
         assert_eq!(after.iter().map(|p| p.seq).collect::<Vec<_>>(), [3], "after a seq, up to the limit");
+        let few_bytes = PeekLimit { messages: 10, bytes: 1 };
+        let first = peek(h.machine.store(), &topic, &group, 0, few_bytes, h.now_ms).unwrap();
+        assert_eq!(first.iter().map(|p| p.seq).collect::<Vec<_>>(), [2], "one message, whatever the bytes");
         assert_eq!(h.lease("t", "g", "w2", 5, 5_000).grants.len(), 1, "peeking consumed nothing: 4 is still there");
     }
 }

@@ -71,6 +71,7 @@ impl Harness {
             consumer: consumer.into(),
             count_max,
             lease_ms: Some(lease_ms),
+            bytes_max: None,
         };
         match self.ok(command) {
             Output::Leased(leased) => leased,

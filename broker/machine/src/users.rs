@@ -339,6 +339,7 @@ mod tests {
             consumer: "w".into(),
             count_max,
             lease_ms: Some(60_000),
+            bytes_max: None,
         };
         let Ok(Output::Leased(on_g)) = h.run_as(&alice, lease("g", 3)) else { panic!() };
         let Ok(Output::Leased(on_h)) = h.run_as(&alice, lease("h", 2)) else { panic!() };
@@ -381,6 +382,7 @@ mod tests {
                 consumer: "w".into(),
                 count_max: 1,
                 lease_ms: Some(60_000),
+                bytes_max: None,
             };
             assert!(h.run_as(&alice, lease).is_ok());
         }
@@ -405,8 +407,14 @@ mod tests {
         h.create_group("t", "g", GroupConfig::default());
         h.run_as(&root(), new_user("alice", &["consume:*"], Quotas::UNLIMITED)).unwrap();
         h.publish("t", &["1"]);
-        let lease =
-            Command::Lease { topic: "t".into(), group: "g".into(), consumer: "w".into(), count_max: 1, lease_ms: None };
+        let lease = Command::Lease {
+            topic: "t".into(),
+            group: "g".into(),
+            consumer: "w".into(),
+            count_max: 1,
+            lease_ms: None,
+            bytes_max: None,
+        };
         h.run_as(&Actor::User("alice".into()), lease).unwrap();
         h.ok(Command::DeleteGroup { topic: "t".into(), name: "g".into() });
         h.pulse();
@@ -463,7 +471,7 @@ mod tests {
                 h.advance(100);
                 match step {
                     Step::Lease { user, group } => {
-                        let command = Command::Lease { topic: "t".into(), group: GROUPS[group].into(), consumer: "w".into(), count_max: 2, lease_ms: Some(60_000) };
+                        let command = Command::Lease { topic: "t".into(), group: GROUPS[group].into(), consumer: "w".into(), count_max: 2, lease_ms: Some(60_000), bytes_max: None };
                         if let Ok(Output::Leased(leased)) = h.run_as(&Actor::User(USERS[user].into()), command) {
                             prop_assert!(granted[user][group], "a user without the permission was granted a lease");
                             tokens.extend(leased.grants.iter().map(|g| (user, group, g.token)));

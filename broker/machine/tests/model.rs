@@ -146,6 +146,7 @@ fn command(op: &Op, model: &Model) -> Command {
             consumer: format!("w{}", model.now_ms % 3),
             count_max,
             lease_ms: Some(lease_ms),
+            bytes_max: None,
         },
         Op::Ack { group, pick } => {
             Command::Ack { topic: TOPIC.into(), group: GROUPS[group].into(), tokens: vec![model.pick(group, pick)] }

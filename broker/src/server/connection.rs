@@ -179,7 +179,8 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
                 Some(request) => dispatch(&Router { server: &server, request_id }, request, &actor).await,
                 None => Body::Error(error(ErrorCode::InvalidArgument, "a frame needs a body")),
             };
-            let _ = answers.send(pb::ServerFrame { request_id, body: Some(answer) }).await;
+            let answer = within_frame(pb::ServerFrame { request_id, body: Some(answer) }, &server.broker);
+            let _ = answers.send(answer).await;
             drop(admitted);
         });
     }
@@ -187,6 +188,17 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
     // Let what is in flight finish before the connection closes.
     let drained = in_flight.acquire_many(in_flight_max as u32);
     let _ = tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), drained).await;
+}
+
+/// `answer`, or a `TOO_LARGE` error in its place when it would not fit in a frame: an answer the
+/// codec cannot encode would stop the connection's writer, and the client would wait forever.
+fn within_frame(answer: pb::ServerFrame, broker: &Broker) -> pb::ServerFrame {
+    let (len, max) = (answer.encoded_len(), broker.config.limits.frame_bytes_max);
+    if len <= max {
+        return answer;
+    }
+    let why = format!("the answer would be {len} bytes, over the frame limit of {max}: ask for less at once");
+    pb::ServerFrame::error(answer.request_id, error(ErrorCode::TooLarge, why))
 }
 
 /// What a request holds while in flight: its place under the connection's limit, and its bytes

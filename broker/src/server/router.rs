@@ -23,20 +23,26 @@ pub struct Router<'a> {
 
 impl Runner for Router<'_> {
     async fn run<C: Serve>(&self, request: C, actor: &Actor) -> Served<C::Answer> {
-        let broker = &self.server.broker;
-        if C::ROUTE == Route::Here || broker.is_leader() {
+        if C::ROUTE == Route::Here || self.server.broker.is_leader() {
             return request.serve(self.server, actor).await;
         }
-        let Some(leader) = broker.leader() else {
-            return Err(ProposeError::NotLeader { leader: None }.into());
-        };
-        let timeout = request.forward_timeout(&broker.config.limits);
-        let frame = pb::ClientFrame { request_id: self.request_id, body: Some(request.into_request()) };
-        let answer = broker.forward(&leader, frame, actor, timeout).await?;
-        let body = answer.body.ok_or_else(|| pb::Error::new(ErrorCode::Internal, "the leader sent an empty answer"))?;
-        C::from_answer(body).map_err(|error| match error {
-            AnswerError::Refused(refusal) => refusal,
-            mismatch @ AnswerError::Mismatch { .. } => pb::Error::new(ErrorCode::Internal, mismatch.to_string()),
-        })
+        to_leader(self.server, request, actor, self.request_id).await
     }
+}
+
+/// Forwards `request` to the leader, as `actor`, and returns its answer: for requests a
+/// follower cannot serve, and for a part of one (a long-poll's final lease).
+pub async fn to_leader<C: Serve>(server: &Server, request: C, actor: &Actor, request_id: u64) -> Served<C::Answer> {
+    let broker = &server.broker;
+    let Some(leader) = broker.leader() else {
+        return Err(ProposeError::NotLeader { leader: None }.into());
+    };
+    let timeout = request.forward_timeout(&broker.config.limits);
+    let frame = pb::ClientFrame { request_id, body: Some(request.into_request()) };
+    let answer = broker.forward(&leader, frame, actor, timeout).await?;
+    let body = answer.body.ok_or_else(|| pb::Error::new(ErrorCode::Internal, "the leader sent an empty answer"))?;
+    C::from_answer(body).map_err(|error| match error {
+        AnswerError::Refused(refusal) => refusal,
+        mismatch @ AnswerError::Mismatch { .. } => pb::Error::new(ErrorCode::Internal, mismatch.to_string()),
+    })
 }

@@ -135,6 +135,7 @@ pub async fn worker(mut client: SimClient, history: History, stop: Arc<AtomicBoo
             consumer: format!("worker-{process}"),
             count_max: 8,
             lease_ms: Some(LEASE_MS),
+            bytes_max: None,
         };
         let grants = match client.propose(lease).await {
             Ok(Ok(Output::Leased(leased))) => leased.grants,

@@ -1,13 +1,16 @@
 //! Lease: a long-poll for up to `count_max` messages of a work group. It waits, up to `wait_ms`,
 //! until the group may have something that the leases in flight have not claimed
 //! ([`crate::server::claims`]), then leases through the log, where the machine grants messages
-//! with fencing tokens. Waiting is done against this broker's applied state, so idle pollers
-//! propose nothing; only those who may consume hold a long-poll open.
+//! with fencing tokens. Waiting is done against this broker's applied state, on whichever broker
+//! took the request, so idle pollers propose nothing and hold nothing of the leader's: a follower
+//! forwards only the final lease, without a wait (long-polls never hold the forwarding slots that
+//! writes need). Only those who may consume hold a long-poll open. A lease grants at most what
+//! fits in one answer frame, and always at least one message, whatever `count_max` asked.
 
 use std::time::Duration;
 
 use chorus_machine::access::{Action, group_resource};
-use chorus_machine::{Actor, Command, Leased, query};
+use chorus_machine::{Actor, Command, query};
 use chorus_protocol::pb;
 
 use super::{Route, Serve, Served, write};
@@ -15,12 +18,14 @@ use crate::config::Limits;
 use crate::proposer::ProposeError;
 use crate::server::access::{self, Needs};
 use crate::server::respond::{find_group, find_topic, internal, refused, stored_message, unreadable};
+use crate::server::router;
 use crate::server::state::Server;
 
 impl Serve for pb::LeaseRequest {
-    const ROUTE: Route = Route::Leader;
+    const ROUTE: Route = Route::Here;
 
-    /// The leader holds the long-poll, so a follower waits for the wait as well.
+    /// Only a lease without a wait is forwarded (see [`lease_now`]), but the leader may hold
+    /// whatever wait a request asks for.
     fn forward_timeout(&self, limits: &Limits) -> Duration {
         wait(self, limits) + Duration::from_millis(limits.write_timeout_ms)
     }
@@ -33,9 +38,16 @@ impl Serve for pb::LeaseRequest {
             access::check(&store, actor, Needs::Allowed(Action::Consume, &resource))?;
         }
         let deadline = tokio::time::Instant::now() + wait(&self, &server.broker.config.limits);
-        let leased = long_poll(server, actor, self, deadline).await?;
-        Ok(pb::LeaseOk { messages: leased.grants.into_iter().map(leased_message).collect() })
+        long_poll(server, actor, self, deadline).await
     }
+}
+
+/// Room a LeaseOk frame keeps for its own fields around the granted messages.
+const LEASE_ANSWER_SLACK_BYTES: usize = 64 * 1024;
+
+/// What a lease's granted messages may add up to: whatever fits in one answer frame.
+fn lease_bytes_max(limits: &Limits) -> u64 {
+    limits.frame_bytes_max.saturating_sub(LEASE_ANSWER_SLACK_BYTES) as u64
 }
 
 /// How long the request may wait for messages.
@@ -50,7 +62,7 @@ async fn long_poll(
     actor: &Actor,
     request: pb::LeaseRequest,
     deadline: tokio::time::Instant,
-) -> Served<Leased> {
+) -> Served<pb::LeaseOk> {
     let broker = &server.broker;
     let mut applied = broker.applied();
     let mut releases = server.claims.releases();
@@ -67,23 +79,16 @@ async fn long_poll(
             server.claims.claim(&request.topic, &request.group, hint.ready_estimate, count)
         });
         if let Some(claim) = claim.flatten() {
-            let command = Command::Lease {
-                topic: request.topic.clone(),
-                group: request.group.clone(),
-                consumer: request.consumer.clone(),
-                count_max: request.count_max,
-                lease_ms: request.lease_ms,
-            };
-            let leased = write(server, actor, command).await?.leased().map_err(internal)?;
+            let leased = lease_now(server, actor, &request).await?;
             drop(claim);
-            if !leased.grants.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !leased.messages.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(leased);
             }
             continue;
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Ok(Leased::default());
+            return Ok(pb::LeaseOk::default());
         }
         let until_ready =
             hint.next_available_ms.map(|at| Duration::from_millis(at.saturating_sub(broker.now_ms()).max(1)));
@@ -95,9 +100,28 @@ async fn long_poll(
             _ = releases.changed() => {}
             _ = tokio::time::sleep(sleep) => {}
             // A stopping broker finishes its requests: this one with what it has, now.
-            _ = stopping.cancelled() => return Ok(Leased::default()),
+            _ = stopping.cancelled() => return Ok(pb::LeaseOk::default()),
         }
     }
+}
+
+/// Leases what is there now: through the log on the leader; a follower forwards the request,
+/// without its wait, and the leader leases through the log.
+async fn lease_now(server: &Server, actor: &Actor, request: &pb::LeaseRequest) -> Served<pb::LeaseOk> {
+    let broker = &server.broker;
+    if !broker.is_leader() {
+        return router::to_leader(server, pb::LeaseRequest { wait_ms: 0, ..request.clone() }, actor, 0).await;
+    }
+    let command = Command::Lease {
+        topic: request.topic.clone(),
+        group: request.group.clone(),
+        consumer: request.consumer.clone(),
+        count_max: request.count_max,
+        lease_ms: request.lease_ms,
+        bytes_max: Some(lease_bytes_max(&broker.config.limits)),
+    };
+    let leased = write(server, actor, command).await?.leased().map_err(internal)?;
+    Ok(pb::LeaseOk { messages: leased.grants.into_iter().map(leased_message).collect() })
 }
 
 fn leased_message(grant: chorus_machine::Grant) -> pb::LeasedMessage {

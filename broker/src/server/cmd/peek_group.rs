@@ -2,7 +2,7 @@
 //! applied state, for an actor who may consume from the group. Consumes nothing.
 
 use chorus_machine::access::{Action, group_resource};
-use chorus_machine::{Actor, PeekState, Peeked};
+use chorus_machine::{Actor, PeekLimit, PeekState, Peeked};
 use chorus_protocol::pb;
 
 use super::{Route, Serve, Served};
@@ -13,6 +13,8 @@ use crate::server::state::Server;
 /// Messages one peek answers at most, and when the request gives no limit.
 const PEEK_MAX: u32 = 1000;
 const PEEK_DEFAULT: u32 = 100;
+/// Room a GroupPeek frame keeps for what it adds around the messages (states, consumers).
+const PEEK_ANSWER_SLACK_BYTES: usize = 256 * 1024;
 
 impl Serve for pb::PeekGroup {
     const ROUTE: Route = Route::Here;
@@ -28,8 +30,10 @@ impl Serve for pb::PeekGroup {
             limit => limit.min(PEEK_MAX),
         };
         let now_ms = server.broker.now_ms();
-        let peeked =
-            chorus_machine::peek(&store, &topic, &group, self.after_seq, limit as usize, now_ms).map_err(unreadable)?;
+        // As much as fits in one answer frame, as a lease does.
+        let bytes = server.broker.config.limits.frame_bytes_max.saturating_sub(PEEK_ANSWER_SLACK_BYTES) as u64;
+        let limit = PeekLimit { messages: limit as usize, bytes };
+        let peeked = chorus_machine::peek(&store, &topic, &group, self.after_seq, limit, now_ms).map_err(unreadable)?;
         Ok(pb::GroupPeek { messages: peeked.into_iter().map(peeked_to_pb).collect() })
     }
 }
