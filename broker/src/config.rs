@@ -15,6 +15,13 @@ use crate::security::peer_link::PeerAuth;
 pub struct Limits {
     /// Client connections open at once; more are refused.
     pub connections_max: usize,
+    /// Client connections open at once from one IP address; more from it are refused.
+    pub connections_per_address_max: usize,
+    /// How long a client connection that said Hello may stay silent, with no request in flight
+    /// and no subscription open, before it is closed.
+    pub client_idle_ms_max: u64,
+    /// How long a frame, once its first byte came, may take to arrive whole, on either port.
+    pub frame_read_ms_max: u64,
     /// Requests one connection may have in flight; more are answered Overloaded.
     pub in_flight_per_connection_max: usize,
     /// Largest client frame.
@@ -54,6 +61,9 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             connections_max: 1024,
+            connections_per_address_max: 256,
+            client_idle_ms_max: 5 * 60 * 1000,
+            frame_read_ms_max: 30_000,
             in_flight_per_connection_max: 1024,
             frame_bytes_max: chorus_protocol::limits::FRAME_BYTES_MAX_DEFAULT,
             peer_frame_bytes_max: chorus_protocol::limits::FRAME_BYTES_MAX_LIMIT,

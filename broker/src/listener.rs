@@ -7,7 +7,10 @@
 //!   of answers shares one write.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use chorus_protocol::PartialFrame;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,22 +28,82 @@ const ACCEPT_RETRY_MS: u64 = 50;
 /// Failed accepts are logged at most once in this long, with how many failed since.
 const ACCEPT_FAILURE_LOG_MS: u64 = 10_000;
 
-/// Accepts connections on `listener` until `shutdown`, with at most `connections_max` open at
-/// once, then returns once every connection it accepted has closed. Each accepted connection is
-/// served by `serve` in a task of its own; one over the cap is given to `refuse`, likewise.
+/// How many connections a listener keeps open at once: in all, and from one IP address.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub total: usize,
+    pub per_address: usize,
+}
+
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener holds `Caps::total` connections.
+    Full,
+    /// Its address holds `Caps::per_address` connections.
+    AddressFull,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Full => "too many connections",
+            Refusal::AddressFull => "too many connections from this address",
+        })
+    }
+}
+
+/// The connections open per address; a [`AddressSlot`] gives its place back when dropped.
+#[derive(Debug, Default)]
+struct AddressCounts(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+struct AddressSlot {
+    counts: Arc<AddressCounts>,
+    address: IpAddr,
+}
+
+impl AddressCounts {
+    fn take(self: &Arc<Self>, address: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut counts = self.0.lock().expect("address counts");
+        let open = counts.entry(address).or_default();
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(AddressSlot { counts: Arc::clone(self), address })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().expect("address counts");
+        if let Some(open) = counts.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, within `caps`, then returns once every
+/// connection it accepted has closed. Each accepted connection is served by `serve` in a task of
+/// its own; one over a cap is given to `refuse`, likewise, with the reason.
 pub async fn accept<Serve, Served, Refuse, Refused>(
     listener: TcpListener,
-    connections_max: usize,
+    caps: Caps,
     shutdown: CancellationToken,
     serve: Serve,
     refuse: Refuse,
 ) where
     Serve: Fn(TcpStream, SocketAddr) -> Served,
     Served: Future<Output = ()> + Send + 'static,
-    Refuse: Fn(TcpStream, SocketAddr) -> Refused,
+    Refuse: Fn(TcpStream, SocketAddr, Refusal) -> Refused,
     Refused: Future<Output = ()> + Send + 'static,
 {
+    let connections_max = caps.total;
     let permits = Arc::new(Semaphore::new(connections_max));
+    let addresses = Arc::new(AddressCounts::default());
     let mut failures = FailureLog::default();
     loop {
         let accepted = tokio::select! {
@@ -56,22 +119,64 @@ pub async fn accept<Serve, Served, Refuse, Refused>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let Some(slot) = addresses.take(remote.ip(), caps.per_address) else {
+            tokio::spawn(refuse(stream, remote, Refusal::AddressFull));
+            continue;
+        };
         match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => {
                 let served = serve(stream, remote);
                 tokio::spawn(async move {
                     served.await;
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
             Err(_) => {
-                tokio::spawn(refuse(stream, remote));
+                tokio::spawn(refuse(stream, remote, Refusal::Full));
             }
         }
     }
     drop(listener);
     // Each connection drains within its own bound; wait for them all.
     let _ = permits.acquire_many(connections_max as u32).await;
+}
+
+/// What [`Link::next_timed`] saw.
+#[derive(Debug)]
+pub enum Arrival<T, E> {
+    Frame(Result<T, E>),
+    /// The other side closed, or the broker stops.
+    Closed,
+    /// A frame begun has not arrived whole within the bound.
+    TooSlow,
+    /// No frame for this long, and none begun too long ago.
+    Silent(Duration),
+}
+
+/// Times a connection's frames: since the last whole one, and since a partial one began.
+#[derive(Debug)]
+pub struct FrameTiming {
+    partial: PartialFrame,
+    partial_since: Option<Instant>,
+    last_frame: Instant,
+    frame_read_max: Duration,
+}
+
+impl FrameTiming {
+    /// Timing for a link whose decoder reports partial frames through `partial`.
+    pub fn new(partial: PartialFrame, frame_read_max: Duration) -> FrameTiming {
+        FrameTiming { partial, partial_since: None, last_frame: Instant::now(), frame_read_max }
+    }
+
+    fn check<T, E>(&mut self) -> Arrival<T, E> {
+        match (self.partial.pending(), self.partial_since) {
+            (false, _) => self.partial_since = None,
+            (true, None) => self.partial_since = Some(Instant::now()),
+            (true, Some(since)) if since.elapsed() > self.frame_read_max => return Arrival::TooSlow,
+            (true, Some(_)) => {}
+        }
+        Arrival::Silent(self.last_frame.elapsed())
+    }
 }
 
 /// Logs failed accepts once per [`ACCEPT_FAILURE_LOG_MS`], counting the ones in between: out of
@@ -129,11 +234,24 @@ where
         Link { frames, outbox, writer }
     }
 
-    /// The next frame; `None` once the other side closed or `shutdown` came.
-    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<Result<C::Item, <C as Decoder>::Error>> {
+    /// The next frame, or, every `check_every` without one, word of the silence; `TooSlow` once a
+    /// frame begun has taken longer than `timing` allows to arrive whole.
+    pub async fn next_timed(
+        &mut self,
+        shutdown: &CancellationToken,
+        timing: &mut FrameTiming,
+        check_every: Duration,
+    ) -> Arrival<C::Item, <C as Decoder>::Error> {
         tokio::select! {
-            _ = shutdown.cancelled() => None,
-            next = self.frames.next() => next,
+            _ = shutdown.cancelled() => Arrival::Closed,
+            next = self.frames.next() => {
+                timing.last_frame = Instant::now();
+                match next {
+                    Some(frame) => Arrival::Frame(frame),
+                    None => Arrival::Closed,
+                }
+            }
+            _ = tokio::time::sleep(check_every) => timing.check(),
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
 use crate::command;
-use crate::listener::{self, Link};
+use crate::listener::{self, Arrival, FrameTiming, Link};
 use crate::raft::{inbound, wire};
 use crate::security::Stream;
 use crate::server::Server;
@@ -38,12 +38,13 @@ const REFUSAL_LOG_SPACING_MS: u64 = 10_000;
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     let refusals = Arc::new(Refusals::default());
     let shutdown = server.broker.shutdown_token();
+    let caps = listener::Caps { total: PEER_CONNECTIONS_MAX, per_address: PEER_CONNECTIONS_MAX };
     listener::accept(
         listener,
-        PEER_CONNECTIONS_MAX,
+        caps,
         shutdown,
         |stream, remote| authenticate(stream, remote, Arc::clone(&server), Arc::clone(&refusals)),
-        |_, _| async { tracing::warn!("too many peer connections; refusing one") },
+        |_, remote, why| async move { tracing::warn!(%remote, "{why} on the peer port; refusing one") },
     )
     .await;
 }
@@ -81,18 +82,28 @@ impl Refusals {
 }
 
 async fn connection(stream: Stream, server: Arc<Server>) {
-    let codec = PeerCodec::new(server.broker.config.limits.peer_frame_bytes_max);
+    let limits = &server.broker.config.limits;
+    let codec = PeerCodec::new(limits.peer_frame_bytes_max);
+    let frame_read_max = Duration::from_millis(limits.frame_read_ms_max);
+    let mut timing = FrameTiming::new(codec.partial(), frame_read_max);
     let mut link: Link<Stream, PeerCodec, pb::PeerFrame> = Link::open(stream, codec, PEER_ANSWERS_QUEUED_MAX);
     let answers = link.outbox().clone();
     let shutdown = server.broker.shutdown_token();
     loop {
-        let frame = match link.next(&shutdown).await {
-            Some(Ok(frame)) => frame,
-            Some(Err(error)) => {
+        let frame = match link.next_timed(&shutdown, &mut timing, frame_read_max / 4).await {
+            Arrival::Frame(Ok(frame)) => frame,
+            Arrival::Frame(Err(error)) => {
                 let _ = answers.send(pb::PeerFrame { request_id: 0, body: Some(refuse(error)) }).await;
                 break;
             }
-            None => break,
+            Arrival::Closed => break,
+            Arrival::TooSlow => {
+                let why = format!("a frame took more than {} ms to arrive whole", frame_read_max.as_millis());
+                let _ = answers.send(pb::PeerFrame { request_id: 0, body: Some(refuse(why)) }).await;
+                break;
+            }
+            // Peers keep their connections busy with heartbeats; a quiet one is no cost.
+            Arrival::Silent(_) => continue,
         };
         let request_id = frame.request_id;
         match frame.body {

@@ -2,7 +2,8 @@
 //!
 //! The decoder checks the claimed length against the limit before anything else and never
 //! reserves room for a frame before its bytes have arrived, so a lying prefix costs nothing.
-//! "Not enough bytes yet" is `Ok(None)`, not an error.
+//! "Not enough bytes yet" is `Ok(None)`, not an error; [`FrameCodec::partial`] tells whoever
+//! reads with the codec whether such bytes wait, so that it can bound how long a frame takes.
 
 use std::marker::PhantomData;
 
@@ -17,7 +18,23 @@ use crate::pb;
 /// Decodes frames of `In`, encodes frames of `Out`.
 pub struct FrameCodec<In, Out> {
     frame_bytes_max: usize,
+    partial: PartialFrame,
     _types: PhantomData<fn(Out) -> In>,
+}
+
+/// Whether the decoder holds the start of a frame it has not seen whole yet: shared with the
+/// reader, which times it.
+#[derive(Debug, Clone, Default)]
+pub struct PartialFrame(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl PartialFrame {
+    pub fn pending(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, pending: bool) {
+        self.0.store(pending, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A client's codec: sends client frames, reads server frames.
@@ -30,7 +47,16 @@ pub type PeerCodec = FrameCodec<pb::PeerFrame, pb::PeerFrame>;
 impl<In, Out> FrameCodec<In, Out> {
     /// A codec accepting frames up to `frame_bytes_max`, clamped to `FRAME_BYTES_MAX_LIMIT`.
     pub fn new(frame_bytes_max: usize) -> FrameCodec<In, Out> {
-        FrameCodec { frame_bytes_max: frame_bytes_max.min(FRAME_BYTES_MAX_LIMIT), _types: PhantomData }
+        FrameCodec {
+            frame_bytes_max: frame_bytes_max.min(FRAME_BYTES_MAX_LIMIT),
+            partial: PartialFrame::default(),
+            _types: PhantomData,
+        }
+    }
+
+    /// Follows whether the decoder waits for the rest of a frame.
+    pub fn partial(&self) -> PartialFrame {
+        self.partial.clone()
     }
 
     pub fn frame_bytes_max(&self) -> usize {
@@ -55,6 +81,8 @@ impl<In: Message + Default, Out> Decoder for FrameCodec<In, Out> {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, ProtocolError> {
+        // Bytes left over are the start of the next frame.
+        self.partial.set(!src.is_empty());
         let Some(prefix) = src.get(..FRAME_PREFIX_BYTES) else {
             return Ok(None);
         };
@@ -67,6 +95,7 @@ impl<In: Message + Default, Out> Decoder for FrameCodec<In, Out> {
         }
         src.advance(FRAME_PREFIX_BYTES);
         let frame = src.split_to(len).freeze();
+        self.partial.set(!src.is_empty());
         Ok(Some(In::decode(frame)?))
     }
 }

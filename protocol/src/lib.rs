@@ -9,7 +9,7 @@ pub mod exchange;
 pub mod limits;
 pub mod pb;
 
-pub use codec::{ClientCodec, EncodedRequest, FrameCodec, PeerCodec, ServerCodec, encode_request};
+pub use codec::{ClientCodec, EncodedRequest, FrameCodec, PartialFrame, PeerCodec, ServerCodec, encode_request};
 pub use error::ProtocolError;
 pub use exchange::{AnswerError, Exchange, PeerAnswerError, PeerExchange, answer_name, peer_name};
 

@@ -108,3 +108,83 @@ async fn long_polls_through_a_follower_leave_its_writes_alone() {
         assert!(leased.messages.is_empty());
     }
 }
+
+/// Whether `connection` is closed by the broker within `within`.
+async fn closed_within(connection: &Connection, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if connection.is_closed() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Cases 3 and 4: a partial frame after Hello (a length prefix and a few bytes, then silence)
+/// held its connection and its buffer forever, on both ports; connections that said Hello and
+/// nothing more were never closed, and one address could take every connection. Now a frame
+/// must arrive whole within `--frame-read-ms`, a silent connection with nothing in flight and no
+/// subscription is closed after `--client-idle-ms`, and one address holds at most
+/// `--connections-per-address-max` connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_frames_silent_connections_and_one_address_are_bounded() {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    let options = chorus_tests::cluster::ClusterOptions {
+        extra_args: ["--frame-read-ms=1000", "--client-idle-ms=1500", "--connections-per-address-max=30"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(3, options).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let addr = cluster.brokers[&leader].client_addr.clone();
+
+    // A partial frame on the client port, after Hello.
+    let mut raw = tokio_util::codec::Framed::new(
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        chorus_protocol::ClientCodec::default(),
+    );
+    let hello = pb::Hello { protocol_version: 1, client_name: "slowloris".into(), credentials: None };
+    raw.send(pb::ClientFrame { request_id: 1, body: Some(pb::client_frame::Body::Hello(hello)) }).await.unwrap();
+    raw.next().await.expect("HelloOk").expect("a frame");
+    raw.get_mut().write_all(&[0, 0, 3, 232, 1, 2, 3]).await.unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(10), raw.next()).await.expect("closed within the bound");
+    let told = told.expect("an error frame before the close").expect("a frame");
+    assert!(matches!(told.body, Some(pb::server_frame::Body::Error(ref e)) if e.message.contains("to arrive whole")));
+    let end = tokio::time::timeout(Duration::from_secs(10), raw.next()).await.expect("then the close");
+    assert!(end.is_none(), "{end:?}");
+
+    // A partial frame on the peer port, after authenticating.
+    let mut peer = cluster.peer_connection(9, leader).await;
+    peer.get_mut().write_all(&[0, 0, 3, 232, 1]).await.unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(10), peer.next()).await.expect("closed within the bound");
+    assert!(matches!(told, Some(Ok(pb::PeerFrame { body: Some(pb::peer_frame::Body::Error(_)), .. }))), "{told:?}");
+
+    // A silent connection is closed; one with a subscription open is not, however quiet.
+    let silent = Connection::connect_with(&addr, &cluster.connect_options()).await.unwrap();
+    let subscribed = Connection::connect_with(&addr, &cluster.connect_options()).await.unwrap();
+    let client = client(cluster.client_addrs()).await;
+    create_topic(&client, "quiet").await;
+    let subscribe = pb::SubscribeRequest { topic: "quiet".into(), subscription: None, start: None, credits: 8 };
+    let (_, _, _deliveries) = subscribed.open_stream(subscribe, Duration::from_secs(10)).await.unwrap();
+    assert!(closed_within(&silent, Duration::from_secs(10)).await, "a silent connection stays open");
+    assert!(!subscribed.is_closed(), "a subscriber's connection was closed for its silence");
+
+    // One address holds at most 30 connections.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..40 {
+        match Connection::connect_with(&addr, &cluster.connect_options()).await {
+            Ok(connection) => held.push(connection),
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    assert!(held.len() <= 30, "{} connections from one address", held.len());
+    let refused = refused.expect("the 31st connection from one address is refused");
+    assert!(refused.to_string().contains("too many connections from this address"), "{refused}");
+}

@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// Requests one client connection may have in flight.
     #[arg(long, default_value_t = Limits::default().in_flight_per_connection_max)]
     pub in_flight_max: usize,
+    /// Client connections open at once from one IP address.
+    #[arg(long, default_value_t = Limits::default().connections_per_address_max)]
+    pub connections_per_address_max: usize,
+    /// Close a client connection silent this long, with nothing in flight and no subscription
+    /// open (clients keep one with Ping).
+    #[arg(long, default_value_t = Limits::default().client_idle_ms_max)]
+    pub client_idle_ms: u64,
+    /// Close a connection (either port) whose frame, once begun, takes longer than this to arrive.
+    #[arg(long, default_value_t = Limits::default().frame_read_ms_max)]
+    pub frame_read_ms: u64,
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = RaftTiming::default().heartbeat_ms)]
     pub heartbeat_ms: u64,
@@ -130,7 +140,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         peer_addr: args.peer_addr,
         members: members(&args.members).map_err(anyhow::Error::msg)?,
         security,
-        limits: Limits { in_flight_per_connection_max: args.in_flight_max.max(1), ..Limits::default() },
+        limits: Limits {
+            in_flight_per_connection_max: args.in_flight_max.max(1),
+            connections_per_address_max: args.connections_per_address_max.max(1),
+            client_idle_ms_max: args.client_idle_ms.max(1),
+            frame_read_ms_max: args.frame_read_ms.max(1),
+            ..Limits::default()
+        },
         raft,
         clock: Clock::System,
     };

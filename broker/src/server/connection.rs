@@ -30,27 +30,29 @@ use super::sessions::InFlight;
 use super::state::Server;
 use super::subscription::{self, Subscription};
 use crate::broker::Broker;
-use crate::listener::Link;
+use crate::listener::{Arrival, FrameTiming, Link};
 use crate::security::{Stream, tls};
 
 /// How long a new connection may take to say Hello.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// How long a closing connection waits for its in-flight requests.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// How often a connection looks at its silence, at least (a quarter of its shorter bound).
+const CHECK_MS_MIN: Duration = Duration::from_millis(50);
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 type ClientLink = Link<Stream, ServerCodec, pb::ServerFrame>;
 
-/// Tells a client over the connection limit why it is turned away; over TLS, which would take a
+/// Tells a client over a connection limit why it is turned away; over TLS, which would take a
 /// handshake first, the connection just closes.
-pub async fn refuse(stream: TcpStream, server: Arc<Server>) {
+pub async fn refuse(stream: TcpStream, server: Arc<Server>, why: crate::listener::Refusal) {
     let broker = &server.broker;
     if broker.config.security.client_tls.is_some() {
         return;
     }
     let mut framed = Framed::new(stream, ServerCodec::new(broker.config.limits.frame_bytes_max));
-    let refusal = error(ErrorCode::Overloaded, "too many connections");
+    let refusal = error(ErrorCode::Overloaded, why.to_string());
     let _ = framed.send(pb::ServerFrame::error(0, refusal)).await;
 }
 
@@ -58,9 +60,10 @@ pub async fn run(stream: TcpStream, server: Arc<Server>) {
     let Some((stream, certificate_user)) = secure(stream, &server.broker).await else { return };
     let limits = &server.broker.config.limits;
     let codec = ServerCodec::new(limits.frame_bytes_max);
+    let timing = FrameTiming::new(codec.partial(), Duration::from_millis(limits.frame_read_ms_max));
     let mut link = Link::open(stream, codec, limits.in_flight_per_connection_max + 16);
     if let Some(session) = hello(&server, &mut link, certificate_user.as_deref()).await {
-        serve_requests(&server, &session, &mut link).await;
+        serve_requests(&server, &session, &mut link, timing).await;
     }
     link.close().await;
 }
@@ -143,20 +146,38 @@ async fn hello(server: &Server, link: &mut ClientLink, certificate_user: Option<
     sent.is_ok().then_some(session)
 }
 
-async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut ClientLink) {
-    let in_flight_max = server.broker.config.limits.in_flight_per_connection_max;
+async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut ClientLink, mut timing: FrameTiming) {
+    let limits = &server.broker.config.limits;
+    let in_flight_max = limits.in_flight_per_connection_max;
+    let idle_max = Duration::from_millis(limits.client_idle_ms_max);
+    let check_every =
+        Duration::from_millis(limits.frame_read_ms_max.min(limits.client_idle_ms_max) / 4).max(CHECK_MS_MIN);
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let answers = link.outbox().clone();
     let mut streams = Streams::default();
     let shutdown = server.broker.shutdown_token();
     loop {
-        let frame = match link.next(&shutdown).await {
-            Some(Ok(frame)) => frame,
-            Some(Err(failure)) => {
+        let frame = match link.next_timed(&shutdown, &mut timing, check_every).await {
+            Arrival::Frame(Ok(frame)) => frame,
+            Arrival::Frame(Err(failure)) => {
                 let _ = answers.send(pb::ServerFrame::error(0, protocol_error(&failure))).await;
                 break;
             }
-            None => break,
+            Arrival::Closed => break,
+            Arrival::TooSlow => {
+                let why = format!("a frame took more than {} ms to arrive whole", limits.frame_read_ms_max);
+                let _ = answers.send(pb::ServerFrame::error(0, error(ErrorCode::InvalidArgument, why))).await;
+                break;
+            }
+            Arrival::Silent(silent) => {
+                let busy = in_flight.available_permits() < in_flight_max || streams.is_open();
+                if busy || silent < idle_max {
+                    continue;
+                }
+                let why = format!("closing a connection silent for {} ms: send a Ping to keep it", silent.as_millis());
+                let _ = answers.send(pb::ServerFrame::error(0, error(ErrorCode::Unavailable, why))).await;
+                break;
+            }
         };
         let request_id = frame.request_id;
         let admitted = match streams.route(server, &session.actor, &answers, &frame).await {
@@ -228,6 +249,11 @@ struct Streams {
 }
 
 impl Streams {
+    fn is_open(&mut self) -> bool {
+        self.open.retain(|_, s| !s.is_finished());
+        !self.open.is_empty()
+    }
+
     /// Ends every open subscription with UNAVAILABLE under its Subscribe's request id, so that
     /// its client subscribes again, elsewhere, instead of waiting on a silent stream.
     async fn stopping(&mut self, answers: &mpsc::Sender<pb::ServerFrame>) {

@@ -11,14 +11,15 @@ use crate::listener;
 
 /// Serves clients on `listener` until the broker stops.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
-    let connections_max = server.broker.config.limits.connections_max;
+    let limits = &server.broker.config.limits;
+    let caps = listener::Caps { total: limits.connections_max, per_address: limits.connections_per_address_max };
     let shutdown = server.broker.shutdown_token();
     listener::accept(
         listener,
-        connections_max,
+        caps,
         shutdown,
         |stream, _| connection::run(stream, Arc::clone(&server)),
-        |stream, _| connection::refuse(stream, Arc::clone(&server)),
+        |stream, _, why| connection::refuse(stream, Arc::clone(&server), why),
     )
     .await;
 }
