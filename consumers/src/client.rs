@@ -103,8 +103,28 @@ impl Client {
             return Err(ClientError::Exhausted("no seed addresses".into()));
         }
         let client = Client { config: Arc::new(config), state: Arc::new(Mutex::new(State::default())) };
+        client.reach_a_seed().await?;
         client.call(pb::Ping {}).await?;
         Ok(client)
+    }
+
+    /// Tries each seed a few times within a second: when none even accepts a connection
+    /// (nothing listens there), that is said at once rather than retried until the deadline. A
+    /// seed that answers in any other way leaves the rest to the retrying call.
+    async fn reach_a_seed(&self) -> Result<(), ClientError> {
+        let mut refused = None;
+        for round in 0..SEED_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(SEED_ROUND_PAUSE).await;
+            }
+            for _ in 0..self.config.seeds.len() {
+                match self.connection().await {
+                    Err(error @ ClientError::Connect { .. }) => refused = Some(error),
+                    _ => return Ok(()),
+                }
+            }
+        }
+        refused.map_or(Ok(()), Err)
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -128,6 +148,9 @@ impl Client {
     async fn request_encoded(&self, request: &Bytes) -> Result<Body, ClientError> {
         let deadline = tokio::time::Instant::now() + self.config.retry_deadline;
         let mut backoff = self.config.backoff_min;
+        // A broker's own refusal says more than a later timeout elsewhere: it is what the call
+        // fails with if retrying ends in something vaguer.
+        let mut refusal: Option<ClientError> = None;
         loop {
             let attempt = match self.connection().await {
                 Ok(connection) => {
@@ -141,9 +164,19 @@ impl Client {
             };
             match attempt {
                 Err(error) if error.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
-                    tracing::debug!(%error, "retrying");
+                    if let ClientError::Server(server) = &error {
+                        if refusal.is_none() && server.code == ErrorCode::Unavailable {
+                            tracing::warn!(%error, "retrying until {:?} have passed", self.config.retry_deadline);
+                        }
+                        refusal = Some(ClientError::Server(server.clone()));
+                    } else {
+                        tracing::debug!(%error, "retrying");
+                    }
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+                Err(error) if error.is_retryable() && !matches!(error, ClientError::Server(_)) && refusal.is_some() => {
+                    return Err(refusal.expect("checked"));
                 }
                 other => return other,
             }
@@ -199,6 +232,11 @@ impl Client {
         }
     }
 }
+
+/// Rounds over the seeds before a client says none can be reached, and the pause between them:
+/// a broker just started may take a moment to listen.
+const SEED_ROUNDS: usize = 3;
+const SEED_ROUND_PAUSE: Duration = Duration::from_millis(250);
 
 /// A delay in [d/2, 3d/2), so clients that failed together do not retry together.
 fn jitter(delay: Duration) -> Duration {
