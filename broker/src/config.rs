@@ -49,6 +49,9 @@ pub struct Limits {
     pub subscription_credits_max: u32,
     /// Bytes one delivery frame carries at most.
     pub delivery_bytes_max: u64,
+    /// Bytes queued for one client connection at most (answers and deliveries, encoded): a client
+    /// that does not read holds this much of the broker, and one frame being written.
+    pub outbox_bytes_max: usize,
     /// Subscriptions one connection may hold open.
     pub subscriptions_per_connection_max: usize,
     /// redb's page cache for the Raft log (redb's own default is 1 GiB).
@@ -76,6 +79,7 @@ impl Default for Limits {
             lease_wait_ms_max: 60_000,
             subscription_credits_max: 10_000,
             delivery_bytes_max: 1024 * 1024,
+            outbox_bytes_max: 16 * 1024 * 1024,
             subscriptions_per_connection_max: 64,
             log_cache_bytes: 16 * 1024 * 1024,
             state_cache_bytes: 64 * 1024 * 1024,

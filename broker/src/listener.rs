@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::stream::{SplitStream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 use tokio_util::sync::CancellationToken;
@@ -199,12 +199,79 @@ impl FailureLog {
     }
 }
 
-/// A framed connection's two halves: [`Link::next`] reads frames, [`Link::outbox`] queues frames
-/// for the writer task.
+/// A framed connection's two halves: [`Link::next_timed`] reads frames, [`Link::outbox`] queues
+/// frames for the writer task.
 pub struct Link<S, C: Decoder, Out> {
     frames: SplitStream<Framed<S, C>>,
-    outbox: mpsc::Sender<Out>,
+    outbox: Outbox<Out>,
     writer: JoinHandle<()>,
+}
+
+/// Where a link's frames out queue, bounded in frames and in bytes: a sender waits until both
+/// have room, so a peer that does not read costs at most the byte bound (and one frame being
+/// written). A frame's bytes are given back when the writer takes it. Cheap to clone.
+pub struct Outbox<Out> {
+    frames: mpsc::Sender<(Out, OwnedSemaphorePermit)>,
+    bytes: Arc<Semaphore>,
+    bytes_max: usize,
+}
+
+impl<Out> std::fmt::Debug for Outbox<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("bytes_free", &self.bytes.available_permits()).finish_non_exhaustive()
+    }
+}
+
+impl<Out> std::fmt::Debug for Reserved<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reserved").field("bytes", &self.permit.num_permits()).finish_non_exhaustive()
+    }
+}
+
+impl<Out> Clone for Outbox<Out> {
+    fn clone(&self) -> Outbox<Out> {
+        Outbox { frames: self.frames.clone(), bytes: Arc::clone(&self.bytes), bytes_max: self.bytes_max }
+    }
+}
+
+/// The link's writer is gone: the connection closed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the connection closed")]
+pub struct OutboxClosed;
+
+/// Room held in an [`Outbox`] for a frame about to be built ([`Outbox::reserve`]).
+pub struct Reserved<Out> {
+    outbox: Outbox<Out>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl<Out: prost::Message> Outbox<Out> {
+    /// Queues `frame` once its bytes fit.
+    pub async fn send(&self, frame: Out) -> Result<(), OutboxClosed> {
+        self.reserve(frame.encoded_len()).await?.send(frame).await
+    }
+
+    /// Holds room for a frame of about `bytes` before it is built, so that what a sender reads
+    /// to build it is bounded too.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reserved<Out>, OutboxClosed> {
+        let permits = bytes.clamp(1, self.bytes_max) as u32;
+        let permit = Arc::clone(&self.bytes).acquire_many_owned(permits).await.map_err(|_| OutboxClosed)?;
+        Ok(Reserved { outbox: self.clone(), permit })
+    }
+}
+
+impl<Out: prost::Message> Reserved<Out> {
+    /// Queues `frame`, first taking more room if it came out larger than reserved.
+    pub async fn send(mut self, frame: Out) -> Result<(), OutboxClosed> {
+        let wanted = frame.encoded_len().clamp(1, self.outbox.bytes_max) as u32;
+        if let Some(more) = wanted.checked_sub(self.permit.num_permits() as u32).filter(|more| *more > 0) {
+            let extra = Arc::clone(&self.outbox.bytes).acquire_many_owned(more).await.map_err(|_| OutboxClosed)?;
+            self.permit.merge(extra);
+        } else if let Some(spare) = self.permit.split(self.permit.num_permits() - wanted as usize) {
+            drop(spare);
+        }
+        self.outbox.frames.send((frame, self.permit)).await.map_err(|_| OutboxClosed)
+    }
 }
 
 impl<S, C, Out> std::fmt::Debug for Link<S, C, Out>
@@ -222,15 +289,19 @@ where
     C: Decoder + Encoder<Out> + Send + 'static,
     Out: Send + 'static,
 {
-    /// Splits `stream`, framed by `codec`, with room for `queued_max` frames out.
-    pub fn open(stream: S, codec: C, queued_max: usize) -> Link<S, C, Out> {
+    /// Splits `stream`, framed by `codec`, with room for `queued_max` frames and `queued_bytes_max`
+    /// bytes out.
+    pub fn open(stream: S, codec: C, queued_max: usize, queued_bytes_max: usize) -> Link<S, C, Out> {
         let (sink, frames) = Framed::new(stream, codec).split();
-        let (outbox, mut queued) = mpsc::channel::<Out>(queued_max);
+        let (sender, mut queued) = mpsc::channel::<(Out, OwnedSemaphorePermit)>(queued_max);
         let queued = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
-        // `forward` flushes only when no frame is ready.
+        // `forward` flushes only when no frame is ready. A frame's bytes are given back as it is
+        // taken: the write buffer then holds it until the socket does.
         let writer = tokio::spawn(async move {
-            let _ = queued.map(Ok::<Out, <C as Encoder<Out>>::Error>).forward(sink).await;
+            let _ = queued.map(|(frame, _room)| Ok::<Out, <C as Encoder<Out>>::Error>(frame)).forward(sink).await;
         });
+        let bytes_max = queued_bytes_max.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let outbox = Outbox { frames: sender, bytes: Arc::new(Semaphore::new(bytes_max)), bytes_max };
         Link { frames, outbox, writer }
     }
 
@@ -261,7 +332,7 @@ where
     }
 
     /// Where frames out are queued; clones may outlive the link's reader.
-    pub fn outbox(&self) -> &mpsc::Sender<Out> {
+    pub fn outbox(&self) -> &Outbox<Out> {
         &self.outbox
     }
 

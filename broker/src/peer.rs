@@ -28,6 +28,8 @@ use crate::server::dispatch::{Here, dispatch};
 const PEER_CONNECTIONS_MAX: usize = 256;
 /// Answers queued for one peer connection's writer.
 const PEER_ANSWERS_QUEUED_MAX: usize = 256;
+/// Bytes of answers queued on one peer connection: room for two of the largest peer frames.
+const PEER_ANSWERS_BYTES_MAX: usize = 2 * chorus_protocol::limits::FRAME_BYTES_MAX_LIMIT;
 /// How long a new peer connection may take to authenticate.
 const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// At most one warning about refused peer connections per this many milliseconds: a stranger
@@ -86,7 +88,8 @@ async fn connection(stream: Stream, server: Arc<Server>) {
     let codec = PeerCodec::new(limits.peer_frame_bytes_max);
     let frame_read_max = Duration::from_millis(limits.frame_read_ms_max);
     let mut timing = FrameTiming::new(codec.partial(), frame_read_max);
-    let mut link: Link<Stream, PeerCodec, pb::PeerFrame> = Link::open(stream, codec, PEER_ANSWERS_QUEUED_MAX);
+    let mut link: Link<Stream, PeerCodec, pb::PeerFrame> =
+        Link::open(stream, codec, PEER_ANSWERS_QUEUED_MAX, PEER_ANSWERS_BYTES_MAX);
     let answers = link.outbox().clone();
     let shutdown = server.broker.shutdown_token();
     loop {

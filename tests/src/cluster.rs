@@ -257,6 +257,11 @@ impl Cluster {
         }
     }
 
+    /// Broker `id`'s process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.brokers.get(&id).and_then(|b| b.child.as_ref()).map(Child::id)
+    }
+
     /// Sends a signal (`STOP`, `CONT`, ...) to broker `id`'s process.
     pub fn signal(&self, id: u64, signal: &str) {
         if let Some(child) = self.brokers.get(&id).and_then(|b| b.child.as_ref()) {

@@ -18,7 +18,7 @@ use chorus_protocol::{ProtocolError, ServerCodec};
 use futures::SinkExt;
 use prost::Message;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
@@ -30,13 +30,15 @@ use super::sessions::InFlight;
 use super::state::Server;
 use super::subscription::{self, Subscription};
 use crate::broker::Broker;
-use crate::listener::{Arrival, FrameTiming, Link};
+use crate::listener::{Arrival, FrameTiming, Link, Outbox};
 use crate::security::{Stream, tls};
 
 /// How long a new connection may take to say Hello.
 const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// How long a closing connection waits for its in-flight requests.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// How long a stopping connection waits for room to tell a subscriber.
+const STOPPING_SEND_MS: u64 = 100;
 /// How often a connection looks at its silence, at least (a quarter of its shorter bound).
 const CHECK_MS_MIN: Duration = Duration::from_millis(50);
 /// The first byte of a TLS connection: a handshake record.
@@ -61,7 +63,7 @@ pub async fn run(stream: TcpStream, server: Arc<Server>) {
     let limits = &server.broker.config.limits;
     let codec = ServerCodec::new(limits.frame_bytes_max);
     let timing = FrameTiming::new(codec.partial(), Duration::from_millis(limits.frame_read_ms_max));
-    let mut link = Link::open(stream, codec, limits.in_flight_per_connection_max + 16);
+    let mut link = Link::open(stream, codec, limits.in_flight_per_connection_max + 16, limits.outbox_bytes_max);
     if let Some(session) = hello(&server, &mut link, certificate_user.as_deref()).await {
         serve_requests(&server, &session, &mut link, timing).await;
     }
@@ -256,11 +258,13 @@ impl Streams {
 
     /// Ends every open subscription with UNAVAILABLE under its Subscribe's request id, so that
     /// its client subscribes again, elsewhere, instead of waiting on a silent stream.
-    async fn stopping(&mut self, answers: &mpsc::Sender<pb::ServerFrame>) {
+    async fn stopping(&mut self, answers: &Outbox<pb::ServerFrame>) {
         let why = "the broker is stopping: subscribe again, to another broker";
         for (request_id, stream) in std::mem::take(&mut self.open) {
             drop(stream);
-            let _ = answers.send(pb::ServerFrame::error(request_id, error(ErrorCode::Unavailable, why))).await;
+            let told = answers.send(pb::ServerFrame::error(request_id, error(ErrorCode::Unavailable, why)));
+            // A client that does not read has a full outbox: it is not waited for.
+            let _ = tokio::time::timeout(Duration::from_millis(STOPPING_SEND_MS), told).await;
         }
     }
 
@@ -269,7 +273,7 @@ impl Streams {
         &mut self,
         server: &Arc<Server>,
         actor: &Actor,
-        answers: &mpsc::Sender<pb::ServerFrame>,
+        answers: &Outbox<pb::ServerFrame>,
         frame: &pb::ClientFrame,
     ) -> Routed {
         let request_id = frame.request_id;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chorus_machine::access::Action;
 use chorus_machine::{Actor, query};
 use chorus_protocol::pb::{self, ErrorCode, server_frame::Body};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use super::access::{self, Needs};
 use super::dispatch::Runner;
@@ -20,6 +20,7 @@ use super::router::Router;
 use super::state::Server;
 use crate::broker::Broker;
 use crate::command;
+use crate::listener::Outbox;
 
 /// Messages one Delivery frame carries at most.
 const DELIVERY_MESSAGES_MAX: usize = 256;
@@ -55,7 +56,7 @@ impl Drop for Subscription {
 pub async fn open(
     server: &Arc<Server>,
     actor: &Actor,
-    answers: &mpsc::Sender<pb::ServerFrame>,
+    answers: &Outbox<pb::ServerFrame>,
     request_id: u64,
     request: pb::SubscribeRequest,
 ) -> Result<Subscription, pb::Error> {
@@ -97,7 +98,7 @@ pub async fn open(
 struct Delivery {
     broker: Arc<Broker>,
     actor: Actor,
-    answers: mpsc::Sender<pb::ServerFrame>,
+    answers: Outbox<pb::ServerFrame>,
     request_id: u64,
     topic: String,
     topic_id: u64,
@@ -129,10 +130,17 @@ impl Delivery {
                     Err(_) => break,
                 }
             }
-            let batch = loop {
-                let batch = self.read(granted)?;
-                if !batch.is_empty() {
-                    break batch;
+            // Once there is something to send, room in the connection's outbox before reading
+            // it: a subscriber that does not read holds at most the outbox's bytes, never one
+            // batch per subscription on top, and a quiet subscription holds no room at all.
+            let bytes_max = self.broker.config.limits.delivery_bytes_max as usize;
+            let (room, batch) = loop {
+                if self.has_more()? {
+                    let Ok(room) = self.answers.reserve(bytes_max).await else { return Ok(()) };
+                    let batch = self.read(granted)?;
+                    if !batch.is_empty() {
+                        break (room, batch);
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -145,20 +153,32 @@ impl Delivery {
                 request_id: self.request_id,
                 body: Some(Body::Delivery(pb::Delivery { messages: batch })),
             };
-            if self.answers.send(frame).await.is_err() {
+            if room.send(frame).await.is_err() {
                 return Ok(());
             }
         }
     }
 
+    /// Whether a message is there at the position (reading only the topic's record).
+    fn has_more(&mut self) -> Result<bool, pb::Error> {
+        let store = self.broker.read()?;
+        let topic = self.topic_in(&store)?;
+        Ok(topic.last_seq >= self.next_seq.max(topic.first_seq))
+    }
+
+    /// The subscribed topic, if the actor may still read it and it was not deleted meanwhile.
+    fn topic_in(&self, store: &crate::storage::ReadStore) -> Result<chorus_machine::TopicRecord, pb::Error> {
+        access::check(store, &self.actor, Needs::Allowed(Action::Subscribe, &self.topic))?;
+        query::topic(store, &self.topic)
+            .map_err(unreadable)?
+            .filter(|t| t.id == self.topic_id)
+            .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("topic {:?} was deleted", self.topic)))
+    }
+
     /// Up to `count` messages from the position; skips ahead past messages retention trimmed.
     fn read(&mut self, count: usize) -> Result<Vec<pb::StoredMessage>, pb::Error> {
         let store = self.broker.read()?;
-        access::check(&store, &self.actor, Needs::Allowed(Action::Subscribe, &self.topic))?;
-        let topic = query::topic(&store, &self.topic)
-            .map_err(unreadable)?
-            .filter(|t| t.id == self.topic_id)
-            .ok_or_else(|| error(ErrorCode::UnknownTopic, format!("topic {:?} was deleted", self.topic)))?;
+        let topic = self.topic_in(&store)?;
         self.next_seq = self.next_seq.max(topic.first_seq);
         let bytes_max = self.broker.config.limits.delivery_bytes_max;
         let messages = query::read(&store, &topic, self.next_seq, count, bytes_max).map_err(unreadable)?;
