@@ -99,6 +99,31 @@ impl TopicLimits {
     }
 }
 
+/// A group's settings, as `group create` and `group edit` take them.
+#[derive(Debug, Args)]
+pub struct GroupSettings {
+    /// How long a lease lasts unless a worker asks for another length [create's default: 30000].
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Deliveries before a message is dead-lettered (0: unlimited) [create's default: 0].
+    #[arg(long)]
+    max_deliveries: Option<u32>,
+    /// Where a message goes after --max-deliveries (a topic that exists; without one, such
+    /// messages are dropped and counted).
+    #[arg(long)]
+    dead_letter: Option<String>,
+}
+
+impl GroupSettings {
+    /// `config` with these settings over it: what is not given stays.
+    fn over(self, mut config: pb::GroupConfig) -> pb::GroupConfig {
+        config.lease_ms_default = self.lease_ms.or(config.lease_ms_default);
+        config.deliveries_max = self.max_deliveries.unwrap_or(config.deliveries_max);
+        config.dead_letter_topic = self.dead_letter.or(config.dead_letter_topic);
+        config
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// Create a work group: its workers share the topic's messages, each leased to one at a time.
@@ -107,16 +132,8 @@ pub enum GroupCommand {
         target: Target,
         topic: String,
         name: String,
-        /// How long a lease lasts unless a worker asks for another length [default: 30000].
-        #[arg(long)]
-        lease_ms: Option<u64>,
-        /// Deliveries before a message is dead-lettered (0: unlimited).
-        #[arg(long, default_value_t = 0)]
-        max_deliveries: u32,
-        /// Where a message goes after --max-deliveries (a topic that exists; without one, such
-        /// messages are dropped and counted).
-        #[arg(long)]
-        dead_letter: Option<String>,
+        #[command(flatten)]
+        settings: GroupSettings,
         /// Lease one message per key at a time, in order.
         #[arg(long)]
         per_key: bool,
@@ -144,17 +161,10 @@ pub enum GroupCommand {
         target: Target,
         topic: String,
         name: String,
-        /// How long a lease lasts unless a worker asks for another length.
-        #[arg(long)]
-        lease_ms: Option<u64>,
-        /// Deliveries before a message is dead-lettered (0: unlimited).
-        #[arg(long)]
-        max_deliveries: Option<u32>,
-        /// Where a message goes after --max-deliveries (a topic that exists).
-        #[arg(long, conflicts_with = "no_dead_letter")]
-        dead_letter: Option<String>,
+        #[command(flatten)]
+        settings: GroupSettings,
         /// Drop messages past --max-deliveries instead of dead-lettering them.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dead_letter")]
         no_dead_letter: bool,
     },
     /// Browse a group's unfinished messages without consuming them: ready, delayed, leased (to
@@ -214,27 +224,21 @@ pub async fn topic(command: TopicCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn group(command: GroupCommand) -> anyhow::Result<ExitCode> {
     match command {
-        GroupCommand::Create { target, topic, name, lease_ms, max_deliveries, dead_letter, per_key, from } => {
+        GroupCommand::Create { target, topic, name, settings, per_key, from } => {
             let ordering = if per_key { pb::KeyOrdering::PerKey } else { pb::KeyOrdering::Unordered };
-            let config = pb::GroupConfig {
-                lease_ms_default: lease_ms,
-                deliveries_max: max_deliveries,
-                dead_letter_topic: dead_letter,
+            let base = pb::GroupConfig {
                 start: Some(start_to_pb(&from)?),
                 ordering: ordering as i32,
+                ..pb::GroupConfig::default()
             };
-            answer(&target, pb::CreateGroup { topic, name, config: Some(config) }).await
+            answer(&target, pb::CreateGroup { topic, name, config: Some(settings.over(base)) }).await
         }
-        GroupCommand::Edit { target, topic, name, lease_ms, max_deliveries, dead_letter, no_dead_letter } => {
+        GroupCommand::Edit { target, topic, name, settings, no_dead_letter } => {
             let client = connect(&target).await?;
             let described = client.call(pb::DescribeGroup { topic: topic.clone(), name: name.clone() }).await?;
-            let mut config = described.config.unwrap_or_default();
-            config.lease_ms_default = lease_ms.or(config.lease_ms_default);
-            config.deliveries_max = max_deliveries.unwrap_or(config.deliveries_max);
+            let mut config = settings.over(described.config.unwrap_or_default());
             if no_dead_letter {
                 config.dead_letter_topic = None;
-            } else if dead_letter.is_some() {
-                config.dead_letter_topic = dead_letter;
             }
             show(&target, client.call(pb::UpdateGroup { topic, name, config: Some(config) }).await?)
         }
