@@ -248,7 +248,8 @@ pub struct Reserved<Out> {
 impl<Out: prost::Message> Outbox<Out> {
     /// Queues `frame` once its bytes fit.
     pub async fn send(&self, frame: Out) -> Result<(), OutboxClosed> {
-        self.reserve(frame.encoded_len()).await?.send(frame).await
+        let len = frame.encoded_len();
+        self.reserve(len).await?.queue(frame, len).await
     }
 
     /// Holds room for a frame of about `bytes` before it is built, so that what a sender reads
@@ -262,8 +263,14 @@ impl<Out: prost::Message> Outbox<Out> {
 
 impl<Out: prost::Message> Reserved<Out> {
     /// Queues `frame`, first taking more room if it came out larger than reserved.
-    pub async fn send(mut self, frame: Out) -> Result<(), OutboxClosed> {
-        let wanted = frame.encoded_len().clamp(1, self.outbox.bytes_max) as u32;
+    pub async fn send(self, frame: Out) -> Result<(), OutboxClosed> {
+        let len = frame.encoded_len();
+        self.queue(frame, len).await
+    }
+
+    /// Queues `frame` of `len` encoded bytes, holding exactly that much room.
+    async fn queue(mut self, frame: Out, len: usize) -> Result<(), OutboxClosed> {
+        let wanted = len.clamp(1, self.outbox.bytes_max) as u32;
         if let Some(more) = wanted.checked_sub(self.permit.num_permits() as u32).filter(|more| *more > 0) {
             let extra = Arc::clone(&self.outbox.bytes).acquire_many_owned(more).await.map_err(|_| OutboxClosed)?;
             self.permit.merge(extra);

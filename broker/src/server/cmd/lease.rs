@@ -37,9 +37,21 @@ impl Serve for pb::LeaseRequest {
             let resource = group_resource(&self.topic, &self.group);
             access::check(&store, actor, Needs::Allowed(Action::Consume, &resource))?;
         }
+        // A follower that has not applied the group yet (created through another broker a moment
+        // ago) leaves the whole request to the leader rather than refuse it.
+        if !server.broker.is_leader() && !knows_group(server, &self)? {
+            return router::to_leader(server, self, actor, 0).await;
+        }
         let deadline = tokio::time::Instant::now() + wait(&self, &server.broker.config.limits);
         long_poll(server, actor, self, deadline).await
     }
+}
+
+/// Whether this broker's applied state holds the request's topic and group.
+fn knows_group(server: &Server, request: &pb::LeaseRequest) -> Served<bool> {
+    let store = server.broker.read()?;
+    let found = find_topic(&store, &request.topic).and_then(|topic| find_group(&store, &topic, &request.group));
+    Ok(found.is_ok())
 }
 
 /// Room a LeaseOk frame keeps for its own fields around the granted messages.
