@@ -60,6 +60,15 @@ pub struct Limits {
     pub state_cache_bytes: usize,
 }
 
+impl Limits {
+    /// What the messages of one answer (a lease, a peek) may add up to: a frame, less room for
+    /// the answer's own fields around them.
+    pub fn answer_messages_bytes_max(&self) -> u64 {
+        const ANSWER_FIELDS_BYTES: usize = 256 * 1024;
+        self.frame_bytes_max.saturating_sub(ANSWER_FIELDS_BYTES) as u64
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {

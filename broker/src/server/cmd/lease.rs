@@ -54,14 +54,6 @@ fn knows_group(server: &Server, request: &pb::LeaseRequest) -> Served<bool> {
     Ok(found.is_ok())
 }
 
-/// Room a LeaseOk frame keeps for its own fields around the granted messages.
-const LEASE_ANSWER_SLACK_BYTES: usize = 64 * 1024;
-
-/// What a lease's granted messages may add up to: whatever fits in one answer frame.
-fn lease_bytes_max(limits: &Limits) -> u64 {
-    limits.frame_bytes_max.saturating_sub(LEASE_ANSWER_SLACK_BYTES) as u64
-}
-
 /// How long the request may wait for messages.
 fn wait(request: &pb::LeaseRequest, limits: &Limits) -> Duration {
     Duration::from_millis(request.wait_ms.min(limits.lease_wait_ms_max))
@@ -130,7 +122,7 @@ async fn lease_now(server: &Server, actor: &Actor, request: &pb::LeaseRequest) -
         consumer: request.consumer.clone(),
         count_max: request.count_max,
         lease_ms: request.lease_ms,
-        bytes_max: Some(lease_bytes_max(&broker.config.limits)),
+        bytes_max: Some(broker.config.limits.answer_messages_bytes_max()),
     };
     let leased = write(server, actor, command).await?.leased().map_err(internal)?;
     Ok(pb::LeaseOk { messages: leased.grants.into_iter().map(leased_message).collect() })

@@ -13,8 +13,6 @@ use crate::server::state::Server;
 /// Messages one peek answers at most, and when the request gives no limit.
 const PEEK_MAX: u32 = 1000;
 const PEEK_DEFAULT: u32 = 100;
-/// Room a GroupPeek frame keeps for what it adds around the messages (states, consumers).
-const PEEK_ANSWER_SLACK_BYTES: usize = 256 * 1024;
 
 impl Serve for pb::PeekGroup {
     const ROUTE: Route = Route::Here;
@@ -31,7 +29,7 @@ impl Serve for pb::PeekGroup {
         };
         let now_ms = server.broker.now_ms();
         // As much as fits in one answer frame, as a lease does.
-        let bytes = server.broker.config.limits.frame_bytes_max.saturating_sub(PEEK_ANSWER_SLACK_BYTES) as u64;
+        let bytes = server.broker.config.limits.answer_messages_bytes_max();
         let limit = PeekLimit { messages: limit as usize, bytes };
         let peeked = chorus_machine::peek(&store, &topic, &group, self.after_seq, limit, now_ms).map_err(unreadable)?;
         Ok(pb::GroupPeek { messages: peeked.into_iter().map(peeked_to_pb).collect() })
