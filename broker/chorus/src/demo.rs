@@ -306,6 +306,15 @@ mod tests {
             .unwrap();
         let mut other = std::process::Command::new("sleep").arg("20").spawn().unwrap();
         let (broker_pid, other_pid) = (lookalike.id().to_string(), other.id().to_string());
+        // A child shows the test's own command line until it has exec'd its program.
+        let exec_done = |pid: &str, program: &str| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline.starts_with(program.as_bytes()))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(exec_done(&broker_pid, "/bin/sh") && exec_done(&other_pid, "sleep")) {
+            assert!(std::time::Instant::now() < deadline, "the children did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let judged = (is_broker(&broker_pid, 1, &broker_dir), is_broker(&broker_pid, 2, &broker_dir));
         let stranger = is_broker(&other_pid, 1, &broker_dir);
         for child in [&mut lookalike, &mut other] {
