@@ -18,12 +18,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::forward::{ForwardError, Forwarder};
 use crate::proposer::{MembershipError, ProposeError, Proposer, raft_error};
+use crate::raft::log_store::LogReader;
+use crate::raft::pre_vote::{LeaderContact, PreVote, PreVoteAnswer, VoterView};
 use crate::raft::repair::LogRepair;
 use crate::raft::snapshot_file::Receipts;
 use crate::raft::state_check::StateChecks;
 use crate::raft::state_store::AppliedStatus;
 use crate::raft::state_store::{self, StateDamage};
-use crate::raft::{BrokerNode, NodeId, Raft};
+use crate::raft::{BrokerNode, NodeId, Raft, TypeConfig};
 use crate::storage::{CorruptValue, DamageAlarm, ReadStore};
 
 /// The leader as a broker knows it: its id and addresses.
@@ -60,6 +62,10 @@ pub struct Broker {
     pub(crate) snapshot_receipts: Receipts,
     /// The log's repair: while under way, this broker does not vote.
     pub(crate) repair: LogRepair,
+    /// When this broker last heard from a leader: it grants no pre-vote while that is recent.
+    leader_contact: LeaderContact,
+    /// The log, read for its last id when judging a pre-vote.
+    log: LogReader,
     /// Digests of the applied state at state check marks.
     state_checks: StateChecks,
     shutdown: CancellationToken,
@@ -98,17 +104,25 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// What the broker keeps of the log store openraft owns.
+pub(crate) struct LogHandles {
+    /// The index committed, perhaps not yet on disk.
+    pub committed: Arc<AtomicU64>,
+    pub repair: LogRepair,
+    pub reader: LogReader,
+}
+
 impl Broker {
-    /// A broker over a started raft, its applied state and the index it has committed.
+    /// A broker over a started raft, its applied state and its log.
     pub(crate) fn new(
         config: BrokerConfig,
         raft: Raft,
         state: Arc<Database>,
         applied: watch::Receiver<AppliedStatus>,
-        committed: Arc<AtomicU64>,
-        repair: LogRepair,
+        log: LogHandles,
         state_checks: StateChecks,
     ) -> Broker {
+        let LogHandles { committed, repair, reader: log } = log;
         let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
         let forwarder = Forwarder::new(config.network(), config.limits.forward_connections_max);
         let core_failure = Arc::new(OnceLock::new());
@@ -126,6 +140,8 @@ impl Broker {
             damage_alarm,
             snapshot_receipts: Receipts::default(),
             repair,
+            leader_contact: LeaderContact::default(),
+            log,
             state_checks,
             shutdown,
             client_listener: std::sync::Mutex::new(None),
@@ -208,6 +224,95 @@ impl Broker {
             return Err(VoteRefused::Repairing { id: self.id(), floor });
         }
         self.raft.vote(request).await.map_err(|error| VoteRefused::Raft(Box::new(error)))
+    }
+
+    /// Takes a leader's append; an accepted one (not refused for a higher vote) is word from a
+    /// live leader.
+    pub async fn append_entries(
+        &self,
+        request: openraft::raft::AppendEntriesRequest<TypeConfig>,
+    ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, openraft::error::RaftError<NodeId>> {
+        let response = self.raft.append_entries(request).await?;
+        if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            self.leader_contact.heard();
+        }
+        Ok(response)
+    }
+
+    /// Takes a leader's snapshot chunk; one from the leader this broker follows is word from it.
+    pub async fn install_snapshot(
+        &self,
+        request: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<NodeId>,
+        openraft::error::RaftError<NodeId, openraft::error::InstallSnapshotError>,
+    > {
+        let leader_vote = request.vote;
+        let response = self.raft.install_snapshot(request).await?;
+        if response.vote == leader_vote {
+            self.leader_contact.heard();
+        }
+        Ok(response)
+    }
+
+    /// When this broker last heard from a leader.
+    pub fn leader_contact(&self) -> &LeaderContact {
+        &self.leader_contact
+    }
+
+    /// What this broker knows to judge a pre-vote; `None` if its log cannot be read.
+    pub fn voter_view(&self) -> Option<VoterView> {
+        let lease = Duration::from_millis(self.config.raft.election_timeout_ms_max);
+        let last_log_id = match self.log.last_log_id() {
+            Ok(last) => last,
+            Err(error) => {
+                tracing::warn!(%error, "the log's last id cannot be read: no pre-vote is granted or asked");
+                return None;
+            }
+        };
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        Some(VoterView {
+            term: metrics.current_term,
+            last_log_id,
+            leads: metrics.state == ServerState::Leader,
+            hears_a_leader: self.leader_contact.last().elapsed() < lease,
+            repairing: self.repair.floor().is_some(),
+        })
+    }
+
+    /// Answers a pre-vote ([`crate::raft::pre_vote`]); it changes nothing here.
+    pub fn pre_vote(&self, request: &PreVote) -> PreVoteAnswer {
+        let Some(view) = self.voter_view() else {
+            return PreVoteAnswer { granted: false, term: self.raft.metrics().borrow().current_term };
+        };
+        let answer = view.judge(request);
+        tracing::debug!(candidate = request.candidate, granted = answer.granted, "answered a pre-vote");
+        answer
+    }
+
+    /// The pre-vote this broker would ask for now, if it may stand for election at all: a voter
+    /// in an initialized cluster, not leading, not repairing its log.
+    pub fn candidacy(&self) -> Option<PreVote> {
+        let view = self.voter_view()?;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let voter = metrics.membership_config.membership().voter_ids().any(|id| id == self.id());
+        (voter && !view.leads && !view.repairing).then(|| PreVote {
+            candidate: self.id(),
+            next_term: view.term + 1,
+            last_log_id: view.last_log_id,
+        })
+    }
+
+    /// The voter sets of the newest membership: one, or two during a change.
+    pub fn voter_sets(&self) -> Vec<std::collections::BTreeSet<NodeId>> {
+        self.raft.metrics().borrow().membership_config.membership().get_joint_config().clone()
+    }
+
+    /// How to reach member `id`, if it is one.
+    pub fn member_node(&self, id: NodeId) -> Option<BrokerNode> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
     }
 
     /// The digests this broker took of its state at state check marks.

@@ -194,6 +194,8 @@ impl BrokerConfig {
             max_in_snapshot_log_to_keep: self.raft.entries_kept_after_snapshot,
             snapshot_max_chunk_size: self.raft.snapshot_chunk_bytes,
             max_payload_entries: self.raft.entries_per_append_max,
+            // Elections start only after a pre-vote (`crate::election`).
+            enable_elect: false,
             ..openraft::Config::default()
         };
         config.validate().map_err(Box::new)

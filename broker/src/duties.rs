@@ -224,7 +224,6 @@ async fn watch_repair(broker: Arc<Broker>) {
                 tracing::error!(%error, "the repair is done but cannot be recorded; this broker still does not vote");
                 return;
             }
-            broker.raft.runtime_config().elect(true);
             tracing::info!(id = broker.id(), floor, "the log is repaired; this broker votes again");
             return;
         }

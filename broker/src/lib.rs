@@ -19,6 +19,7 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod duties;
+pub mod election;
 pub mod forward;
 mod listener;
 pub mod peer;

@@ -181,6 +181,13 @@ async fn answer_raft(broker: &Broker, body: Option<Body>) -> Body {
             },
             Err(error) => refuse(error),
         },
+        Some(Body::PreVote(request)) => match wire::pre_vote_from_pb(request) {
+            Ok(request) => {
+                let answer = broker.pre_vote(&request);
+                Body::PreVoteOk(pb::PreVoteAnswer { granted: answer.granted, term: answer.term })
+            }
+            Err(error) => refuse(error),
+        },
         Some(Body::SnapshotChunk(chunk)) => match wire::snapshot_chunk_from_pb(chunk) {
             Ok(request) => install_chunk(broker, request).await,
             Err(error) => refuse(error),
@@ -195,7 +202,7 @@ async fn append(broker: &Broker, request: openraft::raft::AppendEntriesRequest<c
         tracing::warn!(%error, "refused an append from a peer");
         return refuse(error);
     }
-    match broker.raft.append_entries(request).await {
+    match broker.append_entries(request).await {
         Ok(response) => Body::AppendEntriesOk(wire::append_response_to_pb(&response)),
         Err(error) => refuse(error),
     }
@@ -220,7 +227,7 @@ async fn install_chunk(
             ..Default::default()
         });
     }
-    match broker.raft.install_snapshot(request).await {
+    match broker.install_snapshot(request).await {
         Ok(response) => Body::SnapshotChunkOk(pb::SnapshotChunkOk { vote: Some(wire::vote_to_pb(&response.vote)) }),
         Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch))) => {
             Body::Error(pb::PeerError { message: mismatch.to_string(), snapshot_mismatch: true, ..Default::default() })

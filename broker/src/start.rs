@@ -7,14 +7,15 @@ use std::sync::Arc;
 use openraft::RaftNetworkFactory;
 use tokio::net::TcpListener;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, LogHandles};
 use crate::config::BrokerConfig;
 use crate::raft::log_store::LogStore;
+use crate::raft::pre_vote::PreVotes;
 use crate::raft::state_store::StateStore;
 use crate::raft::{NodeId, Raft, StorageError, TypeConfig};
 use crate::security::peer_link::PeerAuth;
 use crate::server::Server;
-use crate::{duties, peer, server};
+use crate::{duties, election, peer, server};
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,7 @@ impl Broker {
         config: BrokerConfig,
         mut log: LogStore,
         state: StateStore,
-        network: impl RaftNetworkFactory<TypeConfig>,
+        network: impl RaftNetworkFactory<TypeConfig> + PreVotes + Clone,
     ) -> Result<Arc<Broker>, StartError> {
         if state.rebuilt() && log.purged()? {
             log.forget_entries()?;
@@ -77,16 +78,18 @@ impl Broker {
         let state_checks = state.state_checks();
         let applied = state.status();
         let database = state.database();
-        let raft = Raft::new(config.id, Arc::new(config.openraft()?), network, log, state).await?;
+        let reader = log.reader();
+        let raft = Raft::new(config.id, Arc::new(config.openraft()?), network.clone(), log, state).await?;
         if let Some(floor) = repair.floor() {
             tracing::warn!(
                 floor,
                 "the log is under repair: this broker neither votes nor stands for election until it has applied index {floor} from a leader"
             );
-            raft.runtime_config().elect(false);
         }
-        let broker = Arc::new(Broker::new(config, raft, database, applied, committed, repair, state_checks));
+        let log = LogHandles { committed, repair, reader };
+        let broker = Arc::new(Broker::new(config, raft, database, applied, log, state_checks));
         duties::start(&broker);
+        tokio::spawn(election::campaign(Arc::clone(&broker), network));
         Ok(broker)
     }
 }

@@ -137,6 +137,7 @@ peer_exchanges! {
     Vote(pb::VoteRequest) => VoteOk(pb::VoteResponse);
     SnapshotChunk(pb::SnapshotChunk) => SnapshotChunkOk(pb::SnapshotChunkOk);
     Forward(pb::Forwarded) => ForwardOk(pb::ForwardedAnswer);
+    PreVote(pb::PreVoteRequest) => PreVoteOk(pb::PreVoteAnswer);
 }
 
 /// PeerHello is answered in kind, so its pairing is written out.
@@ -201,6 +202,8 @@ pub fn peer_name(body: &Peer) -> &'static str {
         Peer::SnapshotChunkOk(_) => "SnapshotChunkOk",
         Peer::Forward(_) => "Forward",
         Peer::ForwardOk(_) => "ForwardOk",
+        Peer::PreVote(_) => "PreVote",
+        Peer::PreVoteOk(_) => "PreVoteOk",
         Peer::Error(_) => "Error",
     }
 }

@@ -513,6 +513,8 @@ fn peer_bodies() -> Vec<P> {
             answer: Some(pb::ServerFrame { request_id: 5, body: Some(S::Done(pb::Empty {})) }),
             applied_index: 17,
         }),
+        P::PreVote(pb::PreVoteRequest { candidate: 3, next_term: 4, last_log_id: Some(log_id(3, 12)) }),
+        P::PreVoteOk(pb::PreVoteAnswer { granted: true, term: 3 }),
         P::Error(pb::PeerError { message: "busy".into(), higher_vote: Some(vote()), snapshot_mismatch: true }),
     ]
 }
@@ -529,6 +531,8 @@ fn peer_tag(body: &P) -> usize {
         P::Forward(_) => 7,
         P::ForwardOk(_) => 8,
         P::Error(_) => 9,
+        P::PreVote(_) => 10,
+        P::PreVoteOk(_) => 11,
     }
 }
 
@@ -589,7 +593,7 @@ fn every_log_command_round_trips() {
 #[test]
 fn every_peer_frame_round_trips() {
     let bodies = peer_bodies();
-    covers(bodies.iter().map(peer_tag), 10);
+    covers(bodies.iter().map(peer_tag), 12);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::PeerFrame { request_id: i as u64, body: Some(body) };
         through(frame, &mut PeerCodec::default(), &mut PeerCodec::default());

@@ -270,3 +270,57 @@ async fn a_subscriber_that_never_reads_costs_the_broker_its_outbox_only() {
     assert!(after < before + 160, "the broker grew from {before} MiB to {after} MiB");
     drop(raw);
 }
+
+/// The terms broker `id` reported, and whether it always knew a leader, sampled every 100 ms
+/// for `how_long`.
+async fn watch_terms(cluster: &Cluster, id: u64, how_long: Duration) -> (std::collections::BTreeSet<u64>, usize) {
+    let deadline = std::time::Instant::now() + how_long;
+    let (mut terms, mut leaderless) = (std::collections::BTreeSet::new(), 0);
+    while std::time::Instant::now() < deadline {
+        match cluster.status(id).await {
+            Some(status) => {
+                terms.insert(status.term);
+                leaderless += usize::from(status.leader_id.is_none());
+            }
+            None => leaderless += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (terms, leaderless)
+}
+
+/// Case 8: a follower paused for 4 s forced an election when it resumed (no leader for about
+/// 2 s, then a new term), and a restarted broker deposed a healthy leader 2 s later ("seen a
+/// higher vote"). Now a broker stands for election only after a pre-vote that a majority grants,
+/// and no broker grants one while it hears from a leader: the term and the leader stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_follower_leaves_a_healthy_leader_alone() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let term = cluster.status(leader).await.expect("the leader's status").term;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut leaderless = 0;
+    for &follower in &followers {
+        cluster.signal(follower, "STOP");
+        let (terms, gaps) = watch_terms(&cluster, leader, Duration::from_secs(4)).await;
+        cluster.signal(follower, "CONT");
+        let (after, gaps_after) = watch_terms(&cluster, leader, Duration::from_secs(3)).await;
+        seen.extend(terms.into_iter().chain(after));
+        leaderless += gaps + gaps_after;
+    }
+    cluster.kill(followers[0]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.spawn(followers[0]);
+    let (terms, gaps) = watch_terms(&cluster, leader, Duration::from_secs(5)).await;
+    seen.extend(terms);
+    leaderless += gaps;
+    for id in [1, 2, 3] {
+        let status = cluster.status(id).await.expect("every broker answers");
+        seen.insert(status.term);
+        assert_eq!(status.leader_id, Some(leader), "broker {id} follows another leader");
+    }
+    println!("terms seen: {seen:?}; samples without a leader: {leaderless}");
+    assert_eq!(seen, [term].into(), "elections while a majority followed the leader");
+    assert_eq!(leaderless, 0, "samples without a leader");
+}

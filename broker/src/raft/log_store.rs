@@ -248,7 +248,32 @@ impl LogStore {
     }
 
     fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let txn = self.reader.shared.db.begin_read().map_err(read_error)?;
+        self.reader.read_meta(key)
+    }
+
+    fn read_log_id(&self, key: &str) -> Result<Option<LogId>, StorageError> {
+        self.reader.read_log_id(key)
+    }
+
+    /// A reader of this log, for the broker: it sees what openraft has handed over, flushed or not.
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
+    }
+}
+
+impl LogReader {
+    /// The id of the last entry handed to the log, flushed or not; the purged id when every entry
+    /// is purged.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let pending_last = self.shared.pending.lock().expect("pending lock").values().next_back().map(|e| e.log_id);
+        match pending_last.or(self.last_on_disk()?) {
+            Some(last) => Ok(Some(last)),
+            None => self.read_log_id(PURGED_KEY),
+        }
+    }
+
+    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.shared.db.begin_read().map_err(read_error)?;
         let table = txn.open_table(META).map_err(read_error)?;
         Ok(table.get(key).map_err(read_error)?.map(|v| v.value().to_vec()))
     }
@@ -262,9 +287,7 @@ impl LogStore {
             None => Ok(None),
         }
     }
-}
 
-impl LogReader {
     fn last_on_disk(&self) -> Result<Option<LogId>, StorageError> {
         let txn = self.shared.db.begin_read().map_err(read_error)?;
         let table = txn.open_table(LOG).map_err(read_error)?;
@@ -341,9 +364,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.read_log_id(PURGED_KEY)?;
-        let pending_last =
-            self.reader.shared.pending.lock().expect("pending lock").values().next_back().map(|e| e.log_id);
-        let last_log_id = pending_last.or(self.reader.last_on_disk()?).or(last_purged_log_id);
+        let last_log_id = self.reader.last_log_id()?;
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 

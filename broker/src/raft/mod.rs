@@ -11,6 +11,7 @@ mod log_layout;
 pub mod log_store;
 mod log_write;
 pub mod network;
+pub mod pre_vote;
 pub mod repair;
 pub mod replay;
 pub mod runtime;

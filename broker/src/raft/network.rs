@@ -21,6 +21,7 @@ use openraft::raft::{
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+use super::pre_vote::{PreVote, PreVoteAnswer, PreVoteClient, PreVotes};
 use super::{BrokerNode, NodeId, TypeConfig, wire};
 use crate::security::Stream;
 use crate::security::peer_link::{HandshakeError, PeerAuth};
@@ -45,6 +46,26 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> PeerClient {
         PeerClient::new(self, target, node.peer_addr.clone())
+    }
+}
+
+impl PreVotes for Network {
+    type Client = PeerClient;
+
+    fn client(&self, target: NodeId, node: &BrokerNode) -> PeerClient {
+        PeerClient::new(self, target, node.peer_addr.clone())
+    }
+}
+
+impl PreVoteClient for PeerClient {
+    async fn ask(&mut self, request: PreVote, timeout: Duration) -> Option<PreVoteAnswer> {
+        match self.call(wire::pre_vote_to_pb(&request), timeout).await {
+            Ok(answer) => Some(PreVoteAnswer { granted: answer.granted, term: answer.term }),
+            Err(error) => {
+                tracing::debug!(target_id = self.target, %error, "no pre-vote answer");
+                None
+            }
+        }
     }
 }
 

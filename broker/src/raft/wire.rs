@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chorus_protocol::pb;
 use openraft::{CommittedLeaderId, EntryPayload, LeaderId};
 
+use super::pre_vote::PreVote;
 use super::{
     BrokerNode, Entry, EntryBytes, LogId, Membership, NodeId, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
@@ -35,6 +36,22 @@ pub fn log_id_from_pb(log_id: pb::LogId) -> Wire<LogId> {
 
 pub fn opt_log_id_from_pb(log_id: Option<pb::LogId>) -> Wire<Option<LogId>> {
     log_id.map(log_id_from_pb).transpose()
+}
+
+pub fn pre_vote_to_pb(request: &PreVote) -> pb::PreVoteRequest {
+    pb::PreVoteRequest {
+        candidate: request.candidate,
+        next_term: request.next_term,
+        last_log_id: request.last_log_id.as_ref().map(log_id_to_pb),
+    }
+}
+
+pub fn pre_vote_from_pb(request: pb::PreVoteRequest) -> Wire<PreVote> {
+    Ok(PreVote {
+        candidate: request.candidate,
+        next_term: request.next_term,
+        last_log_id: opt_log_id_from_pb(request.last_log_id)?,
+    })
 }
 
 pub fn vote_to_pb(vote: &Vote) -> pb::Vote {

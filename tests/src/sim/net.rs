@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chorus_broker::Broker;
 use chorus_broker::broker::VoteRefused;
+use chorus_broker::raft::pre_vote::{PreVote, PreVoteAnswer, PreVoteClient, PreVotes};
 use chorus_broker::raft::{BrokerNode, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -140,6 +141,21 @@ impl RaftNetworkFactory<TypeConfig> for SimNetwork {
     }
 }
 
+impl PreVotes for SimNetwork {
+    type Client = SimLink;
+
+    fn client(&self, target: NodeId, _node: &BrokerNode) -> SimLink {
+        SimLink { from: self.from, to: target, net: Arc::clone(&self.net) }
+    }
+}
+
+impl PreVoteClient for SimLink {
+    async fn ask(&mut self, request: PreVote, timeout: Duration) -> Option<PreVoteAnswer> {
+        let answer = self.rpc(timeout, |peer| async move { Ok::<_, RaftError<NodeId>>(peer.pre_vote(&request)) });
+        answer.await.ok()
+    }
+}
+
 /// One broker's RPCs to one peer, delivered as direct calls on the peer's raft.
 #[derive(Debug)]
 pub struct SimLink {
@@ -201,7 +217,7 @@ impl RaftNetwork<TypeConfig> for SimLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
-        self.rpc(option.hard_ttl(), |peer| async move { peer.raft.append_entries(rpc).await }).await
+        self.rpc(option.hard_ttl(), |peer| async move { peer.append_entries(rpc).await }).await
     }
 
     async fn install_snapshot(
@@ -209,7 +225,7 @@ impl RaftNetwork<TypeConfig> for SimLink {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.rpc(option.hard_ttl(), |peer| async move { peer.raft.install_snapshot(rpc).await }).await
+        self.rpc(option.hard_ttl(), |peer| async move { peer.install_snapshot(rpc).await }).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Rpc<VoteResponse<NodeId>> {
