@@ -226,12 +226,17 @@ impl Broker {
         self.raft.vote(request).await.map_err(|error| VoteRefused::Raft(Box::new(error)))
     }
 
-    /// Takes a leader's append; an accepted one (not refused for a higher vote) is word from a
-    /// live leader.
+    /// Takes a leader's append. One from a leader at least as recent as the one this broker
+    /// knows is word from a live leader as it arrives (a large append takes a while to sync);
+    /// an accepted one (not refused for a higher vote) is too.
     pub async fn append_entries(
         &self,
         request: openraft::raft::AppendEntriesRequest<TypeConfig>,
     ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, openraft::error::RaftError<NodeId>> {
+        let known = self.raft.metrics().borrow().vote;
+        if request.vote.is_committed() && request.vote >= known {
+            self.leader_contact.heard();
+        }
         let response = self.raft.append_entries(request).await?;
         if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
             self.leader_contact.heard();

@@ -24,6 +24,15 @@ pub struct Limits {
     pub frame_read_ms_max: u64,
     /// Requests one connection may have in flight; more are answered Overloaded.
     pub in_flight_per_connection_max: usize,
+    /// Bytes of requests one connection may have in flight (read and not yet answered); past
+    /// it the broker stops reading the connection until answers go out. At least one frame.
+    pub in_flight_bytes_per_connection_max: usize,
+    /// Bytes of client requests in flight on the whole broker; past it, every connection's next
+    /// request waits for room before it is served: back-pressure, not growth.
+    pub in_flight_bytes_max: usize,
+    /// Bytes client connections may have read and not yet decoded, broker-wide (frames arriving,
+    /// mostly); past it, reads wait (`listener::Budgeted`).
+    pub read_bytes_max: usize,
     /// Largest client frame.
     pub frame_bytes_max: usize,
     /// Largest peer frame: one AppendEntries is split to fit.
@@ -77,6 +86,9 @@ impl Default for Limits {
             client_idle_ms_max: 5 * 60 * 1000,
             frame_read_ms_max: 30_000,
             in_flight_per_connection_max: 1024,
+            in_flight_bytes_per_connection_max: 32 * 1024 * 1024,
+            in_flight_bytes_max: 256 * 1024 * 1024,
+            read_bytes_max: 128 * 1024 * 1024,
             frame_bytes_max: chorus_protocol::limits::FRAME_BYTES_MAX_DEFAULT,
             peer_frame_bytes_max: chorus_protocol::limits::FRAME_BYTES_MAX_LIMIT,
             commands_per_entry_max: 1024,
@@ -109,6 +121,10 @@ pub struct RaftTiming {
     pub snapshot_chunk_bytes: u64,
     /// Entries in one AppendEntries at most.
     pub entries_per_append_max: u64,
+    /// Bytes of entries in one AppendEntries at most (one entry always goes, whatever its size):
+    /// a follower writes and syncs each append before it answers, so its size bounds how long
+    /// the leader waits for word from that follower.
+    pub append_bytes_max: usize,
     /// How often the leader marks a state check, so the brokers compare digests of their state
     /// (`raft::state_check`); 0 never.
     pub state_check_interval_ms: u64,
@@ -124,6 +140,7 @@ impl Default for RaftTiming {
             entries_kept_after_snapshot: 2_000,
             snapshot_chunk_bytes: 1024 * 1024,
             entries_per_append_max: 256,
+            append_bytes_max: 8 * 1024 * 1024,
             state_check_interval_ms: 600_000,
         }
     }
@@ -180,6 +197,7 @@ impl BrokerConfig {
         crate::raft::network::Network {
             from_id: self.id,
             frame_bytes_max: self.limits.peer_frame_bytes_max,
+            append_bytes_max: self.raft.append_bytes_max,
             auth: self.security.peers.clone(),
         }
     }

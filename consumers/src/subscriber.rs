@@ -55,6 +55,9 @@ impl Start {
     }
 }
 
+/// Byte credit a subscriber gives by default: 32 MiB ahead of the caller.
+pub const CREDIT_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
+
 /// What to subscribe to and how.
 #[derive(Debug, Clone)]
 pub struct SubscriberConfig {
@@ -64,6 +67,9 @@ pub struct SubscriberConfig {
     pub start: Start,
     /// Messages the broker may send ahead of the caller.
     pub credits: u32,
+    /// Bytes (payloads, keys and headers) the broker may send ahead of the caller, if bounded:
+    /// with large messages this, not `credits`, bounds what a subscriber buffers.
+    pub credit_bytes: Option<u64>,
     /// Commit the last yielded sequence this often (durable subscriptions only).
     pub auto_commit: Option<Duration>,
 }
@@ -76,6 +82,7 @@ impl SubscriberConfig {
             subscription: None,
             start: Start::Earliest,
             credits: 256,
+            credit_bytes: Some(CREDIT_BYTES_DEFAULT),
             auto_commit: None,
         }
     }
@@ -203,6 +210,7 @@ impl Reader {
             subscription: self.config.subscription.clone(),
             start: Some(start.to_pb()),
             credits: self.config.credits,
+            credit_bytes: self.config.credit_bytes,
         };
         let (subscribe_id, ok, deliveries) =
             connection.open_stream(request, self.client.config().request_timeout).await?;
@@ -250,6 +258,7 @@ impl Reader {
                 other => return Err(Violation::Mismatch { request: "Subscribe", got: answer_name(&other) }.into()),
             };
             let count = delivery.messages.len() as u32;
+            let bytes = delivery.messages.iter().map(pb::StoredMessage::credit_bytes).sum();
             for message in delivery.messages {
                 let next = self.next_seq.unwrap_or(0);
                 // After a resubscribe a durable subscription restarts at its last commit: skip
@@ -263,7 +272,8 @@ impl Reader {
                     return Ok(());
                 }
             }
-            let credit = Request::Credit(pb::CreditRequest { subscribe_id: stream.subscribe_id, credits: count });
+            let credit = pb::CreditRequest { subscribe_id: stream.subscribe_id, credits: count, credit_bytes: bytes };
+            let credit = Request::Credit(credit);
             stream.connection.send(credit).await?;
         }
         Err(ClientError::Closed)

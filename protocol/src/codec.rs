@@ -22,18 +22,34 @@ pub struct FrameCodec<In, Out> {
     _types: PhantomData<fn(Out) -> In>,
 }
 
-/// Whether the decoder holds the start of a frame it has not seen whole yet: shared with the
-/// reader, which times it.
+/// What the decoder tells whoever reads for it: whether it holds the start of a frame it has not
+/// seen whole yet (the reader times it), and how many bytes it has taken out of its buffer as
+/// whole frames (the reader may count what the buffer holds).
 #[derive(Debug, Clone, Default)]
-pub struct PartialFrame(std::sync::Arc<std::sync::atomic::AtomicBool>);
+pub struct PartialFrame(std::sync::Arc<DecoderState>);
+
+#[derive(Debug, Default)]
+struct DecoderState {
+    pending: std::sync::atomic::AtomicBool,
+    consumed: std::sync::atomic::AtomicUsize,
+}
 
 impl PartialFrame {
     pub fn pending(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes taken out of the buffer as frames since the last call.
+    pub fn take_consumed(&self) -> usize {
+        self.0.consumed.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn set(&self, pending: bool) {
-        self.0.store(pending, std::sync::atomic::Ordering::Relaxed);
+        self.0.pending.store(pending, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn consumed(&self, bytes: usize) {
+        self.0.consumed.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -96,6 +112,7 @@ impl<In: Message + Default, Out> Decoder for FrameCodec<In, Out> {
         src.advance(FRAME_PREFIX_BYTES);
         let frame = src.split_to(len).freeze();
         self.partial.set(!src.is_empty());
+        self.partial.consumed(FRAME_PREFIX_BYTES + len);
         Ok(Some(In::decode(frame)?))
     }
 }

@@ -20,3 +20,12 @@ impl ServerFrame {
         ServerFrame { request_id, body: Some(server_frame::Body::Error(error)) }
     }
 }
+
+impl StoredMessage {
+    /// What the message costs against a subscription's byte credit: its payload, key, and
+    /// header names and values.
+    pub fn credit_bytes(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        (self.payload.len() + self.key.as_ref().map_or(0, |k| k.len()) + headers) as u64
+    }
+}

@@ -117,8 +117,9 @@ fn client_bodies() -> Vec<C> {
             subscription: Some("s".into()),
             start: Some(start()),
             credits: 64,
+            credit_bytes: Some(1 << 20),
         }),
-        C::Credit(pb::CreditRequest { subscribe_id: 3, credits: 10 }),
+        C::Credit(pb::CreditRequest { subscribe_id: 3, credits: 10, credit_bytes: 4096 }),
         C::Commit(pb::CommitRequest { topic: topic.clone(), subscription: "s".into(), seq: 8 }),
         C::Unsubscribe(pb::UnsubscribeRequest { subscribe_id: 3 }),
         C::Lease(pb::LeaseRequest {

@@ -105,7 +105,8 @@ async fn a_connection_to_a_follower_reads_its_own_writes() {
         connection.call(create, timeout).await.expect("create through the follower");
         let described = connection.call(pb::DescribeTopic { name: name.clone() }, timeout).await;
         assert!(described.is_ok(), "try {i}: describe after create: {described:?}");
-        let subscribe = pb::SubscribeRequest { topic: name, subscription: None, start: None, credits: 1 };
+        let subscribe =
+            pb::SubscribeRequest { topic: name, subscription: None, start: None, credits: 1, credit_bytes: None };
         let opened = connection.open_stream(subscribe, timeout).await;
         assert!(opened.is_ok(), "try {i}: subscribe after create: {:?}", opened.err());
     }
@@ -172,7 +173,13 @@ async fn a_stopping_broker_finishes_its_long_polls_and_tells_its_subscribers() {
             let connection = connection.clone();
             tokio::spawn(async move { connection.call(lease, Duration::from_secs(20)).await })
         };
-        let subscribe = pb::SubscribeRequest { topic: "draining".into(), subscription: None, start: None, credits: 8 };
+        let subscribe = pb::SubscribeRequest {
+            topic: "draining".into(),
+            subscription: None,
+            start: None,
+            credits: 8,
+            credit_bytes: None,
+        };
         let (_, _, mut deliveries) = connection.open_stream(subscribe, Duration::from_secs(10)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         cluster.signal(stopped, "TERM");

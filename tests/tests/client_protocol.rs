@@ -141,13 +141,18 @@ async fn every_request_kind_is_served() {
     };
     assert_eq!(groups.groups.len(), 1);
     // Subscribe, Credit, Unsubscribe.
-    let subscribe =
-        pb::SubscribeRequest { topic: "jobs".into(), subscription: Some("s".into()), start: None, credits: 1 };
+    let subscribe = pb::SubscribeRequest {
+        topic: "jobs".into(),
+        subscription: Some("s".into()),
+        start: None,
+        credits: 1,
+        credit_bytes: None,
+    };
     let (subscribe_id, first, mut deliveries) = c.open_stream(subscribe, T).await.unwrap();
     assert_eq!(first, pb::SubscribeOk { next_seq: 3 }, "resumes after the commit");
     let Some(Body::Delivery(delivery)) = deliveries.recv().await else { panic!() };
     assert_eq!(delivery.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
-    c.send(Request::Credit(pb::CreditRequest { subscribe_id, credits: 5 })).await.unwrap();
+    c.send(Request::Credit(pb::CreditRequest { subscribe_id, credits: 5, credit_bytes: 0 })).await.unwrap();
     c.request(publish("jobs", &["d"]), T).await.unwrap();
     let Some(Body::Delivery(delivery)) = deliveries.recv().await else { panic!() };
     assert_eq!(delivery.messages[0].payload, "d");
@@ -385,6 +390,7 @@ async fn subscribers_see_one_order_and_resume_after_their_commit() {
         subscription: name.map(Into::into),
         start: None,
         credits: 16,
+        credit_bytes: None,
     };
     let streams = [(on_leader.clone(), subscribe(Some("durable"))), (on_follower.clone(), subscribe(None))];
     let mut readers = Vec::new();
@@ -398,7 +404,7 @@ async fn subscribers_see_one_order_and_resume_after_their_commit() {
                         let n = delivery.messages.len() as u32;
                         seen.extend(delivery.messages.into_iter().map(|m| (m.seq, m.payload)));
                         connection
-                            .send(Request::Credit(pb::CreditRequest { subscribe_id: id, credits: n }))
+                            .send(Request::Credit(pb::CreditRequest { subscribe_id: id, credits: n, credit_bytes: 0 }))
                             .await
                             .unwrap();
                     }

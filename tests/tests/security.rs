@@ -45,7 +45,13 @@ fn create_topic(name: &str) -> Request {
 
 /// Every payload of `topic`, read through an ephemeral subscription from the start.
 async fn payloads(connection: &Connection, topic: &str, count: usize) -> Vec<String> {
-    let subscribe = pb::SubscribeRequest { topic: topic.into(), subscription: None, start: None, credits: 10_000 };
+    let subscribe = pb::SubscribeRequest {
+        topic: topic.into(),
+        subscription: None,
+        start: None,
+        credits: 10_000,
+        credit_bytes: None,
+    };
     let (id, _, mut pushes) = connection.open_stream(subscribe, T).await.expect("subscribe");
     let mut seen = Vec::new();
     while seen.len() < count {
@@ -446,7 +452,13 @@ fn lease(topic: &str, group: &str, count_max: u32, wait_ms: u64) -> Request {
 }
 
 fn subscribe(topic: &str, subscription: Option<&str>) -> pb::SubscribeRequest {
-    pb::SubscribeRequest { topic: topic.into(), subscription: subscription.map(Into::into), start: None, credits: 1000 }
+    pb::SubscribeRequest {
+        topic: topic.into(),
+        subscription: subscription.map(Into::into),
+        start: None,
+        credits: 1000,
+        credit_bytes: None,
+    }
 }
 
 fn group(topic: &str, name: &str) -> Request {

@@ -163,7 +163,8 @@ async fn a_damaged_value_in_a_followers_state_is_never_served() {
     cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await;
 
     let connection = Connection::connect(&cluster.brokers[&follower].client_addr, "fault-test", T).await.unwrap();
-    let subscribe = pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 100 };
+    let subscribe =
+        pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 100, credit_bytes: None };
     let served = match connection.open_stream(subscribe, T).await {
         Ok((_, _, mut deliveries)) => {
             let mut served = Vec::new();
@@ -194,7 +195,8 @@ async fn a_damaged_value_in_a_followers_state_is_never_served() {
     // Another broker's copy is its own: it serves all 20, intact.
     let other = [1, 2, 3].into_iter().find(|id| *id != follower).unwrap();
     let connection = Connection::connect(&cluster.brokers[&other].client_addr, "fault-test", T).await.unwrap();
-    let subscribe = pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 100 };
+    let subscribe =
+        pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 100, credit_bytes: None };
     let (_, _, mut deliveries) = connection.open_stream(subscribe, T).await.unwrap();
     let mut intact = Vec::new();
     while intact.len() < 20 {
@@ -238,7 +240,13 @@ async fn canaries_everywhere(options: ClusterOptions, count: u64) -> (Cluster, u
 /// Every payload of the topic as broker `id` serves it, once it has served `count`.
 async fn subscribe_all(cluster: &Cluster, id: u64, count: usize) -> Vec<String> {
     let connection = Connection::connect(&cluster.brokers[&id].client_addr, "fault-test", T).await.unwrap();
-    let subscribe = pb::SubscribeRequest { topic: TOPIC.into(), subscription: None, start: None, credits: 1_000 };
+    let subscribe = pb::SubscribeRequest {
+        topic: TOPIC.into(),
+        subscription: None,
+        start: None,
+        credits: 1_000,
+        credit_bytes: None,
+    };
     let (_, _, mut deliveries) = connection.open_stream(subscribe, T).await.unwrap();
     let mut served = Vec::new();
     while served.len() < count {

@@ -68,6 +68,17 @@ pub struct ServeArgs {
     /// Requests one client connection may have in flight.
     #[arg(long, default_value_t = Limits::default().in_flight_per_connection_max)]
     pub in_flight_max: usize,
+    /// Bytes of requests one client connection may have in flight; past it the broker reads
+    /// no more from that connection until answers go out.
+    #[arg(long, default_value_t = Limits::default().in_flight_bytes_per_connection_max)]
+    pub in_flight_bytes_per_connection_max: usize,
+    /// Bytes of client requests in flight on the whole broker; past it, requests wait to be read.
+    #[arg(long, default_value_t = Limits::default().in_flight_bytes_max)]
+    pub in_flight_bytes_max: usize,
+    /// Bytes client connections may have read and not yet decoded, broker-wide (frames still
+    /// arriving); past it, reads wait.
+    #[arg(long, default_value_t = Limits::default().read_bytes_max)]
+    pub read_bytes_max: usize,
     /// Client connections open at once from one IP address.
     #[arg(long, default_value_t = Limits::default().connections_per_address_max)]
     pub connections_per_address_max: usize,
@@ -142,6 +153,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         security,
         limits: Limits {
             in_flight_per_connection_max: args.in_flight_max.max(1),
+            in_flight_bytes_per_connection_max: args.in_flight_bytes_per_connection_max,
+            in_flight_bytes_max: args.in_flight_bytes_max,
+            read_bytes_max: args.read_bytes_max,
             connections_per_address_max: args.connections_per_address_max.max(1),
             client_idle_ms_max: args.client_idle_ms.max(1),
             frame_read_ms_max: args.frame_read_ms.max(1),

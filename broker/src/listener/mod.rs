@@ -4,8 +4,11 @@
 //!   address, hands each accepted one to its own task, stops at shutdown and returns once they
 //!   have all closed; failed accepts back off and are logged once in a while;
 //! - [`Link`] (`link`): a connection split in two halves, frames in, timed, and an [`Outbox`]
-//!   (`outbox`) of frames out, bounded in frames and in bytes.
+//!   (`outbox`) of frames out, bounded in frames and in bytes;
+//! - [`Budgeted`] (`budget`): a stream whose bytes read and not yet decoded hold room in a
+//!   broker-wide budget.
 
+mod budget;
 mod link;
 mod outbox;
 
@@ -18,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use budget::Budgeted;
 pub use link::{Arrival, FrameTiming, Link};
 pub use outbox::Outbox;
 

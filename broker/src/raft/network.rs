@@ -1,8 +1,9 @@
 //! Outgoing broker-to-broker RPCs for openraft: one persistent TCP connection per replication
 //! stream, authenticated before its first frame (`security::peer_link`), framed with the peer
 //! codec (bounded frames), reconnected lazily after any failure. Each RPC has openraft's
-//! deadline; an unreachable peer is retried after a randomized exponential backoff. Snapshots
-//! travel as openraft's bounded chunks.
+//! deadline, an append's stretched for its bytes ([`super::runtime::allow_until`]), and an append
+//! carries at most `append_bytes_max` of entries (one entry always goes); an unreachable peer is
+//! retried after a randomized exponential backoff. Snapshots travel as openraft's bounded chunks.
 
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct Network {
     /// This broker's id, announced in the preamble and PeerHello that open every connection.
     pub from_id: NodeId,
     pub frame_bytes_max: usize,
+    /// Bytes of entries in one AppendEntries at most (at least one entry goes).
+    pub append_bytes_max: usize,
     /// How this broker proves itself to its peers.
     pub auth: PeerAuth,
 }
@@ -79,6 +82,7 @@ impl PeerClient {
             conn: None,
             next_request_id: 1,
             frame_bytes_max: network.frame_bytes_max,
+            append_bytes_max: network.append_bytes_max.min(network.frame_bytes_max),
             auth: network.auth.clone(),
         }
     }
@@ -92,6 +96,7 @@ pub struct PeerClient {
     conn: Option<Framed<Stream, PeerCodec>>,
     next_request_id: u64,
     frame_bytes_max: usize,
+    append_bytes_max: usize,
     auth: PeerAuth,
 }
 
@@ -199,8 +204,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
-        let (request, partial) = fit_append(&rpc, self.frame_bytes_max);
-        let answer = self.call(request, option.hard_ttl()).await.map_err(|e| self.failed(e))?;
+        let (request, partial) = fit_append(&rpc, self.append_bytes_max);
+        // openraft allows an append its heartbeat interval; a large one gets time for its bytes.
+        let allowed = option.hard_ttl() + time_for_bytes(prost::Message::encoded_len(&request));
+        super::runtime::allow_until(allowed);
+        let answer = self.call(request, allowed).await.map_err(|e| self.failed(e))?;
         let response = wire::append_response_from_pb(answer).map_err(|e| self.malformed(e))?;
         Ok(match (response, partial) {
             // Only a prefix went out: say how far, and openraft sends the rest next.
@@ -269,6 +277,15 @@ pub fn fit_append(
     (request, None)
 }
 
+/// The slowest a follower is expected to take in and sync an append: 16 MiB/s, so 8 MiB is
+/// allowed half a second beyond the heartbeat interval.
+const APPEND_BYTES_PER_MS_MIN: usize = 16 * 1024;
+
+/// The time an append of `bytes` may take beyond a heartbeat's.
+fn time_for_bytes(bytes: usize) -> Duration {
+    Duration::from_millis((bytes / APPEND_BYTES_PER_MS_MIN) as u64)
+}
+
 /// Delays of 50 ms doubling to 2 s, each scaled by a random factor in [0.5, 1.5) so peers that
 /// lost the same broker do not retry in lockstep.
 pub fn jittered_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
@@ -317,9 +334,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_absent_peer_is_unreachable_and_a_silent_one_times_out() {
-        let mut client = Network { from_id: 1, frame_bytes_max: 1 << 20, auth: PeerAuth::Open }
-            .new_client(2, &BrokerNode { peer_addr: "127.0.0.1:1".into(), client_addr: String::new() })
-            .await;
+        let mut client =
+            Network { from_id: 1, frame_bytes_max: 1 << 20, append_bytes_max: 1 << 20, auth: PeerAuth::Open }
+                .new_client(2, &BrokerNode { peer_addr: "127.0.0.1:1".into(), client_addr: String::new() })
+                .await;
         let ping = || pb::PeerHello { protocol_version: 1, from_id: 1, initialized: false };
         assert!(matches!(client.call(ping(), Duration::from_secs(1)).await, Err(CallError::Connect { .. })));
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

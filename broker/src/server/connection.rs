@@ -27,10 +27,11 @@ use super::login::{Session, login};
 use super::respond::error;
 use super::router::Router;
 use super::sessions::InFlight;
+use super::state::MAX_PERMITS;
 use super::state::Server;
 use super::subscription::{self, Subscription};
 use crate::broker::Broker;
-use crate::listener::{Arrival, FrameTiming, Link, Outbox};
+use crate::listener::{Arrival, Budgeted, FrameTiming, Link, Outbox};
 use crate::security::{Stream, tls};
 
 /// How long a new connection may take to say Hello.
@@ -44,7 +45,7 @@ const CHECK_MS_MIN: Duration = Duration::from_millis(50);
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-type ClientLink = Link<Stream, ServerCodec, pb::ServerFrame>;
+type ClientLink = Link<Budgeted<Stream>, ServerCodec, pb::ServerFrame>;
 
 /// Tells a client over a connection limit why it is turned away; over TLS, which would take a
 /// handshake first, the connection just closes.
@@ -63,6 +64,7 @@ pub async fn run(stream: TcpStream, server: Arc<Server>) {
     let limits = &server.broker.config.limits;
     let codec = ServerCodec::new(limits.frame_bytes_max);
     let timing = FrameTiming::new(codec.partial(), Duration::from_millis(limits.frame_read_ms_max));
+    let stream = Budgeted::new(stream, Arc::clone(&server.read_bytes), codec.partial());
     let mut link = Link::open(stream, codec, limits.in_flight_per_connection_max + 16, limits.outbox_bytes_max);
     if let Some(session) = hello(&server, &mut link, certificate_user.as_deref()).await {
         serve_requests(&server, &session, &mut link, timing).await;
@@ -155,6 +157,8 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
     let check_every =
         Duration::from_millis(limits.frame_read_ms_max.min(limits.client_idle_ms_max) / 4).max(CHECK_MS_MIN);
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let connection_bytes = limits.in_flight_bytes_per_connection_max.max(limits.frame_bytes_max).min(MAX_PERMITS);
+    let in_flight_bytes = Arc::new(Semaphore::new(connection_bytes));
     let answers = link.outbox().clone();
     let mut streams = Streams::default();
     let shutdown = server.broker.shutdown_token();
@@ -196,6 +200,12 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
                 continue;
             }
         };
+        // Reading stops here until the request's bytes have room, on this connection and on
+        // the broker: a client that sends faster than answers go out waits, in its own socket.
+        let room = tokio::select! {
+            room = hold_room(&in_flight_bytes, &server.in_flight_bytes, frame.encoded_len()) => room,
+            _ = shutdown.cancelled() => break,
+        };
         let (server, answers, actor) = (Arc::clone(server), answers.clone(), session.actor.clone());
         tokio::spawn(async move {
             let answer = match frame.body {
@@ -204,7 +214,7 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
             };
             let answer = within_frame(pb::ServerFrame { request_id, body: Some(answer) }, &server.broker);
             let _ = answers.send(answer).await;
-            drop(admitted);
+            drop((admitted, room));
         });
     }
     streams.stopping(&answers).await;
@@ -222,6 +232,19 @@ fn within_frame(answer: pb::ServerFrame, broker: &Broker) -> pb::ServerFrame {
     }
     let why = format!("the answer would be {len} bytes, over the frame limit of {max}: ask for less at once");
     pb::ServerFrame::error(answer.request_id, error(ErrorCode::TooLarge, why))
+}
+
+/// Waits until `bytes` fit under the connection's in-flight bytes and then the broker's, and
+/// holds them. Each semaphore is at least a frame, so a request always fits in time.
+async fn hold_room(
+    connection: &Arc<Semaphore>,
+    broker: &Arc<Semaphore>,
+    bytes: usize,
+) -> (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>) {
+    let bytes = bytes.min(MAX_PERMITS) as u32;
+    let mine = Arc::clone(connection).acquire_many_owned(bytes).await.ok();
+    let shared = Arc::clone(broker).acquire_many_owned(bytes).await.ok();
+    (mine, shared)
 }
 
 /// What a request holds while in flight: its place under the connection's limit, and its bytes
@@ -298,7 +321,7 @@ impl Streams {
             }
             Some(Request::Credit(credit)) => match self.open.get(&credit.subscribe_id) {
                 Some(stream) => {
-                    stream.grant(credit.credits);
+                    stream.grant(credit.credits, credit.credit_bytes);
                     Routed::Handled(None)
                 }
                 None => refuse(error(ErrorCode::InvalidArgument, format!("no subscription {}", credit.subscribe_id))),

@@ -1,8 +1,10 @@
 //! Ordered delivery to one subscriber. The broker pushes `Delivery` frames under the Subscribe's
 //! request id, reading this broker's applied log from the subscription's position: a subscriber
-//! never sees an uncommitted message, and any broker can serve it. Flow control is by credit:
-//! each delivered message spends one, the client grants more, and with no credit nothing is sent,
-//! so a slow subscriber costs at most one batch of memory. At the tail, new commits wake the task.
+//! never sees an uncommitted message, and any broker can serve it. Flow control is by credit, in
+//! messages and, if the subscriber asks, in bytes: each delivered message spends one and its
+//! bytes (a delivery may overshoot the bytes by its last message, so one always goes), the
+//! client grants more, and with no credit nothing is sent, so a slow subscriber costs at most
+//! one batch of memory. At the tail, new commits wake the task.
 //! Every read checks the subscriber may still subscribe, in the state it reads: a revocation ends
 //! the stream with FORBIDDEN at the revocation's log position, on every broker.
 
@@ -30,14 +32,62 @@ const DELIVERY_MESSAGES_MAX: usize = 256;
 pub struct Subscription {
     credit: Arc<Semaphore>,
     credits_max: u32,
+    /// Byte credit, for a subscription opened with some.
+    bytes: Option<Arc<ByteCredit>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Bytes a subscription may still be sent; deliveries wait while none are left.
+#[derive(Debug, Default)]
+struct ByteCredit {
+    left: std::sync::Mutex<u64>,
+    granted: tokio::sync::Notify,
+}
+
+impl ByteCredit {
+    fn new(bytes: u64) -> ByteCredit {
+        ByteCredit { left: std::sync::Mutex::new(bytes.min(CREDIT_BYTES_MAX)), granted: Default::default() }
+    }
+
+    fn left(&self) -> u64 {
+        *self.left.lock().expect("byte credit lock")
+    }
+
+    fn grant(&self, bytes: u64) {
+        let mut left = self.left.lock().expect("byte credit lock");
+        *left = left.saturating_add(bytes).min(CREDIT_BYTES_MAX);
+        self.granted.notify_one();
+    }
+
+    fn spend(&self, bytes: u64) {
+        let mut left = self.left.lock().expect("byte credit lock");
+        *left = left.saturating_sub(bytes);
+    }
+
+    /// Waits until some bytes are left.
+    async fn some_left(&self) {
+        loop {
+            let granted = self.granted.notified();
+            if self.left() > 0 {
+                return;
+            }
+            granted.await;
+        }
+    }
+}
+
+/// Byte credit a subscription holds at most: grants past it are dropped.
+const CREDIT_BYTES_MAX: u64 = 1 << 40;
+
 impl Subscription {
-    /// Grants `credits` more messages, never holding more than the broker's cap.
-    pub fn grant(&self, credits: u32) {
+    /// Grants `credits` more messages, never holding more than the broker's cap, and, for a
+    /// subscription with byte credit, `credit_bytes` more bytes.
+    pub fn grant(&self, credits: u32, credit_bytes: u64) {
         let room = (self.credits_max as usize).saturating_sub(self.credit.available_permits());
         self.credit.add_permits((credits as usize).min(room));
+        if let Some(bytes) = &self.bytes {
+            bytes.grant(credit_bytes);
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -82,6 +132,7 @@ pub async fn open(
     answers.send(ok).await.map_err(|_| error(ErrorCode::Internal, "connection closed"))?;
     let credits_max = broker.config.limits.subscription_credits_max;
     let credit = Arc::new(Semaphore::new(request.credits.min(credits_max) as usize));
+    let bytes = request.credit_bytes.map(|bytes| Arc::new(ByteCredit::new(bytes)));
     let delivery = Delivery {
         broker: Arc::clone(broker),
         actor: actor.clone(),
@@ -91,8 +142,9 @@ pub async fn open(
         topic_id,
         next_seq,
         credit: Arc::clone(&credit),
+        bytes: bytes.clone(),
     };
-    Ok(Subscription { credit, credits_max, task: tokio::spawn(delivery.run()) })
+    Ok(Subscription { credit, credits_max, bytes, task: tokio::spawn(delivery.run()) })
 }
 
 struct Delivery {
@@ -104,6 +156,7 @@ struct Delivery {
     topic_id: u64,
     next_seq: u64,
     credit: Arc<Semaphore>,
+    bytes: Option<Arc<ByteCredit>>,
 }
 
 impl Delivery {
@@ -117,7 +170,14 @@ impl Delivery {
         let mut applied = self.broker.applied();
         let shutdown = self.broker.shutdown_token();
         loop {
-            // Wait for credit, then take whatever more is there, up to one frame's worth.
+            // Wait for credit, in bytes first if the subscriber gave any, then in messages, and
+            // take whatever more is there, up to one frame's worth.
+            if let Some(bytes) = &self.bytes {
+                tokio::select! {
+                    () = bytes.some_left() => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
             let Ok(first) = self.credit.acquire().await else { return Ok(()) };
             first.forget();
             let mut granted = 1;
@@ -148,6 +208,9 @@ impl Delivery {
                 }
             };
             self.credit.add_permits(granted - batch.len());
+            if let Some(bytes) = &self.bytes {
+                bytes.spend(batch.iter().map(pb::StoredMessage::credit_bytes).sum());
+            }
             self.next_seq = batch.last().map_or(self.next_seq, |m| m.seq + 1);
             let frame = pb::ServerFrame {
                 request_id: self.request_id,
@@ -180,7 +243,8 @@ impl Delivery {
         let store = self.broker.read()?;
         let topic = self.topic_in(&store)?;
         self.next_seq = self.next_seq.max(topic.first_seq);
-        let bytes_max = self.broker.config.limits.delivery_bytes_max;
+        let bytes_left = self.bytes.as_ref().map_or(u64::MAX, |bytes| bytes.left());
+        let bytes_max = self.broker.config.limits.delivery_bytes_max.min(bytes_left);
         let messages = query::read(&store, &topic, self.next_seq, count, bytes_max).map_err(unreadable)?;
         Ok(messages.into_iter().map(|(seq, message)| respond::stored_message(seq, message)).collect())
     }
