@@ -232,7 +232,11 @@ impl Cluster {
             .arg(format!("--election-timeout-ms={}", options.election_timeout_ms))
             .args(security_args(&options.security, &self.secrets))
             .args(&options.extra_args)
-            .env("RUST_LOG", std::env::var("CHORUS_TEST_RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CHORUS_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,openraft::replication=off".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

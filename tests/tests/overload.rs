@@ -298,8 +298,9 @@ async fn watch_terms(cluster: &Cluster, id: u64, how_long: Duration) -> (std::co
 
 /// Case 8: a follower paused for 4 s forced an election when it resumed (no leader for about
 /// 2 s, then a new term), and a restarted broker deposed a healthy leader 2 s later ("seen a
-/// higher vote"). Now a broker stands for election only after a pre-vote that a majority grants,
-/// and no broker grants one while it hears from a leader: the term and the leader stay.
+/// higher vote"), and the leader logged an ERROR for every failed heartbeat. Now a broker stands
+/// for election only after a pre-vote that a majority grants, and no broker grants one while it
+/// hears from a leader: the term and the leader stay; a silent peer is logged once per 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_follower_leaves_a_healthy_leader_alone() {
     let mut cluster = Cluster::start(3).await;
@@ -327,9 +328,16 @@ async fn a_returning_follower_leaves_a_healthy_leader_alone() {
         seen.insert(status.term);
         assert_eq!(status.leader_id, Some(leader), "broker {id} follows another leader");
     }
-    println!("terms seen: {seen:?}; samples without a leader: {leaderless}");
+    let errors: Vec<String> =
+        cluster.logs_of(leader).lines().filter(|line| line.contains(" ERROR ")).map(String::from).collect();
+    println!("terms seen: {seen:?}; samples without a leader: {leaderless}; leader ERROR lines: {}", errors.len());
+    for line in errors.iter().take(5) {
+        println!("  {line}");
+    }
     assert_eq!(seen, [term].into(), "elections while a majority followed the leader");
     assert_eq!(leaderless, 0, "samples without a leader");
+    // One line per peer per 10 s, not one per failed heartbeat (59 in this test before).
+    assert!(errors.is_empty() && cluster.logs_of(leader).matches("a peer does not answer").count() <= 8);
 }
 
 /// Case 5: one connection pipelining publishes of about 8 MiB made the leader's appends take

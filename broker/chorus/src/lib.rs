@@ -83,8 +83,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // openraft's raft_core warns of every stale vote or replication answer it drops, which
-        // a healthy election produces: noise an operator cannot act on.
-        CliCommand::Serve(_) => "info,openraft=warn,openraft::core::raft_core=error",
+        // a healthy election produces: noise an operator cannot act on. Its replication logs an
+        // ERROR for every failed heartbeat to a paused follower; the peer network logs a peer
+        // that does not answer once per 10 s instead (`raft::network`).
+        CliCommand::Serve(_) => "info,openraft=warn,openraft::core::raft_core=error,openraft::replication=off",
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -83,6 +83,7 @@ impl PeerClient {
             next_request_id: 1,
             frame_bytes_max: network.frame_bytes_max,
             append_bytes_max: network.append_bytes_max.min(network.frame_bytes_max),
+            failures: FailureLog::default(),
             auth: network.auth.clone(),
         }
     }
@@ -98,6 +99,43 @@ pub struct PeerClient {
     frame_bytes_max: usize,
     append_bytes_max: usize,
     auth: PeerAuth,
+    failures: FailureLog,
+}
+
+/// How often a peer that does not answer is logged, at most.
+const PEER_FAILURE_LOG_MS: u64 = 10_000;
+
+/// A peer's failed calls, logged once per [`PEER_FAILURE_LOG_MS`] with how many failed, and once
+/// more when it answers again: a paused follower fails ten heartbeats a second, and openraft's
+/// own line for each (`openraft::replication`, filtered out by `chorus serve`) flooded the log.
+#[derive(Debug, Default)]
+struct FailureLog {
+    failing_since: Option<std::time::Instant>,
+    failed: u64,
+    unlogged: u64,
+    last_logged: Option<std::time::Instant>,
+}
+
+impl FailureLog {
+    fn failed(&mut self, target: NodeId, error: &CallError) {
+        self.failing_since.get_or_insert_with(std::time::Instant::now);
+        self.failed += 1;
+        self.unlogged += 1;
+        let every = Duration::from_millis(PEER_FAILURE_LOG_MS);
+        if self.last_logged.is_none_or(|at| at.elapsed() >= every) {
+            tracing::warn!(target_id = target, %error, failures = self.unlogged, "a peer does not answer");
+            self.last_logged = Some(std::time::Instant::now());
+            self.unlogged = 0;
+        }
+    }
+
+    fn answered(&mut self, target: NodeId) {
+        if let Some(since) = self.failing_since.take() {
+            let failed_ms = since.elapsed().as_millis() as u64;
+            tracing::info!(target_id = target, failures = self.failed, failed_ms, "a peer answers again");
+        }
+        *self = FailureLog::default();
+    }
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -137,8 +175,13 @@ impl PeerClient {
             Err(_) => Err(CallError::Timeout(timeout)),
         };
         let answer = answer.and_then(|body| Ok(R::from_answer(body)?));
-        if answer.as_ref().is_err_and(|error| !matches!(error, CallError::Answer(PeerAnswerError::Refused(_)))) {
-            self.conn = None;
+        match &answer {
+            Err(CallError::Answer(PeerAnswerError::Refused(_))) => {}
+            Err(error) => {
+                self.conn = None;
+                self.failures.failed(self.target, error);
+            }
+            Ok(_) => self.failures.answered(self.target),
         }
         answer
     }
