@@ -102,12 +102,16 @@ pub struct PeerClient {
     failures: FailureLog,
 }
 
+/// How long a peer must fail before it is logged: brokers starting together miss each other
+/// for a moment, which is no news.
+const PEER_FAILING_MS_LOGGED: u64 = 2_000;
 /// How often a peer that does not answer is logged, at most.
 const PEER_FAILURE_LOG_MS: u64 = 10_000;
 
-/// A peer's failed calls, logged once per [`PEER_FAILURE_LOG_MS`] with how many failed, and once
-/// more when it answers again: a paused follower fails ten heartbeats a second, and openraft's
-/// own line for each (`openraft::replication`, filtered out by `chorus serve`) flooded the log.
+/// A peer's failed calls: logged once it has failed for [`PEER_FAILING_MS_LOGGED`], then once
+/// per [`PEER_FAILURE_LOG_MS`] with how many failed, and once more when it answers again. A
+/// paused follower fails ten heartbeats a second, and openraft's own line for each
+/// (`openraft::replication`, filtered out by `chorus serve`) flooded the log.
 #[derive(Debug, Default)]
 struct FailureLog {
     failing_since: Option<std::time::Instant>,
@@ -118,11 +122,12 @@ struct FailureLog {
 
 impl FailureLog {
     fn failed(&mut self, target: NodeId, error: &CallError) {
-        self.failing_since.get_or_insert_with(std::time::Instant::now);
+        let since = *self.failing_since.get_or_insert_with(std::time::Instant::now);
         self.failed += 1;
         self.unlogged += 1;
-        let every = Duration::from_millis(PEER_FAILURE_LOG_MS);
-        if self.last_logged.is_none_or(|at| at.elapsed() >= every) {
+        let long_enough = since.elapsed() >= Duration::from_millis(PEER_FAILING_MS_LOGGED);
+        let due = self.last_logged.is_none_or(|at| at.elapsed() >= Duration::from_millis(PEER_FAILURE_LOG_MS));
+        if long_enough && due {
             tracing::warn!(target_id = target, %error, failures = self.unlogged, "a peer does not answer");
             self.last_logged = Some(std::time::Instant::now());
             self.unlogged = 0;
@@ -130,8 +135,8 @@ impl FailureLog {
     }
 
     fn answered(&mut self, target: NodeId) {
-        if let Some(since) = self.failing_since.take() {
-            let failed_ms = since.elapsed().as_millis() as u64;
+        if self.last_logged.is_some() {
+            let failed_ms = self.failing_since.map_or(0, |since| since.elapsed().as_millis() as u64);
             tracing::info!(target_id = target, failures = self.failed, failed_ms, "a peer answers again");
         }
         *self = FailureLog::default();
