@@ -120,6 +120,25 @@ fn broker_cost(pids: &[u32]) -> Cost {
     cost
 }
 
+/// Bytes each broker has caused to be written to its disk (`write_bytes` in /proc/PID/io), in
+/// `pids` order; 0 where it cannot be read.
+fn disk_written(pids: &[u32]) -> Vec<u64> {
+    pids.iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/io")).ok().and_then(|io| write_bytes(&io)).unwrap_or(0))
+        .collect()
+}
+
+/// The `write_bytes` field of a /proc/PID/io text.
+fn write_bytes(io: &str) -> Option<u64> {
+    io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes the busiest broker wrote to disk between `before` and `after`, per payload byte.
+fn written_per_payload_byte(before: &[u64], after: &[u64], payload_bytes: u64) -> Option<f64> {
+    let busiest = before.iter().zip(after).map(|(b, a)| a.saturating_sub(*b)).max()?;
+    (payload_bytes > 0 && busiest > 0).then(|| busiest as f64 / payload_bytes as f64)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir()?;
     let (mut own, resolved) = match &args.brokers {
@@ -154,7 +173,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     client.call(pb::CreateGroup { topic: work_topic.clone(), name: "bench".into(), config: None }).await?;
 
     let before = broker_cost(&pids);
+    let written_before = disk_written(&pids);
     let publish = publish(&client, &leader_addr, &topic, &args).await?;
+    let payload_bytes = args.messages * args.size as u64;
+    let amplification = written_per_payload_byte(&written_before, &disk_written(&pids), payload_bytes);
     let (work, fanout) = if args.publish_only {
         (None, None)
     } else {
@@ -194,7 +216,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "publish": publish.json(),
         "work_queue": { "tasks_per_s": work },
         "fanout": { "deliveries_per_s": fanout },
-        "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": after.peak_rss_mib, "rss_mib": after.rss_mib }) },
+        "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": after.peak_rss_mib, "rss_mib": after.rss_mib, "disk_bytes_per_payload_byte": amplification }) },
         "peers": peers.iter().map(|(system, figures)| {
             let (throughput, p99) = ratios(figures);
             json!({ "system": system, "publish": figures.json(), "chorus_throughput_ratio": throughput, "chorus_p99_ratio": p99 })
@@ -221,6 +243,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "brokers:    {cpu_s:.1} CPU-seconds in all; RSS peak {:.0} MiB, now {:.0} MiB (largest broker)",
                 after.peak_rss_mib, after.rss_mib
             );
+            if let Some(amplification) = amplification {
+                println!(
+                    "disk:       {amplification:.2} bytes written per payload byte by the busiest broker, while publishing (write_bytes in /proc/PID/io)"
+                );
+            }
         }
         for (system, figures) in &peers {
             let (throughput, p99) = ratios(figures);
@@ -363,4 +390,21 @@ async fn fanout(client: &Client, topic: &str, args: &BenchArgs) -> anyhow::Resul
         deliveries += reader.await??;
     }
     Ok(deliveries as f64 / started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_writes_are_read_from_proc_io_and_divided_by_the_payload() {
+        let io =
+            "rchar: 10\nwchar: 20\nsyscr: 1\nsyscw: 2\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n";
+        assert_eq!(write_bytes(io), Some(8192));
+        assert_eq!(write_bytes("rchar: 1\n"), None);
+        // The busiest broker counts: 3,000 bytes for 1,000 of payload.
+        assert_eq!(written_per_payload_byte(&[100, 0, 50], &[1100, 3000, 2050], 1000), Some(3.0));
+        assert_eq!(written_per_payload_byte(&[], &[], 1000), None, "no brokers of its own");
+        assert_eq!(written_per_payload_byte(&[5], &[5], 1000), None, "nothing readable");
+    }
 }
