@@ -227,8 +227,8 @@ impl Broker {
     }
 
     /// Takes a leader's append. One from a leader at least as recent as the one this broker
-    /// knows is word from a live leader as it arrives (a large append takes a while to sync);
-    /// an accepted one (not refused for a higher vote) is too.
+    /// knows (the appends openraft does not refuse for a higher vote) is word from a live leader
+    /// as it arrives, not once it is synced: a large append takes a while to sync.
     pub async fn append_entries(
         &self,
         request: openraft::raft::AppendEntriesRequest<TypeConfig>,
@@ -237,11 +237,7 @@ impl Broker {
         if request.vote.is_committed() && request.vote >= known {
             self.leader_contact.heard();
         }
-        let response = self.raft.append_entries(request).await?;
-        if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
-            self.leader_contact.heard();
-        }
-        Ok(response)
+        self.raft.append_entries(request).await
     }
 
     /// Takes a leader's snapshot chunk; one from the leader this broker follows is word from it.
@@ -296,10 +292,9 @@ impl Broker {
         answer
     }
 
-    /// The pre-vote this broker would ask for now, if it may stand for election at all: a voter
-    /// in an initialized cluster, not leading, not repairing its log.
-    pub fn candidacy(&self) -> Option<PreVote> {
-        let view = self.voter_view()?;
+    /// The pre-vote this broker, seeing `view`, would ask for now, if it may stand for election
+    /// at all: a voter in an initialized cluster, not leading, not repairing its log.
+    pub fn candidacy(&self, view: &VoterView) -> Option<PreVote> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let voter = metrics.membership_config.membership().voter_ids().any(|id| id == self.id());

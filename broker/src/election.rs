@@ -9,8 +9,9 @@
 //! side, so a broker that was paused or cut off, and comes back, learns that it would lose and
 //! leaves the term, and the leader a majority still follows, alone.
 //!
-//! "Heard from a leader" is [`crate::raft::pre_vote::LeaderContact`]: the time this broker last
-//! accepted an append or a snapshot chunk (one refused for a higher vote is no contact). The
+//! "Heard from a leader" is [`crate::raft::pre_vote::LeaderContact`]: the time an append from a
+//! current leader last arrived, or a snapshot chunk was accepted (one refused for a higher vote
+//! is no contact). The
 //! voter's threshold equals openraft's leader lease (`election_timeout_max`), so an election a
 //! pre-vote allowed is not refused by the lease.
 
@@ -54,9 +55,13 @@ pub async fn campaign<P: PreVotes>(broker: Arc<Broker>, peers: P) {
             }
         }
         last_asked = Instant::now();
-        let Some(request) = broker.candidacy() else { continue };
+        let Some(view) = broker.voter_view() else { continue };
+        let Some(request) = broker.candidacy(&view) else { continue };
         let voter_sets = broker.voter_sets();
-        let granted = canvass(&broker, &peers, &mut clients, &voter_sets, &request, lease / 2).await;
+        let mut granted = canvass(&broker, &peers, &mut clients, &voter_sets, &request, lease / 2).await;
+        if view.judge(&request).granted {
+            granted.insert(broker.id());
+        }
         if is_quorum(&voter_sets, &granted) {
             tracing::info!(
                 id = broker.id(),
@@ -73,7 +78,7 @@ pub async fn campaign<P: PreVotes>(broker: Arc<Broker>, peers: P) {
     }
 }
 
-/// Asks every other voter at once; the voters that said yes, this broker included.
+/// Asks every other voter at once; the voters that said yes.
 async fn canvass<P: PreVotes>(
     broker: &Broker,
     peers: &P,
@@ -97,12 +102,7 @@ async fn canvass<P: PreVotes>(
         .filter(|(id, _)| voters.contains(id))
         .map(|(id, (_, client))| async move { (*id, client.ask(request.clone(), timeout).await) });
     let answers = futures::future::join_all(asks).await;
-    let mut granted: BTreeSet<NodeId> =
-        answers.into_iter().filter(|(_, answer)| answer.is_some_and(|a| a.granted)).map(|(id, _)| id).collect();
-    if broker.voter_view().is_some_and(|view| view.judge(request).granted) {
-        granted.insert(me);
-    }
-    granted
+    answers.into_iter().filter(|(_, answer)| answer.is_some_and(|a| a.granted)).map(|(id, _)| id).collect()
 }
 
 #[cfg(test)]

@@ -186,8 +186,9 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
             }
         };
         let request_id = frame.request_id;
+        let frame_bytes = frame.encoded_len();
         let admitted = match streams.route(server, &session.actor, &answers, &frame).await {
-            Routed::Elsewhere => admit(session, &in_flight, in_flight_max, &frame).map_err(Body::Error),
+            Routed::Elsewhere => admit(session, &in_flight, in_flight_max, frame_bytes).map_err(Body::Error),
             Routed::Handled(None) => continue,
             Routed::Handled(Some(answer)) => Err(*answer),
         };
@@ -203,7 +204,7 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
         // Reading stops here until the request's bytes have room, on this connection and on
         // the broker: a client that sends faster than answers go out waits, in its own socket.
         let room = tokio::select! {
-            room = hold_room(&in_flight_bytes, &server.in_flight_bytes, frame.encoded_len()) => room,
+            room = hold_room(&in_flight_bytes, &server.in_flight_bytes, frame_bytes) => room,
             _ = shutdown.cancelled() => break,
         };
         let (server, answers, actor) = (Arc::clone(server), answers.clone(), session.actor.clone());
@@ -257,13 +258,13 @@ fn admit(
     session: &Session,
     in_flight: &Arc<Semaphore>,
     in_flight_max: usize,
-    frame: &pb::ClientFrame,
+    frame_bytes: usize,
 ) -> Result<Admitted, pb::Error> {
     let overloaded = |why: String| error(ErrorCode::Overloaded, why);
     let permit = Arc::clone(in_flight)
         .try_acquire_owned()
         .map_err(|_| overloaded(format!("more than {in_flight_max} requests in flight")))?;
-    let bytes = session.usage.as_ref().map(|usage| usage.reserve(frame.encoded_len() as u64)).transpose();
+    let bytes = session.usage.as_ref().map(|usage| usage.reserve(frame_bytes as u64)).transpose();
     Ok((permit, bytes.map_err(|quota| overloaded(quota.to_string()))?))
 }
 

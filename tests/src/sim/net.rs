@@ -136,8 +136,8 @@ pub struct SimNetwork {
 impl RaftNetworkFactory<TypeConfig> for SimNetwork {
     type Network = SimLink;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BrokerNode) -> SimLink {
-        SimLink { from: self.from, to: target, net: Arc::clone(&self.net) }
+    async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> SimLink {
+        PreVotes::client(self, target, node)
     }
 }
 
