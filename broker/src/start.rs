@@ -70,7 +70,7 @@ impl Broker {
         network: impl RaftNetworkFactory<TypeConfig> + PreVotes + Clone,
     ) -> Result<Arc<Broker>, StartError> {
         if state.rebuilt() && log.purged()? {
-            log.forget_entries()?;
+            log.forget_entries().await?;
         }
         log.purge_behind_state(state.durable());
         let committed = log.committed_index();

@@ -17,25 +17,25 @@ use chorus_tests::workload::{
 const TOPIC: &str = "ledger";
 const T: Duration = Duration::from_secs(10);
 
-/// The write-ahead layout (`broker/src/raft/wal.rs`): header slots at 0 and 512, each a magic
-/// and the epoch; records from byte 1024.
-const WAL_MAGIC: &[u8; 8] = b"CHORUSW3";
-const WAL_SLOT_STRIDE: usize = 512;
-const WAL_RECORDS_AT: usize = 1024;
+/// The segment layout (`broker/src/raft/segment.rs`): header slots at 0 and 512; records from
+/// byte 1024.
+const SEGMENT_RECORDS_AT: usize = 1024;
 
-/// The write-ahead file of `data_dir` that takes appends now: the one of the later epoch.
-fn live_write_ahead_file(data_dir: &Path) -> std::path::PathBuf {
-    let epoch_of = |path: &Path| -> u64 {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        [0, WAL_SLOT_STRIDE]
-            .into_iter()
-            .filter(|&at| bytes.len() >= at + 16 && &bytes[at..at + 8] == WAL_MAGIC)
-            .map(|at| u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()))
-            .max()
-            .unwrap_or(0)
-    };
-    let files = [data_dir.join("log.wal0"), data_dir.join("log.wal1")];
-    files.into_iter().max_by_key(|path| epoch_of(path)).unwrap()
+/// The log segments of `data_dir`, oldest first.
+fn segments(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(data_dir.join("log.segments"))
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// The newest segment of `data_dir` that holds records: the one the last appends went to.
+fn live_segment(data_dir: &Path) -> std::path::PathBuf {
+    let holds_records = |path: &std::path::PathBuf| std::fs::metadata(path).unwrap().len() > SEGMENT_RECORDS_AT as u64;
+    segments(data_dir).into_iter().rev().find(holds_records).expect("a segment with records")
 }
 
 /// Flips one bit of the byte at `at` in `path`.
@@ -65,7 +65,7 @@ fn payloads(rows: &[String]) -> BTreeSet<String> {
 }
 
 /// Case 1. Broker 3 is down while brokers 1 and 2 acknowledge 3,000 messages; both are killed,
-/// and a bit flips in the first record of broker 2's live write-ahead file. Broker 2 used to
+/// and a bit flips in the first record of broker 2's live log segment. Broker 2 used to
 /// replay up to the bad record, win an election with broker 3, and lose every one of those
 /// messages. It must now say which file is damaged where, keep what precedes the damage, and
 /// neither vote nor stand for election: brokers 2 and 3 elect no leader. Once broker 1 is back,
@@ -87,8 +87,8 @@ async fn a_damaged_write_ahead_record_on_one_broker_loses_nothing_acknowledged()
     cluster.kill(1);
     cluster.kill(2);
 
-    let damaged = live_write_ahead_file(cluster.data_dir(2));
-    flip_bit(&damaged, WAL_RECORDS_AT + 12);
+    let damaged = live_segment(cluster.data_dir(2));
+    flip_bit(&damaged, SEGMENT_RECORDS_AT + 12);
     cluster.spawn(2);
     cluster.spawn(3);
     let floor = wait_for_repair_floor(&cluster, 2).await;
@@ -325,7 +325,7 @@ async fn a_damaged_snapshot_is_built_again_not_sent() {
     assert!(acked.iter().all(|payload| held.contains(payload)), "an acknowledged message is missing");
 }
 
-/// Case 3. A flipped byte in the leader's `log.redb` used to spread: a follower that caught up
+/// Case 3. A flipped byte in the leader's log (then `log.redb`, now a segment) used to spread: a follower that caught up
 /// from it served the damaged message. The broker must find the damaged entry when it opens its
 /// log and cut the log before it. Its state machine, intact, had applied the entry before the
 /// damage, so nothing is lost: the broker counts the cut entries as purged, is repaired at once,
@@ -344,8 +344,7 @@ async fn a_damaged_log_entry_on_the_leader_is_never_replicated() {
     }
     drop(client);
     let holders: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != behind).collect();
-    // A restart replays the write-ahead files into log.redb and checkpoints: the entries are
-    // then in log.redb alone.
+    // A restart opens the log again on its segments.
     for &id in &holders {
         cluster.terminate(id);
         cluster.spawn(id);
@@ -355,15 +354,16 @@ async fn a_damaged_log_entry_on_the_leader_is_never_replicated() {
         cluster.terminate(id);
     }
     let (damaged, intact) = (holders[0], holders[1]);
-    let copies = flip_every(&cluster.data_dir(damaged).join("log.redb"), payload(120).as_bytes());
-    assert!(copies > 0, "the payload is not in the log file");
+    let copies: usize =
+        segments(cluster.data_dir(damaged)).iter().map(|path| flip_every(path, payload(120).as_bytes())).sum();
+    assert!(copies > 0, "the payload is not in the log's segments");
 
     // With the broker that is behind, the damaged one has the longer log and leads.
     cluster.spawn(damaged);
     cluster.spawn(behind);
     let leader = cluster.wait_for_leader(&[damaged, behind], Duration::from_secs(30)).await;
     let log = cluster.logs_of(damaged);
-    assert!(log.contains("a log entry is damaged"), "{log}");
+    assert!(log.contains("the log segment is damaged"), "{log}");
     let applied = cluster.status(leader).await.unwrap().applied_index;
     cluster.wait_caught_up(&[damaged, behind], applied, Duration::from_secs(30)).await;
     wait_repaired(&cluster, damaged).await;

@@ -1,5 +1,5 @@
 //! A disk in memory with a crash model, for simulations and crash tests: a
-//! [`redb::StorageBackend`], so the log, its write-ahead files and the state open on it as they do
+//! [`redb::StorageBackend`], so the log, its segments and the state open on it as they do
 //! on files. Writes land in a live image at once, as in a page cache; `sync_data` makes them
 //! durable. A crash throws away every write since the last sync, and the
 //! handles opened before it fail from then on, so a crashed broker's leftover tasks cannot touch
@@ -11,6 +11,8 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
+
+use super::segment_files::SegmentFiles;
 
 /// One broker file (its log or its state), shared by every incarnation of that broker.
 #[derive(Debug, Clone, Default)]
@@ -168,30 +170,104 @@ fn overwrite(file: &mut [u8], offset: usize, bytes: &[u8]) {
 /// The files of one broker, kept across its crashes. A power loss hits them all at once.
 #[derive(Debug, Clone, Default)]
 pub struct Disks {
-    /// The Raft log's redb file.
+    /// The Raft log's metadata (a redb file).
     pub log: Disk,
-    /// The Raft log's two write-ahead files.
-    pub wal: [Disk; 2],
+    /// The Raft log's segments.
+    pub segments: SegmentDisks,
     /// The state machine's redb file.
     pub state: Disk,
 }
 
 impl Disks {
-    /// Handles on the log's write-ahead files, for [`super::log_store::LogStore::open_on`].
-    pub fn wal_handles(&self) -> [Box<dyn redb::StorageBackend>; 2] {
-        [Box::new(self.wal[0].open()), Box::new(self.wal[1].open())]
-    }
-
     /// Power loss on every file.
     pub fn crash(&self) {
         self.log.crash();
-        self.wal.iter().for_each(Disk::crash);
+        self.segments.crash();
         self.state.crash();
     }
 
-    /// The files by name, for faults: `log.redb`, `log.wal0`, `log.wal1`, `state.redb`.
-    pub fn files(&self) -> [(&'static str, &Disk); 4] {
-        [("log.redb", &self.log), ("log.wal0", &self.wal[0]), ("log.wal1", &self.wal[1]), ("state.redb", &self.state)]
+    /// The files by name, for faults: `log.redb`, `log.segments/<id>`, `state.redb`.
+    pub fn files(&self) -> Vec<(String, Disk)> {
+        let mut files = vec![("log.redb".to_owned(), self.log.clone())];
+        files.extend(self.segments.disks().into_iter().map(|(id, disk)| (format!("log.segments/{id}"), disk)));
+        files.push(("state.redb".to_owned(), self.state.clone()));
+        files
+    }
+}
+
+/// A log's segments on [`Disk`]s, kept across the broker's crashes. Creating and removing a
+/// segment is durable at once. A crash crashes every segment and kills the handles taken before
+/// it ([`SegmentDisks::open`]), so a crashed incarnation cannot create or remove segments either.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentDisks(Arc<Mutex<SegmentMap>>);
+
+#[derive(Debug, Default)]
+struct SegmentMap {
+    disks: std::collections::BTreeMap<u64, Disk>,
+    generation: u64,
+}
+
+impl SegmentDisks {
+    /// The segments for a new incarnation of the broker.
+    pub fn open(&self) -> Box<dyn SegmentFiles> {
+        let generation = self.0.lock().unwrap().generation;
+        Box::new(SegmentHandle { segments: self.clone(), generation })
+    }
+
+    pub fn crash(&self) {
+        self.kill_handles();
+        self.0.lock().unwrap().disks.values().for_each(Disk::crash);
+    }
+
+    /// Ends the incarnation that holds handles now, leaving each disk's own crash to the caller.
+    pub fn kill_handles(&self) {
+        self.0.lock().unwrap().generation += 1;
+    }
+
+    /// Every segment's disk, by id.
+    pub fn disks(&self) -> Vec<(u64, Disk)> {
+        self.0.lock().unwrap().disks.iter().map(|(id, disk)| (*id, disk.clone())).collect()
+    }
+}
+
+/// One incarnation's view of a [`SegmentDisks`].
+#[derive(Debug)]
+struct SegmentHandle {
+    segments: SegmentDisks,
+    generation: u64,
+}
+
+impl SegmentHandle {
+    fn map(&self) -> io::Result<std::sync::MutexGuard<'_, SegmentMap>> {
+        let map = self.segments.0.lock().unwrap();
+        if map.generation != self.generation {
+            return Err(io::Error::other("the broker crashed: this handle is dead"));
+        }
+        Ok(map)
+    }
+}
+
+impl SegmentFiles for SegmentHandle {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        Ok(self.map()?.disks.keys().copied().collect())
+    }
+
+    fn create(&self, id: u64) -> io::Result<Arc<dyn redb::StorageBackend>> {
+        let disk = Disk::default();
+        self.map()?.disks.insert(id, disk.clone());
+        Ok(Arc::new(disk.open()))
+    }
+
+    fn open(&self, id: u64) -> io::Result<Arc<dyn redb::StorageBackend>> {
+        let map = self.map()?;
+        let disk =
+            map.disks.get(&id).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no segment {id}")))?;
+        Ok(Arc::new(disk.open()))
+    }
+
+    fn remove(&self, id: u64) -> io::Result<()> {
+        self.map()?.disks.remove(&id);
+        Ok(())
     }
 }
 

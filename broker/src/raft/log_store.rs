@@ -1,12 +1,12 @@
-//! The Raft log: entries, the vote, the committed id and the purge point, on redb (`log.redb`)
-//! with two write-ahead files beside it (`log.wal0`, `log.wal1`). Appends are durable once their
-//! write-ahead record is synced; redb takes them after that, off the append path
-//! ([`super::log_write`]). Appended entries stay visible to readers in `pending` until redb holds
-//! them. Vote, truncate and purge return once a durable checkpoint holds them. The committed id
-//! does not wait: openraft awaits it on every commit, so it goes to the write-ahead file as a
-//! record that the next append's sync carries to disk; after a restart openraft re-applies the
-//! log up to it before the broker serves. A simulation opens the log with [`Writer::Inline`]
-//! instead: each job goes through both stages on the caller's thread before it returns.
+//! The Raft log: entries in append-only segment files (`log.segments/`), the vote, the purge
+//! point and the repair floor in redb (`log.redb`). An append is durable once its segment is
+//! synced, and stays where it was written: readers read it there through the log's index
+//! ([`super::log_write`]). Appended entries are visible to readers in `pending` until written.
+//! Vote, truncate and purge return once durable. The committed id does not wait: openraft awaits
+//! it on every commit, so it goes to the newest segment as a record that the next sync carries to
+//! disk; after a restart openraft re-applies the log up to it before the broker serves. A
+//! simulation opens the log with [`Writer::Inline`] instead: each job is written on the caller's
+//! thread before it returns.
 //!
 //! Once tied to the state machine ([`LogStore::purge_behind_state`]), a purge waits until the
 //! state is durable at the purge point. openraft 0.9 purges a follower's log as soon as it hands
@@ -25,15 +25,17 @@ use chorus_protocol::pb;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
+use redb::{Database, ReadableDatabase, StorageBackend};
 use tokio::sync::{oneshot, watch};
 
-use super::log_layout::{self, COMMITTED_KEY, LOG, META, PURGED_KEY, REPAIR_KEY, VOTE_KEY};
-use super::log_write::{self, Flushed, Job, Shared, SyncOp, WalPair};
+use super::log_layout::{self, META, PURGED_KEY, VOTE_KEY};
+use super::log_write::{self, Appender, Flushed, Job, Location, Shared, SyncOp};
 use super::repair::LogRepair;
+use super::segment;
+use super::segment_files::{SegmentDir, SegmentFiles};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
 
-/// Reads the log: on-disk entries overlaid with pending ones.
+/// Reads the log: written entries where they lie, overlaid with pending ones.
 #[derive(Clone)]
 pub struct LogReader {
     shared: Arc<Shared>,
@@ -51,7 +53,7 @@ pub enum Writer {
 
 enum Jobs {
     Thread(mpsc::Sender<Job>),
-    Inline(Mutex<WalPair>),
+    Inline(Mutex<Appender>),
 }
 
 /// The log store openraft drives.
@@ -101,59 +103,49 @@ enum WriterStopped {
 struct StateStopped;
 
 impl LogStore {
-    /// Opens or creates the log at `path` (a redb file; its write-ahead files are the same path
-    /// with the extensions `wal0` and `wal1`), with a page cache of `cache_bytes`, and starts
-    /// its writer threads.
+    /// Opens or creates the log at `path` (a redb file for its metadata; its segments are in the
+    /// directory of the same path with the extension `segments`), with a page cache of
+    /// `cache_bytes`, and starts its writer thread.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(write_error)?;
-        let wal = |extension: &str| -> Result<Box<dyn StorageBackend>, StorageError> {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path.with_extension(extension))
-                .map_err(write_error)?;
-            Ok(Box::new(redb::backends::FileBackend::new(file).map_err(write_error)?))
-        };
-        LogStore::on_database(db, [wal("wal0")?, wal("wal1")?], Writer::Thread)
+        let segments = SegmentDir::open(&path.with_extension("segments")).map_err(write_error)?;
+        LogStore::on_database(db, Box::new(segments), Writer::Thread)
     }
 
-    /// Opens or creates the log on `backend`, its write-ahead files on `wal`: for simulations,
-    /// whose disks are in memory.
+    /// Opens or creates the log's metadata on `backend`, its segments in `segments`: for
+    /// simulations, whose disks are in memory.
     pub fn open_on(
         backend: impl StorageBackend,
-        wal: [Box<dyn StorageBackend>; 2],
+        segments: Box<dyn SegmentFiles>,
         cache_bytes: usize,
         writer: Writer,
     ) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(write_error)?;
-        LogStore::on_database(db, wal, writer)
+        LogStore::on_database(db, segments, writer)
     }
 
-    fn on_database(db: Database, wal: [Box<dyn StorageBackend>; 2], writer: Writer) -> Result<LogStore, StorageError> {
-        let (shared, wal) = log_write::recover(db, wal).map_err(write_error)?;
-        let shared = Arc::new(shared);
+    fn on_database(db: Database, segments: Box<dyn SegmentFiles>, writer: Writer) -> Result<LogStore, StorageError> {
+        let recovered = log_write::recover(db, segments).map_err(write_error)?;
+        let shared = Arc::new(recovered.shared);
         let floor = {
             let txn = shared.db.begin_read().map_err(read_error)?;
             log_write::read_repair_floor(&txn.open_table(META).map_err(read_error)?).map_err(read_error)?
         };
         let jobs = match writer {
-            Writer::Inline => Jobs::Inline(Mutex::new(wal)),
-            Writer::Thread => Jobs::Thread(log_write::spawn(wal, Arc::clone(&shared)).map_err(write_error)?),
+            Writer::Inline => Jobs::Inline(Mutex::new(recovered.appender)),
+            Writer::Thread => {
+                Jobs::Thread(log_write::spawn(recovered.appender, Arc::clone(&shared)).map_err(write_error)?)
+            }
         };
-        let reader = LogReader { shared: Arc::clone(&shared) };
-        let mut store = LogStore {
-            reader,
+        let committed = recovered.committed;
+        Ok(LogStore {
+            reader: LogReader { shared: Arc::clone(&shared) },
             jobs,
-            committed_id: None,
-            committed: Arc::new(AtomicU64::new(0)),
+            committed_id: committed,
+            committed: Arc::new(AtomicU64::new(committed.map_or(0, |id| id.index))),
             state_durable: None,
-            repair: LogRepair::new(Arc::clone(&shared), floor),
-        };
-        store.committed_id = store.read_log_id(COMMITTED_KEY)?;
-        store.committed.store(store.committed_id.map_or(0, |id| id.index), Ordering::Relaxed);
-        Ok(store)
+            repair: LogRepair::new(shared, floor),
+        })
     }
 
     /// Makes `entries` readable at once and queues them for the writer; `flushed` runs after
@@ -163,7 +155,7 @@ impl LogStore {
         {
             let mut pending = self.reader.shared.pending.lock().expect("pending lock");
             for entry in entries {
-                encoded.push((entry.log_id, log_write::entry_record(&wire::entry_to_pb(&entry))));
+                encoded.push((entry.log_id, log_layout::entry_record(&wire::entry_to_pb(&entry))));
                 pending.insert(entry.log_id.index, entry);
             }
         }
@@ -174,8 +166,8 @@ impl LogStore {
     fn submit(&self, job: Job) -> Result<(), StorageError> {
         match &self.jobs {
             Jobs::Thread(jobs) => jobs.send(job).map_err(|_| write_error(WriterStopped::Gone)),
-            Jobs::Inline(wal) => {
-                log_write::run_inline(&mut wal.lock().expect("wal lock"), &self.reader.shared, vec![job]);
+            Jobs::Inline(appender) => {
+                log_write::run_inline(&mut appender.lock().expect("appender lock"), &self.reader.shared, vec![job]);
                 Ok(())
             }
         }
@@ -204,21 +196,12 @@ impl LogStore {
     /// snapshot and the entries after it. The broker must not vote until it is back where it
     /// was, so this records a repair floor at the last index the log held. Call it before raft
     /// starts.
-    pub fn forget_entries(&mut self) -> Result<u64, StorageError> {
+    pub async fn forget_entries(&mut self) -> Result<u64, StorageError> {
         let purged = self.read_log_id(PURGED_KEY)?.map_or(0, |id| id.index);
-        let last = self.reader.last_on_disk()?.map_or(0, |id| id.index);
+        let last = self.reader.last_on_disk().map_or(0, |id| id.index);
         let floor = self.repair.floor().unwrap_or(0).max(purged).max(last);
-        let mut txn = self.reader.shared.db.begin_write().map_err(write_error)?;
-        txn.set_durability(redb::Durability::Immediate).map_err(write_error)?;
-        {
-            txn.open_table(LOG).map_err(write_error)?.retain(|_, _| false).map_err(write_error)?;
-            let mut meta = txn.open_table(META).map_err(write_error)?;
-            meta.remove(PURGED_KEY).map_err(write_error)?;
-            meta.remove(COMMITTED_KEY).map_err(write_error)?;
-            meta.insert(REPAIR_KEY, floor.to_le_bytes().as_slice()).map_err(write_error)?;
-            log_write::demote_vote(&mut meta).map_err(write_error)?;
-        }
-        txn.commit().map_err(write_error)?;
+        self.reader.shared.pending.lock().expect("pending lock").clear();
+        self.sync(SyncOp::Forget { floor }).await?;
         self.committed_id = None;
         self.committed.store(0, Ordering::Relaxed);
         self.repair.raise(floor);
@@ -266,7 +249,7 @@ impl LogReader {
     /// is purged.
     pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let pending_last = self.shared.pending.lock().expect("pending lock").values().next_back().map(|e| e.log_id);
-        match pending_last.or(self.last_on_disk()?) {
+        match pending_last.or(self.last_on_disk()) {
             Some(last) => Ok(Some(last)),
             None => self.read_log_id(PURGED_KEY),
         }
@@ -288,20 +271,21 @@ impl LogReader {
         }
     }
 
-    fn last_on_disk(&self) -> Result<Option<LogId>, StorageError> {
-        let txn = self.shared.db.begin_read().map_err(read_error)?;
-        let table = txn.open_table(LOG).map_err(read_error)?;
-        match table.last().map_err(read_error)? {
-            Some((index, bytes)) => Ok(Some(decode_entry(index.value(), bytes.value())?.log_id)),
-            None => Ok(None),
-        }
+    fn last_on_disk(&self) -> Option<LogId> {
+        self.shared.index.read().expect("index lock").last()
     }
 }
 
-/// The entry stored under `index`; damage is an error, logged, never an entry.
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
-    log_layout::decode_entry_at(index, bytes).map_err(|error| {
-        tracing::error!(%error, index, "a damaged log entry was read and refused");
+/// The entry `index` whose record lies at `location` of `file`; damage is an error, logged, never
+/// an entry.
+fn read_entry(index: u64, location: Location, file: &dyn StorageBackend) -> Result<Entry, StorageError> {
+    let record = segment::read_record(file, location.segment, location.at, location.body_len).map_err(read_error)?;
+    let entry = match record {
+        Some(record) => log_layout::decode_entry_record(index, &record),
+        None => Err(log_layout::EntryDecodeError::Checksum),
+    };
+    entry.map_err(|error| {
+        tracing::error!(%error, index, segment = location.segment, at = location.at, "a damaged log entry was read and refused");
         read_error(error)
     })
 }
@@ -330,20 +314,24 @@ impl RaftLogReader<TypeConfig> for LogReader {
         let Some(range) = index_range(&range) else {
             return Ok(Vec::new());
         };
-        // Pending first: an entry leaves `pending` only after its commit, so whatever is missing
-        // from this copy is already on disk when the read transaction below begins.
-        let pending: Vec<(u64, Entry)> = {
+        // Pending first: an entry leaves `pending` only once the index holds it, so whatever is
+        // missing from this copy is in the index when it is read below.
+        let pending: BTreeMap<u64, Entry> = {
             let pending = self.shared.pending.lock().expect("pending lock");
             pending.range(range.clone()).map(|(index, entry)| (*index, entry.clone())).collect()
         };
+        // Where the others lie, taken under the lock; read after it is released.
+        let written: Vec<(u64, Location, Arc<dyn StorageBackend>)> = {
+            let index = self.shared.index.read().expect("index lock");
+            index
+                .clamp(range.start, range.end)
+                .filter(|i| !pending.contains_key(i))
+                .filter_map(|i| index.get(i).map(|(location, file)| (i, location, file)))
+                .collect()
+        };
         let mut found = BTreeMap::new();
-        {
-            let txn = self.shared.db.begin_read().map_err(read_error)?;
-            let table = txn.open_table(LOG).map_err(read_error)?;
-            for item in table.range::<u64>(range).map_err(read_error)? {
-                let (index, bytes) = item.map_err(read_error)?;
-                found.insert(index.value(), decode_entry(index.value(), bytes.value())?);
-            }
+        for (index, location, file) in written {
+            found.insert(index, read_entry(index, location, file.as_ref())?);
         }
         found.extend(pending);
         Ok(found.into_values().collect())
@@ -429,7 +417,7 @@ mod tests {
     use super::*;
     use crate::raft::EntryBytes;
     use crate::raft::crash_disk::Disks;
-    use crate::raft::log_write::WAL_BYTES_MAX;
+    use crate::raft::segment::{RECORD_HEAD_BYTES, SEGMENT_BYTES_MAX};
     use openraft::{CommittedLeaderId, EntryPayload};
     use redb::StorageBackend;
 
@@ -439,7 +427,7 @@ mod tests {
 
     impl Files {
         fn open(&self) -> LogStore {
-            LogStore::open_on(self.0.log.open(), self.0.wal_handles(), 1 << 20, Writer::Inline).unwrap()
+            LogStore::open_on(self.0.log.open(), self.0.segments.open(), 1 << 20, Writer::Inline).unwrap()
         }
         fn crash(&self) {
             self.0.crash();
@@ -474,34 +462,40 @@ mod tests {
         entries.iter().map(|e| (e.log_id.index, e.log_id.leader_id.term)).collect()
     }
 
-    /// Rewrites the raw value redb holds under `index` with `damage` applied.
-    fn damage_stored(store: &LogStore, index: u64, damage: impl FnOnce(&mut Vec<u8>)) {
-        let db = &store.reader.shared.db;
-        let txn = db.begin_write().unwrap();
-        {
-            let mut log = txn.open_table(LOG).unwrap();
-            let mut stored = log.get(index).unwrap().unwrap().value().to_vec();
-            damage(&mut stored);
-            log.insert(index, stored.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
+    /// Where entry `index` lies: its segment's disk and the record's start and length.
+    fn record_of(files: &Files, store: &LogStore, index: u64) -> (crate::raft::crash_disk::Disk, u64, usize) {
+        let (location, _) = store.reader.shared.index.read().unwrap().get(index).expect("a written entry");
+        let disks = files.0.segments.disks();
+        let disk = disks.into_iter().find(|(id, _)| *id == location.segment).expect("its segment").1;
+        (disk, location.at, RECORD_HEAD_BYTES + location.body_len)
+    }
+
+    /// Rewrites the record of entry `index` at rest, body and all, with `damage` applied.
+    fn damage_stored(files: &Files, store: &LogStore, index: u64, damage: impl FnOnce(&mut Vec<u8>)) {
+        let (disk, at, len) = record_of(files, store, index);
+        let handle = disk.open();
+        let mut record = vec![0u8; len];
+        handle.read(at, &mut record).unwrap();
+        damage(&mut record);
+        handle.write(at, &record).unwrap();
+        handle.sync_data().unwrap();
     }
 
     /// A flipped byte in a stored entry is refused on every read: replication and apply read
-    /// through `try_get_log_entries`, and the log's state through its last entry.
+    /// through `try_get_log_entries`.
     #[tokio::test]
-    async fn a_damaged_entry_in_redb_is_never_read_as_an_entry() {
+    async fn a_damaged_entry_in_a_segment_is_never_read_as_an_entry() {
         let files = Files::default();
         let mut store = files.open();
         append_all(&mut store, 1, 1..=5, 100);
-        damage_stored(&store, 3, |stored| {
+        damage_stored(&files, &store, 3, |stored| {
             let middle = stored.len() / 2;
             stored[middle] ^= 0x04;
         });
         assert_eq!(terms_of(&mut store, 1..=2).await, vec![(1, 1), (2, 1)], "the intact entries read");
         assert!(store.try_get_log_entries(1..=5).await.is_err(), "a damaged entry was read");
-        damage_stored(&store, 5, |stored| stored.truncate(3));
-        assert!(store.get_log_state().await.is_err(), "a damaged last entry gave a log state");
+        damage_stored(&files, &store, 5, |stored| stored[..4].copy_from_slice(&[0xff; 4]));
+        assert!(store.try_get_log_entries(5..=5).await.is_err(), "an entry of another length was read");
     }
 
     /// Damage found at open cuts the log before it, never after, and records a repair floor at
@@ -512,8 +506,7 @@ mod tests {
         let mut store = files.open();
         append_all(&mut store, 1, 1..=5, 100);
         assert_eq!(store.repair().floor(), None);
-        damage_stored(&store, 3, |stored| stored[10] ^= 0x01);
-        // Durable, as a checkpoint would have made it.
+        damage_stored(&files, &store, 3, |stored| stored[RECORD_HEAD_BYTES + 10] ^= 0x01);
         store.sync(SyncOp::Vote(wire::vote_to_pb(&Vote::new(1, 1)).encode_to_vec())).await.unwrap();
         drop(store);
         let mut store = files.open();
@@ -544,7 +537,7 @@ mod tests {
         append_all(&mut store, 2, 1..=4, 40);
         let leader = Vote::new_committed(2, 1);
         store.save_vote(&leader).await.unwrap();
-        damage_stored(&store, 3, |stored| stored[5] ^= 0x08);
+        damage_stored(&files, &store, 3, |stored| stored[RECORD_HEAD_BYTES + 5] ^= 0x08);
         drop(store);
         let mut store = files.open();
         let vote = store.read_vote().await.unwrap().expect("a vote");
@@ -552,20 +545,19 @@ mod tests {
         assert_eq!(vote.leader_id, leader.leader_id, "the term and the candidate stay");
     }
 
-    /// A flipped byte in a synced write-ahead record: the log keeps the records before it, and
-    /// the valid records after it raise the repair floor to the last index it had reached.
+    /// A flipped byte in a synced record's head: the log keeps the records before it, and the
+    /// valid records after it raise the repair floor to the last index it had reached.
     #[tokio::test]
-    async fn a_damaged_write_ahead_record_keeps_what_precedes_it() {
+    async fn a_damaged_segment_record_keeps_what_precedes_it() {
         let files = Files::default();
         let mut store = files.open();
         for term in 1..=5 {
             append_flushed(&mut store, entry(term, term, 100));
         }
-        // Power loss: redb's undurable commits are gone, the entries live in the write-ahead file.
         files.crash();
         drop(store);
         let third = [3u8; 100];
-        let damaged = files.0.wal.iter().any(|disk| {
+        let damaged = files.0.segments.disks().iter().any(|(_, disk)| {
             let handle = disk.open();
             let mut image = vec![0u8; handle.len().unwrap() as usize];
             handle.read(0, &mut image).unwrap();
@@ -574,7 +566,7 @@ mod tests {
             handle.sync_data().unwrap();
             true
         });
-        assert!(damaged, "entry 3's record was not found in a write-ahead file");
+        assert!(damaged, "entry 3's record was not found in a segment");
         let mut store = files.open();
         assert_eq!(terms(&mut store).await, vec![(1, 1), (2, 2)]);
         assert_eq!(store.repair().floor(), Some(5));
@@ -588,7 +580,12 @@ mod tests {
             for file in 0..2 {
                 let files = Files::default();
                 let mut store = files.open();
-                for index in 1..=3 {
+                append_all(&mut store, 1, 1..=1, 50);
+                // A second segment: the first holds entry 1.
+                store.truncate(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
+                drop(store);
+                let mut store = files.open();
+                for index in 2..=3 {
                     append_flushed(&mut store, entry(1, index, 50));
                     store.save_committed(Some(entry(1, index, 0).log_id)).await.unwrap();
                 }
@@ -599,7 +596,9 @@ mod tests {
                 }
                 files.crash();
                 drop(store);
-                if !files.0.wal[file].lose_write(back) {
+                let disks = files.0.segments.disks();
+                let Some((_, disk)) = disks.get(disks.len().saturating_sub(1 + file)) else { continue };
+                if !disk.lose_write(back) {
                     continue;
                 }
                 let mut store = files.open();
@@ -607,7 +606,7 @@ mod tests {
                 let floor = store.repair().floor();
                 assert!(
                     last == 6 || floor.is_some_and(|floor| floor >= 6),
-                    "losing write {back} back in log.wal{file} left the log at {last} with floor {floor:?}"
+                    "losing write {back} back in the segment {file} before the newest left the log at {last} with floor {floor:?}"
                 );
             }
         }
@@ -620,10 +619,12 @@ mod tests {
         let mut store = files.open();
         append_all(&mut store, 1, 1..=3, 10);
         let second = {
-            let txn = store.reader.shared.db.begin_read().unwrap();
-            txn.open_table(LOG).unwrap().get(2).unwrap().unwrap().value().to_vec()
+            let (disk, at, len) = record_of(&files, &store, 2);
+            let mut record = vec![0u8; len];
+            disk.open().read(at, &mut record).unwrap();
+            record
         };
-        damage_stored(&store, 3, |stored| *stored = second);
+        damage_stored(&files, &store, 3, |stored| *stored = second);
         assert!(store.try_get_log_entries(3..=3).await.is_err());
     }
 
@@ -632,8 +633,7 @@ mod tests {
         entries.iter().map(|e| (e.log_id.index, e.log_id.leader_id.term)).collect()
     }
 
-    /// Appends reach redb without durability; what makes them survive a power loss is the
-    /// write-ahead file, replayed when the log opens again.
+    /// Appends are durable in their segment once flushed, and the log opens again on them.
     #[tokio::test]
     async fn flushed_appends_survive_a_power_loss() {
         let files = Files::default();
@@ -645,7 +645,7 @@ mod tests {
         assert_eq!(terms(&mut store).await, (1..=50).map(|index| (index, 1)).collect::<Vec<_>>());
         assert_eq!(store.get_log_state().await.unwrap().last_log_id.map(|id| id.index), Some(50));
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
-        // The replay was checkpointed: a second power loss loses nothing either.
+        // Opening again started a new segment: a second power loss loses nothing either.
         files.crash();
         assert_eq!(terms(&mut files.open()).await.len(), 50);
     }
@@ -679,26 +679,70 @@ mod tests {
         assert_eq!(terms(&mut files.open()).await, expected);
     }
 
-    /// Once a write-ahead file holds `WAL_BYTES_MAX`, the next batch switches files and
-    /// checkpoints, so the files (and the replay at open) stay bounded; the entries of both files
-    /// survive a power loss.
+    /// Once a segment holds `SEGMENT_BYTES_MAX`, the next batch goes to a new one; a purge removes
+    /// the segments it empties, whole; every entry left survives a power loss.
     #[tokio::test]
-    async fn a_full_write_ahead_file_switches_and_checkpoints() {
+    async fn a_full_segment_starts_the_next_and_a_purge_removes_whole_segments() {
         let files = Files::default();
         let mut store = files.open();
         let entry_bytes = 1 << 18;
-        let entries = 3 * WAL_BYTES_MAX / entry_bytes as u64;
-        let epoch_at_open = store.reader.shared.durable_epoch();
+        let entries = 3 * SEGMENT_BYTES_MAX / entry_bytes as u64;
         for index in 1..=entries {
             append_flushed(&mut store, entry(1, index, entry_bytes));
-            let Jobs::Inline(wal) = &store.jobs else { unreachable!("the test opens the log inline") };
-            let wal_bytes = wal.lock().unwrap().current_bytes();
-            assert!(wal_bytes < WAL_BYTES_MAX + 2 * entry_bytes as u64, "the write-ahead file grew to {wal_bytes}");
+            let Jobs::Inline(appender) = &store.jobs else { unreachable!("the test opens the log inline") };
+            let (_, bytes) = appender.lock().unwrap().current_segment();
+            assert!(bytes < SEGMENT_BYTES_MAX + 2 * entry_bytes as u64, "a segment grew to {bytes}");
         }
-        assert!(store.reader.shared.durable_epoch() > epoch_at_open, "never checkpointed");
-        assert!(files.0.wal.iter().all(|disk| disk.open().len().unwrap() > 0), "one write-ahead file was never used");
+        let segments = files.0.segments.disks().len();
+        assert!(segments >= 3, "{segments} segments for three segments' worth");
+        let purged = LogId::new(CommittedLeaderId::new(1, 1), entries / 2);
+        store.purge(purged).await.unwrap();
+        let left = files.0.segments.disks().len();
+        assert!(left < segments && left >= 2, "{segments} segments before the purge, {left} after");
+        assert!(store.try_get_log_entries(entries / 2 + 1..=entries).await.is_ok());
         files.crash();
-        assert_eq!(terms(&mut files.open()).await.len() as u64, entries);
+        let mut store = files.open();
+        let kept = terms(&mut store).await;
+        assert_eq!(kept.first().map(|(index, _)| *index), Some(entries / 2 + 1));
+        assert_eq!(kept.len() as u64, entries - entries / 2);
+        assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, Some(purged));
+    }
+
+    /// A truncate is durable on its own: the dropped entries stay in their segment, and a power
+    /// loss before anything is appended after it must not bring them back.
+    #[tokio::test]
+    async fn a_truncate_outlives_a_power_loss_with_nothing_after_it() {
+        let files = Files::default();
+        let mut store = files.open();
+        append_all(&mut store, 1, 1..=6, 10);
+        store.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.unwrap();
+        files.crash();
+        let mut store = files.open();
+        assert_eq!(terms(&mut store).await, vec![(1, 1), (2, 1), (3, 1)]);
+        // And the next opening, which starts yet another segment, still agrees.
+        append_all(&mut store, 2, 4..=4, 10);
+        files.crash();
+        assert_eq!(terms(&mut files.open()).await, vec![(1, 1), (2, 1), (3, 1), (4, 2)]);
+    }
+
+    /// Forgetting the entries is durable, keeps the vote (not granted) and sets the repair floor;
+    /// the segments that held them are removed.
+    #[tokio::test]
+    async fn forgotten_entries_stay_forgotten() {
+        let files = Files::default();
+        let mut store = files.open();
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        append_all(&mut store, 2, 1..=5, 10);
+        store.purge(LogId::new(CommittedLeaderId::new(2, 1), 2)).await.unwrap();
+        assert_eq!(store.forget_entries().await.unwrap(), 5);
+        files.crash();
+        let mut store = files.open();
+        assert!(terms(&mut store).await.is_empty(), "forgotten entries came back");
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (None, None));
+        assert_eq!(store.repair().floor(), Some(5));
+        assert!(!store.read_vote().await.unwrap().unwrap().committed);
+        assert_eq!(files.0.segments.disks().len(), 1, "segments of forgotten entries were kept");
     }
 
     /// An empty or inverted range reads nothing instead of panicking inside `BTreeMap::range`

@@ -1,78 +1,57 @@
-//! The log's write path, in two stages that each own one file.
+//! The log's write path: one writer that owns the newest segment, and the replay that rebuilds
+//! the log's index when it opens.
 //!
-//! 1. **Write-ahead** ([`WalPair`]): appends go to the current write-ahead file, one write and one
-//!    `sync_data` per batch, and then their flush callbacks fire: concurrent appends share one
-//!    fsync (group commit). No redb work is on this path.
-//! 2. **Store**: the same entries then go into redb in transactions without durability, and leave
-//!    `pending` (where readers saw them until then). A checkpoint commits redb durably and records
-//!    the epoch from which the write-ahead files still matter.
+//! Appends go to the newest [`Segment`]: whatever jobs are queued share one write and one
+//! `sync_data`, and then their flush callbacks fire (group commit). The segment is where an entry
+//! stays; nothing copies it into a B-tree. Once written, an entry leaves `pending` (where readers
+//! found it until then) for the [`Index`], which says where each live entry lies. A segment that
+//! holds [`SEGMENT_BYTES_MAX`] is sealed and the next one started.
 //!
-//! There are two write-ahead files. When the current one holds [`WAL_BYTES_MAX`], or a vote,
-//! truncate or purge arrives, the write-ahead stage switches to the other file under the next
-//! epoch and hands the store stage a checkpoint to that epoch; appends go on into the new file
-//! while redb syncs, so a checkpoint does not stall them. Before reusing a file the write-ahead
-//! stage waits until a checkpoint covers its records; that wait is the backpressure that bounds
-//! `pending`. Vote, truncate and purge are done, and their callers told, once their checkpoint is
-//! durable; openraft awaits them, so nothing is appended behind one until then. Under
-//! `Writer::Inline` (the log store's) both stages run on the caller's thread, one after the
-//! other.
+//! A vote, truncate, purge or forget is one durable redb commit of the log's metadata, after the
+//! newest segment's sync; its caller is told once it is done, and openraft awaits it, so nothing
+//! is appended behind one until then. A truncate (and a forget, and a cut at open) records a
+//! [`Truncation`] and moves appends to a new segment, since the records it drops stay in theirs;
+//! a purge records the purge point. Segments that then hold no live entry are removed.
 //!
-//! The committed id goes to the write-ahead file too, unsynced: the next append's sync carries it,
-//! so after a crash openraft re-applies, before it serves, about as much as it had applied.
-//! Opening replays every write-ahead file of the recorded epoch or later, in epoch order, into
-//! redb, checks every stored entry, and checkpoints. A torn tail is dropped; damage to what was
-//! synced cuts the log before it and records a repair floor ([`recover`]), so a broker never
-//! votes or leads with a log that silently lost entries it acknowledged.
+//! The committed id goes to the newest segment too, unsynced: the next sync carries it, and every
+//! new segment starts with it, so the newest segment always holds the latest one. After a crash
+//! openraft re-applies, before it serves, about as much as it had applied.
+//!
+//! Opening ([`recover`]) reads every segment in order, applying truncations and the purge point as
+//! it goes, and checks every entry. A torn tail is dropped; damage to what was synced cuts the log
+//! before it and records a repair floor, so a broker never votes or leads with a log that silently
+//! lost entries it acknowledged ([`super::repair`]).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, mpsc};
-
-use redb::{Database, Durability, ReadableTable, StorageBackend};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use chorus_protocol::pb;
 use prost::Message;
+use redb::{Database, Durability, ReadableTable, StorageBackend};
 
 use super::log_layout::{
-    COMMITTED_KEY, EntryDecodeError, LOG, META, PURGED_KEY, REPAIR_KEY, VOTE_KEY, decode_entry, decode_entry_at,
-    stored_entry,
+    EntryDecodeError, META, PURGED_KEY, RECORD_COMMITTED, RECORD_COMMITTED_NONE, RECORD_ENTRY, REPAIR_KEY,
+    TRUNCATIONS_KEY, Truncation, VOTE_KEY, decode_entry,
 };
-use super::wal::{self, Wal};
-use super::{Entry, LogId};
+use super::segment::{self, SEGMENT_BYTES_MAX, Segment};
+use super::segment_files::SegmentFiles;
+use super::{Entry, LogId, wire};
 
-/// The epoch from which write-ahead files hold records redb does not yet hold durably.
-const WAL_EPOCH_KEY: &str = "wal_epoch";
-/// A batch that finds the current write-ahead file this large switches files and checkpoints.
-/// It bounds replay at open and the pages redb keeps back between durable commits. A checkpoint
-/// writes and syncs those pages off the append path, but its writes still share the disk with
-/// the appends' syncs: in `chorus bench --publish-only` (two runs each) the p99.9 ack latency was
-/// 11 and 12 ms at 1 MiB, 15 and 20 ms at 2 MiB, 25 and 24 ms at 4 MiB, 27 and 33 ms at 16 MiB,
-/// with throughput alike.
-pub const WAL_BYTES_MAX: u64 = 1 << 20;
-/// The first byte of a write-ahead record: what the rest is.
-const RECORD_ENTRY: u8 = 0;
-const RECORD_COMMITTED: u8 = 1;
-const RECORD_COMMITTED_NONE: u8 = 2;
-/// Most jobs one batch carries, in either stage.
+/// Most jobs one batch carries.
 const JOBS_PER_BATCH_MAX: usize = 4096;
-/// How long the write-ahead stage idles before it records the durable end of its last sync in
-/// the current file's header ([`Wal::seal`]). Under load every sync records the end of the one
+/// How long the writer idles before it records the durable end of its last sync in the newest
+/// segment's header ([`Segment::seal`]). Under load every sync records the end of the one
 /// before; this covers the last one, at the cost of one sync per idle spell.
 const SEAL_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Called once an append is on disk (or failed to get there).
 pub(super) type Flushed = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
-/// Told whether a vote, truncate or purge is durable.
+/// Told whether a vote, truncate, purge or forget is durable.
 pub(super) type Done = tokio::sync::oneshot::Sender<Result<(), Arc<WriteFailed>>>;
 
-/// An entry as a write-ahead record: [`RECORD_ENTRY`], then the entry as redb stores it
-/// ([`stored_entry`]: checksummed), so the store stage inserts the record's tail as it is.
-pub(super) fn entry_record(entry: &pb::RaftEntry) -> Vec<u8> {
-    stored_entry(entry, &[RECORD_ENTRY])
-}
-
-/// What the log store asks of the write path, in order.
+/// What the log store asks of the writer, in order.
 pub(super) enum Job {
-    /// Entries as write-ahead records ([`entry_record`]).
+    /// Entries as segment records ([`super::log_layout::entry_record`]).
     Append {
         entries: Vec<(LogId, Vec<u8>)>,
         flushed: Flushed,
@@ -91,147 +70,284 @@ pub(super) enum SyncOp {
     Truncate(u64),
     /// Delete entries up to and including this log id.
     Purge(LogId, Vec<u8>),
-}
-
-/// What the store stage does to redb, in order.
-enum StoreJob {
-    Entries(Vec<(LogId, Vec<u8>)>),
-    Committed(Option<Vec<u8>>),
-    /// Commit durably, recording `epoch`: every write-ahead record before it is then in redb.
-    Checkpoint {
-        epoch: u64,
-        op: Option<(SyncOp, Done)>,
+    /// Delete every entry and the purge point, keep the vote as not granted, and record a repair
+    /// floor here ([`super::log_store::LogStore::forget_entries`]).
+    Forget {
+        floor: u64,
     },
 }
 
-/// What both stages share with the log's readers.
+/// Where a live entry's record lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Location {
+    pub(super) log_id: LogId,
+    pub(super) segment: u64,
+    pub(super) at: u64,
+    pub(super) body_len: usize,
+}
+
+/// The live entries on disk, by index (a log has no holes), and the segments' files.
+#[derive(Default)]
+pub(super) struct Index {
+    /// The index of `locations[0]`.
+    first: u64,
+    locations: VecDeque<Location>,
+    files: BTreeMap<u64, Arc<dyn StorageBackend>>,
+}
+
+impl Index {
+    /// The index after the last live entry.
+    fn next(&self) -> u64 {
+        self.first + self.locations.len() as u64
+    }
+
+    pub(super) fn last(&self) -> Option<LogId> {
+        self.locations.back().map(|location| location.log_id)
+    }
+
+    /// Live indexes within `start..end`.
+    pub(super) fn clamp(&self, start: u64, end: u64) -> std::ops::Range<u64> {
+        start.max(self.first)..end.min(self.next())
+    }
+
+    /// Where entry `index` lies, and its segment's file.
+    pub(super) fn get(&self, index: u64) -> Option<(Location, Arc<dyn StorageBackend>)> {
+        let location = *self.locations.get(usize::try_from(index.checked_sub(self.first)?).ok()?)?;
+        Some((location, Arc::clone(self.files.get(&location.segment)?)))
+    }
+
+    /// Adds entry `location.log_id`: the next index, or any while the index is empty.
+    fn push(&mut self, location: Location) -> Result<(), WriteFailed> {
+        let index = location.log_id.index;
+        if self.locations.is_empty() {
+            self.first = index;
+        } else if index != self.next() {
+            return Err(WriteFailed::Gap { expected: self.next(), found: index });
+        }
+        self.locations.push_back(location);
+        Ok(())
+    }
+
+    fn truncate(&mut self, from: u64) {
+        self.locations.truncate(from.saturating_sub(self.first) as usize);
+    }
+
+    fn purge(&mut self, upto: u64) {
+        while self.first <= upto && self.locations.pop_front().is_some() {
+            self.first += 1;
+        }
+        self.first = self.first.max(upto.saturating_add(1));
+    }
+
+    /// The segments that hold a live entry.
+    fn referenced(&self) -> BTreeSet<u64> {
+        let mut segments = BTreeSet::new();
+        let mut last = None;
+        for location in &self.locations {
+            if last != Some(location.segment) {
+                segments.insert(location.segment);
+                last = Some(location.segment);
+            }
+        }
+        segments
+    }
+}
+
+/// What the writer shares with the log's readers.
 pub(super) struct Shared {
+    /// The log's metadata.
     pub(super) db: Database,
-    /// Appended and not yet in redb: readers see them here.
+    /// Appended and not yet written: readers find them here.
     pub(super) pending: Mutex<BTreeMap<u64, Entry>>,
-    /// The epoch the last durable checkpoint recorded, or `None` once the store stage failed.
-    durable_epoch: (Mutex<Option<u64>>, Condvar),
+    /// Where the written entries lie.
+    pub(super) index: RwLock<Index>,
 }
 
-impl Shared {
-    #[cfg(test)]
-    pub(super) fn durable_epoch(&self) -> Option<u64> {
-        *self.durable_epoch.0.lock().expect("epoch lock")
-    }
-
-    fn set_durable_epoch(&self, epoch: Option<u64>) {
-        *self.durable_epoch.0.lock().expect("epoch lock") = epoch;
-        self.durable_epoch.1.notify_all();
-    }
-
-    /// Waits until a durable checkpoint has recorded `epoch` or a later one.
-    fn wait_durable_epoch(&self, epoch: u64) -> Result<(), WriteFailed> {
-        let guard = self.durable_epoch.0.lock().expect("epoch lock");
-        let guard = self
-            .durable_epoch
-            .1
-            .wait_while(guard, |durable| durable.is_some_and(|durable| durable < epoch))
-            .expect("epoch lock");
-        guard.map(|_| ()).ok_or(WriteFailed::StoreStopped)
-    }
-}
-
-/// Why a batch did not reach the disk.
+/// Why a write did not reach the disk, or the log could not open.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum WriteFailed {
     #[error("redb: {0}")]
     Redb(#[from] redb::Error),
-    #[error("write-ahead file: {0}")]
-    Wal(#[from] std::io::Error),
-    #[error("the write-ahead epoch in the log's metadata is corrupt")]
-    CorruptEpoch,
+    #[error("segment: {0}")]
+    Segment(#[from] std::io::Error),
+    #[error("the truncations in the log's metadata are corrupt")]
+    CorruptTruncations,
+    #[error("the purge point in the log's metadata is corrupt")]
+    CorruptPurged,
     #[error("the repair floor in the log's metadata is corrupt")]
     CorruptRepairFloor,
     #[error("the vote in the log's metadata is corrupt")]
     CorruptVote,
-    #[error("a write-ahead record with a valid checksum is not a log entry")]
-    CorruptRecord(#[source] Option<EntryDecodeError>),
-    #[error("the log's store stage failed earlier")]
-    StoreStopped,
-    #[error("the write-ahead files could not switch earlier: {0}")]
-    SwitchFailed(#[source] Arc<WriteFailed>),
+    #[error("a segment record with a valid checksum is of no known kind")]
+    CorruptRecord,
+    #[error("entry {found} was appended where entry {expected} belongs")]
+    Gap { expected: u64, found: u64 },
+    #[error("the log's writer failed earlier: {0}")]
+    Stopped(#[source] Arc<WriteFailed>),
 }
 
-/// The two write-ahead files: records go to `current`; the other waits for a checkpoint to cover
-/// its records before it takes over.
-pub(super) struct WalPair {
-    files: [Wal; 2],
-    current: usize,
-    /// Set when a switch failed: the store stage is gone, so the pair takes no more appends.
+/// The writer's side: the newest segment, and where new ones come from.
+pub(super) struct Appender {
+    files: Box<dyn SegmentFiles>,
+    current: Segment,
+    /// The latest committed id (or its clearing) as a record, written at the start of every new
+    /// segment.
+    committed: Option<Vec<u8>>,
+    /// Set when a write or a sync op failed: what the log holds is unknown, so it takes no more.
     failed: Option<Arc<WriteFailed>>,
 }
 
-impl WalPair {
+impl Appender {
     #[cfg(test)]
-    pub(super) fn current_bytes(&self) -> u64 {
-        self.files[self.current].bytes()
+    pub(super) fn current_segment(&self) -> (u64, u64) {
+        (self.current.epoch(), self.current.bytes())
     }
 
-    /// Records the current file's durable end, if it lags. A failure is logged; the file then
-    /// takes no more records, so the next append reports it.
+    /// Records the newest segment's durable end, if it lags. A failure is logged; the segment
+    /// then takes no more records, so the next append reports it.
     fn seal(&mut self) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Err(error) = self.files[self.current].seal() {
-            tracing::error!(%error, "the write-ahead file's header could not be written");
+        if self.failed.is_none()
+            && let Err(error) = self.current.seal()
+        {
+            tracing::error!(%error, "the log segment's header could not be written");
         }
     }
 
-    /// Switches to the other file under the next epoch, once a durable checkpoint covers that
-    /// file's records, and returns the new epoch.
-    fn switch(&mut self, shared: &Shared) -> Result<u64, WriteFailed> {
-        self.files[self.current].seal()?;
-        let next = 1 - self.current;
-        shared.wait_durable_epoch(self.files[next].epoch() + 1)?;
-        let epoch = self.files[self.current].epoch() + 1;
-        self.files[next].reset(epoch)?;
-        self.current = next;
-        Ok(epoch)
+    /// Writes the batch's entries and the latest committed id, syncs if there are entries, and
+    /// indexes the entries.
+    fn append(&mut self, shared: &Shared, entries: &[&(LogId, Vec<u8>)], committed: bool) -> Result<(), WriteFailed> {
+        if let Some(failed) = &self.failed {
+            return Err(WriteFailed::Stopped(Arc::clone(failed)));
+        }
+        let mark = entries.iter().map(|(log_id, _)| log_id.index).max().unwrap_or(0);
+        let bodies = entries.iter().map(|(_, record)| record.as_slice());
+        let starts = self.current.append(bodies.chain(self.committed.as_deref().filter(|_| committed)), mark)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.current.sync()?;
+        let segment = self.current.epoch();
+        {
+            let mut index = shared.index.write().expect("index lock");
+            for (&(log_id, ref record), &at) in entries.iter().copied().zip(&starts) {
+                index.push(Location { log_id, segment, at, body_len: record.len() })?;
+            }
+        }
+        let mut pending = shared.pending.lock().expect("pending lock");
+        for (log_id, _) in entries {
+            if pending.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                pending.remove(&log_id.index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the newest segment and starts the next, which begins with the committed id.
+    fn roll(&mut self, shared: &Shared) -> Result<(), WriteFailed> {
+        self.current.seal()?;
+        let id = self.current.epoch() + 1;
+        self.current = start_segment(self.files.as_ref(), shared, id, self.committed.as_deref())?;
+        Ok(())
+    }
+
+    /// Makes `op` durable in the log's metadata, then applies it to the index and the segments.
+    fn sync_op(&mut self, shared: &Shared, op: SyncOp) -> Result<(), WriteFailed> {
+        if let Some(failed) = &self.failed {
+            return Err(WriteFailed::Stopped(Arc::clone(failed)));
+        }
+        self.current.sync()?;
+        let next = self.current.epoch() + 1;
+        let oldest = shared.index.read().expect("index lock").files.keys().next().copied();
+        let mut txn = shared.db.begin_write().map_err(redb::Error::from)?;
+        txn.set_durability(Durability::Immediate).map_err(redb::Error::from)?;
+        {
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            let mut truncations = read_truncations(&meta)?;
+            truncations.retain(|t| oldest.is_some_and(|oldest| t.segment > oldest));
+            match &op {
+                SyncOp::Vote(bytes) => {
+                    meta.insert(VOTE_KEY, bytes.as_slice()).map_err(redb::Error::from)?;
+                }
+                SyncOp::Truncate(from) => truncations.push(Truncation { segment: next, from: *from }),
+                SyncOp::Purge(_, bytes) => {
+                    meta.insert(PURGED_KEY, bytes.as_slice()).map_err(redb::Error::from)?;
+                }
+                SyncOp::Forget { floor } => {
+                    truncations.push(Truncation { segment: next, from: 0 });
+                    meta.remove(PURGED_KEY).map_err(redb::Error::from)?;
+                    meta.insert(REPAIR_KEY, floor.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
+                    demote_vote(&mut meta)?;
+                }
+            }
+            meta.insert(TRUNCATIONS_KEY, Truncation::encode_all(&truncations).as_slice()).map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        match op {
+            SyncOp::Vote(_) => return Ok(()),
+            SyncOp::Truncate(from) => {
+                shared.index.write().expect("index lock").truncate(from);
+                self.roll(shared)?;
+            }
+            SyncOp::Purge(log_id, _) => shared.index.write().expect("index lock").purge(log_id.index),
+            SyncOp::Forget { .. } => {
+                shared.index.write().expect("index lock").truncate(0);
+                self.committed = None;
+                self.roll(shared)?;
+            }
+        }
+        remove_unreferenced(self.files.as_ref(), shared, self.current.epoch());
+        Ok(())
     }
 }
 
-/// Opens the log's redb tables and its write-ahead files, replays into redb every file of the
-/// recorded epoch or later, in epoch order, checks every stored entry, and checkpoints.
-///
-/// Damage is never a shorter log taken for whole: the log keeps what precedes the first damaged
-/// entry or record, drops the rest (the valid entries after a hole cannot stay: a log has no
-/// holes), forgets the committed id, and records a **repair floor**, the greatest index it had
-/// reached, in the same durable transaction. Until its state machine has applied that index
-/// again, from a leader, the broker must not vote or stand for election
-/// ([`super::repair`]).
-pub(super) fn recover(db: Database, files: [Box<dyn StorageBackend>; 2]) -> Result<(Shared, WalPair), WriteFailed> {
-    let txn = db.begin_write().map_err(redb::Error::from)?;
-    let (mut wals, epoch) = {
-        let mut log = txn.open_table(LOG).map_err(redb::Error::from)?;
-        let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-        let durable = match meta.get(WAL_EPOCH_KEY).map_err(redb::Error::from)? {
-            Some(bytes) => u64::from_le_bytes(bytes.value().try_into().map_err(|_| WriteFailed::CorruptEpoch)?),
-            None => 0,
-        };
-        let [first, second] = files;
-        let mut wals = [open_wal(0, first, durable)?, open_wal(1, second, durable)?];
-        wals.sort_by_key(|(_, (wal, _))| wal.epoch());
-        let mut salvage = Salvage::default();
-        for (file, replay) in &wals {
-            salvage.replay(&mut log, &mut meta, *file, replay)?;
+/// Creates segment `id`, durably, under its header, starting with `committed` (unsynced), and
+/// makes it readable.
+fn start_segment(
+    files: &dyn SegmentFiles,
+    shared: &Shared,
+    id: u64,
+    committed: Option<&[u8]>,
+) -> Result<Segment, WriteFailed> {
+    let file = files.create(id)?;
+    let (mut segment, _) = Segment::open(Arc::clone(&file), id)?;
+    segment.reset(id)?;
+    segment.append(committed, 0)?;
+    shared.index.write().expect("index lock").files.insert(id, file);
+    Ok(segment)
+}
+
+/// Removes every segment but `current` that holds no live entry. A segment that cannot be removed
+/// is logged and kept, so the truncations that cover it are kept too.
+fn remove_unreferenced(files: &dyn SegmentFiles, shared: &Shared, current: u64) {
+    let mut index = shared.index.write().expect("index lock");
+    let referenced = index.referenced();
+    let unreferenced: Vec<u64> =
+        index.files.keys().copied().filter(|id| *id != current && !referenced.contains(id)).collect();
+    for id in unreferenced {
+        match files.remove(id) {
+            Ok(()) => {
+                index.files.remove(&id);
+            }
+            Err(error) => tracing::warn!(segment = id, %error, "a log segment with no live entry could not be removed"),
         }
-        salvage.check_stored(&mut log)?;
-        salvage.finish(&mut log, &mut meta)?;
-        let epoch = durable.max(wals[1].1.0.epoch()) + 1;
-        meta.insert(WAL_EPOCH_KEY, epoch.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
-        (wals.map(|(_, (wal, _))| wal), epoch)
-    };
-    txn.commit().map_err(redb::Error::from)?;
-    wals[0].reset(epoch)?;
-    let shared =
-        Shared { db, pending: Mutex::new(BTreeMap::new()), durable_epoch: (Mutex::new(Some(epoch)), Condvar::new()) };
-    Ok((shared, WalPair { files: wals, current: 0, failed: None }))
+    }
+}
+
+/// A committed id (`None`: cleared) as a segment record.
+fn committed_record(committed: Option<Vec<u8>>) -> Vec<u8> {
+    match committed {
+        Some(bytes) => [&[RECORD_COMMITTED], bytes.as_slice()].concat(),
+        None => vec![RECORD_COMMITTED_NONE],
+    }
+}
+
+pub(super) type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+fn read_truncations(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Vec<Truncation>, WriteFailed> {
+    match meta.get(TRUNCATIONS_KEY).map_err(redb::Error::from)? {
+        Some(bytes) => Truncation::decode_all(bytes.value()).ok_or(WriteFailed::CorruptTruncations),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Marks the stored vote as not granted by a quorum. openraft 0.9 starts a broker whose vote is
@@ -263,333 +379,357 @@ pub(super) fn read_repair_floor(
     }
 }
 
-/// Replay's account of what it kept and what it found damaged.
+fn read_purged(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u64>, WriteFailed> {
+    match meta.get(PURGED_KEY).map_err(redb::Error::from)? {
+        Some(bytes) => {
+            let log_id = pb::LogId::decode(bytes.value()).map_err(|_| WriteFailed::CorruptPurged)?;
+            Ok(Some(wire::log_id_from_pb(log_id).map_err(|_| WriteFailed::CorruptPurged)?.index))
+        }
+        None => Ok(None),
+    }
+}
+
+/// What opening the log found.
+pub(super) struct Recovered {
+    pub(super) shared: Shared,
+    pub(super) appender: Appender,
+    /// The latest committed id the segments hold.
+    pub(super) committed: Option<LogId>,
+}
+
+/// Opens the log: reads every segment in order into the index, applying truncations and the purge
+/// point, checks every entry, and starts a new segment for appends.
+///
+/// Damage is never a shorter log taken for whole: the log keeps what precedes the first damaged
+/// entry or record, drops the rest (the valid entries after a hole cannot stay: a log has no
+/// holes), forgets the committed id, and records a **repair floor**, the greatest index it had
+/// reached, in the same durable transaction. Until its state machine has applied that index
+/// again, from a leader, the broker must not vote or stand for election ([`super::repair`]).
+pub(super) fn recover(db: Database, files: Box<dyn SegmentFiles>) -> Result<Recovered, WriteFailed> {
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    let ids = files.list()?;
+    let next = ids.last().map_or(1, |id| id + 1);
+    let (replayer, committed, cut_segment) = {
+        let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+        let mut truncations = read_truncations(&meta)?;
+        let mut replayer = Replayer::new(read_purged(&meta)?, truncations.clone());
+        let mut cut_segment = None;
+        for &id in &ids {
+            let file = files.open(id)?;
+            let (segment, replay) = Segment::open(Arc::clone(&file), id)?;
+            let before = replayer.cut;
+            replayer.segment(id, &replay, segment.bytes())?;
+            if before.is_none() && replayer.cut.is_some() {
+                cut_segment = Some(segment);
+            }
+            replayer.index.files.insert(id, file);
+        }
+        replayer.truncate_before(u64::MAX);
+        if let Some((first_lost, horizon)) = replayer.salvage.lost(&replayer.index) {
+            replayer.index.truncate(first_lost);
+            replayer.committed = None;
+            truncations.push(Truncation { segment: next, from: first_lost });
+            demote_vote(&mut meta)?;
+            let floor = read_repair_floor(&meta)?.unwrap_or(0).max(horizon).max(first_lost);
+            meta.insert(REPAIR_KEY, floor.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
+            tracing::error!(
+                first_lost,
+                floor,
+                "the log lost entries to damage; it keeps what precedes them, and this broker will not vote or lead until a leader has repaired it through index {floor}"
+            );
+        }
+        truncations.retain(|t| ids.first().is_some_and(|oldest| t.segment > *oldest));
+        meta.insert(TRUNCATIONS_KEY, Truncation::encode_all(&truncations).as_slice()).map_err(redb::Error::from)?;
+        let committed = replayer.committed.clone();
+        (replayer, committed, cut_segment)
+    };
+    txn.commit().map_err(redb::Error::from)?;
+    if let (Some(cut), Some(segment)) = (replayer.cut, cut_segment) {
+        cut_damage(files.as_ref(), &replayer, cut, segment)?;
+    }
+    tracing::info!(
+        segments = ids.len(),
+        entries = replayer.index.locations.len(),
+        checked = replayer.checked,
+        "opened the log's segments"
+    );
+    let shared = Shared { db, pending: Mutex::new(BTreeMap::new()), index: RwLock::new(replayer.index) };
+    let committed_record = committed.clone().map(|bytes| committed_record(Some(bytes)));
+    let mut current = start_segment(files.as_ref(), &shared, next, committed_record.as_deref())?;
+    current.sync()?;
+    remove_unreferenced(files.as_ref(), &shared, next);
+    let committed = match committed {
+        Some(bytes) => Some(decode_log_id(&bytes).ok_or(WriteFailed::CorruptRecord)?),
+        None => None,
+    };
+    let appender = Appender { files, current, committed: committed_record, failed: None };
+    Ok(Recovered { shared, appender, committed })
+}
+
+/// Removes the damage a replay found, now that the log's metadata has recorded what it lost:
+/// the damaged segment is cut before its first bad record, or removed when its header is gone
+/// (the segments after it hold no live entry, and go with the other unreferenced ones).
+fn cut_damage(
+    files: &dyn SegmentFiles,
+    replayer: &Replayer,
+    cut: Cut,
+    mut segment: Segment,
+) -> Result<(), WriteFailed> {
+    match cut.at {
+        Some(at) => segment.cut(at)?,
+        None if !replayer.index.referenced().contains(&cut.segment) => files.remove(cut.segment)?,
+        None => unreachable!("a segment whose header is damaged holds no live entry"),
+    }
+    tracing::warn!(segment = cut.segment, at = ?cut.at, "the damaged log segment is cut before its damage");
+    Ok(())
+}
+
+fn decode_log_id(bytes: &[u8]) -> Option<LogId> {
+    wire::log_id_from_pb(pb::LogId::decode(bytes).ok()?).ok()
+}
+
+/// Replay's state while it reads the segments in order.
+struct Replayer {
+    index: Index,
+    /// The latest committed id seen, encoded.
+    committed: Option<Vec<u8>>,
+    purged: Option<u64>,
+    /// Truncations not yet applied, by segment.
+    truncations: VecDeque<Truncation>,
+    salvage: Salvage,
+    /// Where the first damage lies.
+    cut: Option<Cut>,
+    /// Entries whose checksums were checked.
+    checked: u64,
+}
+
+/// Where a segment's kept records end: at byte `at`, or nowhere (`None`: its header is damaged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    segment: u64,
+    at: Option<u64>,
+}
+
+impl Replayer {
+    fn new(purged: Option<u64>, mut truncations: Vec<Truncation>) -> Replayer {
+        truncations.sort_by_key(|t| t.segment);
+        let mut index = Index::default();
+        if let Some(purged) = purged {
+            index.purge(purged);
+        }
+        Replayer {
+            index,
+            committed: None,
+            purged,
+            truncations: truncations.into(),
+            salvage: Salvage::default(),
+            cut: None,
+            checked: 0,
+        }
+    }
+
+    /// Applies the truncations recorded before segment `id` was started.
+    fn truncate_before(&mut self, id: u64) {
+        while let Some(truncation) = self.truncations.front().filter(|t| t.segment <= id).copied() {
+            self.truncations.pop_front();
+            self.index.truncate(truncation.from);
+            let committed = self.committed.as_deref().and_then(decode_log_id);
+            if committed.is_some_and(|committed| committed.index >= truncation.from) {
+                self.committed = None;
+            }
+        }
+    }
+
+    /// Takes segment `id`'s records into the index, unless damage came before them; damage, if
+    /// any, is logged with the segment and position.
+    /// `valid_end` is where the valid records read end.
+    fn segment(&mut self, id: u64, replay: &segment::Replay, valid_end: u64) -> Result<(), WriteFailed> {
+        self.truncate_before(id);
+        self.salvage.horizon = self.salvage.horizon.max(replay.durable_mark);
+        if let Some(at) = replay.torn_at {
+            tracing::info!(segment = id, at, "the log segment ends in a torn tail, dropped");
+        }
+        for (body, &at) in replay.bodies.iter().zip(&replay.starts) {
+            self.record(id, at, body)?;
+        }
+        if let Some(damage) = &replay.damage {
+            tracing::error!(segment = id, corruption = %damage.corruption, "the log segment is damaged");
+            self.salvage.damaged = true;
+            let headless = matches!(
+                damage.corruption,
+                segment::SegmentCorruption::Header | segment::SegmentCorruption::Foreign { .. }
+            );
+            self.salvage.horizon_unknown |= headless;
+            if self.cut.is_none() {
+                self.cut = Some(Cut { segment: id, at: (!headless).then_some(valid_end) });
+            }
+            for body in &damage.after {
+                self.salvage.see(body);
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, id: u64, at: u64, body: &[u8]) -> Result<(), WriteFailed> {
+        if self.salvage.stopped() {
+            self.salvage.see(body);
+            return Ok(());
+        }
+        match body.split_first() {
+            Some((&RECORD_ENTRY, stored)) => {
+                self.checked += 1;
+                match decode_entry(stored) {
+                    Ok(entry) => self.entry(Location { log_id: entry.log_id, segment: id, at, body_len: body.len() }),
+                    Err(error) => self.salvage.lose(self.index.next(), error),
+                }
+                if self.salvage.first_lost.is_some() && self.cut.is_none() {
+                    self.cut = Some(Cut { segment: id, at: Some(at) });
+                }
+            }
+            Some((&RECORD_COMMITTED, committed)) => self.committed = Some(committed.to_vec()),
+            Some((&RECORD_COMMITTED_NONE, [])) => self.committed = None,
+            _ => return Err(WriteFailed::CorruptRecord),
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, location: Location) {
+        let index = location.log_id.index;
+        self.salvage.horizon = self.salvage.horizon.max(index);
+        if self.purged.is_some_and(|purged| index <= purged) {
+            return;
+        }
+        if let Err(WriteFailed::Gap { expected, found }) = self.index.push(location) {
+            tracing::error!(expected, found, "the log's segments skip entries");
+            self.salvage.first_lost = Some(expected);
+        }
+    }
+}
+
+/// Replay's account of what it found damaged.
 #[derive(Debug, Default)]
 struct Salvage {
-    /// A write-ahead file is damaged: no later record is replayed.
-    wal_damaged: bool,
-    /// A damaged file's header is gone with its mark: how far the log reached is unknown.
+    /// A segment is damaged: no later record is kept.
+    damaged: bool,
+    /// A damaged segment's header is gone with its mark: how far the log reached is unknown.
     horizon_unknown: bool,
-    /// The first damaged entry redb holds: nothing from its index on is kept.
+    /// The first entry lost to damage that a segment did not report: a checksum or a gap.
     first_lost: Option<u64>,
-    /// The greatest index any record, header or stored entry shows the log reached.
+    /// The greatest index any record or header shows the log reached.
     horizon: u64,
 }
 
-type LogTable<'t> = redb::Table<'t, u64, &'static [u8]>;
-pub(super) type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
-
 impl Salvage {
-    /// Replays one write-ahead file into the tables, unless damage came before it; its damage,
-    /// if any, is logged with the file and position.
-    fn replay(
-        &mut self,
-        log: &mut LogTable<'_>,
-        meta: &mut MetaTable<'_>,
-        file: usize,
-        (_, replay): &(Wal, wal::Replay),
-    ) -> Result<(), WriteFailed> {
-        self.horizon = self.horizon.max(replay.durable_mark);
-        if !self.wal_damaged {
-            for record in &replay.bodies {
-                match record.split_first() {
-                    Some((&RECORD_ENTRY, entry)) => {
-                        let index = decode_entry(entry).map_err(|e| WriteFailed::CorruptRecord(Some(e)))?.log_id.index;
-                        log.insert(index, entry).map_err(redb::Error::from)?;
-                    }
-                    Some((&RECORD_COMMITTED, committed)) => {
-                        meta.insert(COMMITTED_KEY, committed).map_err(redb::Error::from)?;
-                    }
-                    Some((&RECORD_COMMITTED_NONE, [])) => {
-                        meta.remove(COMMITTED_KEY).map_err(redb::Error::from)?;
-                    }
-                    _ => return Err(WriteFailed::CorruptRecord(None)),
-                }
-            }
-        } else {
-            self.see(&replay.bodies);
-        }
-        if let Some(damage) = &replay.damage {
-            tracing::error!(file = format!("log.wal{file}"), corruption = %damage.corruption, "the write-ahead file is damaged");
-            self.see(&damage.after);
-            self.wal_damaged = true;
-            self.horizon_unknown |= damage.corruption == wal::WalCorruption::Header;
-        }
-        Ok(())
+    /// Whether records are no longer kept.
+    fn stopped(&self) -> bool {
+        self.damaged || self.first_lost.is_some()
     }
 
-    /// Raises the horizon to the entries among `records` (lost ones: they only tell how far the
-    /// log reached).
-    fn see(&mut self, records: &[Vec<u8>]) {
-        for record in records {
-            if let Some((&RECORD_ENTRY, entry)) = record.split_first()
-                && let Ok(entry) = decode_entry(entry)
-            {
-                self.horizon = self.horizon.max(entry.log_id.index);
-            }
+    fn lose(&mut self, index: u64, error: EntryDecodeError) {
+        tracing::error!(index, %error, "a log entry is damaged");
+        self.first_lost = Some(index);
+    }
+
+    /// Raises the horizon to an entry past the damage: lost, it only tells how far the log reached.
+    fn see(&mut self, record: &[u8]) {
+        if let Some((&RECORD_ENTRY, stored)) = record.split_first()
+            && let Ok(entry) = decode_entry(stored)
+        {
+            self.horizon = self.horizon.max(entry.log_id.index);
         }
     }
 
-    /// Checks every entry redb holds; the first that fails its checksum or sits under another
-    /// index is damage.
-    fn check_stored(&mut self, log: &mut LogTable<'_>) -> Result<(), WriteFailed> {
-        let mut checked = 0u64;
-        for item in log.iter().map_err(redb::Error::from)? {
-            let (index, stored) = item.map_err(redb::Error::from)?;
-            let index = index.value();
-            checked += 1;
-            self.horizon = self.horizon.max(index);
-            if self.first_lost.is_some_and(|lost| lost <= index) {
-                continue;
-            }
-            if let Err(error) = decode_entry_at(index, stored.value()) {
-                tracing::error!(index, %error, "a log entry is damaged");
-                self.first_lost = Some(index);
-            }
-        }
-        tracing::info!(checked, "checked the log's stored entries");
-        Ok(())
-    }
-
-    /// Drops what follows the damage, forgets the committed id, and records the repair floor,
-    /// keeping a floor recorded before if it is higher. A damaged write-ahead file lost the
-    /// entries past those redb holds intact, up to the horizon; if the horizon is unknown, at
-    /// least the next one.
-    fn finish(mut self, log: &mut LogTable<'_>, meta: &mut MetaTable<'_>) -> Result<(), WriteFailed> {
-        if self.wal_damaged {
-            let kept_end = match self.first_lost {
-                Some(first_lost) => first_lost,
-                None => log.last().map_err(redb::Error::from)?.map_or(0, |(index, _)| index.value() + 1),
-            };
+    /// The first lost index and the horizon, if anything was lost: what a damaged segment lost
+    /// starts after the entries kept, if the horizon or an unknown one says there were any.
+    fn lost(&self, index: &Index) -> Option<(u64, u64)> {
+        let mut first_lost = self.first_lost;
+        if self.damaged {
+            let kept_end = first_lost.unwrap_or(index.next());
             if self.horizon_unknown || self.horizon >= kept_end {
-                self.first_lost = Some(kept_end);
+                first_lost = Some(kept_end);
+            } else {
+                tracing::warn!("the damaged segment records were all of purged entries: nothing was lost");
             }
         }
-        let Some(first_lost) = self.first_lost else {
-            if self.wal_damaged {
-                tracing::warn!("the damaged write-ahead records are all in the log's store already: nothing was lost");
-            }
-            return Ok(());
-        };
-        log.retain_in(first_lost.., |_, _| false).map_err(redb::Error::from)?;
-        meta.remove(COMMITTED_KEY).map_err(redb::Error::from)?;
-        demote_vote(meta)?;
-        let horizon = read_repair_floor(meta)?.unwrap_or(0).max(self.horizon).max(first_lost);
-        meta.insert(REPAIR_KEY, horizon.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
-        tracing::error!(
-            first_lost,
-            horizon,
-            "the log lost entries to damage; it keeps what precedes them, and this broker will not vote or lead until a leader has repaired it through index {horizon}"
-        );
-        Ok(())
+        first_lost.map(|first_lost| (first_lost, self.horizon))
     }
 }
 
-/// Opens write-ahead file number `file` and replays it, if its epoch is `durable` or later. A
-/// torn tail is dropped, and said so; damage is in the replay.
-fn open_wal(
-    file: usize,
-    backend: Box<dyn StorageBackend>,
-    durable: u64,
-) -> Result<(usize, (Wal, wal::Replay)), WriteFailed> {
-    let (wal, replay) = Wal::open(backend, durable)?;
-    if let Some(at) = replay.torn_at {
-        tracing::info!(file = format!("log.wal{file}"), at, "the write-ahead file ends in a torn tail, dropped");
-    }
-    Ok((file, (wal, replay)))
-}
-
-/// The write-ahead stage of one batch: writes and syncs its appends, fires their callbacks, and
-/// switches files when the batch ends in a vote, truncate or purge or the file is full. Returns
-/// what the store stage must do, in order.
-fn write_ahead(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) -> Vec<StoreJob> {
-    let mut store = Vec::with_capacity(jobs.len() + 1);
+/// Runs one batch of jobs: writes and syncs its appends, fires their callbacks, runs its vote,
+/// truncate, purge or forget, and starts the next segment when the newest is full.
+fn write_batch(appender: &mut Appender, shared: &Shared, jobs: Vec<Job>) {
+    let mut appends = Vec::new();
     let mut flushes = Vec::new();
+    let mut committed = false;
     let mut sync = None;
-    // The latest committed id is all replay needs of them.
-    let committed = jobs.iter().rev().find_map(|job| match job {
-        Job::Committed(Some(bytes)) => Some([&[RECORD_COMMITTED], bytes.as_slice()].concat()),
-        Job::Committed(None) => Some(vec![RECORD_COMMITTED_NONE]),
-        _ => None,
-    });
-    let mut records: Vec<&[u8]> = Vec::new();
-    for job in &jobs {
-        if let Job::Append { entries, .. } = job {
-            records.extend(entries.iter().map(|(_, record)| record.as_slice()));
-        }
-    }
-    let appends = !records.is_empty();
-    let mark = jobs
-        .iter()
-        .filter_map(|job| match job {
-            Job::Append { entries, .. } => entries.iter().map(|(log_id, _)| log_id.index).max(),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
-    records.extend(committed.as_deref());
-    let file = &mut wal.files[wal.current];
-    let written = match &wal.failed {
-        Some(failed) => Err(Arc::new(WriteFailed::SwitchFailed(Arc::clone(failed)))),
-        None => file
-            .append(records, mark)
-            .and_then(|()| if appends { file.sync() } else { Ok(()) })
-            .map_err(|e| Arc::new(WriteFailed::Wal(e))),
-    };
     for job in jobs {
         match job {
             Job::Append { entries, flushed } => {
+                appends.extend(entries);
                 flushes.push(flushed);
-                store.push(StoreJob::Entries(entries));
             }
-            Job::Committed(bytes) => store.push(StoreJob::Committed(bytes)),
+            Job::Committed(bytes) => {
+                appender.committed = Some(committed_record(bytes));
+                committed = true;
+            }
             Job::Sync { op, done } => {
-                assert!(sync.is_none(), "a batch carries at most one vote, truncate or purge, at its end");
+                assert!(sync.is_none(), "a batch carries at most one vote, truncate, purge or forget, at its end");
                 sync = Some((op, done));
             }
         }
     }
+    let entries: Vec<&(LogId, Vec<u8>)> = appends.iter().collect();
+    let written = appender.append(shared, &entries, committed).map_err(|error| fail(appender, error));
     for flushed in flushes {
         flushed(written.clone().map_err(std::io::Error::other));
     }
-    if let Err(error) = written {
-        if let Some((_, done)) = sync {
-            let _ = done.send(Err(error));
-        }
-        return Vec::new();
+    if let Some((op, done)) = sync {
+        let result = written.and_then(|()| appender.sync_op(shared, op).map_err(|error| fail(appender, error)));
+        let _ = done.send(result);
     }
-    if sync.is_some() || wal.files[wal.current].bytes() >= WAL_BYTES_MAX {
-        match wal.switch(shared) {
-            Ok(epoch) => store.push(StoreJob::Checkpoint { epoch, op: sync }),
-            Err(error) => {
-                tracing::error!(%error, "the log's write-ahead files could not switch");
-                let error = Arc::new(error);
-                wal.failed = Some(Arc::clone(&error));
-                if let Some((_, done)) = sync {
-                    let _ = done.send(Err(error));
-                }
-            }
-        }
-    }
-    store
-}
-
-/// The store stage of one batch: one redb transaction, durable if it checkpoints.
-fn store(shared: &Shared, jobs: Vec<StoreJob>) {
-    let result = commit_to_redb(&shared.db, &jobs).map_err(|e| Arc::new(WriteFailed::Redb(e)));
-    match &result {
-        Ok(()) => {
-            forget_stored(shared, &jobs);
-            let epoch = jobs.iter().rev().find_map(|job| match job {
-                StoreJob::Checkpoint { epoch, .. } => Some(*epoch),
-                _ => None,
-            });
-            if epoch.is_some() {
-                shared.set_durable_epoch(epoch);
-            }
-        }
-        Err(error) => {
-            tracing::error!(%error, "the log's store stage failed");
-            shared.set_durable_epoch(None);
-        }
-    }
-    for job in jobs {
-        if let StoreJob::Checkpoint { op: Some((_, done)), .. } = job {
-            let _ = done.send(result.clone());
-        }
-    }
-}
-
-fn commit_to_redb(db: &Database, jobs: &[StoreJob]) -> Result<(), redb::Error> {
-    let checkpoint = jobs.iter().any(|job| matches!(job, StoreJob::Checkpoint { .. }));
-    let mut txn = db.begin_write()?;
-    txn.set_durability(if checkpoint { Durability::Immediate } else { Durability::None })?;
+    if appender.failed.is_none()
+        && appender.current.bytes() >= SEGMENT_BYTES_MAX
+        && let Err(error) = appender.roll(shared)
     {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        for job in jobs {
-            match job {
-                StoreJob::Entries(entries) => {
-                    for (log_id, record) in entries {
-                        log.insert(log_id.index, &record[1..])?;
-                    }
-                }
-                StoreJob::Committed(Some(bytes)) => {
-                    meta.insert(COMMITTED_KEY, bytes.as_slice())?;
-                }
-                StoreJob::Committed(None) => {
-                    meta.remove(COMMITTED_KEY)?;
-                }
-                StoreJob::Checkpoint { epoch, op } => {
-                    match op {
-                        None => {}
-                        Some((SyncOp::Vote(bytes), _)) => {
-                            meta.insert(VOTE_KEY, bytes.as_slice())?;
-                        }
-                        Some((SyncOp::Truncate(from), _)) => {
-                            log.retain_in(*from.., |_, _| false)?;
-                        }
-                        Some((SyncOp::Purge(log_id, bytes), _)) => {
-                            log.retain_in(..=log_id.index, |_, _| false)?;
-                            meta.insert(PURGED_KEY, bytes.as_slice())?;
-                        }
-                    }
-                    meta.insert(WAL_EPOCH_KEY, epoch.to_le_bytes().as_slice())?;
-                }
-            }
-        }
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-/// Entries now in redb leave `pending`, unless a newer append has replaced them there.
-fn forget_stored(shared: &Shared, jobs: &[StoreJob]) {
-    let mut pending = shared.pending.lock().expect("pending lock");
-    for job in jobs {
-        if let StoreJob::Entries(entries) = job {
-            for (log_id, _) in entries {
-                if pending.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
-                    pending.remove(&log_id.index);
-                }
-            }
-        }
+        fail(appender, error);
     }
 }
 
-/// Runs both stages on the caller's thread, and records the durable end at once: a simulation
-/// never idles on a thread, so this stands for the writer's seal after 5 ms idle.
-pub(super) fn run_inline(wal: &mut WalPair, shared: &Shared, jobs: Vec<Job>) {
-    let stored = write_ahead(wal, shared, jobs);
-    wal.seal();
-    store(shared, stored);
+/// Records that the writer failed, logs it once, and returns the error to report.
+fn fail(appender: &mut Appender, error: WriteFailed) -> Arc<WriteFailed> {
+    if let WriteFailed::Stopped(earlier) = &error {
+        return Arc::clone(earlier);
+    }
+    tracing::error!(%error, "the log's writer failed; it takes no more writes");
+    let error = Arc::new(error);
+    appender.failed = Some(Arc::clone(&error));
+    error
 }
 
-/// Starts a thread for each stage; jobs sent to the returned queue run through both. Both stop
-/// once the queue's sender is dropped.
-pub(super) fn spawn(wal: WalPair, shared: Arc<Shared>) -> std::io::Result<mpsc::Sender<Job>> {
+/// Runs `jobs` on the caller's thread, and records the durable end at once: a simulation never
+/// idles on a thread, so this stands for the writer's seal after 5 ms idle.
+pub(super) fn run_inline(appender: &mut Appender, shared: &Shared, jobs: Vec<Job>) {
+    write_batch(appender, shared, jobs);
+    appender.seal();
+}
+
+/// Starts the writer thread; jobs sent to the returned queue run through it. It stops once the
+/// queue's sender is dropped.
+pub(super) fn spawn(appender: Appender, shared: Arc<Shared>) -> std::io::Result<mpsc::Sender<Job>> {
     let (jobs, queue) = mpsc::channel();
-    let (to_store, store_queue) = mpsc::channel();
-    let storer = Arc::clone(&shared);
-    std::thread::Builder::new().name("chorus-log-store".into()).spawn(move || store_loop(&storer, &store_queue))?;
     std::thread::Builder::new()
         .name("chorus-log-writer".into())
-        .spawn(move || write_ahead_loop(wal, &shared, &queue, &to_store))?;
+        .spawn(move || writer_loop(appender, &shared, &queue))?;
     Ok(jobs)
 }
 
-/// The write-ahead thread: batches queued jobs, ending a batch at a vote, truncate or purge.
-fn write_ahead_loop(
-    mut wal: WalPair,
-    shared: &Shared,
-    queue: &mpsc::Receiver<Job>,
-    to_store: &mpsc::Sender<Vec<StoreJob>>,
-) {
+/// The writer thread: batches queued jobs, ending a batch at a vote, truncate, purge or forget.
+fn writer_loop(mut appender: Appender, shared: &Shared, queue: &mpsc::Receiver<Job>) {
     loop {
         let first = match queue.recv_timeout(SEAL_AFTER_IDLE) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                wal.seal();
+                appender.seal();
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -601,22 +741,6 @@ fn write_ahead_loop(
                 Err(_) => break,
             }
         }
-        let stored = write_ahead(&mut wal, shared, jobs);
-        if !stored.is_empty() && to_store.send(stored).is_err() {
-            return;
-        }
-    }
-}
-
-/// The store thread: one redb transaction for whatever batches are queued.
-fn store_loop(shared: &Shared, queue: &mpsc::Receiver<Vec<StoreJob>>) {
-    while let Ok(mut jobs) = queue.recv() {
-        while jobs.len() < JOBS_PER_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(more) => jobs.extend(more),
-                Err(_) => break,
-            }
-        }
-        store(shared, jobs);
+        write_batch(&mut appender, shared, jobs);
     }
 }

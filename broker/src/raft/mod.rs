@@ -15,10 +15,11 @@ pub mod pre_vote;
 pub mod repair;
 pub mod replay;
 pub mod runtime;
+mod segment;
+pub mod segment_files;
 pub mod snapshot_file;
 pub mod state_check;
 pub mod state_store;
-mod wal;
 pub mod wire;
 
 use bytes::Bytes;

@@ -1,11 +1,10 @@
 //! Storage faults for the simulation: damage to the files of a minority of brokers, while they
 //! are down, and what the brokers made of it. The faults: bits flipped and ranges zeroed anywhere
-//! in the write-ahead files and the state, and inside stored entries of the log's redb file;
-//! synced writes lost or misdirected; power loss that tears the unsynced writes. redb checks its
-//! page checksums when it opens a file after a crash, so damage to the log's redb file stops the
-//! broker from starting (counted as a refused start): its vote lives there, and a broker that lost
-//! its vote must be replaced (docs/design.md). Those faults are rarer, so that most damage lands
-//! where brokers repair it.
+//! in the log's segments and the state; synced writes lost or misdirected; power loss that tears
+//! the unsynced writes. redb checks its page checksums when it opens a file after a crash, so
+//! damage to the log's redb file (its metadata: the vote) stops the broker from starting (counted
+//! as a refused start): a broker that lost its vote must be replaced (docs/design.md). Those
+//! faults are rarer, so that most damage lands where brokers repair it.
 
 use std::collections::BTreeMap;
 
@@ -59,13 +58,16 @@ impl StorageReport {
 /// it picked offered nothing to damage.
 pub fn damage_at_rest(rng: &mut StdRng, disks: &Disks, report: &mut StorageReport) -> Option<String> {
     let files = disks.files();
-    // log.redb 1 in 10, each write-ahead file 3 in 10, state.redb 3 in 10.
-    let (name, disk) = files[match rng.random_range(0..10) {
+    // log.redb 1 in 10, the segments 6 in 10 (one of the last two: older ones hold purged
+    // entries, or none), state.redb 3 in 10.
+    let segments = files.len() - 2;
+    let (name, disk) = &files[match rng.random_range(0..10) {
         0 => 0,
-        1..=3 => 1,
-        4..=6 => 2,
-        _ => 3,
+        1..=6 if segments > 0 => segments - rng.random_range(0..segments.min(2)),
+        1..=6 => return None,
+        _ => files.len() - 1,
     }];
+    let (name, disk) = (name.as_str(), disk);
     if disk.is_empty() {
         return None;
     }
@@ -94,24 +96,10 @@ pub fn damage_at_rest(rng: &mut StdRng, disks: &Disks, report: &mut StorageRepor
     Some(what)
 }
 
-/// A flipped bit: anywhere in a write-ahead file or the state; in the log's redb file, inside a
-/// stored payload (the simulation's payloads start `p<digit>`).
+/// A flipped bit: anywhere in a segment or the state; in the log's redb file (which holds no
+/// payloads now), anywhere too, where redb finds it when it opens the file.
 fn flip(rng: &mut StdRng, name: &str, disk: &Disk) -> Option<(&'static str, String)> {
-    let at = if name == "log.redb" {
-        let bytes = disk.durable_bytes();
-        let payloads: Vec<usize> = bytes
-            .windows(2)
-            .enumerate()
-            .filter(|(_, w)| w[0] == b'p' && w[1].is_ascii_digit())
-            .map(|(at, _)| at)
-            .collect();
-        if payloads.is_empty() {
-            return None;
-        }
-        payloads[rng.random_range(0..payloads.len())] + rng.random_range(0..4)
-    } else {
-        rng.random_range(0..disk.len())
-    };
+    let at = rng.random_range(0..disk.len());
     let bit = rng.random_range(0..8);
     disk.flip(at, bit);
     Some(("bit flip", format!("flipped bit {bit} of byte {at} of {name}")))
@@ -121,6 +109,7 @@ fn flip(rng: &mut StdRng, name: &str, disk: &Disk) -> Option<(&'static str, Stri
 pub fn crash_torn(rng: &mut StdRng, disks: &Disks, report: &mut StorageReport) {
     let files = disks.files();
     let torn = rng.random_range(0..files.len());
+    disks.segments.kill_handles();
     for (i, (_, disk)) in files.iter().enumerate() {
         if i == torn {
             disk.crash_torn(rng.random_range(0..4), rng.random_range(0..4096));

@@ -198,7 +198,7 @@ pub fn open_stores(disks: &Disks, data_dir: &Path) -> (LogStore, StateStore) {
 
 /// [`open_stores`], or why a store did not open.
 pub fn try_open_stores(disks: &Disks, data_dir: &Path) -> Result<(LogStore, StateStore), String> {
-    let log = LogStore::open_on(disks.log.open(), disks.wal_handles(), CACHE_BYTES, Writer::Inline)
+    let log = LogStore::open_on(disks.log.open(), disks.segments.open(), CACHE_BYTES, Writer::Inline)
         .map_err(|e| format!("the log: {e}"))?;
     let snapshots = data_dir.join("snapshots");
     let state = match StateStore::open_on(disks.state.open(), snapshots.clone(), CACHE_BYTES) {

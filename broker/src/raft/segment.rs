@@ -1,33 +1,35 @@
-//! One of the log's two write-ahead files (`log.wal0`, `log.wal1`; the log's write path drives
-//! them). Records reach the disk here: one write and one `sync_data` per group commit, where a
-//! durable redb commit costs about eight page writes before its sync. A file is started over
-//! under a new epoch ([`Wal::reset`]) once a checkpoint holds its records. The bodies are opaque
-//! here.
+//! One segment of the Raft log (`log.segments/<id>.seg`; [`super::log_write`] drives them). A
+//! segment is the only place a log entry is written: records reach the disk with one write and
+//! one `sync_data` per group commit, and readers read them back where they lie. The log appends
+//! to its newest segment and starts the next one at [`SEGMENT_BYTES_MAX`]; a segment is deleted
+//! whole once every entry in it is purged or truncated. The bodies are opaque here.
 //!
 //! Layout: two header slots, one per 512-byte sector (at 0 and 512), then records from byte
-//! 1024. A slot holds a magic, the file's epoch, a sequence number, the **durable end** (every
-//! byte of records before it was synced), the **durable mark** (the caller's mark of the records
-//! before it: the log's last index) and a CRC-32 of those; the valid slot with the greatest
-//! epoch and sequence wins, so a slot torn by a crash leaves the other. A record is a u32 body
-//! length, a u32 CRC-32 of the epoch, length and body, then the body.
+//! 1024. A slot holds a magic, the segment's id (its epoch), a sequence number, the **durable
+//! end** (every byte of records before it was synced), the **durable mark** (the caller's mark of
+//! the records before it: the log's last index) and a CRC-32 of those; the valid slot with the
+//! greatest sequence wins, so a slot torn by a crash leaves the other. A record is a u32 body
+//! length, a u32 CRC-32 of the epoch, length and body, then the body: a record copied into
+//! another segment fails its checksum there.
 //!
-//! Replay tells a crash from damage ([`WalCorruption`]):
+//! Replay tells a crash from damage ([`SegmentCorruption`]):
 //! - every record before the durable end must be whole and valid, and the file must reach it;
 //! - after it, replay stops at the first bad record. That is a **torn tail** (a write the crash
-//!   cut short, or the leftovers of an earlier epoch: the file is overwritten in place, never
-//!   shrunk), unless a valid record of this epoch follows the bad one: then it is damage.
+//!   cut short), unless a valid record follows the bad one: then it is damage.
 //!
 //! Only a torn tail is dropped. Damage is reported with what survives ([`Damage`]): the records
 //! before it, the valid ones after it and the durable mark, so the log can tell how far it had
-//! reached and repair the rest from its peers. The durable end a header records is the one of the sync before
-//! the one that writes it, so a sync cut short by power loss never leaves a header claiming
-//! records that were not synced; [`Wal::seal`] records the latest one when the writer idles, and
-//! before the file is started over.
+//! reached and repair the rest from its peers. The durable end a header records is the one of the
+//! sync before the one that writes it, so a sync cut short by power loss never leaves a header
+//! claiming records that were not synced; [`Segment::seal`] records the latest one when the writer
+//! idles, and before the log moves on to the next segment.
 //!
 //! The file goes through [`redb::StorageBackend`], so a simulation hands it a disk in memory with
 //! a crash model, as it does for the redb files.
 
 use std::io;
+
+use std::sync::Arc;
 
 use redb::StorageBackend;
 
@@ -42,16 +44,21 @@ const SLOT_BYTES: usize = 8 + 8 + 8 + 8 + 8 + 4;
 /// Where the records start.
 const RECORDS_AT: u64 = 2 * SLOT_STRIDE_BYTES;
 /// Length and checksum before each body.
-const RECORD_HEAD_BYTES: usize = 8;
+pub(crate) const RECORD_HEAD_BYTES: usize = 8;
+/// A segment that holds this many bytes is sealed, and the log appends to a new one. Opening the
+/// log reads one segment at a time, so this bounds the memory replay holds at once.
+pub(crate) const SEGMENT_BYTES_MAX: u64 = 32 << 20;
 /// The largest body replay accepts; a longer length is garbage. Entries are bounded far below it
 /// by the peer frame limit.
 const RECORD_BODY_BYTES_MAX: usize = 256 << 20;
 
 /// Damage that replay must not drop: records that were synced are missing or wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WalCorruption {
+pub enum SegmentCorruption {
     #[error("neither header slot is valid")]
     Header,
+    #[error("the header names segment {epoch}, not this one")]
+    Foreign { epoch: u64 },
     #[error("the file is {len} bytes, shorter than its durable end at byte {durable_end}")]
     Short { len: u64, durable_end: u64 },
     #[error("the record at byte {at} is damaged, before the durable end at byte {durable_end}")]
@@ -63,9 +70,10 @@ pub enum WalCorruption {
 /// What replay read from a file.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
-    /// The record bodies, in append order, up to any damage; empty for a file of an epoch before
-    /// the minimum.
+    /// The record bodies, in append order, up to any damage.
     pub(crate) bodies: Vec<Vec<u8>>,
+    /// Where each of `bodies`' records starts in the file.
+    pub(crate) starts: Vec<u64>,
     /// Where a torn tail began, if replay dropped one.
     pub(crate) torn_at: Option<u64>,
     /// The mark of the records before the durable end, as the header recorded it.
@@ -77,7 +85,7 @@ pub(crate) struct Replay {
 /// Damage replay found, and what it could still read past it.
 #[derive(Debug)]
 pub(crate) struct Damage {
-    pub(crate) corruption: WalCorruption,
+    pub(crate) corruption: SegmentCorruption,
     /// Valid records after the damaged one, up to the next bad one: lost from the log, but they
     /// tell how far it had reached.
     pub(crate) after: Vec<Vec<u8>>,
@@ -124,8 +132,8 @@ impl Header {
 }
 
 /// The write-ahead file of one epoch.
-pub(crate) struct Wal {
-    file: Box<dyn StorageBackend>,
+pub(crate) struct Segment {
+    file: Arc<dyn StorageBackend>,
     epoch: u64,
     /// The sequence number of the last header written.
     seq: u64,
@@ -142,20 +150,20 @@ pub(crate) struct Wal {
     broken: bool,
 }
 
-impl std::fmt::Debug for Wal {
+impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal").field("epoch", &self.epoch).field("end", &self.end).finish()
+        f.debug_struct("Segment").field("epoch", &self.epoch).field("end", &self.end).finish()
     }
 }
 
-impl Wal {
-    /// Opens `file` under the epoch its header gives (0 without one), and reads back the bodies
-    /// it holds, in append order, if that epoch is `epoch_min` or later. Damage to records that
-    /// were synced is reported in [`Replay::damage`], never taken for a shorter file; such a
-    /// file must be [`Wal::reset`] before it takes records again.
-    pub(crate) fn open(file: Box<dyn StorageBackend>, epoch_min: u64) -> io::Result<(Wal, Replay)> {
+impl Segment {
+    /// Opens `file`, segment `id`, and reads back the bodies it holds, in append order. A file
+    /// that never had a header holds nothing; a header of another segment is damage. Damage to
+    /// records that were synced is reported in [`Replay::damage`], never taken for a shorter
+    /// file; such a file takes no records.
+    pub(crate) fn open(file: Arc<dyn StorageBackend>, id: u64) -> io::Result<(Segment, Replay)> {
         let len = file.len()?;
-        let mut wal = Wal {
+        let mut segment = Segment {
             file,
             epoch: 0,
             seq: 0,
@@ -166,32 +174,35 @@ impl Wal {
             header_end: RECORDS_AT,
             broken: false,
         };
-        let header = match wal.read_header(len)? {
+        let header = match segment.read_header(len)? {
             Ok(Some(header)) => header,
-            Ok(None) => return Ok((wal, Replay::default())),
+            Ok(None) => return Ok((segment, Replay::default())),
             Err(corruption) => {
-                wal.broken = true;
+                segment.broken = true;
                 let damage = Some(Damage { corruption, after: Vec::new() });
-                return Ok((wal, Replay { damage, ..Replay::default() }));
+                return Ok((segment, Replay { damage, ..Replay::default() }));
             }
         };
-        wal.epoch = header.epoch;
-        wal.seq = header.seq;
-        if wal.epoch < epoch_min {
-            return Ok((wal, Replay::default()));
+        segment.epoch = header.epoch;
+        segment.seq = header.seq;
+        if segment.epoch != id {
+            segment.broken = true;
+            let damage =
+                Some(Damage { corruption: SegmentCorruption::Foreign { epoch: header.epoch }, after: Vec::new() });
+            return Ok((segment, Replay { damage, ..Replay::default() }));
         }
-        let replay = wal.replay(len, header.durable_end)?;
-        wal.broken = replay.damage.is_some();
-        wal.synced_end = wal.end;
-        wal.header_end = header.durable_end;
-        wal.mark = header.durable_mark;
-        wal.synced_mark = header.durable_mark;
-        Ok((wal, Replay { durable_mark: header.durable_mark, ..replay }))
+        let replay = segment.replay(len, header.durable_end)?;
+        segment.broken = replay.damage.is_some();
+        segment.synced_end = segment.end;
+        segment.header_end = header.durable_end;
+        segment.mark = header.durable_mark;
+        segment.synced_mark = header.durable_mark;
+        Ok((segment, Replay { durable_mark: header.durable_mark, ..replay }))
     }
 
     /// The winning header, `None` for a file that never had one (all zeros, or shorter than a
     /// slot), or damage when a slot was written and none is valid.
-    fn read_header(&self, len: u64) -> io::Result<Result<Option<Header>, WalCorruption>> {
+    fn read_header(&self, len: u64) -> io::Result<Result<Option<Header>, SegmentCorruption>> {
         let mut slots = Vec::with_capacity(2);
         let mut written = false;
         for at in [0, SLOT_STRIDE_BYTES] {
@@ -205,7 +216,7 @@ impl Wal {
         }
         Ok(match slots.into_iter().max_by_key(|h| (h.epoch, h.seq)) {
             Some(header) => Ok(Some(header)),
-            None if written => Err(WalCorruption::Header),
+            None if written => Err(SegmentCorruption::Header),
             None => Ok(None),
         })
     }
@@ -221,12 +232,12 @@ impl Wal {
             match self.read_record(self.end, durable_end.min(len))? {
                 Some(body) => self.take(body, &mut replay),
                 None if len < durable_end => {
-                    damaged(&mut replay, WalCorruption::Short { len, durable_end }, Vec::new());
+                    damaged(&mut replay, SegmentCorruption::Short { len, durable_end }, Vec::new());
                     return Ok(replay);
                 }
                 None => {
                     let after = self.records_after_damaged(self.end, len)?;
-                    damaged(&mut replay, WalCorruption::BeforeDurableEnd { at: self.end, durable_end }, after);
+                    damaged(&mut replay, SegmentCorruption::BeforeDurableEnd { at: self.end, durable_end }, after);
                     return Ok(replay);
                 }
             }
@@ -239,7 +250,7 @@ impl Wal {
             if after.is_empty() {
                 replay.torn_at = Some(self.end);
             } else {
-                damaged(&mut replay, WalCorruption::FollowedByValid { at: self.end }, after);
+                damaged(&mut replay, SegmentCorruption::FollowedByValid { at: self.end }, after);
             }
         }
         Ok(replay)
@@ -262,6 +273,7 @@ impl Wal {
     }
 
     fn take(&mut self, body: Vec<u8>, replay: &mut Replay) {
+        replay.starts.push(self.end);
         self.end += (RECORD_HEAD_BYTES + body.len()) as u64;
         replay.bodies.push(body);
     }
@@ -292,33 +304,36 @@ impl Wal {
     }
 
     /// Writes `bodies` as records after the last one, in one write, and raises the file's mark
-    /// to `mark` (the log's last index, say). They are durable only after [`Wal::sync`].
-    pub(crate) fn append<'a>(&mut self, bodies: impl IntoIterator<Item = &'a [u8]>, mark: u64) -> io::Result<()> {
+    /// to `mark` (the log's last index, say); returns where each record starts. They are durable
+    /// only after [`Segment::sync`].
+    pub(crate) fn append<'a>(&mut self, bodies: impl IntoIterator<Item = &'a [u8]>, mark: u64) -> io::Result<Vec<u64>> {
         let mut buf = Vec::new();
+        let mut starts = Vec::new();
         for body in bodies {
+            starts.push(self.end + buf.len() as u64);
             assert!(body.len() <= RECORD_BODY_BYTES_MAX, "a log entry of {} bytes", body.len());
             buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
             buf.extend_from_slice(&checksum(self.epoch, body).to_le_bytes());
             buf.extend_from_slice(body);
         }
         if buf.is_empty() {
-            return Ok(());
+            return Ok(starts);
         }
-        self.guard(|wal| wal.file.write(wal.end, &buf))?;
+        self.guard(|segment| segment.file.write(segment.end, &buf))?;
         self.end += buf.len() as u64;
         self.mark = self.mark.max(mark);
-        Ok(())
+        Ok(starts)
     }
 
     /// Makes every record appended so far durable. The header it writes along records the end
     /// of the sync before: a header never claims records its own sync may not have finished.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         let (end, mark) = (self.end, self.mark);
-        self.guard(|wal| {
-            if wal.header_end != wal.synced_end {
-                wal.write_header(wal.synced_end, wal.synced_mark)?;
+        self.guard(|segment| {
+            if segment.header_end != segment.synced_end {
+                segment.write_header(segment.synced_end, segment.synced_mark)?;
             }
-            wal.file.sync_data()
+            segment.file.sync_data()
         })?;
         self.synced_end = end;
         self.synced_mark = mark;
@@ -331,9 +346,9 @@ impl Wal {
         if self.header_end == self.synced_end {
             return Ok(());
         }
-        self.guard(|wal| {
-            wal.write_header(wal.synced_end, wal.synced_mark)?;
-            wal.file.sync_data()
+        self.guard(|segment| {
+            segment.write_header(segment.synced_end, segment.synced_mark)?;
+            segment.file.sync_data()
         })
     }
 
@@ -348,7 +363,7 @@ impl Wal {
     }
 
     /// Runs `io` unless an earlier failure broke the file, and breaks it if `io` fails.
-    fn guard(&mut self, io: impl FnOnce(&mut Wal) -> io::Result<()>) -> io::Result<()> {
+    fn guard(&mut self, io: impl FnOnce(&mut Segment) -> io::Result<()>) -> io::Result<()> {
         if self.broken {
             return Err(io::Error::other("the write-ahead file failed earlier and takes no more records"));
         }
@@ -364,11 +379,11 @@ impl Wal {
         assert!(epoch > self.epoch || self.end == RECORDS_AT, "the epoch went back from {} to {epoch}", self.epoch);
         // A file damaged at open takes records again once started over.
         self.broken = false;
-        self.guard(|wal| {
-            wal.epoch = epoch;
+        self.guard(|segment| {
+            segment.epoch = epoch;
             for _ in 0..2 {
-                wal.write_header(RECORDS_AT, 0)?;
-                wal.file.sync_data()?;
+                segment.write_header(RECORDS_AT, 0)?;
+                segment.file.sync_data()?;
             }
             Ok(())
         })?;
@@ -376,6 +391,32 @@ impl Wal {
         self.mark = 0;
         self.synced_end = RECORDS_AT;
         self.synced_mark = 0;
+        Ok(())
+    }
+
+    /// Drops everything from `at` on, durably: for a segment damaged there, once the log has
+    /// recorded what it lost, so that the damage is not found again at every opening. The file is
+    /// cut before the header records `at` as its durable end, so a crash in between leaves a file
+    /// shorter than its durable end, which replay reports as damage at the same place again.
+    pub(crate) fn cut(&mut self, at: u64) -> io::Result<()> {
+        assert!(
+            (RECORDS_AT..=self.end).contains(&at),
+            "a cut at {at} outside the records read, {RECORDS_AT}..={}",
+            self.end
+        );
+        self.broken = false;
+        self.guard(|segment| {
+            segment.file.set_len(at)?;
+            segment.file.sync_data()?;
+            for _ in 0..2 {
+                segment.write_header(at, segment.mark)?;
+                segment.file.sync_data()?;
+            }
+            Ok(())
+        })?;
+        self.end = at;
+        self.synced_end = at;
+        self.synced_mark = self.mark;
         Ok(())
     }
 
@@ -387,6 +428,23 @@ impl Wal {
     pub(crate) fn bytes(&self) -> u64 {
         self.end
     }
+}
+
+/// The body of the record of `body_len` bytes at `at` of segment `epoch`'s `file`, read in one
+/// read; `None` if its length or checksum does not hold (damage: the log knew a whole record
+/// there).
+pub(crate) fn read_record(
+    file: &dyn StorageBackend,
+    epoch: u64,
+    at: u64,
+    body_len: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut record = vec![0u8; RECORD_HEAD_BYTES + body_len];
+    file.read(at, &mut record)?;
+    let length = u32::from_le_bytes(record[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
+    let body = record.split_off(RECORD_HEAD_BYTES);
+    Ok((length == body_len && checksum(epoch, &body) == crc).then_some(body))
 }
 
 /// CRC-32 of the epoch, the length and the body: a record of another epoch fails it.
@@ -405,15 +463,15 @@ mod tests {
     use proptest::prelude::*;
     use redb::StorageBackend;
 
-    fn fresh(file: &Disk, epoch: u64) -> Wal {
-        let (mut wal, replay) = Wal::open(Box::new(file.open()), epoch).unwrap();
+    fn fresh(file: &Disk, epoch: u64) -> Segment {
+        let (mut segment, replay) = Segment::open(Arc::new(file.open()), epoch).unwrap();
         assert!(replay.bodies.is_empty());
-        wal.reset(epoch).unwrap();
-        wal
+        segment.reset(epoch).unwrap();
+        segment
     }
 
-    fn reopen(file: &Disk, epoch: u64) -> Result<Replay, WalCorruption> {
-        let (_, mut replay) = Wal::open(Box::new(file.open()), epoch).unwrap();
+    fn reopen(file: &Disk, epoch: u64) -> Result<Replay, SegmentCorruption> {
+        let (_, mut replay) = Segment::open(Arc::new(file.open()), epoch).unwrap();
         match replay.damage.take() {
             Some(damage) => Err(damage.corruption),
             None => Ok(replay),
@@ -431,16 +489,16 @@ mod tests {
     }
 
     #[test]
-    fn records_come_back_in_order_for_their_epoch_only() {
+    fn records_come_back_in_order_in_their_own_segment_only() {
         let file = Disk::default();
-        let mut wal = fresh(&file, 3);
-        wal.append([b"one".as_slice(), b"".as_slice()], 0).unwrap();
-        wal.sync().unwrap();
-        wal.append([b"three".as_slice()], 0).unwrap();
+        let mut segment = fresh(&file, 3);
+        segment.append([b"one".as_slice(), b"".as_slice()], 0).unwrap();
+        segment.sync().unwrap();
+        segment.append([b"three".as_slice()], 0).unwrap();
         assert_eq!(bodies(&file, 3), vec![b"one".to_vec(), Vec::new(), b"three".to_vec()]);
-        assert!(bodies(&file, 4).is_empty(), "a file of epoch 3 replayed when epoch 4 was durable");
-        assert_eq!(bodies(&file, 2).len(), 3, "a file of epoch 3 is replayed while epoch 2 is the durable one");
-        assert_eq!(Wal::open(Box::new(file.open()), 9).unwrap().0.epoch(), 3, "the header's epoch");
+        assert_eq!(reopen(&file, 4).unwrap_err(), SegmentCorruption::Foreign { epoch: 3 }, "segment 3 read as 4");
+        let starts = reopen(&file, 3).unwrap().starts;
+        assert_eq!(starts, vec![RECORDS_AT, RECORDS_AT + 11, RECORDS_AT + 19], "where the records start");
     }
 
     /// The file is overwritten in place: after a reset, the longer records of the old epoch that
@@ -448,19 +506,19 @@ mod tests {
     #[test]
     fn a_reset_hides_the_old_epochs_records() {
         let file = Disk::default();
-        let mut wal = fresh(&file, 1);
-        wal.append([[7u8; 100].as_slice(), [8u8; 100].as_slice(), [9u8; 100].as_slice()], 0).unwrap();
-        wal.sync().unwrap();
-        wal.seal().unwrap();
-        wal.reset(2).unwrap();
+        let mut segment = fresh(&file, 1);
+        segment.append([[7u8; 100].as_slice(), [8u8; 100].as_slice(), [9u8; 100].as_slice()], 0).unwrap();
+        segment.sync().unwrap();
+        segment.seal().unwrap();
+        segment.reset(2).unwrap();
         assert!(bodies(&file, 2).is_empty());
-        wal.append([[1u8; 10].as_slice()], 0).unwrap();
-        wal.sync().unwrap();
-        wal.seal().unwrap();
+        segment.append([[1u8; 10].as_slice()], 0).unwrap();
+        segment.sync().unwrap();
+        segment.seal().unwrap();
         let replay = reopen(&file, 2).unwrap();
         assert_eq!(replay.bodies, vec![vec![1u8; 10]]);
         assert!(replay.torn_at.is_some(), "the old epoch's records read as a torn tail");
-        assert!(file.open().len().unwrap() > wal.bytes(), "the old records are still in the file");
+        assert!(file.open().len().unwrap() > segment.bytes(), "the old records are still in the file");
     }
 
     #[test]
@@ -470,7 +528,7 @@ mod tests {
         file.open().write(0, &[0; 4096]).unwrap();
         assert!(bodies(&file, 0).is_empty());
         file.open().write(0, &[0xAB; 64]).unwrap();
-        assert_eq!(reopen(&file, 0).unwrap_err(), WalCorruption::Header);
+        assert_eq!(reopen(&file, 0).unwrap_err(), SegmentCorruption::Header);
     }
 
     /// A torn header slot leaves the other: nothing is lost, the records past the older slot's
@@ -478,17 +536,17 @@ mod tests {
     #[test]
     fn one_damaged_header_slot_falls_back_to_the_other() {
         let file = Disk::default();
-        let mut wal = fresh(&file, 1);
+        let mut segment = fresh(&file, 1);
         for body in [b"a", b"b", b"c"] {
-            wal.append([body.as_slice()], 0).unwrap();
-            wal.sync().unwrap();
+            segment.append([body.as_slice()], 0).unwrap();
+            segment.sync().unwrap();
         }
-        wal.seal().unwrap();
-        let newest = (wal.seq % 2) * SLOT_STRIDE_BYTES;
+        segment.seal().unwrap();
+        let newest = (segment.seq % 2) * SLOT_STRIDE_BYTES;
         flip(&file, newest + 20);
         assert_eq!(bodies(&file, 1), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         flip(&file, (SLOT_STRIDE_BYTES - newest) + 3);
-        assert_eq!(reopen(&file, 1).unwrap_err(), WalCorruption::Header);
+        assert_eq!(reopen(&file, 1).unwrap_err(), SegmentCorruption::Header);
     }
 
     /// Power loss throws away unsynced writes: what was synced comes back, and a sync cut short
@@ -496,12 +554,12 @@ mod tests {
     #[test]
     fn a_crash_loses_only_what_was_not_synced() {
         let file = Disk::default();
-        let mut wal = fresh(&file, 1);
-        wal.append([b"synced".as_slice()], 0).unwrap();
-        wal.sync().unwrap();
-        wal.append([b"also synced".as_slice()], 0).unwrap();
-        wal.sync().unwrap();
-        wal.append([b"not synced".as_slice()], 0).unwrap();
+        let mut segment = fresh(&file, 1);
+        segment.append([b"synced".as_slice()], 0).unwrap();
+        segment.sync().unwrap();
+        segment.append([b"also synced".as_slice()], 0).unwrap();
+        segment.sync().unwrap();
+        segment.append([b"not synced".as_slice()], 0).unwrap();
         file.crash();
         assert_eq!(bodies(&file, 1), vec![b"synced".to_vec(), b"also synced".to_vec()]);
     }
@@ -511,20 +569,20 @@ mod tests {
     #[test]
     fn a_lost_write_before_the_durable_end_is_damage() {
         let file = Disk::default();
-        let mut wal = fresh(&file, 1);
-        wal.append([[1u8; 32].as_slice()], 0).unwrap();
-        wal.sync().unwrap();
-        let second = wal.bytes();
-        wal.append([[2u8; 32].as_slice()], 0).unwrap();
-        wal.sync().unwrap();
-        wal.seal().unwrap();
+        let mut segment = fresh(&file, 1);
+        segment.append([[1u8; 32].as_slice()], 0).unwrap();
+        segment.sync().unwrap();
+        let second = segment.bytes();
+        segment.append([[2u8; 32].as_slice()], 0).unwrap();
+        segment.sync().unwrap();
+        segment.seal().unwrap();
         file.open().write(second, &[0u8; 40]).unwrap();
         assert_eq!(
             reopen(&file, 1).unwrap_err(),
-            WalCorruption::BeforeDurableEnd { at: second, durable_end: second + 40 }
+            SegmentCorruption::BeforeDurableEnd { at: second, durable_end: second + 40 }
         );
         file.open().set_len(second).unwrap();
-        assert_eq!(reopen(&file, 1).unwrap_err(), WalCorruption::Short { len: second, durable_end: second + 40 });
+        assert_eq!(reopen(&file, 1).unwrap_err(), SegmentCorruption::Short { len: second, durable_end: second + 40 });
     }
 
     /// Damage reports what survives: the records before it, the valid ones after it, and the
@@ -532,20 +590,23 @@ mod tests {
     #[test]
     fn damage_reports_the_records_around_it_and_the_durable_mark() {
         let file = Disk::default();
-        let mut wal = fresh(&file, 1);
+        let mut segment = fresh(&file, 1);
         let mut starts = Vec::new();
         for (mark, body) in (10..).zip([b"a", b"b", b"c", b"d"]) {
-            starts.push(wal.bytes());
-            wal.append([body.as_slice()], mark).unwrap();
-            wal.sync().unwrap();
+            starts.push(segment.bytes());
+            segment.append([body.as_slice()], mark).unwrap();
+            segment.sync().unwrap();
         }
-        wal.seal().unwrap();
+        segment.seal().unwrap();
         flip(&file, starts[1] + RECORD_HEAD_BYTES as u64);
-        let (mut damaged, replay) = Wal::open(Box::new(file.open()), 1).unwrap();
+        let (mut damaged, replay) = Segment::open(Arc::new(file.open()), 1).unwrap();
         assert_eq!(replay.bodies, vec![b"a".to_vec()]);
         assert_eq!(replay.durable_mark, 13, "the mark of the last synced record");
         let damage = replay.damage.expect("damage");
-        assert_eq!(damage.corruption, WalCorruption::BeforeDurableEnd { at: starts[1], durable_end: wal.bytes() });
+        assert_eq!(
+            damage.corruption,
+            SegmentCorruption::BeforeDurableEnd { at: starts[1], durable_end: segment.bytes() }
+        );
         assert_eq!(damage.after, vec![b"c".to_vec(), b"d".to_vec()]);
         assert!(damaged.append([b"e".as_slice()], 14).is_err(), "a damaged file takes no records");
         damaged.reset(2).unwrap();
@@ -567,24 +628,24 @@ mod tests {
             cut in any::<bool>(),
         ) {
             let file = Disk::default();
-            let mut wal = fresh(&file, 5);
+            let mut segment = fresh(&file, 5);
             // Where each record starts and ends, and the end of each sync.
             let mut records = Vec::new();
             let mut synced_ends = vec![RECORDS_AT];
             for group in &groups {
                 for body in group {
-                    let start = wal.bytes();
-                    wal.append([body.as_slice()], 0).unwrap();
-                    records.push((start, wal.bytes(), body.clone()));
+                    let start = segment.bytes();
+                    segment.append([body.as_slice()], 0).unwrap();
+                    records.push((start, segment.bytes(), body.clone()));
                 }
-                wal.sync().unwrap();
-                synced_ends.push(wal.bytes());
+                segment.sync().unwrap();
+                synced_ends.push(segment.bytes());
             }
             if sealed {
-                wal.seal().unwrap();
+                segment.seal().unwrap();
             }
-            let durable_end = if sealed { wal.bytes() } else { synced_ends[synced_ends.len() - 2] };
-            let at = RECORDS_AT + damage_at.index((wal.bytes() - RECORDS_AT) as usize) as u64;
+            let durable_end = if sealed { segment.bytes() } else { synced_ends[synced_ends.len() - 2] };
+            let at = RECORDS_AT + damage_at.index((segment.bytes() - RECORDS_AT) as usize) as u64;
             if cut {
                 file.open().set_len(at).unwrap();
             } else {
@@ -597,7 +658,7 @@ mod tests {
             let in_length = !cut && at < start + 4;
             if at < durable_end {
                 prop_assert!(replayed.is_err(), "damage at {} before the durable end {}", at, durable_end);
-            } else if cut || end == wal.bytes() {
+            } else if cut || end == segment.bytes() {
                 let replay = replayed.unwrap();
                 prop_assert_eq!(replay.bodies, intact);
                 prop_assert_eq!(replay.torn_at, torn);
@@ -605,10 +666,10 @@ mod tests {
                 // A damaged length points anywhere: at a later record by chance (damage), or not.
                 match replayed {
                     Ok(replay) => prop_assert_eq!(replay.bodies, intact),
-                    Err(corruption) => prop_assert_eq!(corruption, WalCorruption::FollowedByValid { at: start }),
+                    Err(corruption) => prop_assert_eq!(corruption, SegmentCorruption::FollowedByValid { at: start }),
                 }
             } else {
-                prop_assert_eq!(replayed.unwrap_err(), WalCorruption::FollowedByValid { at: start });
+                prop_assert_eq!(replayed.unwrap_err(), SegmentCorruption::FollowedByValid { at: start });
             }
         }
     }
