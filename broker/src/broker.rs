@@ -11,7 +11,7 @@ use std::time::Duration;
 use chorus_machine::{Actor, Command, MembershipChange, Outcome, Submission};
 use chorus_protocol::pb;
 use openraft::ServerState;
-use redb::{Database, ReadableDatabase};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +26,7 @@ use crate::raft::state_check::StateChecks;
 use crate::raft::state_store::AppliedStatus;
 use crate::raft::state_store::{self, StateDamage};
 use crate::raft::{BrokerNode, NodeId, Raft, TypeConfig};
-use crate::storage::{CorruptValue, DamageAlarm, ReadStore};
+use crate::storage::{CorruptValue, DamageAlarm, ReadStore, StateFiles};
 
 /// The leader as a broker knows it: its id and addresses.
 pub type Leader = (NodeId, BrokerNode);
@@ -48,7 +48,7 @@ pub struct ReadError(#[from] redb::TransactionError);
 pub struct Broker {
     pub config: BrokerConfig,
     pub raft: Raft,
-    state: Arc<Database>,
+    state: StateFiles,
     applied: watch::Receiver<AppliedStatus>,
     committed: Arc<AtomicU64>,
     proposer: Proposer,
@@ -117,7 +117,7 @@ impl Broker {
     pub(crate) fn new(
         config: BrokerConfig,
         raft: Raft,
-        state: Arc<Database>,
+        state: StateFiles,
         applied: watch::Receiver<AppliedStatus>,
         log: LogHandles,
         state_checks: StateChecks,
@@ -337,7 +337,7 @@ impl Broker {
     /// A consistent read view of the applied state.
     /// A read that meets a damaged value marks the state for a rebuild and stops the broker.
     pub fn read(&self) -> Result<ReadStore, ReadError> {
-        Ok(ReadStore::open(self.state.begin_read()?).with_alarm(Arc::clone(&self.damage_alarm)))
+        Ok(self.state.read()?.with_alarm(Arc::clone(&self.damage_alarm)))
     }
 
     /// Passes a client's request to the leader, as `actor`, and returns the leader's answer once

@@ -22,6 +22,7 @@ pub mod duties;
 pub mod election;
 pub mod forward;
 mod listener;
+pub mod message_segments;
 pub mod peer;
 pub mod proposer;
 pub mod raft;

@@ -2,9 +2,16 @@
 //! entries (group commit across clients), stamped with the leader's clock, and proposed in order.
 //! Each command's outcome goes back to its caller once the entry is applied.
 //!
+//! A proposal waits in the proposer's lookahead until an entry has room in flight, and an
+//! idempotent producer's publishes to a topic leave it in sequence order ([`in_producer_order`]).
+//! One that comes early (the sequence before it is not yet proposed) waits up to
+//! [`EARLY_HOLD`] for it: a client's pipelined requests run as tasks on every core, and the later
+//! of two can reach the queue first.
+//!
 //! Time: each entry carries `max(last stamp, wall clock, last applied time)`, so stamps never go
 //! back within a leader, and the machine clamps across leaders.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +58,18 @@ pub enum MembershipError {
     Refused(#[source] ChangeMembershipError<NodeId>),
 }
 
+/// Proposals the proposer takes from its queue ahead of the entry it packs.
+const LOOKAHEAD_MAX: usize = 1024;
+/// How long a publish that comes before the one preceding it waits for that one. Without the
+/// wait it is stored in the log and refused (`OUT_OF_ORDER`), and the client sends it again.
+const EARLY_HOLD: Duration = Duration::from_millis(1);
+/// Producers whose last proposed sequence the proposer remembers, per topic; past it, it
+/// forgets them all (they only steer the wait above).
+const PRODUCERS_REMEMBERED_MAX: usize = 4096;
+
 struct Proposal {
     submission: Submission,
+    arrived: tokio::time::Instant,
     reply: oneshot::Sender<Result<Outcome, ProposeError>>,
 }
 
@@ -78,6 +95,8 @@ impl Proposer {
             raft,
             applied,
             proposals,
+            lookahead: VecDeque::new(),
+            proposed: BTreeMap::new(),
             in_flight: Arc::new(Semaphore::new(limits.entries_in_flight_max)),
             commands_per_entry_max: limits.commands_per_entry_max,
             entry_bytes_target: limits.entry_bytes_target,
@@ -92,7 +111,8 @@ impl Proposer {
     /// Proposes one command and waits for its outcome.
     pub async fn propose(&self, submission: Submission) -> Result<Outcome, ProposeError> {
         let (reply, outcome) = oneshot::channel();
-        self.queue.try_send(Proposal { submission, reply }).map_err(|error| match error {
+        let arrived = tokio::time::Instant::now();
+        self.queue.try_send(Proposal { submission, reply, arrived }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
         })?;
@@ -112,6 +132,10 @@ struct ProposerTask {
     raft: Raft,
     applied: watch::Receiver<AppliedStatus>,
     proposals: mpsc::Receiver<Proposal>,
+    /// Taken from the queue, not yet proposed: at most [`LOOKAHEAD_MAX`].
+    lookahead: VecDeque<Proposal>,
+    /// The last sequence proposed per (producer, topic).
+    proposed: BTreeMap<(String, String), u64>,
     in_flight: Arc<Semaphore>,
     commands_per_entry_max: usize,
     entry_bytes_target: usize,
@@ -122,9 +146,18 @@ struct ProposerTask {
 
 impl ProposerTask {
     async fn run(mut self) {
-        while let Some(first) = self.proposals.recv().await {
-            let batch = self.gather(first);
+        loop {
+            if self.lookahead.is_empty() {
+                match self.proposals.recv().await {
+                    Some(first) => self.lookahead.push_back(first),
+                    None => return,
+                }
+            }
+            // Room in flight first: what queues meanwhile joins this entry.
             let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                return;
+            };
+            let Some(batch) = self.next_batch().await else {
                 return;
             };
             let (bytes, replies) = self.encode(batch);
@@ -148,20 +181,68 @@ impl ProposerTask {
         }
     }
 
-    /// The first proposal and whatever else is queued, up to an entry's limits.
-    fn gather(&mut self, first: Proposal) -> Vec<Proposal> {
-        let mut bytes = first.command_size();
-        let mut batch = vec![first];
-        while batch.len() < self.commands_per_entry_max && bytes < self.entry_bytes_target {
+    /// The next entry's proposals, once there are any that need not wait; `None` once the queue
+    /// is closed and nothing is left.
+    async fn next_batch(&mut self) -> Option<Vec<Proposal>> {
+        loop {
+            let batch = self.gather();
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            let until = self.lookahead.iter().map(|p| p.arrived + EARLY_HOLD).min()?;
+            tokio::select! {
+                next = self.proposals.recv() => self.lookahead.push_back(next?),
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Whatever is queued joins the lookahead, which is put in producer order, and the entry
+    /// takes from its front up to an entry's limits, leaving in place a publish that comes early.
+    fn gather(&mut self) -> Vec<Proposal> {
+        while self.lookahead.len() < LOOKAHEAD_MAX {
             match self.proposals.try_recv() {
-                Ok(next) => {
-                    bytes += next.command_size();
-                    batch.push(next);
-                }
+                Ok(next) => self.lookahead.push_back(next),
                 Err(_) => break,
             }
         }
+        self.lookahead = in_producer_order(std::mem::take(&mut self.lookahead));
+        let mut batch = Vec::new();
+        let mut waiting = VecDeque::new();
+        let mut bytes = 0;
+        while batch.len() < self.commands_per_entry_max && (batch.is_empty() || bytes < self.entry_bytes_target) {
+            let Some(next) = self.lookahead.pop_front() else { break };
+            if self.comes_early(&next) && next.arrived.elapsed() < EARLY_HOLD {
+                waiting.push_back(next);
+                continue;
+            }
+            self.note_proposed(&next);
+            bytes += next.command_size();
+            batch.push(next);
+        }
+        while let Some(early) = waiting.pop_back() {
+            self.lookahead.push_front(early);
+        }
         batch
+    }
+
+    /// Whether `proposal` is a publish whose producer's previous sequence on its topic has not
+    /// been proposed here yet, though an earlier one has.
+    fn comes_early(&self, proposal: &Proposal) -> bool {
+        match producer_stamp(proposal) {
+            Some((key, sequence)) => self.proposed.get(&key).is_some_and(|last| sequence > last + 1),
+            None => false,
+        }
+    }
+
+    fn note_proposed(&mut self, proposal: &Proposal) {
+        if let Some((key, sequence)) = producer_stamp(proposal) {
+            if self.proposed.len() >= PRODUCERS_REMEMBERED_MAX && !self.proposed.contains_key(&key) {
+                self.proposed.clear();
+            }
+            let last = self.proposed.entry(key).or_default();
+            *last = (*last).max(sequence);
+        }
     }
 
     fn encode(&mut self, batch: Vec<Proposal>) -> (Vec<u8>, Vec<oneshot::Sender<Result<Outcome, ProposeError>>>) {
@@ -170,6 +251,47 @@ impl ProposerTask {
         let entry = Entry { time_ms: self.last_stamp_ms, submissions };
         (entry_to_pb(entry).encode_to_vec(), replies)
     }
+}
+
+/// The (producer id, topic) and sequence of an idempotent producer's publish.
+fn producer_stamp(proposal: &Proposal) -> Option<((String, String), u64)> {
+    match &proposal.submission.command {
+        Command::Publish(publish) => {
+            let producer = publish.producer.as_ref()?;
+            Some(((producer.id.clone(), publish.topic.clone()), producer.sequence))
+        }
+        _ => None,
+    }
+}
+
+/// `proposals` with each idempotent producer's publishes to a topic in sequence order, in the
+/// places those publishes held; every other proposal keeps its place. A client's pipelined
+/// batches can reach the queue out of order (tokio runs the task spawned last first, on the
+/// client and on the broker), and the machine refuses a batch that comes before the one
+/// preceding it (`OUT_OF_ORDER`) only once the log has stored it: in a run of 16 KiB messages,
+/// 112 of 115 batches were written to the log twice, once refused and once resent.
+fn in_producer_order(proposals: VecDeque<Proposal>) -> VecDeque<Proposal> {
+    let mut places: BTreeMap<(&str, &str), Vec<(u64, usize)>> = BTreeMap::new();
+    for (place, proposal) in proposals.iter().enumerate() {
+        if let Command::Publish(publish) = &proposal.submission.command
+            && let Some(producer) = &publish.producer
+        {
+            places.entry((producer.id.as_str(), publish.topic.as_str())).or_default().push((producer.sequence, place));
+        }
+    }
+    let mut order: Vec<usize> = (0..proposals.len()).collect();
+    for stamps in places.values() {
+        if stamps.is_sorted_by_key(|(sequence, _)| *sequence) {
+            continue;
+        }
+        let mut by_sequence = stamps.clone();
+        by_sequence.sort_by_key(|(sequence, _)| *sequence);
+        for ((_, place), (_, from)) in stamps.iter().zip(by_sequence) {
+            order[*place] = from;
+        }
+    }
+    let mut slots: Vec<Option<Proposal>> = proposals.into_iter().map(Some).collect();
+    order.into_iter().map(|from| slots[from].take().expect("each proposal is placed once")).collect()
 }
 
 impl Proposal {
@@ -226,7 +348,58 @@ pub fn raft_error(error: RaftError<NodeId, ClientWriteError<NodeId, BrokerNode>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus_machine::{ProducerStamp, Publish};
     use openraft::error::ForwardToLeader;
+
+    fn publish(producer: Option<(&str, u64)>, topic: &str) -> Proposal {
+        let publish = Publish {
+            topic: topic.to_owned(),
+            producer: producer.map(|(id, sequence)| ProducerStamp { id: id.to_owned(), sequence }),
+            messages: Vec::new(),
+        };
+        Proposal {
+            submission: Submission::broker(Command::Publish(publish)),
+            reply: oneshot::channel().0,
+            arrived: tokio::time::Instant::now(),
+        }
+    }
+
+    fn stamps(proposals: &VecDeque<Proposal>) -> Vec<(String, Option<u64>)> {
+        proposals
+            .iter()
+            .map(|p| match &p.submission.command {
+                Command::Publish(publish) => {
+                    let producer = publish.producer.as_ref();
+                    (
+                        format!("{}/{}", producer.map_or("-", |p| p.id.as_str()), publish.topic),
+                        producer.map(|p| p.sequence),
+                    )
+                }
+                _ => ("other".to_owned(), None),
+            })
+            .collect()
+    }
+
+    /// Regression (issue 20): a producer's batches that reached the queue out of order were
+    /// proposed so, refused by the machine after the log stored them, and sent again. Within the
+    /// lookahead they now go in sequence order, in the places they held; nothing else moves.
+    #[test]
+    fn a_producers_publishes_leave_in_sequence_order() {
+        let queued: VecDeque<Proposal> = [
+            publish(Some(("p", 4)), "t"),
+            publish(None, "t"),
+            publish(Some(("p", 2)), "t"),
+            publish(Some(("q", 9)), "t"),
+            publish(Some(("p", 3)), "u"),
+            publish(Some(("p", 3)), "t"),
+            publish(Some(("q", 8)), "t"),
+        ]
+        .into();
+        let expected = [("p/t", 2), ("-/t", 0), ("p/t", 3), ("q/t", 8), ("p/u", 3), ("p/t", 4), ("q/t", 9)];
+        let expected: Vec<(String, Option<u64>)> =
+            expected.iter().map(|(who, seq)| (who.to_string(), (*who != "-/t").then_some(*seq))).collect();
+        assert_eq!(stamps(&in_producer_order(queued)), expected);
+    }
 
     /// openraft answers ForwardToLeader also for an entry it had appended and then lost to a
     /// new leader's log; that entry may still commit elsewhere, so it is not a definite refusal.

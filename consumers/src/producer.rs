@@ -208,6 +208,10 @@ impl Lane {
 struct Ends {
     /// Every batch up to this sequence is stored.
     stored_through: u64,
+    /// Every batch up to this sequence was handed to the connection at least once.
+    handed_off: u64,
+    /// Batches refused as out of order and not yet handed to the connection again.
+    refused: BTreeSet<u64>,
     /// Stored batches past `stored_through`.
     stored: BTreeSet<u64>,
     /// The first batch that failed, and why: no later one of the run can be stored in order.
@@ -226,6 +230,14 @@ impl Ends {
         if self.failed.as_ref().is_none_or(|(first, _)| seq < *first) {
             self.failed = Some((seq, why));
         }
+    }
+
+    /// Whether `seq` may go to the connection for the first time: the batch before it went, or
+    /// ended, and no earlier batch waits to go again (a batch sent past one that waits would be
+    /// refused in turn, and so on down the run).
+    fn may_hand_off(&self, seq: u64) -> bool {
+        let earlier_refused = self.refused.first().is_some_and(|refused| *refused < seq);
+        self.before(seq).is_some() || (!earlier_refused && self.handed_off + 1 >= seq)
     }
 
     /// How the batch before `seq` ended: stored, failed (and why), or not yet.
@@ -413,15 +425,31 @@ async fn publish_batch(client: &Client, lanes: &Lanes, topic: &str, slot: Slot, 
 /// Sends `request` until it is stored in its place in the producer's order: refused as out of
 /// order, it waits until the batch before it is stored and goes again; if that batch failed, this
 /// one is not sent again.
+///
+/// The first send goes to the connection only after the batch before it went: batches in flight
+/// run as tasks of their own, on every core, and one that overtook the batch before it was refused
+/// after the broker's log had stored it, sent again, and overtaken in turn by the next (in a run of
+/// 16 KiB messages, every batch was written to the log twice).
 async fn send_in_order(
     client: &Client,
     request: pb::PublishRequest,
     slot: &Slot,
 ) -> Result<pb::PublishOk, ClientError> {
     let mut ends = slot.ends.subscribe();
+    let _ = ends.wait_for(|ends| ends.may_hand_off(slot.seq)).await;
     for _ in 0..OUT_OF_ORDER_RESENDS_MAX {
-        match client.call(request.clone()).await {
+        let result = handed_off(client.call(request.clone()), || {
+            slot.ends.send_modify(|ends| {
+                ends.handed_off = ends.handed_off.max(slot.seq);
+                ends.refused.remove(&slot.seq);
+            });
+        })
+        .await;
+        match result {
             Err(error) if error.code() == Some(ErrorCode::OutOfOrder) => {
+                slot.ends.send_modify(|ends| {
+                    ends.refused.insert(slot.seq);
+                });
                 let before = match ends.wait_for(|ends| ends.before(slot.seq).is_some()).await {
                     Ok(ends) => ends.before(slot.seq),
                     Err(_) => None,
@@ -434,6 +462,18 @@ async fn send_in_order(
         }
     }
     Err(ClientError::Unordered(format!("refused as out of order {OUT_OF_ORDER_RESENDS_MAX} times")))
+}
+
+/// Runs `call`, telling `sent` once its first poll is done: a call that finds its connection
+/// ready has put its frame in the connection's outbox by then.
+async fn handed_off<T>(call: impl std::future::Future<Output = T>, sent: impl FnOnce()) -> T {
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    sent();
+    match first {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => call.await,
+    }
 }
 
 /// The same failure again, for each message of a batch: a broker's answer as it was, anything
@@ -457,6 +497,16 @@ mod tests {
     /// refusing the first attempt of the batches `refuse_once` (retryably) and every batch whose
     /// payload is `bad`. Returns its address and what it stored, in order, with producer ids.
     async fn ordering_broker(refuse_once: &'static [u64]) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        let (addr, stored, _) = counting_ordering_broker(refuse_once).await;
+        (addr, stored)
+    }
+
+    /// [`ordering_broker`], which also counts the publishes it was sent.
+    async fn counting_ordering_broker(
+        refuse_once: &'static [u64],
+    ) -> (String, Arc<Mutex<Vec<(String, String)>>>, Arc<std::sync::atomic::AtomicUsize>) {
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&attempts);
         let stored: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let heads: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
         let refused: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
@@ -468,6 +518,7 @@ mod tests {
                 Request::Publish(publish) => publish,
                 _ => return None,
             };
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (id, seq) = (publish.producer_id.clone().unwrap_or_default(), publish.producer_seq.unwrap_or(0));
             let refuse = |code, why: &str| Some(Answer::Error(pb::Error::new(code, why)));
             if refuse_once.contains(&seq) && refused.lock().unwrap().insert(seq) {
@@ -492,7 +543,7 @@ mod tests {
             }))
         })
         .await;
-        (addr, stored)
+        (addr, stored, attempts)
     }
 
     fn one_per_batch() -> ProducerConfig {
@@ -510,6 +561,26 @@ mod tests {
         let payloads: Vec<String> = stored.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
         assert_eq!(payloads, ["m0", "m1", "m2", "m3", "m4", "m5"]);
         assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    }
+
+    /// Regression (issue 20): once one batch was refused as out of order, every batch sent after
+    /// it overtook its resend and was refused in turn, for good: a broker's log stored every batch
+    /// twice. A producer now sends no new batch while an earlier one waits to go again, so one
+    /// refusal costs at most the batches already in flight.
+    #[tokio::test]
+    async fn one_refusal_does_not_make_every_later_batch_go_twice() {
+        let (addr, stored, attempts) = counting_ordering_broker(&[2]).await;
+        let config = one_per_batch();
+        let window = config.window;
+        let producer = Producer::new(Client::connect([addr]).await.unwrap(), config);
+        producer.send_all("t", (0..40).map(|n| Message::new(format!("m{n:02}")))).await.unwrap();
+        let payloads: Vec<String> = stored.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(payloads, (0..40).map(|n| format!("m{n:02}")).collect::<Vec<_>>());
+        let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        // Batch 2 is retried once; each batch already in flight behind it is refused once and
+        // sent once more: 40 + 1 + 2 x 7 with 8 in flight. Without the rule, every later batch
+        // went twice (79).
+        assert!(attempts <= 40 + 2 * window, "{attempts} publishes for 40 batches, with {window} in flight");
     }
 
     /// A batch that fails for good fails the batches sent after it on the topic (storing them

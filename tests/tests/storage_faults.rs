@@ -154,11 +154,25 @@ async fn assert_no_leader_among(cluster: &Cluster, ids: &[u64], period: Duration
 /// when started again: after that it serves all of them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_value_in_a_followers_state_is_never_served() {
-    let (mut cluster, _, follower, applied) = canaries_everywhere(ClusterOptions::default(), 20).await;
+    damaged_state_on_a_follower(|dir| vec![dir.join("state.redb")], payload).await;
+}
+
+/// Case 2 again where large message batches live: in the state's message segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_message_segment_in_a_followers_state_is_never_served() {
+    let segments =
+        |dir: &Path| std::fs::read_dir(dir.join("state.segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    damaged_state_on_a_follower(segments, large_payload).await;
+}
+
+/// Case 2, with the payload `payload(7)` flipped in every copy `files` of the follower's data
+/// directory hold.
+async fn damaged_state_on_a_follower(files: impl Fn(&Path) -> Vec<std::path::PathBuf>, payload: fn(u64) -> String) {
+    let (mut cluster, _, follower, applied) = canaries_everywhere(ClusterOptions::default(), 20, payload).await;
     cluster.terminate(follower);
     let damaged = payload(7);
-    let copies = flip_every(&cluster.data_dir(follower).join("state.redb"), damaged.as_bytes());
-    assert!(copies > 0, "the payload is not in the state file");
+    let copies: usize = files(cluster.data_dir(follower)).iter().map(|path| flip_every(path, damaged.as_bytes())).sum();
+    assert!(copies > 0, "the payload is not in the state's files");
     cluster.spawn(follower);
     cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await;
 
@@ -221,9 +235,18 @@ fn payload(n: u64) -> String {
     format!("canary-{n:03}-{}", "x".repeat(40))
 }
 
+/// The `n`th canary payload, large enough that its batch lives in a message segment.
+fn large_payload(n: u64) -> String {
+    format!("canary-{n:03}-{}", "x".repeat(4096))
+}
+
 /// A 3-broker cluster whose topic holds `count` canaries on every broker: the cluster, its
 /// leader, a follower, and the index all have applied.
-async fn canaries_everywhere(options: ClusterOptions, count: u64) -> (Cluster, u64, u64, u64) {
+async fn canaries_everywhere(
+    options: ClusterOptions,
+    count: u64,
+    payload: fn(u64) -> String,
+) -> (Cluster, u64, u64, u64) {
     let cluster = Cluster::start_with(3, options).await;
     let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
@@ -265,7 +288,7 @@ async fn subscribe_all(cluster: &Cluster, id: u64, count: usize) -> Vec<String> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_heavily_damaged_state_is_rebuilt_from_the_leader() {
     let options = ClusterOptions { snapshot_after_entries: 50, entries_kept_after_snapshot: 10, ..Default::default() };
-    let (mut cluster, leader, follower, _) = canaries_everywhere(options, 300).await;
+    let (mut cluster, leader, follower, _) = canaries_everywhere(options, 300, payload).await;
     let client = client(cluster.client_addrs()).await;
     cluster.terminate(follower);
     let path = cluster.data_dir(follower).join("state.redb");

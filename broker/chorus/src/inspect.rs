@@ -12,7 +12,6 @@ use chorus_broker::raft::log_store::LogStore;
 use chorus_broker::raft::replay::replay_committed;
 use chorus_broker::raft::state_store::StateStore;
 use clap::Args;
-use redb::ReadableDatabase;
 
 /// Page caches for the copy: inspect reads once, front to back.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -37,8 +36,7 @@ pub async fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     if replayed > 0 {
         eprintln!("inspect: replayed {replayed} committed log entries the state had not applied, as a restart would");
     }
-    let txn = state.database().begin_read()?;
-    let store = chorus_broker::storage::ReadStore::open(txn);
+    let store = state.database().read()?;
     let topic =
         chorus_machine::query::topic(&store, &args.topic)?.with_context(|| format!("no topic {:?}", args.topic))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -176,6 +176,8 @@ pub struct Disks {
     pub segments: SegmentDisks,
     /// The state machine's redb file.
     pub state: Disk,
+    /// The state machine's message segments.
+    pub state_segments: SegmentDisks,
 }
 
 impl Disks {
@@ -184,13 +186,16 @@ impl Disks {
         self.log.crash();
         self.segments.crash();
         self.state.crash();
+        self.state_segments.crash();
     }
 
-    /// The files by name, for faults: `log.redb`, `log.segments/<id>`, `state.redb`.
+    /// The files by name, for faults: `log.redb`, `log.segments/<id>`, `state.redb`,
+    /// `state.segments/<id>`.
     pub fn files(&self) -> Vec<(String, Disk)> {
         let mut files = vec![("log.redb".to_owned(), self.log.clone())];
         files.extend(self.segments.disks().into_iter().map(|(id, disk)| (format!("log.segments/{id}"), disk)));
         files.push(("state.redb".to_owned(), self.state.clone()));
+        files.extend(self.state_segments.disks().into_iter().map(|(id, disk)| (format!("state.segments/{id}"), disk)));
         files
     }
 }
@@ -217,6 +222,14 @@ impl SegmentDisks {
     pub fn crash(&self) {
         self.kill_handles();
         self.0.lock().unwrap().disks.values().for_each(Disk::crash);
+    }
+
+    /// Every segment is gone, durably, as if the directory were set aside; every handle is dead.
+    pub fn wipe(&self) {
+        let mut map = self.0.lock().unwrap();
+        map.generation += 1;
+        map.disks.values().for_each(Disk::wipe);
+        map.disks.clear();
     }
 
     /// Ends the incarnation that holds handles now, leaving each disk's own crash to the caller.

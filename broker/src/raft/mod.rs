@@ -15,7 +15,7 @@ pub mod pre_vote;
 pub mod repair;
 pub mod replay;
 pub mod runtime;
-mod segment;
+pub(crate) mod segment;
 pub mod segment_files;
 pub mod snapshot_file;
 pub mod state_check;

@@ -311,10 +311,7 @@ impl Segment {
         let mut starts = Vec::new();
         for body in bodies {
             starts.push(self.end + buf.len() as u64);
-            assert!(body.len() <= RECORD_BODY_BYTES_MAX, "a log entry of {} bytes", body.len());
-            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&checksum(self.epoch, body).to_le_bytes());
-            buf.extend_from_slice(body);
+            encode_record(self.epoch, body, &mut buf);
         }
         if buf.is_empty() {
             return Ok(starts);
@@ -428,6 +425,14 @@ impl Segment {
     pub(crate) fn bytes(&self) -> u64 {
         self.end
     }
+}
+
+/// Appends `body` to `out` as a record of segment `epoch`: the layout [`read_record`] reads.
+pub(crate) fn encode_record(epoch: u64, body: &[u8], out: &mut Vec<u8>) {
+    assert!(body.len() <= RECORD_BODY_BYTES_MAX, "a record of {} bytes", body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&checksum(epoch, body).to_le_bytes());
+    out.extend_from_slice(body);
 }
 
 /// The body of the record of `body_len` bytes at `at` of segment `epoch`'s `file`, read in one

@@ -16,7 +16,7 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::storage::unseal_stored;
+use crate::storage::digestible;
 
 /// Bytes of a digest.
 pub const DIGEST_BYTES: usize = 32;
@@ -158,7 +158,7 @@ pub fn digest_state(txn: &ReadTransaction) -> Result<StateDigest, DigestError> {
         for item in opened.iter().map_err(|e| DigestError::Redb(e.into()))? {
             let (key, stored) = item.map_err(|e| DigestError::Redb(e.into()))?;
             let (key, stored) = (key.value(), stored.value());
-            let value = unseal_stored(table, key, stored).map_err(DigestError::Damaged)?;
+            let value = digestible(table, key, stored).map_err(DigestError::Damaged)?;
             hasher.update((key.len() as u64).to_le_bytes());
             hasher.update(key);
             hasher.update((value.len() as u64).to_le_bytes());

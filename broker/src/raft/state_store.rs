@@ -34,12 +34,14 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinit
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
+use super::segment_files::{SegmentDir, SegmentFiles};
 use super::state_check::{self, StateChecks};
 use super::{
     Applied, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, inbound, snapshot_file,
     storage_error, wire,
 };
-use crate::storage::{CorruptValue, ReadStore, WriteStore, create_tables};
+use crate::message_segments::{MessageSegments, Readable, SegmentsOpenError};
+use crate::storage::{CorruptValue, ReadStore, StateFiles, WriteStore, create_tables};
 
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const APPLIED_KEY: &str = "applied";
@@ -47,6 +49,23 @@ const MEMBERSHIP_KEY: &str = "membership";
 const SNAPSHOT_KEY: &str = "snapshot";
 /// How often reading the current snapshot follows a newer one that replaced it.
 const SNAPSHOT_OPEN_ATTEMPTS: usize = 3;
+/// Where the state's message segments are.
+const SEGMENTS_DIR: &str = "state.segments";
+/// Where a damaged state's message segments are set aside, with it.
+const DAMAGED_SEGMENTS: &str = "state.segments.damaged";
+
+/// Moves `path` (a file or a directory) to `aside`, replacing what was there; a missing `path`
+/// is nothing to move.
+fn set_aside(path: &Path, aside: &Path) -> std::io::Result<()> {
+    if aside.is_dir() {
+        std::fs::remove_dir_all(aside)?;
+    }
+    match std::fs::rename(path, aside) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
 /// The file whose presence says the state in its directory is damaged.
 const DAMAGE_MARK: &str = "state.damaged";
 /// Where a damaged state file is set aside, for a post-mortem; the next one replaces it.
@@ -63,6 +82,8 @@ pub enum StateDamage {
     Panicked(String),
     #[error("{0}")]
     Value(#[from] CorruptValue),
+    #[error("it points into message segment {0}, which is missing")]
+    MissingSegment(u64),
 }
 
 /// Why a state did not open.
@@ -128,6 +149,7 @@ pub struct AppliedStatus {
 /// The state machine openraft drives.
 pub struct StateStore {
     db: Arc<Database>,
+    segments: Arc<MessageSegments>,
     /// Where the damage mark goes: the directory of the state and its snapshots.
     dir: PathBuf,
     snapshot_dir: PathBuf,
@@ -141,6 +163,17 @@ pub struct StateStore {
     digests: Digests,
 }
 
+/// redb makes its last commit durable when the database closes, applies that were committed
+/// without durability included: the bytes they point at in the message segments must be durable
+/// first. The state store is the one writer, so once it is gone nothing appends.
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        if let Err(error) = self.segments.sync() {
+            tracing::error!(%error, "the message segments could not be synced as the state closes");
+        }
+    }
+}
+
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateStore").field("snapshot_dir", &self.snapshot_dir).finish()
@@ -151,6 +184,7 @@ impl std::fmt::Debug for StateStore {
 #[derive(Debug, Clone)]
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    segments: Arc<MessageSegments>,
     snapshot_dir: PathBuf,
     durable: Arc<watch::Sender<Option<u64>>>,
 }
@@ -175,17 +209,20 @@ impl StateStore {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir).map_err(write_error)?;
         let path = dir.join("state.redb");
-        let create = || Database::builder().set_cache_size(cache_bytes).create(&path).map_err(opening);
+        let segments_dir = dir.join(SEGMENTS_DIR);
+        let create = || {
+            let db = Database::builder().set_cache_size(cache_bytes).create(&path).map_err(opening)?;
+            let segments = SegmentDir::open(&segments_dir).map_err(|e| StateOpenError::Failed(write_error(e)))?;
+            Ok((db, Box::new(segments) as Box<dyn SegmentFiles>))
+        };
         let damage = match StateStore::open_checked(create, &snapshot_dir) {
             Ok(store) => return Ok(store),
             Err(StateOpenError::Failed(error)) => return Err(error),
             Err(StateOpenError::Damaged(damage)) => damage,
         };
         tracing::error!(%damage, "the state file is damaged: it is set aside as {DAMAGED_STATE} and rebuilt");
-        match std::fs::rename(&path, dir.join(DAMAGED_STATE)) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(write_error(error)),
-            _ => {}
-        }
+        set_aside(&path, &dir.join(DAMAGED_STATE)).map_err(write_error)?;
+        set_aside(&segments_dir, &dir.join(DAMAGED_SEGMENTS)).map_err(write_error)?;
         StateStore::rebuild(create, &snapshot_dir)
     }
 
@@ -194,23 +231,31 @@ impl StateStore {
     /// [`StateStore::rebuild_on`] an empty disk.
     pub fn open_on(
         backend: impl redb::StorageBackend,
+        segments: Box<dyn SegmentFiles>,
         snapshot_dir: PathBuf,
         cache_bytes: usize,
     ) -> Result<StateStore, StateOpenError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| StateOpenError::Failed(write_error(e)))?;
-        let create = || Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening);
+        let create = || {
+            let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening)?;
+            Ok((db, segments))
+        };
         let mut store = StateStore::open_checked(create, &snapshot_dir)?;
         store.digests = Digests::Inline;
         Ok(store)
     }
 
-    /// Starts an empty state on `backend` in place of a damaged one.
+    /// Starts an empty state on `backend` and `segments` (both empty) in place of a damaged one.
     pub fn rebuild_on(
         backend: impl redb::StorageBackend,
+        segments: Box<dyn SegmentFiles>,
         snapshot_dir: PathBuf,
         cache_bytes: usize,
     ) -> Result<StateStore, StorageError> {
-        let create = || Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening);
+        let create = || {
+            let db = Database::builder().set_cache_size(cache_bytes).create_with_backend(backend).map_err(opening)?;
+            Ok((db, segments))
+        };
         let mut store = StateStore::rebuild(create, &snapshot_dir)?;
         store.digests = Digests::Inline;
         Ok(store)
@@ -229,49 +274,65 @@ impl StateStore {
     /// Opens the state `create` opens, unless it was marked damaged; redb's corruption errors
     /// and panics, and damaged values read while opening, are damage too.
     fn open_checked(
-        create: impl FnOnce() -> Result<Database, StateOpenError>,
+        create: impl FnOnce() -> Result<(Database, Box<dyn SegmentFiles>), StateOpenError>,
         snapshot_dir: &Path,
     ) -> Result<StateStore, StateOpenError> {
         let dir = snapshot_dir.parent().unwrap_or(snapshot_dir);
         if let Some(why) = damage_mark(dir) {
             return Err(StateOpenError::Damaged(StateDamage::Marked(why.trim().to_owned())));
         }
-        without_panics(|| StateStore::on_database(create()?, snapshot_dir))
+        without_panics(|| {
+            let (db, segments) = create()?;
+            StateStore::on_database(db, segments, snapshot_dir)
+        })
     }
 
     /// An empty state from `create` (which must open an empty file); the damage mark goes once it
     /// exists.
     fn rebuild(
-        create: impl FnOnce() -> Result<Database, StateOpenError>,
+        create: impl FnOnce() -> Result<(Database, Box<dyn SegmentFiles>), StateOpenError>,
         snapshot_dir: &Path,
     ) -> Result<StateStore, StorageError> {
         let failed = |error| match error {
             StateOpenError::Failed(error) => error,
             StateOpenError::Damaged(damage) => write_error(damage),
         };
-        let mut store = without_panics(|| StateStore::on_database(create()?, snapshot_dir)).map_err(failed)?;
+        let mut store = without_panics(|| {
+            let (db, segments) = create()?;
+            StateStore::on_database(db, segments, snapshot_dir)
+        })
+        .map_err(failed)?;
         clear_damage_mark(&store.dir).map_err(write_error)?;
         store.rebuilt = true;
         Ok(store)
     }
 
-    fn on_database(db: Database, snapshot_dir: &Path) -> Result<StateStore, StateOpenError> {
+    fn on_database(
+        db: Database,
+        segments: Box<dyn SegmentFiles>,
+        snapshot_dir: &Path,
+    ) -> Result<StateStore, StateOpenError> {
         let txn = db.begin_write().map_err(opening)?;
         create_tables(&txn).map_err(|e| StateOpenError::Failed(write_error(e)))?;
         txn.open_table(SM_META).map_err(opening)?;
+        let segments = MessageSegments::open(segments, &txn).map_err(|error| match error {
+            SegmentsOpenError::Missing(segment) => StateOpenError::Damaged(StateDamage::MissingSegment(segment)),
+            error => StateOpenError::Failed(write_error(error)),
+        })?;
         txn.commit().map_err(opening)?;
         let db = Arc::new(db);
         let read = db.begin_read().map_err(opening)?;
         // What an open finds is durable: redb recovers to its last durable commit.
         let applied = read_log_id(&read, APPLIED_KEY).map_err(StateOpenError::Failed)?;
         let durable = Arc::new(watch::Sender::new(applied.map(|id| id.index)));
-        let status = read_status(read).map_err(|error| match error {
+        let status = read_status(read, segments.readable()).map_err(|error| match error {
             ApplyError::Damaged(corrupt) => StateOpenError::Damaged(corrupt.into()),
             ApplyError::Failed(error) => StateOpenError::Failed(error),
         })?;
         let dir = snapshot_dir.parent().unwrap_or(snapshot_dir).to_path_buf();
         Ok(StateStore {
             db,
+            segments: Arc::new(segments),
             dir,
             snapshot_dir: snapshot_dir.to_path_buf(),
             receiving: None,
@@ -297,14 +358,15 @@ impl StateStore {
     fn snapshot_builder(&self) -> SnapshotBuilder {
         SnapshotBuilder {
             db: Arc::clone(&self.db),
+            segments: Arc::clone(&self.segments),
             snapshot_dir: self.snapshot_dir.clone(),
             durable: Arc::clone(&self.durable),
         }
     }
 
-    /// The database, for read-only queries by the broker.
-    pub fn database(&self) -> Arc<Database> {
-        Arc::clone(&self.db)
+    /// The database and its message segments, for read-only queries by the broker.
+    pub fn database(&self) -> StateFiles {
+        StateFiles { db: Arc::clone(&self.db), segments: Arc::clone(&self.segments) }
     }
 
     /// Applies `entries`; a damaged value it meets, or a panic inside it (redb panics on some
@@ -379,7 +441,7 @@ impl StateStore {
         let mut last_applied = None;
         let mut membership = None;
         let status = {
-            let mut machine = Machine::new(WriteStore::open(&txn));
+            let mut machine = Machine::new(WriteStore::open(&txn, &self.segments));
             while checked.mark.is_none() {
                 let Some(entry) = queue.pop_front() else { break };
                 last_applied = Some(entry.log_id);
@@ -409,7 +471,9 @@ impl StateStore {
                     }
                 });
             }
-            machine_status(machine.store())?
+            let status = machine_status(machine.store())?;
+            machine.into_store().finish().map_err(ApplyError::store)?;
+            status
         };
         let mut meta = txn.open_table(SM_META).map_err(write_error)?;
         if let Some(applied) = &last_applied {
@@ -491,8 +555,8 @@ fn machine_status(store: &impl chorus_machine::StoreRead) -> Result<AppliedStatu
     Ok(AppliedStatus { log_index, time_ms, next_deadline_ms })
 }
 
-fn read_status(txn: ReadTransaction) -> Result<AppliedStatus, ApplyError> {
-    let store = ReadStore::open(txn);
+fn read_status(txn: ReadTransaction, readable: Readable) -> Result<AppliedStatus, ApplyError> {
+    let store = ReadStore::open(txn, readable);
     let mut status = machine_status(&store)?;
     if let Some(applied) = read_log_id(store.transaction(), APPLIED_KEY)? {
         status.log_index = applied.index;
@@ -565,8 +629,11 @@ impl SnapshotBuilder {
         // holds exactly the state the commit makes durable, never an apply that came after it.
         let mut txn = self.db.begin_write().map_err(write_error)?;
         txn.set_durability(Durability::Immediate).map_err(write_error)?;
+        // The bytes the state points at first: no apply appends while this transaction is open.
+        self.segments.sync().map_err(write_error)?;
         let read = self.db.begin_read().map_err(read_error)?;
         txn.commit().map_err(write_error)?;
+        self.segments.remove_dead(&read).map_err(write_error)?;
         let last_log_id = read_log_id(&read, APPLIED_KEY)?;
         advance_durable(&self.durable, last_log_id.map(|id| id.index));
         let last_membership = read_membership(&read)?;
@@ -579,7 +646,7 @@ impl SnapshotBuilder {
         {
             let file = std::fs::File::create(&partial).map_err(write_error)?;
             let mut out = BufWriter::new(file);
-            snapshot_file::write(&ReadStore::open(read), &mut out).map_err(write_error)?;
+            snapshot_file::write(&ReadStore::open(read, self.segments.readable()), &mut out).map_err(write_error)?;
             out.flush().map_err(write_error)?;
             out.get_ref().sync_all().map_err(write_error)?;
         }
@@ -659,9 +726,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             let _ = std::fs::remove_file(received);
         }
         let db = Arc::clone(&self.db);
+        let segments = Arc::clone(&self.segments);
         let dir = self.snapshot_dir.clone();
         let installing = meta.clone();
-        let status = tokio::task::spawn_blocking(move || install_blocking(&db, &dir, &path, &installing))
+        let status = tokio::task::spawn_blocking(move || install_blocking(&db, &segments, &dir, &path, &installing))
             .await
             .map_err(write_error)??;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
@@ -706,6 +774,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 /// Replaces the whole state with the snapshot at `path`, durably.
 fn install_blocking(
     db: &Database,
+    segments: &MessageSegments,
     dir: &Path,
     path: &Path,
     meta: &SnapshotMeta,
@@ -718,9 +787,10 @@ fn install_blocking(
     let mut txn = db.begin_write().map_err(write_error)?;
     txn.set_durability(Durability::Immediate).map_err(write_error)?;
     {
-        let mut store = WriteStore::open(&txn);
+        let mut store = WriteStore::open(&txn, segments);
         let mut input = BufReader::new(std::fs::File::open(path).map_err(read_error)?);
         chorus_machine::snapshot::import(&mut store, &mut input).map_err(write_error)?;
+        store.finish().map_err(write_error)?;
         let mut table = txn.open_table(SM_META).map_err(write_error)?;
         match &meta.last_log_id {
             Some(applied) => table.insert(APPLIED_KEY, wire::log_id_to_pb(applied).encode_to_vec().as_slice()),
@@ -731,8 +801,11 @@ fn install_blocking(
         table.insert(MEMBERSHIP_KEY, membership.as_slice()).map_err(write_error)?;
     }
     set_current_snapshot(&txn, dir, meta)?;
+    segments.sync().map_err(write_error)?;
     txn.commit().map_err(write_error)?;
-    read_status(db.begin_read().map_err(read_error)?).map_err(|error| match error {
+    let read = db.begin_read().map_err(read_error)?;
+    segments.remove_dead(&read).map_err(write_error)?;
+    read_status(read, segments.readable()).map_err(|error| match error {
         ApplyError::Damaged(corrupt) => read_error(corrupt),
         ApplyError::Failed(error) => error,
     })

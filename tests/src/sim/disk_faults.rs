@@ -58,14 +58,17 @@ impl StorageReport {
 /// it picked offered nothing to damage.
 pub fn damage_at_rest(rng: &mut StdRng, disks: &Disks, report: &mut StorageReport) -> Option<String> {
     let files = disks.files();
-    // log.redb 1 in 10, the segments 6 in 10 (one of the last two: older ones hold purged
-    // entries, or none), state.redb 3 in 10.
-    let segments = files.len() - 2;
+    // log.redb 1 in 10; the log's segments 6 in 10 (one of the last two: older ones hold purged
+    // entries, or none); the state 3 in 10 (its redb file or one of its message segments).
+    let log_segments: Vec<usize> = (0..files.len()).filter(|&i| files[i].0.starts_with("log.segments/")).collect();
+    let state: Vec<usize> = (0..files.len()).filter(|&i| files[i].0.starts_with("state.")).collect();
     let (name, disk) = &files[match rng.random_range(0..10) {
         0 => 0,
-        1..=6 if segments > 0 => segments - rng.random_range(0..segments.min(2)),
+        1..=6 if !log_segments.is_empty() => {
+            log_segments[log_segments.len() - 1 - rng.random_range(0..log_segments.len().min(2))]
+        }
         1..=6 => return None,
-        _ => files.len() - 1,
+        _ => state[rng.random_range(0..state.len())],
     }];
     let (name, disk) = (name.as_str(), disk);
     if disk.is_empty() {
@@ -110,6 +113,7 @@ pub fn crash_torn(rng: &mut StdRng, disks: &Disks, report: &mut StorageReport) {
     let files = disks.files();
     let torn = rng.random_range(0..files.len());
     disks.segments.kill_handles();
+    disks.state_segments.kill_handles();
     for (i, (_, disk)) in files.iter().enumerate() {
         if i == torn {
             disk.crash_torn(rng.random_range(0..4), rng.random_range(0..4096));

@@ -201,14 +201,17 @@ pub fn try_open_stores(disks: &Disks, data_dir: &Path) -> Result<(LogStore, Stat
     let log = LogStore::open_on(disks.log.open(), disks.segments.open(), CACHE_BYTES, Writer::Inline)
         .map_err(|e| format!("the log: {e}"))?;
     let snapshots = data_dir.join("snapshots");
-    let state = match StateStore::open_on(disks.state.open(), snapshots.clone(), CACHE_BYTES) {
-        Ok(state) => state,
-        Err(StateOpenError::Damaged(_)) => {
-            disks.state.wipe();
-            StateStore::rebuild_on(disks.state.open(), snapshots, CACHE_BYTES).map_err(|e| format!("the state: {e}"))?
-        }
-        Err(StateOpenError::Failed(error)) => return Err(format!("the state: {error}")),
-    };
+    let state =
+        match StateStore::open_on(disks.state.open(), disks.state_segments.open(), snapshots.clone(), CACHE_BYTES) {
+            Ok(state) => state,
+            Err(StateOpenError::Damaged(_)) => {
+                disks.state.wipe();
+                disks.state_segments.wipe();
+                StateStore::rebuild_on(disks.state.open(), disks.state_segments.open(), snapshots, CACHE_BYTES)
+                    .map_err(|e| format!("the state: {e}"))?
+            }
+            Err(StateOpenError::Failed(error)) => return Err(format!("the state: {error}")),
+        };
     Ok((log, state))
 }
 
