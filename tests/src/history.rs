@@ -21,12 +21,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 /// Producer `process`'s `n`th payload, unique, ending in a checksum of the rest, so a damaged
-/// byte anywhere in it is seen ([`payload_intact`]).
+/// byte anywhere in it is seen ([`payload_intact`]). Odd producers' payloads are padded past
+/// [`LARGE_PAYLOAD_BYTES`], so their batches live in the state's message segments and the
+/// small ones inline in redb: both paths meet every fault.
 pub fn payload(process: u32, n: u64) -> String {
-    let body = format!("p{process}-{n}");
+    let padding = if process % 2 == 1 { "-".repeat(LARGE_PAYLOAD_BYTES) } else { String::new() };
+    let body = format!("p{process}-{n}{padding}");
     let sum = fnv1a(body.as_bytes());
     format!("{body}.{sum:08x}")
 }
+
+/// What odd producers pad their payloads with: past the size from which a batch is stored in a
+/// message segment (`chorus_broker::message_segments::VALUE_INLINE_BYTES_MIN`).
+pub const LARGE_PAYLOAD_BYTES: usize = 2100;
+const _: () = assert!(LARGE_PAYLOAD_BYTES > chorus_broker::message_segments::VALUE_INLINE_BYTES_MIN);
 
 /// Whether `payload` (one of [`payload`]'s) is as it was made.
 pub fn payload_intact(payload: &str) -> bool {

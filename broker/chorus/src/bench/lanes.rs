@@ -30,23 +30,23 @@ impl PublishFigures {
 }
 
 /// Runs `total` calls of `send` (one acknowledged publish each) in `window` lanes, and records
-/// each one's latency.
+/// each one's latency. `send` is told its lane, `0..window`.
 pub async fn publish_lanes<F, Fut>(window: usize, total: u64, send: F) -> anyhow::Result<PublishFigures>
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let send = Arc::new(send);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut lanes = Vec::new();
-    for _ in 0..window.max(1) {
+    for lane in 0..window.max(1) {
         let (send, next) = (Arc::clone(&send), Arc::clone(&next));
         lanes.push(tokio::spawn(async move {
             let mut latencies = Histogram::<u64>::new(3)?;
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let sent = Instant::now();
-                send().await?;
+                send(lane).await?;
                 latencies.record(sent.elapsed().as_micros() as u64)?;
             }
             anyhow::Ok(latencies)

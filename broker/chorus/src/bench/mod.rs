@@ -3,15 +3,17 @@
 //! run it from a release build. It prints the conditions with the figures; `--json` prints one
 //! JSON object.
 //!
-//! - publish: `--messages` messages of `--size` bytes, `--window` of them sent and not yet
-//!   acknowledged, through the client library's batching `Producer` with its default settings
-//!   (or, with `--raw`, one message per request on one connection); msg/s, MB/s, and each
-//!   message's ack latency p50/p99/p99.9;
+//! - publish: `--messages` messages of `--size` bytes through `--producers` connections, each with
+//!   `--window` of them sent and not yet acknowledged, through the client library's batching
+//!   `Producer` with its default settings (or, with `--raw`, one message per request); msg/s,
+//!   MB/s, and each message's ack latency p50/p99/p99.9;
 //! - work queue: as many tasks published (as above) while `--workers` workers lease up to 256 at a
 //!   time and ack them; tasks/s from the first publish to the last ack;
 //! - fan-out: `--subscribers` subscribers read the published topic; deliveries/s;
-//! - broker cost: CPU seconds of the brokers, and the largest one's peak and current RSS (own
-//!   cluster only); `--publish-only` skips the work queue and fan-out, leaving the messages
+//! - broker cost (own cluster only): CPU seconds of the brokers, the largest one's peak RSS in
+//!   each workload (the peak is reset before each, through /proc/PID/clear_refs) and its RSS at
+//!   the end, and the bytes the busiest one wrote to disk per payload byte while publishing;
+//!   `--publish-only` skips the work queue and fan-out, leaving the messages
 //!   backlogged, so a large `--messages` measures memory against the backlog;
 //! - `--peer nats`: the publish workload against NATS JetStream too (`bench_nats`), with the
 //!   ratios;
@@ -49,9 +51,13 @@ pub struct BenchArgs {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
-    /// Messages in flight: sent and not yet acknowledged.
+    /// Messages in flight on each connection: sent and not yet acknowledged.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
+    /// Connections publishing at once, each with its own `--window` (and, without `--raw`, its
+    /// own `Producer`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub producers: u16,
     /// Publish one message per request on one connection, instead of through the client
     /// library's batching `Producer`.
     #[arg(long)]
@@ -93,6 +99,14 @@ struct Cost {
     cpu_s: f64,
     peak_rss_mib: f64,
     rss_mib: f64,
+}
+
+/// Resets each broker's peak RSS to its current RSS (`5` to /proc/PID/clear_refs), so the next
+/// reading is the peak of what runs in between.
+fn reset_peak_rss(pids: &[u32]) {
+    for pid in pids {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
 }
 
 fn broker_cost(pids: &[u32]) -> Cost {
@@ -174,15 +188,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let before = broker_cost(&pids);
     let written_before = disk_written(&pids);
+    reset_peak_rss(&pids);
     let publish = publish(&client, &leader_addr, &topic, &args).await?;
+    let mut peaks = vec![("publish", broker_cost(&pids).peak_rss_mib)];
     let payload_bytes = args.messages * args.size as u64;
     let amplification = written_per_payload_byte(&written_before, &disk_written(&pids), payload_bytes);
     let (work, fanout) = if args.publish_only {
         (None, None)
     } else {
-        (Some(work(&client, &leader_addr, &work_topic, &args).await?), Some(fanout(&client, &topic, &args).await?))
+        reset_peak_rss(&pids);
+        let work = work(&client, &leader_addr, &work_topic, &args).await?;
+        peaks.push(("work queue", broker_cost(&pids).peak_rss_mib));
+        reset_peak_rss(&pids);
+        let fanout = fanout(&client, &topic, &args).await?;
+        peaks.push(("fan-out", broker_cost(&pids).peak_rss_mib));
+        (Some(work), Some(fanout))
     };
     let after = broker_cost(&pids);
+    let peak_rss_mib = peaks.iter().map(|(_, mib)| *mib).fold(0.0, f64::max);
     let cpu_s = after.cpu_s - before.cpu_s;
     for name in [topic, work_topic] {
         let _ = client.call(pb::DeleteTopic { name }).await;
@@ -206,6 +229,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "messages": args.messages,
         "payload_bytes": args.size,
         "window": args.window,
+        "producers": args.producers,
         "publisher": if args.raw { "one message per request" } else { "batching Producer" },
         "workers": args.workers,
         "subscribers": args.subscribers,
@@ -216,7 +240,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "publish": publish.json(),
         "work_queue": { "tasks_per_s": work },
         "fanout": { "deliveries_per_s": fanout },
-        "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": after.peak_rss_mib, "rss_mib": after.rss_mib, "disk_bytes_per_payload_byte": amplification }) },
+        "brokers": if pids.is_empty() { serde_json::Value::Null } else { json!({ "cpu_s": cpu_s, "peak_rss_mib": peak_rss_mib, "peak_rss_mib_by_workload": peaks.iter().map(|(name, mib)| (name.to_string(), json!(mib))).collect::<serde_json::Map<_, _>>(), "rss_mib": after.rss_mib, "disk_bytes_per_payload_byte": amplification }) },
         "peers": peers.iter().map(|(system, figures)| {
             let (throughput, p99) = ratios(figures);
             json!({ "system": system, "publish": figures.json(), "chorus_throughput_ratio": throughput, "chorus_p99_ratio": p99 })
@@ -239,9 +263,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             println!("fan-out:    {fanout:.0} deliveries/s to {} subscribers", args.subscribers);
         }
         if !pids.is_empty() {
+            let by_workload: Vec<String> = peaks.iter().map(|(name, mib)| format!("{name} {mib:.0}")).collect();
             println!(
-                "brokers:    {cpu_s:.1} CPU-seconds in all; RSS peak {:.0} MiB, now {:.0} MiB (largest broker)",
-                after.peak_rss_mib, after.rss_mib
+                "brokers:    {cpu_s:.1} CPU-seconds in all; RSS peak {peak_rss_mib:.0} MiB ({} MiB), now {:.0} MiB (largest broker)",
+                by_workload.join(", "),
+                after.rss_mib
             );
             if let Some(amplification) = amplification {
                 println!(
@@ -267,7 +293,8 @@ async fn compare_nats(args: &BenchArgs) -> anyhow::Result<Vec<(&'static str, Pub
     let server = nats_server()?;
     let mut peers = Vec::new();
     for mode in [SyncMode::Always, SyncMode::Default] {
-        peers.push((mode.label(), nats::publish(&server, mode, args.messages, args.size, args.window).await?));
+        let window = args.window * usize::from(args.producers);
+        peers.push((mode.label(), nats::publish(&server, mode, args.messages, args.size, window).await?));
     }
     Ok(peers)
 }
@@ -283,10 +310,17 @@ async fn compare_nats(_: &BenchArgs) -> anyhow::Result<Vec<(&'static str, Publis
 async fn publish(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<PublishFigures> {
     let payload = Bytes::from(vec![b'x'; args.size]);
     let topic = topic.to_owned();
+    let connections = usize::from(args.producers);
+    let lanes = args.window.max(1) * connections;
     if !args.raw {
-        let producer = Producer::new(client.clone(), ProducerConfig::default());
-        return publish_lanes(args.window, args.messages, move || {
-            let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+        let mut producers = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            // A client of its own: a connection of its own.
+            let client = Client::with_config(client.config().clone()).await?;
+            producers.push(Producer::new(client, ProducerConfig::default()));
+        }
+        return publish_lanes(lanes, args.messages, move |lane| {
+            let (producer, topic, payload) = (producers[lane % connections].clone(), topic.clone(), payload.clone());
             async move {
                 producer.send(&topic, payload).await?;
                 Ok(())
@@ -294,14 +328,17 @@ async fn publish(client: &Client, addr: &str, topic: &str, args: &BenchArgs) -> 
         })
         .await;
     }
-    let connection = Connection::connect_with(addr, &client.config().connect_options()).await?;
-    publish_lanes(args.window, args.messages, move || {
+    let mut opened = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        opened.push(Connection::connect_with(addr, &client.config().connect_options()).await?);
+    }
+    publish_lanes(lanes, args.messages, move |lane| {
         let request = pb::PublishRequest {
             topic: topic.clone(),
             messages: vec![pb::Message { payload: payload.clone(), ..Default::default() }],
             ..Default::default()
         };
-        let connection = connection.clone();
+        let connection = opened[lane % connections].clone();
         async move {
             connection.call(request, Duration::from_secs(30)).await.context("publish")?;
             Ok(())

