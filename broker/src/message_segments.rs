@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, RwLock};
 
-use redb::{ReadableTable, StorageBackend, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition, TableHandle, WriteTransaction};
 
 use crate::raft::segment::{self, SEGMENT_BYTES_MAX};
 use crate::raft::segment_files::SegmentFiles;
@@ -162,6 +162,10 @@ pub enum SegmentsOpenError {
     Redb(#[from] redb::Error),
     #[error("the state points into message segment {0}, which is missing")]
     Missing(u64),
+    #[error(
+        "state.redb holds message batches but no message segment accounting: it was written by a Chorus from before message segments, which this one does not read; start this broker on an empty data directory (and replace it in the cluster)"
+    )]
+    OldLayout,
 }
 
 impl MessageSegments {
@@ -169,6 +173,9 @@ impl MessageSegments {
     /// the newest segment back to the recorded position, and removes every segment the state
     /// does not point into. Commit `txn` after.
     pub fn open(files: Box<dyn SegmentFiles>, txn: &WriteTransaction) -> Result<MessageSegments, SegmentsOpenError> {
+        if written_before_segments(txn)? {
+            return Err(SegmentsOpenError::OldLayout);
+        }
         let live = read_live(&txn.open_table(LIVE).map_err(redb::Error::from)?)?;
         let (id, end) = read_append(&txn.open_table(APPEND).map_err(redb::Error::from)?)?.unwrap_or((1, 0));
         let ids = files.list()?;
@@ -284,6 +291,21 @@ impl MessageSegments {
 /// The recorded append position: the newest segment and the end of what the state points at.
 fn read_append(table: &impl ReadableTable<&'static str, (u64, u64)>) -> Result<Option<(u64, u64)>, redb::Error> {
     Ok(table.get(APPEND_KEY)?.map(|position| position.value()))
+}
+
+/// Whether the state in `txn` holds message batches without the segments' accounting beside them:
+/// it was written before message segments, and its batches are not tagged.
+fn written_before_segments(txn: &WriteTransaction) -> Result<bool, redb::Error> {
+    let names: Vec<String> = txn.list_tables()?.map(|table| table.name().to_owned()).collect();
+    if names.iter().any(|name| name == APPEND.name()) {
+        return Ok(false);
+    }
+    let messages = chorus_machine::store::Table::Messages.name();
+    if !names.iter().any(|name| name == messages) {
+        return Ok(false);
+    }
+    let table: TableDefinition<&[u8], &[u8]> = TableDefinition::new(messages);
+    Ok(!txn.open_table(table)?.is_empty()?)
 }
 
 fn read_live(table: &impl ReadableTable<u64, u64>) -> Result<BTreeMap<u64, u64>, redb::Error> {

@@ -514,6 +514,24 @@ mod tests {
         assert_eq!(refused(WriteStore::open(&txn, &state.segments).get(table, b"k")), expected, "nor is it applied on");
     }
 
+    /// A state written before message segments (its batches untagged, no accounting) is refused
+    /// with a typed error, not read as garbage.
+    #[test]
+    fn a_state_from_before_message_segments_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("s.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        create_tables(&txn).unwrap();
+        let mut old = Vec::new();
+        seal_into(Table::Messages, b"k", b"an old batch, untagged", &mut old);
+        txn.open_table(definition(Table::Messages)).unwrap().insert(b"k".as_slice(), old.as_slice()).unwrap();
+        txn.commit().unwrap();
+        let txn = db.begin_write().unwrap();
+        let files = Box::new(SegmentDir::open(&dir.path().join("segments")).unwrap());
+        let error = MessageSegments::open(files, &txn).expect_err("an old state was opened");
+        assert!(matches!(error, message_segments::SegmentsOpenError::OldLayout), "{error}");
+    }
+
     /// A large message batch is written to a segment once: redb holds a pointer, reads follow it,
     /// and a flipped byte in the segment is refused like one in redb.
     #[test]

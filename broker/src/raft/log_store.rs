@@ -745,6 +745,23 @@ mod tests {
         assert_eq!(files.0.segments.disks().len(), 1, "segments of forgotten entries were kept");
     }
 
+    /// A log written before segments keeps its entries in a redb table this log does not read:
+    /// opening it is a typed error, never an empty log taken for whole.
+    #[test]
+    fn a_log_from_before_segments_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let old: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("raft_log");
+            txn.open_table(old).unwrap().insert(1, b"an old entry".as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let error = LogStore::open(&path, 1 << 20).expect_err("an old log was opened");
+        assert!(error.to_string().contains("before log segments"), "{error}");
+    }
+
     /// An empty or inverted range reads nothing instead of panicking inside `BTreeMap::range`
     /// while it holds the pending lock, which poisoned it and stopped the writer.
     #[tokio::test]

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use chorus_protocol::pb;
 use prost::Message;
-use redb::{Database, Durability, ReadableTable, StorageBackend};
+use redb::{Database, Durability, ReadableTable, StorageBackend, TableHandle};
 
 use super::log_layout::{
     EntryDecodeError, META, PURGED_KEY, RECORD_COMMITTED, RECORD_COMMITTED_NONE, RECORD_ENTRY, REPAIR_KEY,
@@ -184,7 +184,14 @@ pub(super) enum WriteFailed {
     Gap { expected: u64, found: u64 },
     #[error("the log's writer failed earlier: {0}")]
     Stopped(#[source] Arc<WriteFailed>),
+    #[error(
+        "log.redb holds its entries in a table ({OLD_LOG_TABLE}): it was written by a Chorus from before log segments, which this one does not read; start this broker on an empty data directory (and replace it in the cluster)"
+    )]
+    OldLayout,
 }
+
+/// Where entries lived before the log moved to segments (issue 20).
+const OLD_LOG_TABLE: &str = "raft_log";
 
 /// The writer's side: the newest segment, and where new ones come from.
 pub(super) struct Appender {
@@ -407,6 +414,9 @@ pub(super) struct Recovered {
 /// again, from a leader, the broker must not vote or stand for election ([`super::repair`]).
 pub(super) fn recover(db: Database, files: Box<dyn SegmentFiles>) -> Result<Recovered, WriteFailed> {
     let txn = db.begin_write().map_err(redb::Error::from)?;
+    if txn.list_tables().map_err(redb::Error::from)?.any(|table| table.name() == OLD_LOG_TABLE) {
+        return Err(WriteFailed::OldLayout);
+    }
     let ids = files.list()?;
     let next = ids.last().map_or(1, |id| id + 1);
     let (replayer, committed, cut_segment) = {
