@@ -31,6 +31,7 @@ use tokio::sync::{oneshot, watch};
 use super::log_layout::{self, META, PURGED_KEY, VOTE_KEY};
 use super::log_write::{self, Appender, Flushed, Job, Location, Shared, SyncOp};
 use super::repair::LogRepair;
+use super::sealed;
 use super::segment;
 use super::segment_files::{SegmentDir, SegmentFiles};
 use super::{Entry, LogId, StorageError, TypeConfig, Vote, storage_error, wire};
@@ -258,7 +259,10 @@ impl LogReader {
     fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let txn = self.shared.db.begin_read().map_err(read_error)?;
         let table = txn.open_table(META).map_err(read_error)?;
-        Ok(table.get(key).map_err(read_error)?.map(|v| v.value().to_vec()))
+        match table.get(key).map_err(read_error)? {
+            Some(stored) => Ok(Some(sealed::unseal(key, stored.value()).map_err(read_error)?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     fn read_log_id(&self, key: &str) -> Result<Option<LogId>, StorageError> {

@@ -33,6 +33,7 @@ use super::log_layout::{
     EntryDecodeError, META, PURGED_KEY, RECORD_COMMITTED, RECORD_COMMITTED_NONE, RECORD_ENTRY, REPAIR_KEY,
     TRUNCATIONS_KEY, Truncation, VOTE_KEY, decode_entry,
 };
+use super::sealed;
 use super::segment::{self, SEGMENT_BYTES_MAX, Segment};
 use super::segment_files::SegmentFiles;
 use super::{Entry, LogId, wire};
@@ -178,6 +179,8 @@ pub(super) enum WriteFailed {
     CorruptRepairFloor,
     #[error("the vote in the log's metadata is corrupt")]
     CorruptVote,
+    #[error("the log's metadata: {0}")]
+    CorruptMeta(#[from] sealed::MetaDamaged),
     #[error("a segment record with a valid checksum is of no known kind")]
     CorruptRecord,
     #[error("entry {found} was appended where entry {expected} belongs")]
@@ -273,20 +276,22 @@ impl Appender {
             truncations.retain(|t| oldest.is_some_and(|oldest| t.segment > oldest));
             match &op {
                 SyncOp::Vote(bytes) => {
-                    meta.insert(VOTE_KEY, bytes.as_slice()).map_err(redb::Error::from)?;
+                    meta.insert(VOTE_KEY, sealed::seal(VOTE_KEY, bytes).as_slice()).map_err(redb::Error::from)?;
                 }
                 SyncOp::Truncate(from) => truncations.push(Truncation { segment: next, from: *from }),
                 SyncOp::Purge(_, bytes) => {
-                    meta.insert(PURGED_KEY, bytes.as_slice()).map_err(redb::Error::from)?;
+                    meta.insert(PURGED_KEY, sealed::seal(PURGED_KEY, bytes).as_slice()).map_err(redb::Error::from)?;
                 }
                 SyncOp::Forget { floor } => {
                     truncations.push(Truncation { segment: next, from: 0 });
                     meta.remove(PURGED_KEY).map_err(redb::Error::from)?;
-                    meta.insert(REPAIR_KEY, floor.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
+                    meta.insert(REPAIR_KEY, sealed::seal(REPAIR_KEY, &floor.to_le_bytes()).as_slice())
+                        .map_err(redb::Error::from)?;
                     demote_vote(&mut meta)?;
                 }
             }
-            meta.insert(TRUNCATIONS_KEY, Truncation::encode_all(&truncations).as_slice()).map_err(redb::Error::from)?;
+            let truncations = sealed::seal(TRUNCATIONS_KEY, &Truncation::encode_all(&truncations));
+            meta.insert(TRUNCATIONS_KEY, truncations.as_slice()).map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
         match op {
@@ -352,7 +357,8 @@ pub(super) type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
 fn read_truncations(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Vec<Truncation>, WriteFailed> {
     match meta.get(TRUNCATIONS_KEY).map_err(redb::Error::from)? {
-        Some(bytes) => Truncation::decode_all(bytes.value()).ok_or(WriteFailed::CorruptTruncations),
+        Some(bytes) => Truncation::decode_all(sealed::unseal(TRUNCATIONS_KEY, bytes.value())?)
+            .ok_or(WriteFailed::CorruptTruncations),
         None => Ok(Vec::new()),
     }
 }
@@ -363,13 +369,14 @@ fn read_truncations(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> R
 /// with other entries, and Raft's log matching (same index and term, same entry) would break.
 /// The simulation's storage faults found this. The term and the candidate stay as they were.
 pub(super) fn demote_vote(meta: &mut MetaTable<'_>) -> Result<(), WriteFailed> {
-    let Some(bytes) = meta.get(VOTE_KEY).map_err(redb::Error::from)?.map(|v| v.value().to_vec()) else {
+    let Some(stored) = meta.get(VOTE_KEY).map_err(redb::Error::from)?.map(|v| v.value().to_vec()) else {
         return Ok(());
     };
-    let mut vote = pb::Vote::decode(bytes.as_slice()).map_err(|_| WriteFailed::CorruptVote)?;
+    let bytes = sealed::unseal(VOTE_KEY, &stored)?;
+    let mut vote = pb::Vote::decode(bytes).map_err(|_| WriteFailed::CorruptVote)?;
     if vote.committed {
         vote.committed = false;
-        meta.insert(VOTE_KEY, vote.encode_to_vec().as_slice()).map_err(redb::Error::from)?;
+        meta.insert(VOTE_KEY, sealed::seal(VOTE_KEY, &vote.encode_to_vec()).as_slice()).map_err(redb::Error::from)?;
     }
     Ok(())
 }
@@ -380,7 +387,8 @@ pub(super) fn read_repair_floor(
 ) -> Result<Option<u64>, WriteFailed> {
     match meta.get(REPAIR_KEY).map_err(redb::Error::from)? {
         Some(bytes) => {
-            Ok(Some(u64::from_le_bytes(bytes.value().try_into().map_err(|_| WriteFailed::CorruptRepairFloor)?)))
+            let floor = sealed::unseal(REPAIR_KEY, bytes.value())?;
+            Ok(Some(u64::from_le_bytes(floor.try_into().map_err(|_| WriteFailed::CorruptRepairFloor)?)))
         }
         None => Ok(None),
     }
@@ -389,7 +397,8 @@ pub(super) fn read_repair_floor(
 fn read_purged(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u64>, WriteFailed> {
     match meta.get(PURGED_KEY).map_err(redb::Error::from)? {
         Some(bytes) => {
-            let log_id = pb::LogId::decode(bytes.value()).map_err(|_| WriteFailed::CorruptPurged)?;
+            let log_id = pb::LogId::decode(sealed::unseal(PURGED_KEY, bytes.value())?)
+                .map_err(|_| WriteFailed::CorruptPurged)?;
             Ok(Some(wire::log_id_from_pb(log_id).map_err(|_| WriteFailed::CorruptPurged)?.index))
         }
         None => Ok(None),
@@ -441,7 +450,8 @@ pub(super) fn recover(db: Database, files: Box<dyn SegmentFiles>) -> Result<Reco
             truncations.push(Truncation { segment: next, from: first_lost });
             demote_vote(&mut meta)?;
             let floor = read_repair_floor(&meta)?.unwrap_or(0).max(horizon).max(first_lost);
-            meta.insert(REPAIR_KEY, floor.to_le_bytes().as_slice()).map_err(redb::Error::from)?;
+            meta.insert(REPAIR_KEY, sealed::seal(REPAIR_KEY, &floor.to_le_bytes()).as_slice())
+                .map_err(redb::Error::from)?;
             tracing::error!(
                 first_lost,
                 floor,
@@ -449,7 +459,8 @@ pub(super) fn recover(db: Database, files: Box<dyn SegmentFiles>) -> Result<Reco
             );
         }
         truncations.retain(|t| ids.first().is_some_and(|oldest| t.segment > *oldest));
-        meta.insert(TRUNCATIONS_KEY, Truncation::encode_all(&truncations).as_slice()).map_err(redb::Error::from)?;
+        let truncations = sealed::seal(TRUNCATIONS_KEY, &Truncation::encode_all(&truncations));
+        meta.insert(TRUNCATIONS_KEY, truncations.as_slice()).map_err(redb::Error::from)?;
         let committed = replayer.committed.clone();
         (replayer, committed, cut_segment)
     };

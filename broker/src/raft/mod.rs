@@ -15,6 +15,7 @@ pub mod pre_vote;
 pub mod repair;
 pub mod replay;
 pub mod runtime;
+mod sealed;
 pub(crate) mod segment;
 pub mod segment_files;
 pub mod snapshot_file;
