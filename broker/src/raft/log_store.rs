@@ -549,6 +549,34 @@ mod tests {
         assert_eq!(vote.leader_id, leader.leader_id, "the term and the candidate stay");
     }
 
+    /// Regression (the soak, seed 1005196): a leader whose newest segment lost an entry record
+    /// together with the header that covered it read the loss as a torn tail, resumed its term
+    /// and handed out that index again with another entry. A torn tail now demotes the vote, so
+    /// a broker stands for election instead of resuming; its term and candidate stay.
+    #[tokio::test]
+    async fn a_torn_tail_demotes_a_granted_vote() {
+        let files = Files::default();
+        let mut store = files.open();
+        let leader = Vote::new_committed(3, 1);
+        store.save_vote(&leader).await.unwrap();
+        append_all(&mut store, 3, 1..=3, 20);
+        drop(store);
+        let mut store = files.open();
+        assert!(store.read_vote().await.unwrap().unwrap().committed, "no tail was torn: the vote stays");
+        drop(store);
+        let (_, newest) = files.0.segments.disks().pop().expect("a segment");
+        let handle = newest.open();
+        // Past the last record: records start at byte 1024.
+        let end = handle.len().unwrap().max(1024);
+        handle.write(end, &[0x17; 40]).unwrap();
+        handle.sync_data().unwrap();
+        let mut store = files.open();
+        let vote = store.read_vote().await.unwrap().expect("a vote");
+        assert!(!vote.committed, "a broker whose log ends in a torn tail would resume leadership: {vote:?}");
+        assert_eq!(vote.leader_id, leader.leader_id);
+        assert_eq!(terms(&mut store).await.len(), 3, "the entries stay");
+    }
+
     /// A flipped byte in a synced record's head: the log keeps the records before it, and the
     /// valid records after it raise the repair floor to the last index it had reached.
     #[tokio::test]

@@ -458,6 +458,12 @@ pub(super) fn recover(db: Database, files: Box<dyn SegmentFiles>) -> Result<Reco
                 "the log lost entries to damage; it keeps what precedes them, and this broker will not vote or lead until a leader has repaired it through index {floor}"
             );
         }
+        if replayer.torn {
+            // What a torn tail dropped was never acknowledged, unless the disk lost a header that
+            // covered it (a lost write the durable end cannot show). A broker that led must not
+            // then resume its term and hand out again an index it had: it stands for election.
+            demote_vote(&mut meta)?;
+        }
         truncations.retain(|t| ids.first().is_some_and(|oldest| t.segment > *oldest));
         let truncations = sealed::seal(TRUNCATIONS_KEY, &Truncation::encode_all(&truncations));
         meta.insert(TRUNCATIONS_KEY, truncations.as_slice()).map_err(redb::Error::from)?;
@@ -520,6 +526,8 @@ struct Replayer {
     salvage: Salvage,
     /// Where the first damage lies.
     cut: Option<Cut>,
+    /// A segment ended in a torn tail, which replay dropped.
+    torn: bool,
     /// Entries whose checksums were checked.
     checked: u64,
 }
@@ -545,6 +553,7 @@ impl Replayer {
             truncations: truncations.into(),
             salvage: Salvage::default(),
             cut: None,
+            torn: false,
             checked: 0,
         }
     }
@@ -569,6 +578,7 @@ impl Replayer {
         self.salvage.horizon = self.salvage.horizon.max(replay.durable_mark);
         if let Some(at) = replay.torn_at {
             tracing::info!(segment = id, at, "the log segment ends in a torn tail, dropped");
+            self.torn = true;
         }
         for (body, &at) in replay.bodies.iter().zip(&replay.starts) {
             self.record(id, at, body)?;
