@@ -199,6 +199,7 @@ impl BrokerConfig {
             frame_bytes_max: self.limits.peer_frame_bytes_max,
             append_bytes_max: self.raft.append_bytes_max,
             auth: self.security.peers.clone(),
+            lead: None,
         }
     }
 

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::broker::{Broker, LogHandles};
 use crate::config::BrokerConfig;
+use crate::raft::lead_sync::LeadSync;
 use crate::raft::log_store::LogStore;
 use crate::raft::pre_vote::PreVotes;
 use crate::raft::state_store::StateStore;
@@ -43,9 +44,15 @@ impl Broker {
     pub async fn start(config: BrokerConfig) -> Result<Arc<Broker>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let log = LogStore::open(&config.data_dir.join("log.redb"), config.limits.log_cache_bytes)?;
-        let state = StateStore::open(&config.data_dir, config.limits.state_cache_bytes)?;
-        let network = config.network();
+        let mut log = LogStore::open(&config.data_dir.join("log.redb"), config.limits.log_cache_bytes)?;
+        let mut state = StateStore::open(&config.data_dir, config.limits.state_cache_bytes)?;
+        let mut network = config.network();
+        // A leader's appends go to followers while its own sync runs; applies and the commit
+        // index followers hear wait for that sync.
+        let lead = LeadSync::new(config.id);
+        log.lead_ahead_of_sync(lead.clone());
+        state.apply_after_lead_sync(lead.clone());
+        network.lead = Some(lead);
         let peers = bind(config.peer_addr.clone()).await?;
         let open_peers = matches!(config.security.peers, PeerAuth::Open);
         if open_peers && !peers.local_addr().is_ok_and(|addr| addr.ip().is_loopback()) {

@@ -98,7 +98,11 @@ pub fn main() -> ExitCode {
         // Colour only for a person: `chorus up` writes brokers' logs to files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = runtime().and_then(|rt| rt.block_on(run(cli.command)));
+    let worker_threads = match &cli.command {
+        CliCommand::Serve(args) => args.worker_threads,
+        _ => None,
+    };
+    let result = runtime(worker_threads).and_then(|rt| rt.block_on(run(cli.command)));
     match result {
         Ok(code) => code,
         Err(error) => {
@@ -108,9 +112,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The runtime, with `worker_threads` (default: one per core).
+fn runtime(worker_threads: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    builder.enable_all().build().context("starting the runtime")
 }
 
 async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {

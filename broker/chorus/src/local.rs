@@ -141,6 +141,7 @@ impl LocalCluster {
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
         let members: Vec<String> =
             self.brokers.iter().map(|b| format!("--member={}={},{}", b.id, b.peer_addr, b.client_addr)).collect();
+        let worker_threads = worker_threads_each(self.brokers.len());
         let broker = &mut self.brokers[index];
         let dir = self.data_dir.join(broker.id.to_string());
         std::fs::create_dir_all(&dir)?;
@@ -153,6 +154,7 @@ impl LocalCluster {
             .arg(format!("--client-addr={}", broker.client_addr))
             .arg(format!("--peer-addr={}", broker.peer_addr))
             .args(members)
+            .arg(format!("--worker-threads={}", worker_threads))
             .args(&self.security_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -310,4 +312,12 @@ pub async fn wait_for_leader_where(
         anyhow::ensure!(Instant::now() < deadline, "no leader elected within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Each of `brokers` brokers on this host gets its share of the cores, at least one thread:
+/// more threads than cores only add wake-ups and migrations between them (on 2 cores, three
+/// brokers of one thread each published 16 KiB messages twice as fast as with two each).
+fn worker_threads_each(brokers: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / brokers.max(1)).max(1)
 }

@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// How often the leader has the brokers compare digests of their state; 0 never.
     #[arg(long, default_value_t = RaftTiming::default().state_check_interval_ms)]
     pub state_check_interval_ms: u64,
+    /// Threads that run the broker's tasks (its log writer has one more). Default: one per
+    /// core. Brokers that share a host do better sharing its cores: `chorus up` gives each
+    /// its share.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 }
 
 impl ServeArgs {

@@ -28,6 +28,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, StorageBackend};
 use tokio::sync::{oneshot, watch};
 
+use super::lead_sync::LeadSync;
 use super::log_layout::{self, META, PURGED_KEY, VOTE_KEY};
 use super::log_write::{self, Appender, Flushed, Job, Location, Shared, SyncOp};
 use super::repair::LogRepair;
@@ -68,6 +69,10 @@ pub struct LogStore {
     /// The last log index the state machine holds durably, when tied to one.
     state_durable: Option<watch::Receiver<Option<u64>>>,
     repair: LogRepair,
+    /// The vote as last saved or read.
+    vote: Option<Vote>,
+    /// Set, a leader's appends are reported flushed before their sync ([`LeadSync`]).
+    lead: Option<LeadSync>,
 }
 
 impl Debug for LogStore {
@@ -146,6 +151,8 @@ impl LogStore {
             committed: Arc::new(AtomicU64::new(committed.map_or(0, |id| id.index))),
             state_durable: None,
             repair: LogRepair::new(shared, floor),
+            vote: None,
+            lead: None,
         })
     }
 
@@ -161,6 +168,23 @@ impl LogStore {
             }
         }
         self.submit(Job::Append { entries: encoded, flushed })
+    }
+
+    /// Queues `entries`; `report` tells openraft they are flushed: after their sync, or at once
+    /// for this broker's own appends as leader once [`LogStore::lead_ahead_of_sync`] is set.
+    fn append_reported(&mut self, entries: Vec<Entry>, report: Flushed) -> Result<(), StorageError> {
+        let early = self.lead.as_ref().filter(|lead| lead.leads(self.vote.as_ref(), entries.iter().map(|e| e.log_id)));
+        let (Some(lead), Some(first)) = (early.cloned(), entries.first().map(|e| e.log_id.index)) else {
+            return self.enqueue(entries, report);
+        };
+        let ticket = lead.early(first, self.reader.last_log_id()?);
+        let writer = lead.clone();
+        if let Err(error) = self.enqueue(entries, Box::new(move |result| writer.synced(ticket, result))) {
+            lead.synced(ticket, Err(std::io::Error::other("the log writer has stopped")));
+            return Err(error);
+        }
+        report(Ok(()));
+        Ok(())
     }
 
     /// Hands `job` to the writer thread, or commits it here.
@@ -179,6 +203,13 @@ impl LogStore {
     /// the purge point. Untied, the log purges at once.
     pub fn purge_behind_state(&mut self, state_durable: watch::Receiver<Option<u64>>) {
         self.state_durable = Some(state_durable);
+    }
+
+    /// Reports this broker's appends as leader flushed as soon as they are queued, so openraft
+    /// sends them to followers while the sync runs. `lead` must also hold back the state
+    /// machine's applies and the commit index sent to followers ([`LeadSync`]).
+    pub fn lead_ahead_of_sync(&mut self, lead: LeadSync) {
+        self.lead = Some(lead);
     }
 
     /// Waits until the state machine is durable through `index`.
@@ -365,17 +396,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.sync(SyncOp::Vote(wire::vote_to_pb(vote).encode_to_vec())).await
+        self.vote = None;
+        self.sync(SyncOp::Vote(wire::vote_to_pb(vote).encode_to_vec())).await?;
+        self.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        match self.read_meta(VOTE_KEY)? {
+        self.vote = match self.read_meta(VOTE_KEY)? {
             Some(bytes) => {
                 let vote = pb::Vote::decode(bytes.as_slice()).map_err(read_error)?;
-                Ok(Some(wire::vote_from_pb(Some(vote)).map_err(read_error)?))
+                Some(wire::vote_from_pb(Some(vote)).map_err(read_error)?)
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        Ok(self.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -395,7 +430,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.enqueue(entries, Box::new(move |result| flushed.log_io_completed(result)))
+        self.append_reported(entries.into_iter().collect(), Box::new(move |result| flushed.log_io_completed(result)))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -420,6 +455,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use crate::raft::EntryBytes;
+    use crate::raft::NodeId;
     use crate::raft::crash_disk::Disks;
     use crate::raft::segment::{RECORD_HEAD_BYTES, SEGMENT_BYTES_MAX};
     use openraft::{CommittedLeaderId, EntryPayload};
@@ -840,6 +876,71 @@ mod tests {
 
     /// Readers racing the writer thread never see a gap: an entry is always either pending or
     /// on disk. (Reading disk before pending once lost entries flushed in between.)
+    /// A log with a writer thread on crashable disks, ahead of its syncs as broker 1, under a
+    /// vote for `leader` in term 3.
+    async fn leading(files: &Files, leader: NodeId) -> (LogStore, LeadSync) {
+        let mut store =
+            LogStore::open_on(files.0.log.open(), files.0.segments.open(), 1 << 20, Writer::Thread).unwrap();
+        let lead = LeadSync::new(1);
+        store.lead_ahead_of_sync(lead.clone());
+        let vote = Vote { leader_id: openraft::LeaderId::new(3, leader), committed: true };
+        store.save_vote(&vote).await.unwrap();
+        (store, lead)
+    }
+
+    fn entry_of(leader: NodeId, index: u64) -> Entry {
+        let log_id = LogId::new(CommittedLeaderId::new(3, leader), index);
+        Entry { log_id, payload: EntryPayload::Normal(EntryBytes(bytes::Bytes::from_static(b"payload"))) }
+    }
+
+    /// What an append reported, and when.
+    fn reported() -> (Flushed, std::sync::mpsc::Receiver<bool>) {
+        let (tell, told) = std::sync::mpsc::channel();
+        (Box::new(move |result: Result<(), std::io::Error>| tell.send(result.is_ok()).unwrap()), told)
+    }
+
+    #[tokio::test]
+    async fn a_leaders_append_is_reported_at_once_and_applies_wait_for_its_sync() {
+        let files = Files::default();
+        let (mut store, lead) = leading(&files, 1).await;
+        // The broker's disks die under it: the sync of the append cannot succeed.
+        files.crash();
+        let (report, told) = reported();
+        store.append_reported(vec![entry_of(1, 1)], report).unwrap();
+        assert_eq!(told.try_recv(), Ok(true), "reported before the writer ran");
+        assert!(lead.synced_through(1).await.is_err(), "the apply of an entry whose sync failed must fail");
+        assert_eq!(lead.clamp_commit(Some(LogId::new(CommittedLeaderId::new(3, 1), 1))), None);
+    }
+
+    #[tokio::test]
+    async fn a_followers_append_is_reported_only_by_its_sync() {
+        let files = Files::default();
+        let (mut store, lead) = leading(&files, 2).await;
+        files.crash();
+        let (report, told) = reported();
+        store.append_reported(vec![entry_of(2, 1)], report).unwrap();
+        let outcome = tokio::task::spawn_blocking(move || told.recv_timeout(std::time::Duration::from_secs(10)));
+        assert_eq!(outcome.await.unwrap(), Ok(false), "the failed sync is what the follower reports");
+        lead.synced_through(1).await.expect("a follower's appends hold nothing back");
+    }
+
+    #[tokio::test]
+    async fn a_leaders_synced_append_survives_a_power_loss() {
+        let files = Files::default();
+        let (mut store, lead) = leading(&files, 1).await;
+        for index in 1..=3 {
+            let (report, _told) = reported();
+            store.append_reported(vec![entry_of(1, index)], report).unwrap();
+        }
+        lead.synced_through(3).await.unwrap();
+        let commit = Some(LogId::new(CommittedLeaderId::new(3, 1), 3));
+        assert_eq!(lead.clamp_commit(commit), commit, "nothing is left unsynced");
+        drop(store);
+        files.crash();
+        let mut reopened = files.open();
+        assert_eq!(terms(&mut reopened).await, vec![(1, 3), (2, 3), (3, 3)]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_racing_flushes_see_every_entry() {
         let dir = tempfile::tempdir().unwrap();

@@ -757,7 +757,13 @@ pub(super) fn spawn(appender: Appender, shared: Arc<Shared>) -> std::io::Result<
 /// The writer thread: batches queued jobs, ending a batch at a vote, truncate, purge or forget.
 fn writer_loop(mut appender: Appender, shared: &Shared, queue: &mpsc::Receiver<Job>) {
     loop {
-        let first = match queue.recv_timeout(SEAL_AFTER_IDLE) {
+        // Idle with the header up to date, the writer sleeps until there is work.
+        let next = if appender.failed.is_none() && appender.current.header_lags() {
+            queue.recv_timeout(SEAL_AFTER_IDLE)
+        } else {
+            queue.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        };
+        let first = match next {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 appender.seal();

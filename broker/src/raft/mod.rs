@@ -7,6 +7,7 @@
 
 pub mod crash_disk;
 pub mod inbound;
+pub mod lead_sync;
 mod log_layout;
 pub mod log_store;
 mod log_write;

@@ -22,6 +22,7 @@ use openraft::raft::{
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+use super::lead_sync::LeadSync;
 use super::pre_vote::{PreVote, PreVoteAnswer, PreVoteClient, PreVotes};
 use super::{BrokerNode, NodeId, TypeConfig, wire};
 use crate::security::Stream;
@@ -42,6 +43,9 @@ pub struct Network {
     pub append_bytes_max: usize,
     /// How this broker proves itself to its peers.
     pub auth: PeerAuth,
+    /// Set when the log reports a leader's appends before their sync: the commit index sent
+    /// to followers then stops before what is not yet on this broker's disk ([`LeadSync`]).
+    pub lead: Option<LeadSync>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -85,6 +89,7 @@ impl PeerClient {
             append_bytes_max: network.append_bytes_max.min(network.frame_bytes_max),
             failures: FailureLog::default(),
             auth: network.auth.clone(),
+            lead: network.lead.clone(),
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct PeerClient {
     append_bytes_max: usize,
     auth: PeerAuth,
     failures: FailureLog,
+    lead: Option<LeadSync>,
 }
 
 /// How long a peer must fail before it is logged: brokers starting together miss each other
@@ -249,9 +255,12 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        if let Some(lead) = &self.lead {
+            rpc.leader_commit = lead.clamp_commit(rpc.leader_commit);
+        }
         let (request, partial) = fit_append(&rpc, self.append_bytes_max);
         // openraft allows an append its heartbeat interval; a large one gets time for its bytes.
         let allowed = option.hard_ttl() + time_for_bytes(prost::Message::encoded_len(&request));
@@ -382,10 +391,15 @@ mod tests {
 
     #[tokio::test]
     async fn an_absent_peer_is_unreachable_and_a_silent_one_times_out() {
-        let mut client =
-            Network { from_id: 1, frame_bytes_max: 1 << 20, append_bytes_max: 1 << 20, auth: PeerAuth::Open }
-                .new_client(2, &BrokerNode { peer_addr: "127.0.0.1:1".into(), client_addr: String::new() })
-                .await;
+        let mut client = Network {
+            from_id: 1,
+            frame_bytes_max: 1 << 20,
+            append_bytes_max: 1 << 20,
+            auth: PeerAuth::Open,
+            lead: None,
+        }
+        .new_client(2, &BrokerNode { peer_addr: "127.0.0.1:1".into(), client_addr: String::new() })
+        .await;
         let ping = || pb::PeerHello { protocol_version: 1, from_id: 1, initialized: false };
         assert!(matches!(client.call(ping(), Duration::from_secs(1)).await, Err(CallError::Connect { .. })));
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

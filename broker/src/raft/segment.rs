@@ -337,6 +337,11 @@ impl Segment {
         Ok(())
     }
 
+    /// Whether the header lags behind the last sync ([`Segment::seal`] has work to do).
+    pub(crate) fn header_lags(&self) -> bool {
+        !self.broken && self.header_end != self.synced_end
+    }
+
     /// Records the end of the last sync in the header, durably, if the header lags behind it:
     /// for when the writer idles, and before the file is started over.
     pub(crate) fn seal(&mut self) -> io::Result<()> {

@@ -34,6 +34,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinit
 use tokio::io::AsyncSeekExt;
 use tokio::sync::watch;
 
+use super::lead_sync::LeadSync;
 use super::segment_files::{SegmentDir, SegmentFiles};
 use super::state_check::{self, StateChecks};
 use super::{
@@ -161,6 +162,8 @@ pub struct StateStore {
     /// Digests of the state at marked indexes.
     checks: StateChecks,
     digests: Digests,
+    /// Set, an entry is applied only once the leader's log has synced it ([`LeadSync`]).
+    lead: Option<LeadSync>,
 }
 
 /// redb makes its last commit durable when the database closes, applies that were committed
@@ -341,12 +344,19 @@ impl StateStore {
             rebuilt: false,
             checks: StateChecks::default(),
             digests: Digests::Thread,
+            lead: None,
         })
     }
 
     /// Follows the applied index, time and next deadline.
     pub fn status(&self) -> watch::Receiver<AppliedStatus> {
         self.status.subscribe()
+    }
+
+    /// Applies an entry only once `lead` says the leader's log has synced it: a leader's appends
+    /// run ahead of its sync ([`super::log_store::LogStore::lead_ahead_of_sync`]).
+    pub fn apply_after_lead_sync(&mut self, lead: LeadSync) {
+        self.lead = Some(lead);
     }
 
     /// Follows the last log index whose effects a crash cannot undo: it moves when a snapshot is
@@ -682,7 +692,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_blocking(entries.into_iter().collect())
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(lead), Some(last)) = (&self.lead, entries.last()) {
+            lead.synced_through(last.log_id.index).await.map_err(write_error)?;
+        }
+        self.apply_blocking(entries)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
