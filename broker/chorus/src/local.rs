@@ -314,9 +314,8 @@ pub async fn wait_for_leader_where(
     }
 }
 
-/// Each of `brokers` brokers on this host gets its share of the cores, at least one thread:
-/// more threads than cores only add wake-ups and migrations between them (on 2 cores, three
-/// brokers of one thread each published 16 KiB messages twice as fast as with two each).
+/// Each of `brokers` brokers on this host gets its share of the cores, at least one thread,
+/// rather than a thread per core each.
 fn worker_threads_each(brokers: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (cores / brokers.max(1)).max(1)
