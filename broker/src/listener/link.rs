@@ -53,6 +53,54 @@ impl FrameTiming {
     }
 }
 
+/// Times the writer yields to other ready tasks, while each yield brings more frames, before it
+/// flushes what it has.
+const YIELDS_BEFORE_FLUSH_MAX: usize = 4;
+
+/// Sends the queued frames until the outbox closes, flushing only when no frame is ready even
+/// after the tasks that are ready have run. The answers one applied entry completes each come
+/// from their own task, and tokio runs a task it just woke first: flushing as soon as the queue
+/// looked empty wrote each answer with its own syscall (21-byte writes, one per `--raw`
+/// publish). A frame's bytes are given back as it is taken: the write buffer then holds it until
+/// the socket does.
+async fn write_coalesced<S, C, Out>(
+    mut queued: mpsc::Receiver<(Out, OwnedSemaphorePermit)>,
+    mut sink: futures::stream::SplitSink<Framed<S, C>, Out>,
+) where
+    S: AsyncWrite,
+    C: Encoder<Out>,
+{
+    use futures::SinkExt;
+    while let Some((frame, _room)) = queued.recv().await {
+        if sink.feed(frame).await.is_err() {
+            return;
+        }
+        let mut yields = 0;
+        loop {
+            match queued.try_recv() {
+                Ok((frame, _room)) => {
+                    if sink.feed(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) if yields < YIELDS_BEFORE_FLUSH_MAX => {
+                    yields += 1;
+                    let before = queued.len();
+                    tokio::task::yield_now().await;
+                    if queued.len() == before {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
 /// A framed connection's two halves: [`Link::next_timed`] reads frames, [`Link::outbox`] queues
 /// frames for the writer task.
 pub struct Link<S, C: Decoder, Out> {
@@ -80,13 +128,8 @@ where
     /// bytes out.
     pub fn open(stream: S, codec: C, queued_max: usize, queued_bytes_max: usize) -> Link<S, C, Out> {
         let (sink, frames) = Framed::new(stream, codec).split();
-        let (sender, mut queued) = mpsc::channel::<(Out, OwnedSemaphorePermit)>(queued_max);
-        let queued = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
-        // `forward` flushes only when no frame is ready. A frame's bytes are given back as it is
-        // taken: the write buffer then holds it until the socket does.
-        let writer = tokio::spawn(async move {
-            let _ = queued.map(|(frame, _room)| Ok::<Out, <C as Encoder<Out>>::Error>(frame)).forward(sink).await;
-        });
+        let (sender, queued) = mpsc::channel::<(Out, OwnedSemaphorePermit)>(queued_max);
+        let writer = tokio::spawn(write_coalesced(queued, sink));
         Link { frames, outbox: Outbox::new(sender, queued_bytes_max), writer }
     }
 
@@ -125,5 +168,85 @@ where
     pub async fn close(self) {
         drop(self.outbox);
         let _ = self.writer.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use chorus_protocol::{ServerCodec, pb};
+    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+    use super::*;
+
+    /// A stream that counts the writes that reach it.
+    struct Counting {
+        inner: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            written
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// One applied entry completes many requests, each answered by its own task: their answers
+    /// go out in a few writes, not one each. On one worker thread tokio runs the task a sender
+    /// just woke (the writer) next, which flushed every answer alone before the writer yielded.
+    #[test]
+    fn answers_completed_together_share_a_write() {
+        const ANSWERS: u64 = 200;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let writes = runtime.block_on(async {
+            let (near, _far) = tokio::io::duplex(1 << 20);
+            let writes = Arc::new(AtomicUsize::new(0));
+            let stream = Counting { inner: near, writes: Arc::clone(&writes) };
+            let link: Link<_, ServerCodec, pb::ServerFrame> =
+                Link::open(stream, ServerCodec::new(1 << 20), 1024, 1 << 20);
+            let (go, ready) = tokio::sync::watch::channel(false);
+            let answering: Vec<_> = (1..=ANSWERS)
+                .map(|request_id| {
+                    let outbox = link.outbox().clone();
+                    let mut ready = ready.clone();
+                    tokio::spawn(async move {
+                        ready.wait_for(|go| *go).await.unwrap();
+                        outbox.send(pb::ServerFrame { request_id, body: None }).await.unwrap();
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            go.send(true).unwrap();
+            for task in answering {
+                task.await.unwrap();
+            }
+            link.close().await;
+            writes.load(Ordering::SeqCst)
+        });
+        assert!(writes <= 10, "{ANSWERS} answers completed together took {writes} writes");
     }
 }
