@@ -240,7 +240,8 @@ mod tests {
                 })
                 .collect();
             tokio::time::sleep(Duration::from_millis(50)).await;
-            go.send(true).unwrap();
+            // Woken from the worker itself, as an applied entry wakes its requests' tasks.
+            tokio::spawn(async move { go.send(true).unwrap() }).await.unwrap();
             for task in answering {
                 task.await.unwrap();
             }

@@ -114,7 +114,7 @@ impl LogStore {
     /// `cache_bytes`, and starts its writer thread.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<LogStore, StorageError> {
         let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(write_error)?;
-        let segments = SegmentDir::open(&path.with_extension("segments")).map_err(write_error)?;
+        let segments = SegmentDir::open_direct(&path.with_extension("segments")).map_err(write_error)?;
         LogStore::on_database(db, Box::new(segments), Writer::Thread)
     }
 
@@ -365,7 +365,17 @@ impl RaftLogReader<TypeConfig> for LogReader {
                 .collect()
         };
         let mut found = BTreeMap::new();
-        for (index, location, file) in written {
+        let mut unkept = Vec::new();
+        {
+            let recent = self.shared.recent.lock().expect("recent lock");
+            for (index, location, file) in written {
+                match recent.get(location.log_id) {
+                    Some(entry) => drop(found.insert(index, entry)),
+                    None => unkept.push((index, location, file)),
+                }
+            }
+        }
+        for (index, location, file) in unkept {
             found.insert(index, read_entry(index, location, file.as_ref())?);
         }
         found.extend(pending);
@@ -511,7 +521,10 @@ mod tests {
     }
 
     /// Rewrites the record of entry `index` at rest, body and all, with `damage` applied.
+    /// An entry damaged at rest was written long ago: no copy of it is left in memory, so this
+    /// drops the log's copies of its latest entries too.
     fn damage_stored(files: &Files, store: &LogStore, index: u64, damage: impl FnOnce(&mut Vec<u8>)) {
+        *store.reader.shared.recent.lock().unwrap() = log_write::Recent::default();
         let (disk, at, len) = record_of(files, store, index);
         let handle = disk.open();
         let mut record = vec![0u8; len];
@@ -681,6 +694,20 @@ mod tests {
     }
 
     /// An intact entry stored under another index (a misdirected write) is refused too.
+    /// The entries just written are read from memory: the apply and the replication that follow
+    /// a write do not read the disk (segments are written past the page cache).
+    #[tokio::test]
+    async fn the_latest_entries_are_read_from_memory() {
+        let files = Files::default();
+        let mut store = files.open();
+        append_all(&mut store, 1, 1..=3, 100);
+        let (disk, at, len) = record_of(&files, &store, 2);
+        let handle = disk.open();
+        handle.write(at, &vec![0u8; len]).unwrap();
+        handle.sync_data().unwrap();
+        assert_eq!(terms_of(&mut store, 1..=3).await, vec![(1, 1), (2, 1), (3, 1)], "read from memory");
+    }
+
     #[tokio::test]
     async fn an_entry_under_another_index_is_refused() {
         let files = Files::default();

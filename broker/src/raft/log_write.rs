@@ -162,6 +162,47 @@ pub(super) struct Shared {
     pub(super) pending: Mutex<BTreeMap<u64, Entry>>,
     /// Where the written entries lie.
     pub(super) index: RwLock<Index>,
+    /// The entries written last, still in memory.
+    pub(super) recent: Mutex<Recent>,
+}
+
+/// Bytes of records [`Recent`] keeps at most.
+const RECENT_BYTES_MAX: usize = 16 << 20;
+
+/// The entries written last, kept in memory (at most [`RECENT_BYTES_MAX`] of their records) for
+/// the apply and the replication that follow a write: segments are written past the page cache
+/// ([`super::direct_file`]), so reading one back is a disk read. Readers take an entry from here
+/// only when its log id is the one the index holds at its index, so an entry a truncate or purge
+/// dropped is never served; it waits here to be pushed out.
+#[derive(Default)]
+pub(super) struct Recent {
+    /// By index, ascending.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    /// Keeps `entry`, whose record is `bytes` long, in place of any at its index or after.
+    fn keep(&mut self, entry: Entry, bytes: usize) {
+        while self.entries.back().is_some_and(|(kept, _)| kept.log_id.index >= entry.log_id.index) {
+            let (_, dropped) = self.entries.pop_back().expect("a last entry");
+            self.bytes -= dropped;
+        }
+        self.entries.push_back((entry, bytes));
+        self.bytes += bytes;
+        while self.bytes > RECENT_BYTES_MAX
+            && let Some((_, dropped)) = self.entries.pop_front()
+        {
+            self.bytes -= dropped;
+        }
+    }
+
+    /// The kept entry with id `log_id`.
+    pub(super) fn get(&self, log_id: LogId) -> Option<Entry> {
+        let at = self.entries.binary_search_by_key(&log_id.index, |(entry, _)| entry.log_id.index).ok()?;
+        let (entry, _) = &self.entries[at];
+        (entry.log_id == log_id).then(|| entry.clone())
+    }
 }
 
 /// Why a write did not reach the disk, or the log could not open.
@@ -243,11 +284,21 @@ impl Appender {
                 index.push(Location { log_id, segment, at, body_len: record.len() })?;
             }
         }
-        let mut pending = shared.pending.lock().expect("pending lock");
-        for (log_id, _) in entries {
-            if pending.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
-                pending.remove(&log_id.index);
+        let written: Vec<(Entry, usize)> = {
+            let mut pending = shared.pending.lock().expect("pending lock");
+            let mut written = Vec::with_capacity(entries.len());
+            for (log_id, record) in entries {
+                if pending.get(&log_id.index).is_some_and(|e| e.log_id == *log_id)
+                    && let Some(entry) = pending.remove(&log_id.index)
+                {
+                    written.push((entry, record.len()));
+                }
             }
+            written
+        };
+        let mut recent = shared.recent.lock().expect("recent lock");
+        for (entry, bytes) in written {
+            recent.keep(entry, bytes);
         }
         Ok(())
     }
@@ -480,7 +531,12 @@ pub(super) fn recover(db: Database, files: Box<dyn SegmentFiles>) -> Result<Reco
         checked = replayer.checked,
         "opened the log's segments"
     );
-    let shared = Shared { db, pending: Mutex::new(BTreeMap::new()), index: RwLock::new(replayer.index) };
+    let shared = Shared {
+        db,
+        pending: Mutex::new(BTreeMap::new()),
+        index: RwLock::new(replayer.index),
+        recent: Mutex::new(Recent::default()),
+    };
     let committed_record = committed.clone().map(|bytes| committed_record(Some(bytes)));
     let mut current = start_segment(files.as_ref(), &shared, next, committed_record.as_deref())?;
     current.sync()?;
@@ -779,5 +835,44 @@ fn writer_loop(mut appender: Appender, shared: &Shared, queue: &mpsc::Receiver<J
             }
         }
         write_batch(&mut appender, shared, jobs);
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+    }
+
+    #[test]
+    fn a_kept_entry_is_served_only_under_its_own_log_id() {
+        let mut recent = Recent::default();
+        for index in 1..=5 {
+            recent.keep(entry(1, index), 100);
+        }
+        assert_eq!(recent.get(entry(1, 3).log_id), Some(entry(1, 3)));
+        assert_eq!(recent.get(entry(2, 3).log_id), None, "another term's entry at that index");
+        // A new leader's entry at index 3 replaces 3 and everything after it.
+        recent.keep(entry(2, 3), 100);
+        assert_eq!(recent.get(entry(1, 3).log_id), None);
+        assert_eq!(recent.get(entry(1, 4).log_id), None, "a truncated entry is not kept");
+        assert_eq!(recent.get(entry(2, 3).log_id), Some(entry(2, 3)));
+        assert_eq!(recent.bytes, 300);
+    }
+
+    #[test]
+    fn what_is_kept_is_bounded_in_bytes() {
+        let mut recent = Recent::default();
+        let bytes = RECENT_BYTES_MAX / 4;
+        for index in 1..=10 {
+            recent.keep(entry(1, index), bytes);
+        }
+        assert!(recent.bytes <= RECENT_BYTES_MAX);
+        assert_eq!(recent.get(entry(1, 10).log_id), Some(entry(1, 10)));
+        assert_eq!(recent.get(entry(1, 6).log_id), None, "the oldest went first");
     }
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod crash_disk;
+mod direct_file;
 pub mod inbound;
 pub mod lead_sync;
 mod log_layout;

@@ -26,21 +26,34 @@ pub trait SegmentFiles: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct SegmentDir {
     dir: PathBuf,
+    /// Files written with `O_DIRECT`, past the page cache ([`super::direct_file`]).
+    direct: bool,
 }
 
 /// What a segment's file name ends with.
 const EXTENSION: &str = "seg";
 
 impl SegmentDir {
-    /// The directory `dir`, created (durably) if it is missing.
+    /// The directory `dir`, created (durably) if it is missing; its files go through the page
+    /// cache.
     pub fn open(dir: &Path) -> io::Result<SegmentDir> {
+        SegmentDir::open_as(dir, false)
+    }
+
+    /// The directory `dir`, whose files are written with `O_DIRECT` where the file system
+    /// takes it: for the log, whose segments are written once and read back while they are new.
+    pub fn open_direct(dir: &Path) -> io::Result<SegmentDir> {
+        SegmentDir::open_as(dir, true)
+    }
+
+    fn open_as(dir: &Path, direct: bool) -> io::Result<SegmentDir> {
         if !dir.is_dir() {
             std::fs::create_dir_all(dir)?;
             if let Some(parent) = dir.parent() {
                 sync_dir(parent)?;
             }
         }
-        Ok(SegmentDir { dir: dir.to_path_buf() })
+        Ok(SegmentDir { dir: dir.to_path_buf(), direct })
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -76,13 +89,21 @@ impl SegmentFiles for SegmentDir {
     }
 
     fn create(&self, id: u64) -> io::Result<Arc<dyn StorageBackend>> {
-        let file =
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.path(id))?;
+        let file = if self.direct {
+            super::direct_file::open(&self.path(id), true)?
+        } else {
+            backend(
+                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.path(id))?,
+            )?
+        };
         sync_dir(&self.dir)?;
-        backend(file)
+        Ok(file)
     }
 
     fn open(&self, id: u64) -> io::Result<Arc<dyn StorageBackend>> {
+        if self.direct {
+            return super::direct_file::open(&self.path(id), false);
+        }
         backend(std::fs::OpenOptions::new().read(true).write(true).open(self.path(id))?)
     }
 

@@ -1,0 +1,307 @@
+//! A log segment's file written with `O_DIRECT`: appended bytes go from the writer's buffer to
+//! the device, never into the page cache. On a host that reclaims free memory (a VM with free
+//! page reporting, as this project's machine is), every page-cache page a new file takes is
+//! zeroed by the host first: writing to fresh pages ran at 320 MB/s a core where direct writes
+//! ran at 1.4 GB/s, and the log's share of those copies was half of every broker's CPU at
+//! 16 KiB payloads.
+//!
+//! Direct IO moves whole 4 KiB blocks at aligned offsets from aligned memory, and each write
+//! waits for the device. So a write only changes blocks held in memory, and the next
+//! [`StorageBackend::sync_data`] writes the changed ones, each run of consecutive blocks in one
+//! write, then syncs: a group commit's records, the header and the committed id cost one or two
+//! writes and a flush. The file keeps in memory the blocks a later write will only partly cover
+//! (block 0, which holds the segment's header slots, and the last block), and reads any other
+//! partial block back first. Reads are direct too, of the whole blocks that cover them, overlaid
+//! with the blocks held in memory. What was written and not synced is lost in a crash, as
+//! unsynced writes through the page cache may be. [`DirectFile::len`] is the length written while the file is open; on disk the
+//! file may end in zeros up to a whole block, which a segment's replay reads past its durable
+//! end as a torn tail, as it reads any unfinished write.
+//!
+//! Where the file system refuses `O_DIRECT` (tmpfs), [`open`] falls back to buffered IO.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::StorageBackend;
+
+/// The unit of direct IO: offsets, lengths and memory are multiples of it.
+const BLOCK_BYTES: u64 = 4096;
+
+/// Opens `path` for direct IO (created and emptied when `create`), or with the page cache when
+/// its file system refuses direct IO.
+pub(super) fn open(path: &Path, create: bool) -> io::Result<Arc<dyn StorageBackend>> {
+    let options = |direct: bool| {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true);
+        if create {
+            options.create(true).truncate(true);
+        }
+        if direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        options
+    };
+    match options(true).open(path) {
+        Ok(file) => Ok(Arc::new(DirectFile::new(file)?)),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            let file = options(false).open(path)?;
+            Ok(Arc::new(redb::backends::FileBackend::new(file).map_err(io::Error::other)?))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// A file opened with `O_DIRECT`.
+#[derive(Debug)]
+pub struct DirectFile {
+    file: File,
+    state: Mutex<Written>,
+}
+
+#[derive(Debug)]
+struct Written {
+    /// The length written.
+    len: u64,
+    /// Blocks held in memory, by block number: those written since the last sync, and block 0
+    /// and the last block, which later writes cover only in part.
+    kept: BTreeMap<u64, Vec<u8>>,
+    /// The kept blocks not yet on disk.
+    dirty: BTreeSet<u64>,
+}
+
+/// A buffer whose bytes start at a block boundary in memory, as direct IO needs.
+struct Aligned {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeroed(len: usize) -> Aligned {
+        let raw = vec![0u8; len + BLOCK_BYTES as usize];
+        let start = raw.as_ptr().align_offset(BLOCK_BYTES as usize);
+        assert!(start < BLOCK_BYTES as usize, "a block-aligned start lies within one block");
+        Aligned { raw, start, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl DirectFile {
+    fn new(file: File) -> io::Result<DirectFile> {
+        let len = file.metadata()?.len();
+        Ok(DirectFile { file, state: Mutex::new(Written { len, kept: BTreeMap::new(), dirty: BTreeSet::new() }) })
+    }
+
+    /// Reads the whole blocks `first..first + blocks` from disk; past the file's end, zeros.
+    fn read_blocks(&self, first: u64, blocks: u64) -> io::Result<Aligned> {
+        let mut buf = Aligned::zeroed((blocks * BLOCK_BYTES) as usize);
+        let mut done = 0;
+        while done < buf.len {
+            let read = self.file.read_at(&mut buf.bytes_mut()[done..], first * BLOCK_BYTES + done as u64)?;
+            if read == 0 {
+                break;
+            }
+            done += read;
+        }
+        Ok(buf)
+    }
+
+    /// Writes the dirty blocks, each run of consecutive ones in one direct write, and keeps only
+    /// block 0 and the last block.
+    fn flush(&self, written: &mut Written) -> io::Result<()> {
+        let dirty: Vec<u64> = std::mem::take(&mut written.dirty).into_iter().collect();
+        for run in dirty.chunk_by(|a, b| a + 1 == *b) {
+            let mut buf = Aligned::zeroed(run.len() * BLOCK_BYTES as usize);
+            for (block, chunk) in run.iter().zip(buf.bytes_mut().chunks_mut(BLOCK_BYTES as usize)) {
+                chunk.copy_from_slice(&written.kept[block]);
+            }
+            self.file.write_all_at(buf.bytes(), run[0] * BLOCK_BYTES)?;
+        }
+        let last = written.len.saturating_sub(1) / BLOCK_BYTES;
+        written.kept.retain(|block, _| *block == 0 || *block == last);
+        Ok(())
+    }
+}
+
+fn lock(state: &Mutex<Written>) -> io::Result<std::sync::MutexGuard<'_, Written>> {
+    state.lock().map_err(|_| io::Error::other("a direct file's writer panicked"))
+}
+
+impl StorageBackend for DirectFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(lock(&self.state)?.len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        let end = offset.checked_add(out.len() as u64).ok_or_else(|| io::Error::other("read past u64"))?;
+        let written = lock(&self.state)?;
+        if end > written.len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a direct file"));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let first = offset / BLOCK_BYTES;
+        let blocks = end.div_ceil(BLOCK_BYTES) - first;
+        let mut buf = self.read_blocks(first, blocks)?;
+        for (block, kept) in written.kept.range(first..first + blocks) {
+            let at = ((block - first) * BLOCK_BYTES) as usize;
+            buf.bytes_mut()[at..at + BLOCK_BYTES as usize].copy_from_slice(kept);
+        }
+        let from = (offset - first * BLOCK_BYTES) as usize;
+        out.copy_from_slice(&buf.bytes()[from..from + out.len()]);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let mut written = lock(&self.state)?;
+        self.flush(&mut written)?;
+        self.file.set_len(len)?;
+        written.len = len;
+        let cut = len / BLOCK_BYTES;
+        written.kept.retain(|block, _| *block <= cut);
+        if let Some(kept) = written.kept.get_mut(&cut) {
+            kept[(len % BLOCK_BYTES) as usize..].fill(0);
+        }
+        Ok(())
+    }
+
+    /// Writes what is held dirty, then syncs.
+    fn sync_data(&self) -> Result<(), io::Error> {
+        let mut written = lock(&self.state)?;
+        self.flush(&mut written)?;
+        self.file.sync_data()
+    }
+
+    /// Takes `data` into the blocks held in memory; they reach the disk at the next sync.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut written = lock(&self.state)?;
+        let end = offset + data.len() as u64;
+        for block in offset / BLOCK_BYTES..=(end - 1) / BLOCK_BYTES {
+            let block_start = block * BLOCK_BYTES;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + BLOCK_BYTES);
+            let mut bytes = match written.kept.remove(&block) {
+                Some(kept) => kept,
+                None if to - from == BLOCK_BYTES => vec![0; BLOCK_BYTES as usize],
+                None => self.read_blocks(block, 1)?.bytes().to_vec(),
+            };
+            bytes[(from - block_start) as usize..(to - block_start) as usize]
+                .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+            written.kept.insert(block, bytes);
+            written.dirty.insert(block);
+        }
+        written.len = written.len.max(end);
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn direct(dir: &Path) -> DirectFile {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("segment"))
+            .expect("this test needs a file system that takes O_DIRECT");
+        DirectFile::new(file).unwrap()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        SetLen(u64),
+        Sync,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u64..20_000, prop::collection::vec(any::<u8>(), 1..9_000)).prop_map(|(at, bytes)| Op::Write(at, bytes)),
+            1 => (0u64..24_000).prop_map(Op::SetLen),
+            2 => Just(Op::Sync),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Whatever mix of writes and truncations, a direct file reads back what a plain byte
+        /// vector holds, while open and after it is opened again (up to its whole-block end).
+        #[test]
+        fn a_direct_file_reads_back_what_was_written(ops in prop::collection::vec(op(), 1..24)) {
+            let dir = tempfile::tempdir().unwrap();
+            let file = direct(dir.path());
+            let mut model: Vec<u8> = Vec::new();
+            for op in &ops {
+                match op {
+                    Op::Write(at, bytes) => {
+                        let end = *at as usize + bytes.len();
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[*at as usize..end].copy_from_slice(bytes);
+                        file.write(*at, bytes).unwrap();
+                    }
+                    Op::SetLen(len) => {
+                        model.resize(*len as usize, 0);
+                        file.set_len(*len).unwrap();
+                    }
+                    Op::Sync => file.sync_data().unwrap(),
+                }
+                prop_assert_eq!(file.len().unwrap(), model.len() as u64);
+            }
+            let mut all = vec![0u8; model.len()];
+            file.read(0, &mut all).unwrap();
+            prop_assert_eq!(&all, &model);
+            file.sync_data().unwrap();
+            let mut synced = vec![0u8; model.len()];
+            file.read(0, &mut synced).unwrap();
+            prop_assert_eq!(&synced, &model);
+            drop(file);
+            let reopened = open(&dir.path().join("segment"), false).unwrap();
+            let len = reopened.len().unwrap() as usize;
+            prop_assert!(len >= model.len() && len <= model.len().next_multiple_of(BLOCK_BYTES as usize).max(model.len()));
+            let mut again = vec![0u8; len];
+            reopened.read(0, &mut again).unwrap();
+            prop_assert_eq!(&again[..model.len()], &model[..]);
+            prop_assert!(again[model.len()..].iter().all(|b| *b == 0), "past the written end, zeros");
+        }
+    }
+
+    #[test]
+    fn a_read_past_the_end_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = direct(dir.path());
+        file.write(100, b"abc").unwrap();
+        let mut out = [0u8; 4];
+        assert_eq!(file.read(100, &mut out).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let mut out = [0u8; 3];
+        file.read(100, &mut out).unwrap();
+        assert_eq!(&out, b"abc");
+    }
+}
