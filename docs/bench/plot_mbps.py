@@ -2,7 +2,7 @@
 """Draws docs/bench/mbps.svg: MB/s of payload against payload size, from the JSON that
 `chorus bench --peer nats --publish-only --json` printed for each size (see BENCHMARKS.md).
 
-usage: plot_mbps.py producer-100.json producer-1k.json ... raw-100.json ... > mbps.svg
+usage: plot_mbps.py docs/bench/sizes/*-w256.json > docs/bench/mbps.svg (docs/bench/sizes.sh runs it)
 Files whose conditions say "one message per request" are the --raw line; NATS's lines come
 from the Producer runs. Standard library only."""
 import json, math, sys
