@@ -1,7 +1,10 @@
 //! The Raft log: entries in append-only segment files (`log.segments/`), the vote, the purge
 //! point and the repair floor in redb (`log.redb`). An append is durable once its segment is
 //! synced, and stays where it was written: readers read it there through the log's index
-//! ([`super::log_write`]). Appended entries are visible to readers in `pending` until written.
+//! ([`super::log_write`]). Appended entries are visible to readers in `pending` until written,
+//! and the latest written stay in memory (`Recent`): segments are written past the page cache.
+//! Tied to a [`LeadSync`] ([`LogStore::lead_ahead_of_sync`]), this broker's appends as leader are
+//! reported flushed once queued, so replication runs while the sync does.
 //! Vote, truncate and purge return once durable. The committed id does not wait: openraft awaits
 //! it on every commit, so it goes to the newest segment as a record that the next sync carries to
 //! disk; after a restart openraft re-applies the log up to it before the broker serves. A
