@@ -11,8 +11,8 @@
 //! write, then syncs: a group commit's records, the header and the committed id cost one or two
 //! writes and a flush. The file keeps in memory the blocks a later write will only partly cover
 //! (block 0, which holds the segment's header slots, and the last block), and reads any other
-//! partial block back first. Reads are direct too, of the whole blocks that cover them, overlaid
-//! with the blocks held in memory. What was written and not synced is lost in a crash, as
+//! partial block back first. Reads go through the page cache (a second handle on the file, so
+//! the kernel reads ahead for a replay or a catch-up), overlaid with the blocks held in memory. What was written and not synced is lost in a crash, as
 //! unsynced writes through the page cache may be. [`DirectFile::len`] is the length written while the file is open; on disk the
 //! file may end in zeros up to a whole block, which a segment's replay reads past its durable
 //! end as a torn tail, as it reads any unfinished write.
@@ -46,7 +46,10 @@ pub(super) fn open(path: &Path, create: bool) -> io::Result<Arc<dyn StorageBacke
         options
     };
     match options(true).open(path) {
-        Ok(file) => Ok(Arc::new(DirectFile::new(file)?)),
+        Ok(file) => {
+            let reads = std::fs::OpenOptions::new().read(true).open(path)?;
+            Ok(Arc::new(DirectFile::new(file, reads)?))
+        }
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
             let file = options(false).open(path)?;
             Ok(Arc::new(redb::backends::FileBackend::new(file).map_err(io::Error::other)?))
@@ -58,7 +61,12 @@ pub(super) fn open(path: &Path, create: bool) -> io::Result<Arc<dyn StorageBacke
 /// A file opened with `O_DIRECT`.
 #[derive(Debug)]
 pub struct DirectFile {
+    /// Opened with `O_DIRECT`: every write goes through it.
     file: File,
+    /// The same file through the page cache, for reads: the kernel reads ahead, so a replay or a
+    /// follower's catch-up reading records one by one costs no device round trip each (it did,
+    /// reading with `O_DIRECT`). A direct write drops the cached pages it covers.
+    reads: File,
     state: Mutex<Written>,
 }
 
@@ -98,23 +106,24 @@ impl Aligned {
 }
 
 impl DirectFile {
-    fn new(file: File) -> io::Result<DirectFile> {
+    fn new(file: File, reads: File) -> io::Result<DirectFile> {
         let len = file.metadata()?.len();
-        Ok(DirectFile { file, state: Mutex::new(Written { len, kept: BTreeMap::new(), dirty: BTreeSet::new() }) })
+        let written = Written { len, kept: BTreeMap::new(), dirty: BTreeSet::new() };
+        Ok(DirectFile { file, reads, state: Mutex::new(written) })
     }
 
-    /// Reads the whole blocks `first..first + blocks` from disk; past the file's end, zeros.
-    fn read_blocks(&self, first: u64, blocks: u64) -> io::Result<Aligned> {
-        let mut buf = Aligned::zeroed((blocks * BLOCK_BYTES) as usize);
+    /// Fills `out` from the file at `offset`; past the file's end, zeros.
+    fn read_disk(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let mut done = 0;
-        while done < buf.len {
-            let read = self.file.read_at(&mut buf.bytes_mut()[done..], first * BLOCK_BYTES + done as u64)?;
+        while done < out.len() {
+            let read = self.reads.read_at(&mut out[done..], offset + done as u64)?;
             if read == 0 {
+                out[done..].fill(0);
                 break;
             }
             done += read;
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// Writes the dirty blocks, each run of consecutive ones in one direct write, and keeps only
@@ -152,15 +161,16 @@ impl StorageBackend for DirectFile {
         if out.is_empty() {
             return Ok(());
         }
-        let first = offset / BLOCK_BYTES;
-        let blocks = end.div_ceil(BLOCK_BYTES) - first;
-        let mut buf = self.read_blocks(first, blocks)?;
-        for (block, kept) in written.kept.range(first..first + blocks) {
-            let at = ((block - first) * BLOCK_BYTES) as usize;
-            buf.bytes_mut()[at..at + BLOCK_BYTES as usize].copy_from_slice(kept);
+        self.read_disk(offset, out)?;
+        // Blocks held in memory may not be on disk yet.
+        let last = (end - 1) / BLOCK_BYTES;
+        for (block, kept) in written.kept.range(offset / BLOCK_BYTES..=last) {
+            let block_start = block * BLOCK_BYTES;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + BLOCK_BYTES);
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&kept[(from - block_start) as usize..(to - block_start) as usize]);
         }
-        let from = (offset - first * BLOCK_BYTES) as usize;
-        out.copy_from_slice(&buf.bytes()[from..from + out.len()]);
         Ok(())
     }
 
@@ -198,7 +208,11 @@ impl StorageBackend for DirectFile {
             let mut bytes = match written.kept.remove(&block) {
                 Some(kept) => kept,
                 None if to - from == BLOCK_BYTES => vec![0; BLOCK_BYTES as usize],
-                None => self.read_blocks(block, 1)?.bytes().to_vec(),
+                None => {
+                    let mut bytes = vec![0; BLOCK_BYTES as usize];
+                    self.read_disk(block_start, &mut bytes)?;
+                    bytes
+                }
             };
             bytes[(from - block_start) as usize..(to - block_start) as usize]
                 .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
@@ -229,7 +243,7 @@ mod tests {
             .custom_flags(libc::O_DIRECT)
             .open(dir.join("segment"))
             .expect("this test needs a file system that takes O_DIRECT");
-        DirectFile::new(file).unwrap()
+        DirectFile::new(file, File::open(dir.join("segment")).unwrap()).unwrap()
     }
 
     #[derive(Debug, Clone)]
