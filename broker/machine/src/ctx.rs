@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::command::Command;
 use crate::keys;
 use crate::lookup;
+use crate::messages::{self, BatchRecord};
 use crate::outcome::MachineError;
 use crate::records::{self, GroupRecord, MetaRecord, TopicRecord, UserRecord};
 use crate::store::{Store, StoreError, Table};
@@ -32,6 +34,16 @@ impl From<MachineError> for Fail {
 
 pub(crate) type Res<T> = Result<T, Fail>;
 
+/// Publishes to one topic that follow each other within an entry. Their messages are one batch
+/// record, stored with the topic when the run ends ([`Ctx::end_run`]): a run of one-message
+/// publishes costs one insert of each, not one per publish. Until then the run's topic is newer
+/// than the store's, and only a publish to it runs.
+#[derive(Debug)]
+pub(crate) struct PublishRun {
+    pub(crate) topic: TopicRecord,
+    pub(crate) batch: BatchRecord,
+}
+
 /// Everything one entry's commands share while they apply.
 pub(crate) struct Ctx<'s, S> {
     pub(crate) store: &'s mut S,
@@ -43,12 +55,14 @@ pub(crate) struct Ctx<'s, S> {
     pub(crate) batch_pos: u32,
     /// Users read or written by this entry so far: an entry's commands mostly share a few actors.
     users: BTreeMap<String, Option<UserRecord>>,
+    /// The publishes not stored yet.
+    pub(crate) run: Option<PublishRun>,
 }
 
 impl<'s, S: Store> Ctx<'s, S> {
     /// The context of the entry at `log_index`, whose time is `now_ms`.
     pub(crate) fn new(store: &'s mut S, meta: MetaRecord, now_ms: u64, log_index: u64) -> Ctx<'s, S> {
-        Ctx { store, meta, now_ms, log_index, batch_pos: 0, users: BTreeMap::new() }
+        Ctx { store, meta, now_ms, log_index, batch_pos: 0, users: BTreeMap::new(), run: None }
     }
 
     /// The user named `name`, read once per entry.
@@ -106,6 +120,32 @@ impl<'s, S: Store> Ctx<'s, S> {
 
     pub(crate) fn topic(&self, name: &str) -> Res<TopicRecord> {
         lookup::topic(&*self.store, name)?.ok_or_else(|| Fail::Rejected(MachineError::UnknownTopic(name.to_owned())))
+    }
+
+    /// The topic a publish to `name` appends to: the open run's, if it is that topic's.
+    pub(crate) fn publishing_topic(&self, name: &str) -> Res<TopicRecord> {
+        match &self.run {
+            Some(run) if run.topic.name == name => Ok(run.topic.clone()),
+            _ => self.topic(name),
+        }
+    }
+
+    /// Whether `command` may run while the open run stays open: a publish to its topic.
+    pub(crate) fn continues_run(&self, command: &Command) -> bool {
+        match (&self.run, command) {
+            (Some(run), Command::Publish(publish)) => publish.topic == run.topic.name,
+            (Some(_), _) => false,
+            (None, _) => true,
+        }
+    }
+
+    /// Stores the open run's batch and topic, and returns the topic.
+    pub(crate) fn end_run(&mut self) -> Result<Option<TopicRecord>, StoreError> {
+        let Some(run) = self.run.take() else { return Ok(None) };
+        assert_eq!(run.batch.last_seq(), run.topic.last_seq, "a run's batch ends where its topic does");
+        messages::put(&mut *self.store, run.topic.id, &run.batch)?;
+        self.store.put(Table::Topics, &keys::id(run.topic.id), &records::encode(&run.topic)?)?;
+        Ok(Some(run.topic))
     }
 
     pub(crate) fn topic_by_id(&self, topic_id: u64) -> Res<Option<TopicRecord>> {

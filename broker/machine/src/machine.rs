@@ -43,8 +43,12 @@ impl<S: Store> Machine<S> {
         let mut ctx = Ctx::new(&mut self.store, meta, now_ms, log_index);
         let mut outcomes = Vec::with_capacity(entry.submissions.len());
         for submission in &entry.submissions {
+            if !ctx.continues_run(&submission.command) {
+                ctx.end_run()?;
+            }
             outcomes.push(execute(&mut ctx, submission)?);
         }
+        ctx.end_run()?;
         ctx.meta.last_log_index = log_index;
         ctx.meta.last_time_ms = now_ms;
         let meta = records::encode(&ctx.meta)?;

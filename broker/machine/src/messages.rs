@@ -1,5 +1,6 @@
-//! The message table: one record per publish (a [`BatchRecord`]), under (topic id, the sequence
-//! of the batch's last message), so a publish of many messages is one insert. A topic's records
+//! The message table: one record per publish, or per run of publishes to a topic within an entry
+//! (a [`BatchRecord`]), under (topic id, the sequence of the batch's last message), so a publish
+//! of many messages is one insert. A topic's records
 //! cover its retained sequences without gaps, so the first record at or after a sequence holds
 //! it. Trimming removes a record with its last message; until then a record may also hold
 //! messages older than the topic's `first_seq`, which readers skip.
@@ -12,7 +13,8 @@ use crate::keys;
 use crate::records::{self, MessageRecord, TopicRecord};
 use crate::store::{Store, StoreError, StoreRead, Table};
 
-/// The messages one publish appended to a topic.
+/// The messages one publish, or one run of publishes in an entry, appended to a topic: their
+/// batch positions are consecutive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct BatchRecord {
     pub first_seq: u64,

@@ -23,11 +23,8 @@ pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floo
             ctx.mark(Table::Chores, &Chore::TrimTopic.key(topic.id))?;
             break;
         }
-        let over_count = topic.config.messages_max.is_some_and(|max| topic.messages() > max);
-        let over_bytes = topic.config.bytes_max.is_some_and(|max| topic.bytes > max);
-        let consumed = floor.is_some_and(|floor| topic.first_seq < floor);
-        let may_be_aged = topic.age_deadline_ms.is_some_and(|deadline| deadline <= ctx.now_ms);
-        if !(over_count || over_bytes || consumed || may_be_aged) {
+        let (goes, may_be_aged) = reasons(topic, floor, ctx.now_ms);
+        if !(goes || may_be_aged) {
             break;
         }
         if holding.as_ref().is_none_or(|batch| batch.last_seq() < topic.first_seq) {
@@ -36,7 +33,7 @@ pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floo
         let batch = holding.as_ref().expect("loaded above");
         let oldest = batch.stored(topic.first_seq).expect("the batch holds the oldest message");
         let aged = topic.config.age_ms_max.is_some_and(|age_ms| batch.time_ms.saturating_add(age_ms) <= ctx.now_ms);
-        if !(over_count || over_bytes || consumed || aged) {
+        if !(goes || aged) {
             break;
         }
         if topic.first_seq == batch.last_seq() {
@@ -50,6 +47,23 @@ pub(crate) fn trim<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, floo
         set_age_deadline(ctx, topic)?;
     }
     Ok(trimmed)
+}
+
+/// Whether [`trim`] may remove `topic`'s oldest message at `now_ms`.
+pub(crate) fn due(topic: &TopicRecord, floor: Option<u64>, now_ms: u64) -> bool {
+    let (goes, may_be_aged) = reasons(topic, floor, now_ms);
+    topic.messages() > 0 && (goes || may_be_aged)
+}
+
+/// Why `topic`'s oldest message may go: it goes when the topic is over a limit or the message is
+/// below `floor`; it may have aged out when the topic's age deadline has passed (its batch's time
+/// tells).
+fn reasons(topic: &TopicRecord, floor: Option<u64>, now_ms: u64) -> (bool, bool) {
+    let over_count = topic.config.messages_max.is_some_and(|max| topic.messages() > max);
+    let over_bytes = topic.config.bytes_max.is_some_and(|max| topic.bytes > max);
+    let consumed = floor.is_some_and(|floor| topic.first_seq < floor);
+    let may_be_aged = topic.age_deadline_ms.is_some_and(|deadline| deadline <= now_ms);
+    (over_count || over_bytes || consumed, may_be_aged)
 }
 
 /// The batch holding the topic's oldest retained message, which must exist.
