@@ -157,43 +157,6 @@ pub(crate) fn publish<S: Store>(ctx: &mut Ctx<'_, S>, publish: &Publish) -> Res<
     Ok(Output::Published(published))
 }
 
-/// Adds validated messages to the entry's run on `topic`, opening one if none is open, and
-/// advances `topic` past them (the caller puts it in the run).
-fn join_run<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, messages: &[NewMessage]) -> Published {
-    let published = Published {
-        topic_id: topic.id,
-        first_seq: topic.last_seq + 1,
-        count: u32::try_from(messages.len()).expect("publish batches are bounded by limits"),
-        log_index: ctx.log_index,
-        batch_pos: ctx.batch_pos,
-        duplicate: false,
-    };
-    let stored: Vec<StoredMessage> = messages.iter().map(StoredMessage::from).collect();
-    topic.bytes += stored.iter().map(StoredMessage::size).sum::<u64>();
-    topic.last_seq += u64::from(published.count);
-    ctx.batch_pos += published.count;
-    match &mut ctx.run {
-        Some(run) => {
-            assert_eq!(run.topic.id, topic.id, "a run holds one topic's publishes");
-            assert_eq!(run.batch.last_seq() + 1, published.first_seq, "a run's messages are consecutive");
-            let next_pos = run.batch.batch_pos as usize + run.batch.messages.len();
-            assert_eq!(next_pos, published.batch_pos as usize, "a run's batch positions are consecutive");
-            run.batch.messages.extend(stored);
-        }
-        None => {
-            let batch = BatchRecord {
-                first_seq: published.first_seq,
-                log_index: ctx.log_index,
-                batch_pos: published.batch_pos,
-                time_ms: ctx.now_ms,
-                messages: stored,
-            };
-            ctx.run = Some(PublishRun { topic: topic.clone(), batch });
-        }
-    }
-    published
-}
-
 /// A producer's batches are stored in its sequence order, FIFO per producer: a batch must follow
 /// the last one the topic stored from that producer (its sequence plus one), so a batch that
 /// overtook an earlier one still in flight or being retried is refused, and the producer sends it
@@ -225,6 +188,23 @@ fn advance_producer<S: Store>(ctx: &mut Ctx<'_, S>, topic: &TopicRecord, produce
     Ok(())
 }
 
+/// Adds validated messages to the entry's run on `topic`, opening one if none is open, and
+/// advances `topic` past them (the caller puts it in the run).
+fn join_run<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, messages: &[NewMessage]) -> Published {
+    let (published, batch) = place(ctx, topic, messages);
+    match &mut ctx.run {
+        Some(run) => {
+            assert_eq!(run.topic.id, topic.id, "a run holds one topic's publishes");
+            assert_eq!(run.batch.last_seq() + 1, batch.first_seq, "a run's messages are consecutive");
+            let next_pos = run.batch.batch_pos as usize + run.batch.messages.len();
+            assert_eq!(next_pos, batch.batch_pos as usize, "a run's batch positions are consecutive");
+            run.batch.messages.extend(batch.messages);
+        }
+        None => ctx.run = Some(PublishRun { topic: topic.clone(), batch }),
+    }
+    published
+}
+
 /// Appends validated messages to `topic` (the caller saves it). Also used to dead-letter.
 pub(crate) fn append<S: Store>(
     ctx: &mut Ctx<'_, S>,
@@ -232,6 +212,17 @@ pub(crate) fn append<S: Store>(
     messages: &[NewMessage],
 ) -> Res<Published> {
     let was_empty = topic.messages() == 0;
+    let (published, batch) = place(ctx, topic, messages);
+    crate::messages::put(&mut *ctx.store, topic.id, &batch)?;
+    if was_empty {
+        retention::set_age_deadline(ctx, topic)?;
+    }
+    Ok(published)
+}
+
+/// Places validated messages after `topic`'s last: their sequences and their positions in the
+/// entry, as a publish's outcome and as a batch of their own; `topic` counts them.
+fn place<S: Store>(ctx: &mut Ctx<'_, S>, topic: &mut TopicRecord, messages: &[NewMessage]) -> (Published, BatchRecord) {
     let published = Published {
         topic_id: topic.id,
         first_seq: topic.last_seq + 1,
@@ -243,18 +234,14 @@ pub(crate) fn append<S: Store>(
     let batch = BatchRecord {
         first_seq: published.first_seq,
         log_index: ctx.log_index,
-        batch_pos: ctx.batch_pos,
+        batch_pos: published.batch_pos,
         time_ms: ctx.now_ms,
         messages: messages.iter().map(StoredMessage::from).collect(),
     };
     topic.bytes += batch.messages.iter().map(StoredMessage::size).sum::<u64>();
     topic.last_seq = batch.last_seq();
     ctx.batch_pos += published.count;
-    crate::messages::put(&mut *ctx.store, topic.id, &batch)?;
-    if was_empty {
-        retention::set_age_deadline(ctx, topic)?;
-    }
-    Ok(published)
+    (published, batch)
 }
 
 /// Forgets up to `budget` idempotency records whose window has passed.
