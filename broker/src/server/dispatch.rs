@@ -28,8 +28,8 @@ impl Runner for Here<'_> {
 
 /// Answers `request` from `actor`, run by `runner`. Every kind but Publish and Ping runs boxed:
 /// a request's task is as large as its largest kind's future, and is copied at each spawn; with
-/// every kind inline a task was 9 KiB, which cost the leader 8% of its CPU under one-message
-/// publishes (BENCHMARKS.md, "Request tasks").
+/// every kind inline a task was 9 KiB, and copying it was 6 to 8% of the leader's CPU in a profile
+/// under one-message publishes (BENCHMARKS.md, "One-message publishes").
 pub async fn dispatch(runner: &impl Runner, request: Request, actor: &Actor) -> Answer {
     match request {
         Request::Ping(r) => answer(runner, r, actor).await,
