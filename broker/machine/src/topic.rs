@@ -328,7 +328,7 @@ mod tests {
         };
         let commands = [publish("a", "1"), publish("a", "2"), publish("b", "x"), publish("a", "3"), publish("a", "4")];
         h.index += 1;
-        let submissions = commands.into_iter().map(crate::command::Submission::broker).collect();
+        let submissions = commands.into_iter().map(Submission::broker).collect();
         let outcomes = h.machine.apply(h.index, &Entry { time_ms: h.now_ms, submissions }).unwrap();
         let placed: Vec<(u64, u32)> = outcomes
             .into_iter()

@@ -12,9 +12,10 @@
 //! writes and a flush. The file keeps in memory the blocks a later write will only partly cover
 //! (block 0, which holds the segment's header slots, and the last block), and reads any other
 //! partial block back first. Reads go through the page cache (a second handle on the file, so
-//! the kernel reads ahead for a replay or a catch-up), overlaid with the blocks held in memory. What was written and not synced is lost in a crash, as
-//! unsynced writes through the page cache may be. [`DirectFile::len`] is the length written while the file is open; on disk the
-//! file may end in zeros up to a whole block, which a segment's replay reads past its durable
+//! the kernel reads ahead for a replay or a catch-up), overlaid with the blocks held in memory.
+//! What was written and not synced is lost in a crash, as unsynced writes through the page cache
+//! may be. [`DirectFile::len`] is the length written while the file is open; on disk the file
+//! may end in zeros up to a whole block, which a segment's replay reads past its durable
 //! end as a torn tail, as it reads any unfinished write.
 //!
 //! Where the file system refuses `O_DIRECT` (tmpfs), [`open`] falls back to buffered IO.
