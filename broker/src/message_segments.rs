@@ -133,8 +133,6 @@ struct Appending {
     end: u64,
     /// Segments written since the last sync.
     unsynced: Vec<(u64, Arc<dyn StorageBackend>)>,
-    /// A record being encoded, reused.
-    record: Vec<u8>,
 }
 
 /// A state's message segments.
@@ -197,7 +195,7 @@ impl MessageSegments {
         };
         file.set_len(end)?;
         readable.insert(id, Arc::clone(&file));
-        let appending = Appending { id, file, end, unsynced: Vec::new(), record: Vec::new() };
+        let appending = Appending { id, file, end, unsynced: Vec::new() };
         Ok(MessageSegments {
             files,
             appending: Mutex::new(appending),
@@ -217,12 +215,13 @@ impl MessageSegments {
         if appending.end >= SEGMENT_BYTES_MAX {
             self.roll(&mut appending)?;
         }
-        let Appending { id, file, end, unsynced, record } = &mut *appending;
-        record.clear();
-        segment::encode_record(*id, value, record);
-        file.write(*end, record)?;
+        let Appending { id, file, end, unsynced } = &mut *appending;
+        // The head and the value go to the file apart: the value is not copied into a record.
+        let head = segment::record_head(*id, value);
+        file.write(*end, &head)?;
+        file.write(*end + head.len() as u64, value)?;
         let pointer = Pointer { segment: *id, at: *end, len: value.len() as u32, crc: crc32fast::hash(value) };
-        *end += record.len() as u64;
+        *end += (head.len() + value.len()) as u64;
         if unsynced.last().is_none_or(|(last, _)| last != id) {
             unsynced.push((*id, Arc::clone(file)));
         }

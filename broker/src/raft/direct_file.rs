@@ -11,12 +11,14 @@
 //! write, then syncs: a group commit's records, the header and the committed id cost one or two
 //! writes and a flush. The file keeps in memory the blocks a later write will only partly cover
 //! (block 0, which holds the segment's header slots, and the last block), and reads any other
-//! partial block back first. Reads go through the page cache (a second handle on the file, so
-//! the kernel reads ahead for a replay or a catch-up), overlaid with the blocks held in memory.
-//! What was written and not synced is lost in a crash, as unsynced writes through the page cache
-//! may be. [`DirectFile::len`] is the length written while the file is open; on disk the file
-//! may end in zeros up to a whole block, which a segment's replay reads past its durable
-//! end as a torn tail, as it reads any unfinished write.
+//! partial block back first. Reads take the blocks held in memory from there and the rest through
+//! the page cache (a second handle on the file, so the kernel reads ahead for a replay or a
+//! catch-up), without holding the file's lock while the disk answers: a block not held in memory
+//! is on disk, and a segment never writes again over bytes it has given a reader. What was
+//! written and not synced is lost in a crash, as unsynced writes through the page cache may be.
+//! [`DirectFile::len`] is the length written while the file is open; on disk the file may end in
+//! zeros up to a whole block, which a segment's replay reads past its durable end as a torn tail,
+//! as it reads any unfinished write.
 //!
 //! Where the file system refuses `O_DIRECT` (tmpfs), [`open`] falls back to buffered IO.
 
@@ -86,23 +88,43 @@ struct Written {
 struct Aligned {
     raw: Vec<u8>,
     start: usize,
-    len: usize,
 }
+
+/// Bytes of a direct write's buffer: a longer run of blocks is written in pieces of this size.
+const SCRATCH_BYTES: usize = 1 << 20;
+
+/// Buffers kept for the next direct writes, of any file: a write-out neither allocates nor zeroes
+/// its buffer (a fresh page costs this machine's host a zeroing).
+static SCRATCH: Mutex<Vec<Aligned>> = Mutex::new(Vec::new());
+
+/// At most this many buffers wait in [`SCRATCH`]; the rest are freed.
+const SCRATCH_KEPT_MAX: usize = 4;
 
 impl Aligned {
     fn zeroed(len: usize) -> Aligned {
         let raw = vec![0u8; len + BLOCK_BYTES as usize];
         let start = raw.as_ptr().align_offset(BLOCK_BYTES as usize);
         assert!(start < BLOCK_BYTES as usize, "a block-aligned start lies within one block");
-        Aligned { raw, start, len }
+        Aligned { raw, start }
     }
 
-    fn bytes(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
+    /// A buffer of [`SCRATCH_BYTES`] from the pool, or a new one.
+    fn scratch() -> Aligned {
+        let pooled = SCRATCH.lock().ok().and_then(|mut pool| pool.pop());
+        pooled.unwrap_or_else(|| Aligned::zeroed(SCRATCH_BYTES))
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
+    /// Gives a buffer from [`Aligned::scratch`] back to the pool.
+    fn recycle(self) {
+        if let Ok(mut pool) = SCRATCH.lock()
+            && pool.len() < SCRATCH_KEPT_MAX
+        {
+            pool.push(self);
+        }
+    }
+
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + len]
     }
 }
 
@@ -130,13 +152,22 @@ impl DirectFile {
     /// Writes the dirty blocks, each run of consecutive ones in one direct write, and keeps only
     /// block 0 and the last block.
     fn flush(&self, written: &mut Written) -> io::Result<()> {
-        let dirty: Vec<u64> = std::mem::take(&mut written.dirty).into_iter().collect();
-        for run in dirty.chunk_by(|a, b| a + 1 == *b) {
-            let mut buf = Aligned::zeroed(run.len() * BLOCK_BYTES as usize);
-            for (block, chunk) in run.iter().zip(buf.bytes_mut().chunks_mut(BLOCK_BYTES as usize)) {
-                chunk.copy_from_slice(&written.kept[block]);
+        if !written.dirty.is_empty() {
+            let dirty: Vec<u64> = written.dirty.iter().copied().collect();
+            let mut buf = Aligned::scratch();
+            let blocks_per_write = SCRATCH_BYTES / BLOCK_BYTES as usize;
+            for run in dirty.chunk_by(|a, b| a + 1 == *b) {
+                for piece in run.chunks(blocks_per_write) {
+                    let bytes = buf.bytes_mut(piece.len() * BLOCK_BYTES as usize);
+                    for (block, chunk) in piece.iter().zip(bytes.chunks_mut(BLOCK_BYTES as usize)) {
+                        chunk.copy_from_slice(&written.kept[block]);
+                    }
+                    // A failed write leaves every block dirty: no later sync passes over it.
+                    self.file.write_all_at(bytes, piece[0] * BLOCK_BYTES)?;
+                }
             }
-            self.file.write_all_at(buf.bytes(), run[0] * BLOCK_BYTES)?;
+            buf.recycle();
+            written.dirty.clear();
         }
         let last = written.len.saturating_sub(1) / BLOCK_BYTES;
         written.kept.retain(|block, _| *block == 0 || *block == last);
@@ -153,24 +184,37 @@ impl StorageBackend for DirectFile {
         Ok(lock(&self.state)?.len)
     }
 
+    /// Copies what is held in memory under the lock, then reads the rest from the disk without it.
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
         let end = offset.checked_add(out.len() as u64).ok_or_else(|| io::Error::other("read past u64"))?;
-        let written = lock(&self.state)?;
-        if end > written.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a direct file"));
+        let mut gaps = Vec::new();
+        {
+            let written = lock(&self.state)?;
+            if end > written.len {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a direct file"));
+            }
+            if out.is_empty() {
+                return Ok(());
+            }
+            // Blocks held in memory may not be on disk yet; the others are.
+            let mut covered_to = offset;
+            for (block, kept) in written.kept.range(offset / BLOCK_BYTES..=(end - 1) / BLOCK_BYTES) {
+                let block_start = block * BLOCK_BYTES;
+                let from = offset.max(block_start);
+                let to = end.min(block_start + BLOCK_BYTES);
+                if from > covered_to {
+                    gaps.push(covered_to..from);
+                }
+                out[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&kept[(from - block_start) as usize..(to - block_start) as usize]);
+                covered_to = to;
+            }
+            if covered_to < end {
+                gaps.push(covered_to..end);
+            }
         }
-        if out.is_empty() {
-            return Ok(());
-        }
-        self.read_disk(offset, out)?;
-        // Blocks held in memory may not be on disk yet.
-        let last = (end - 1) / BLOCK_BYTES;
-        for (block, kept) in written.kept.range(offset / BLOCK_BYTES..=last) {
-            let block_start = block * BLOCK_BYTES;
-            let from = offset.max(block_start);
-            let to = end.min(block_start + BLOCK_BYTES);
-            out[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&kept[(from - block_start) as usize..(to - block_start) as usize]);
+        for gap in gaps {
+            self.read_disk(gap.start, &mut out[(gap.start - offset) as usize..(gap.end - offset) as usize])?;
         }
         Ok(())
     }
@@ -206,18 +250,18 @@ impl StorageBackend for DirectFile {
             let block_start = block * BLOCK_BYTES;
             let from = offset.max(block_start);
             let to = end.min(block_start + BLOCK_BYTES);
-            let mut bytes = match written.kept.remove(&block) {
-                Some(kept) => kept,
-                None if to - from == BLOCK_BYTES => vec![0; BLOCK_BYTES as usize],
-                None => {
-                    let mut bytes = vec![0; BLOCK_BYTES as usize];
-                    self.read_disk(block_start, &mut bytes)?;
-                    bytes
-                }
-            };
-            bytes[(from - block_start) as usize..(to - block_start) as usize]
-                .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
-            written.kept.insert(block, bytes);
+            let piece = &data[(from - offset) as usize..(to - offset) as usize];
+            let at = (from - block_start) as usize;
+            if let Some(kept) = written.kept.get_mut(&block) {
+                kept[at..at + piece.len()].copy_from_slice(piece);
+            } else if piece.len() == BLOCK_BYTES as usize {
+                written.kept.insert(block, piece.to_vec());
+            } else {
+                let mut bytes = vec![0; BLOCK_BYTES as usize];
+                self.read_disk(block_start, &mut bytes)?;
+                bytes[at..at + piece.len()].copy_from_slice(piece);
+                written.kept.insert(block, bytes);
+            }
             written.dirty.insert(block);
         }
         written.len = written.len.max(end);
@@ -252,6 +296,7 @@ mod tests {
         Write(u64, Vec<u8>),
         SetLen(u64),
         Sync,
+        Read(u64, u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -259,14 +304,15 @@ mod tests {
             4 => (0u64..20_000, prop::collection::vec(any::<u8>(), 1..9_000)).prop_map(|(at, bytes)| Op::Write(at, bytes)),
             1 => (0u64..24_000).prop_map(Op::SetLen),
             2 => Just(Op::Sync),
+            2 => (0u64..24_000, 0u64..12_000).prop_map(|(at, len)| Op::Read(at, len)),
         ]
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
-        /// Whatever mix of writes and truncations, a direct file reads back what a plain byte
-        /// vector holds, while open and after it is opened again (up to its whole-block end).
+        /// Whatever mix of writes, truncations and reads, a direct file reads back what a plain
+        /// byte vector holds, while open and after it is opened again (up to its whole-block end).
         #[test]
         fn a_direct_file_reads_back_what_was_written(ops in prop::collection::vec(op(), 1..24)) {
             let dir = tempfile::tempdir().unwrap();
@@ -287,6 +333,16 @@ mod tests {
                         file.set_len(*len).unwrap();
                     }
                     Op::Sync => file.sync_data().unwrap(),
+                    Op::Read(at, len) => {
+                        let mut out = vec![0u8; *len as usize];
+                        match model.get(*at as usize..(at + len) as usize) {
+                            Some(expected) => {
+                                file.read(*at, &mut out).unwrap();
+                                prop_assert_eq!(&out[..], expected);
+                            }
+                            None => prop_assert!(file.read(*at, &mut out).is_err(), "a read past the end is refused"),
+                        }
+                    }
                 }
                 prop_assert_eq!(file.len().unwrap(), model.len() as u64);
             }
@@ -306,6 +362,42 @@ mod tests {
             prop_assert_eq!(&again[..model.len()], &model[..]);
             prop_assert!(again[model.len()..].iter().all(|b| *b == 0), "past the written end, zeros");
         }
+    }
+
+    /// Readers of what was written before them read it right while the writer appends and
+    /// syncs: the disk reads they make without the lock never see a block half written out.
+    #[test]
+    fn reads_run_beside_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(direct(dir.path()));
+        let byte_at = |at: u64| (at % 253) as u8;
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reader = {
+            let (file, written) = (Arc::clone(&file), Arc::clone(&written));
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while written.load(std::sync::atomic::Ordering::Acquire) < 8 << 20 {
+                    let end = written.load(std::sync::atomic::Ordering::Acquire);
+                    let at = end.saturating_sub(70_000);
+                    let mut out = vec![0u8; (end - at) as usize];
+                    file.read(at, &mut out).unwrap();
+                    assert!(out.iter().enumerate().all(|(i, b)| *b == byte_at(at + i as u64)), "read at {at}");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let mut end = 0u64;
+        while end < 8 << 20 {
+            let chunk: Vec<u8> = (end..end + 10_007).map(byte_at).collect();
+            file.write(end, &chunk).unwrap();
+            end += chunk.len() as u64;
+            written.store(end, std::sync::atomic::Ordering::Release);
+            if end.is_multiple_of(7) {
+                file.sync_data().unwrap();
+            }
+        }
+        assert!(reader.join().unwrap() > 0);
     }
 
     #[test]

@@ -442,10 +442,17 @@ impl Segment {
 
 /// Appends `body` to `out` as a record of segment `epoch`: the layout [`read_record`] reads.
 pub(crate) fn encode_record(epoch: u64, body: &[u8], out: &mut Vec<u8>) {
-    assert!(body.len() <= RECORD_BODY_BYTES_MAX, "a record of {} bytes", body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&checksum(epoch, body).to_le_bytes());
+    out.extend_from_slice(&record_head(epoch, body));
     out.extend_from_slice(body);
+}
+
+/// What a record of `body` in segment `epoch` starts with: its length and checksum.
+pub(crate) fn record_head(epoch: u64, body: &[u8]) -> [u8; RECORD_HEAD_BYTES] {
+    assert!(body.len() <= RECORD_BODY_BYTES_MAX, "a record of {} bytes", body.len());
+    let mut head = [0u8; RECORD_HEAD_BYTES];
+    head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    head[4..].copy_from_slice(&checksum(epoch, body).to_le_bytes());
+    head
 }
 
 /// The body of the record of `body_len` bytes at `at` of segment `epoch`'s `file`, read in one
@@ -457,11 +464,12 @@ pub(crate) fn read_record(
     at: u64,
     body_len: usize,
 ) -> io::Result<Option<Vec<u8>>> {
-    let mut record = vec![0u8; RECORD_HEAD_BYTES + body_len];
-    file.read(at, &mut record)?;
-    let length = u32::from_le_bytes(record[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
-    let body = record.split_off(RECORD_HEAD_BYTES);
+    let mut head = [0u8; RECORD_HEAD_BYTES];
+    file.read(at, &mut head)?;
+    let mut body = vec![0u8; body_len];
+    file.read(at + RECORD_HEAD_BYTES as u64, &mut body)?;
+    let length = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
     Ok((length == body_len && checksum(epoch, &body) == crc).then_some(body))
 }
 
