@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The side-by-side table across payload sizes in BENCHMARKS.md: one `chorus bench --peer nats`
 # run per payload size, publisher (`Producer` or `--raw`) and window (256 or 1), each printing
-# Chorus, NATS `always` and NATS default in one JSON object into docs/bench/sizes/, then the
-# plot docs/bench/mbps.svg. Run from the repository root, after
-# `cargo build --release -p chorus --features nats`. About 8 minutes on 2 cores.
+# Chorus, NATS `always` and NATS default in one JSON object into docs/bench/sizes/, then writes
+# the plot docs/bench/mbps.svg and prints the table (docs/bench/table_sizes.py). Run from the
+# repository root, after `cargo build --release -p chorus --features nats`. About 8 minutes on 2
+# cores.
 set -eu
 B=target/release/chorus
 OUT=docs/bench/sizes
@@ -25,3 +26,4 @@ for mode in producer raw; do
   run "$mode-256k-w1" $flag --size 262144 --messages 300 --window 1
 done
 python3 docs/bench/plot_mbps.py "$OUT"/*-w256.json > docs/bench/mbps.svg
+python3 docs/bench/table_sizes.py "$OUT"
