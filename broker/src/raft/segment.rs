@@ -455,9 +455,9 @@ pub(crate) fn record_head(epoch: u64, body: &[u8]) -> [u8; RECORD_HEAD_BYTES] {
     head
 }
 
-/// The body of the record of `body_len` bytes at `at` of segment `epoch`'s `file`, read in one
-/// read; `None` if its length or checksum does not hold (damage: the log knew a whole record
-/// there).
+/// The body of the record of `body_len` bytes at `at` of segment `epoch`'s `file`, its head and
+/// its body each read in one read (the body straight into the buffer returned); `None` if its
+/// length or checksum does not hold (damage: the log knew a whole record there).
 pub(crate) fn read_record(
     file: &dyn StorageBackend,
     epoch: u64,
