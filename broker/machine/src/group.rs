@@ -786,6 +786,31 @@ mod tests {
     /// The hint counts messages never offered, plus one for due redeliveries, and names when a
     /// delayed redelivery comes due.
     #[test]
+    fn the_oldest_unfinished_message_is_the_first_pending_or_else_the_first_fresh() {
+        let mut h = harness(GroupConfig::default());
+        let oldest = |h: &Harness| {
+            let (topic, group) = (h.topic("t"), h.group("t", "g"));
+            let seq = query::oldest_unfinished(h.machine.store(), &topic, &group).unwrap();
+            (seq, query::oldest_unfinished_time_ms(h.machine.store(), &topic, &group).unwrap())
+        };
+        assert_eq!(oldest(&h), (None, None));
+        let published_ms = h.now_ms;
+        h.publish("t", &["a", "b"]);
+        h.advance(500);
+        h.publish("t", &["c"]);
+        assert_eq!(oldest(&h), (Some(1), Some(published_ms)), "nothing examined yet");
+        let leased = h.lease("t", "g", "w1", 2, 5_000);
+        assert_eq!(oldest(&h), (Some(1), Some(published_ms)), "a is leased, not finished");
+        assert_eq!(h.ack("t", "g", &[leased.grants[0].token]), [Ok(())]);
+        assert_eq!(oldest(&h).0, Some(2), "b is still leased");
+        assert_eq!(h.ack("t", "g", &[leased.grants[1].token]), [Ok(())]);
+        assert_eq!(oldest(&h), (Some(3), Some(published_ms + 500)), "c was never examined");
+        let last = h.lease("t", "g", "w1", 1, 5_000);
+        assert_eq!(h.ack("t", "g", &[last.grants[0].token]), [Ok(())]);
+        assert_eq!(oldest(&h), (None, None));
+    }
+
+    #[test]
     fn the_lease_hint_estimates_what_is_ready() {
         let mut h = harness(GroupConfig::default());
         let hint =

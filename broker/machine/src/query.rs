@@ -92,6 +92,34 @@ pub fn group_backlog(topic: &TopicRecord, group: &GroupRecord) -> u64 {
     fresh + group.counts.ready + group.counts.waiting
 }
 
+/// The sequence of the oldest message the group has not finished, if any: the least of its first
+/// pending record (ready, waiting, or leased again), its oldest live lease, and the first message
+/// it has never examined. A message's first lease has no pending record, and fresh leases are
+/// granted in sequence order with growing tokens, so the live lease of least token is the oldest
+/// of those.
+pub fn oldest_unfinished(store: &impl StoreRead, topic: &TopicRecord, group: &GroupRecord) -> Read<Option<u64>> {
+    let prefix = keys::id(group.id);
+    let end = prefix_end(&prefix);
+    let pending = match store.range(Table::Pending, &prefix, end.as_deref(), 1)?.first() {
+        Some((key, _)) => Some(keys::parse_pair(key)?.1),
+        None => None,
+    };
+    let leased = crate::leases::live(store, group.id, 1)?.first().map(|(_, seq)| *seq);
+    let fresh = group.next_seq.max(topic.first_seq);
+    let fresh = (fresh <= topic.last_seq).then_some(fresh);
+    Ok(pending.into_iter().chain(leased).chain(fresh).min())
+}
+
+/// When the group's oldest unfinished message was published, if it has one still retained.
+pub fn oldest_unfinished_time_ms(
+    store: &impl StoreRead,
+    topic: &TopicRecord,
+    group: &GroupRecord,
+) -> Read<Option<u64>> {
+    let Some(seq) = oldest_unfinished(store, topic, group)? else { return Ok(None) };
+    Ok(messages::get(store, topic, seq)?.map(|message| message.time_ms))
+}
+
 /// Messages the subscription has yet to commit.
 pub fn subscription_lag(topic: &TopicRecord, sub: &SubRecord) -> u64 {
     lag(topic, sub.next_seq)
