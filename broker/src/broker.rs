@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::forward::{ForwardError, Forwarder};
+use crate::metrics::{AppendTimes, LeaderChanges, Metrics};
 use crate::proposer::{MembershipError, ProposeError, Proposer, raft_error};
 use crate::raft::log_store::LogReader;
 use crate::raft::pre_vote::{LeaderContact, PreVote, PreVoteAnswer, VoterView};
@@ -38,6 +39,24 @@ const DRAIN_MS_MAX: u64 = 12_000;
 /// The least time a follower waits to apply what a forwarded request did, even when the forward
 /// itself took all its time: an applied index a heartbeat away is worth the wait.
 const FORWARD_CATCH_UP_MIN: Duration = Duration::from_millis(500);
+
+/// A broker further than this behind the commit index in applying is not ready.
+pub const READY_APPLY_LAG_MAX: u64 = 10_000;
+/// The window of `ClusterStatus::leader_changes_10m`.
+pub const LEADER_CHANGES_WINDOW: Duration = Duration::from_secs(600);
+
+/// Why a broker is not ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("the raft core stopped: {0}")]
+    Stopped(String),
+    #[error("no leader known")]
+    NoLeader,
+    #[error("no word that leader {leader} is alive for {silent_ms} ms")]
+    LeaderSilent { leader: NodeId, silent_ms: u64 },
+    #[error("applied index {applied} is {} entries behind the commit index {committed}", committed - applied)]
+    Behind { applied: u64, committed: u64 },
+}
 
 /// Why the applied state cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +90,14 @@ pub struct Broker {
     shutdown: CancellationToken,
     /// The client listener, which returns once its connections drained after shutdown.
     client_listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What this broker counts and times, for `/metrics`.
+    pub metrics: Metrics,
+    /// When the leader's log reached which index, for followers' lag in time.
+    append_times: AppendTimes,
+    /// When this broker saw a new leader.
+    leader_changes: LeaderChanges,
+    /// When this broker started, in ms since the Unix epoch.
+    started_ms: u64,
 }
 
 /// What a read does when it finds a damaged value: once, it marks the state in `data_dir` for a
@@ -121,11 +148,14 @@ impl Broker {
         applied: watch::Receiver<AppliedStatus>,
         log: LogHandles,
         state_checks: StateChecks,
+        metrics: Metrics,
     ) -> Broker {
         let LogHandles { committed, repair, reader: log } = log;
-        let proposer = Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock);
+        let proposer =
+            Proposer::start(raft.clone(), applied.clone(), &config.limits, config.clock, metrics.proposals.clone());
         let forwarder = Forwarder::new(config.network(), config.limits.forward_connections_max);
         let core_failure = Arc::new(OnceLock::new());
+        let started_ms = config.clock.now_ms();
         let shutdown = CancellationToken::new();
         let damage_alarm = state_damage_alarm(config.data_dir.clone(), Arc::clone(&core_failure), shutdown.clone());
         Broker {
@@ -145,6 +175,10 @@ impl Broker {
             state_checks,
             shutdown,
             client_listener: std::sync::Mutex::new(None),
+            metrics,
+            append_times: AppendTimes::default(),
+            leader_changes: LeaderChanges::default(),
+            started_ms,
         }
     }
 
@@ -206,6 +240,29 @@ impl Broker {
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node))
+    }
+
+    /// When this broker started, in milliseconds since the Unix epoch.
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// When the leader's log reached which index (sampled while this broker leads).
+    pub fn append_times(&self) -> &AppendTimes {
+        &self.append_times
+    }
+
+    /// Milliseconds since this broker last had word that the leader it knows is alive: for the
+    /// leader, since a quorum last acknowledged it; for a follower, since the leader's last append
+    /// or snapshot chunk reached it. A leader cut off from its followers, or a follower cut off
+    /// from the leader, shows here while it still names a leader.
+    pub fn leader_silence_ms(&self) -> u64 {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == ServerState::Leader {
+            return metrics.millis_since_quorum_ack.unwrap_or(u64::MAX);
+        }
+        self.leader_contact.last().elapsed().as_millis() as u64
     }
 
     pub fn is_leader(&self) -> bool {
@@ -368,6 +425,11 @@ impl Broker {
         self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
     }
 
+    /// Entries the leader has proposed and not yet seen applied.
+    pub fn entries_in_flight(&self) -> usize {
+        self.proposer.entries_in_flight()
+    }
+
     /// Role, term, leader, indexes and each follower's lag.
     pub fn status(&self) -> pb::ClusterStatus {
         let metrics = self.raft.metrics().borrow().clone();
@@ -396,7 +458,7 @@ impl Broker {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        pb::ClusterStatus {
+        let mut status = pb::ClusterStatus {
             broker_id: self.id(),
             role: role.into(),
             term: metrics.current_term,
@@ -405,7 +467,41 @@ impl Broker {
             applied_index,
             brokers,
             repair_floor: self.repair.floor(),
+            leader_changes_10m: self.leader_changes.within(LEADER_CHANGES_WINDOW),
+            uptime_ms: self.now_ms().saturating_sub(self.started_ms),
+            not_ready: None,
+        };
+        status.not_ready = self.readiness_of(&status).err().map(|why| why.to_string());
+        status
+    }
+
+    /// Whether this broker can serve: its Raft core runs, it knows a leader that is alive (for
+    /// the leader: a quorum acknowledged it within the election timeout; for a follower: the
+    /// leader's last append came within it), and it has applied within [`READY_APPLY_LAG_MAX`]
+    /// entries of the commit index.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        self.readiness_of(&self.status())
+    }
+
+    fn readiness_of(&self, status: &pb::ClusterStatus) -> Result<(), NotReady> {
+        if let Some(failure) = self.core_failure() {
+            return Err(NotReady::Stopped(failure.to_owned()));
         }
+        let leader = status.leader_id.ok_or(NotReady::NoLeader)?;
+        let silent_ms = self.leader_silence_ms();
+        if silent_ms > self.config.raft.election_timeout_ms_max {
+            return Err(NotReady::LeaderSilent { leader, silent_ms });
+        }
+        if status.commit_index.saturating_sub(status.applied_index) > READY_APPLY_LAG_MAX {
+            return Err(NotReady::Behind { applied: status.applied_index, committed: status.commit_index });
+        }
+        Ok(())
+    }
+
+    /// Notes a new leader: counted for `/metrics` and remembered for `chorus status`.
+    pub(crate) fn leader_changed(&self) {
+        self.metrics.raft.leader_changes.inc();
+        self.leader_changes.record();
     }
 
     /// Adds a broker (as a learner that catches up, then a voter) or removes one, for `actor`.

@@ -153,6 +153,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub client_addr: String,
     pub peer_addr: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP; `None`, nowhere.
+    pub metrics_addr: Option<String>,
     /// The initial members, bootstrapped once when the cluster is new.
     pub members: BTreeMap<NodeId, BrokerNode>,
     pub security: Security,

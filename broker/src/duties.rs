@@ -9,7 +9,9 @@
 //!   applied the repair floor;
 //! - [`state_check_loop`]: while leader, marks a state check now and then, carrying its digest at
 //!   the previous mark for the others to compare;
-//! - [`watch_membership`]: stops the broker once the membership has left it out for a while.
+//! - [`watch_membership`]: stops the broker once the membership has left it out for a while;
+//! - [`watch_leadership`]: counts and logs, once each, every change of leader and of membership,
+//!   and while leader, samples when the log reached which index (followers' lag in time).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,7 @@ pub fn start(broker: &Arc<Broker>) {
     tokio::spawn(pulse_loop(Arc::clone(broker)));
     tokio::spawn(watch_membership(Arc::clone(broker)));
     tokio::spawn(watch_core(Arc::clone(broker)));
+    tokio::spawn(watch_leadership(Arc::clone(broker)));
     if broker.config.raft.state_check_interval_ms > 0 {
         tokio::spawn(state_check_loop(Arc::clone(broker)));
     }
@@ -74,6 +77,58 @@ async fn pulse_loop(broker: Arc<Broker>) {
             changed = applied.changed() => if changed.is_err() { return },
             changed = metrics.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+        }
+    }
+}
+
+/// Counts every new leader this broker learns of (another broker, or a new term) and logs it at
+/// `info`, once, as it does a moment with no leader known and every membership change.
+async fn watch_leadership(broker: Arc<Broker>) {
+    let mut metrics = broker.raft.metrics();
+    let (mut leader, mut membership) = {
+        let now = metrics.borrow_and_update();
+        (now.current_leader.map(|id| (id, now.current_term)), now.membership_config.log_id().map(|id| id.index))
+    };
+    let mut leaderless = leader.is_none();
+    let shutdown = broker.shutdown_token();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+        let (known, term, membership_now) = {
+            // Under the borrow, no clone: this runs at every turn of the Raft core's loop.
+            let now = metrics.borrow_and_update();
+            match &now.replication {
+                Some(followers) => {
+                    let acknowledged = followers.values().map(|m| m.map_or(0, |id| id.index)).min().unwrap_or(0);
+                    broker.append_times().record(now.last_log_index.unwrap_or(0), acknowledged);
+                }
+                None => broker.append_times().clear(),
+            }
+            let log_index = now.membership_config.log_id().map(|id| id.index);
+            let membership_now = (log_index != membership).then(|| {
+                let config = now.membership_config.membership();
+                (log_index, config.voter_ids().collect::<Vec<_>>(), config.learner_ids().collect::<Vec<_>>())
+            });
+            (now.current_leader.map(|id| (id, now.current_term)), now.current_term, membership_now)
+        };
+        match known {
+            Some(known) if Some(known) != leader => {
+                broker.leader_changed();
+                tracing::info!(term = known.1, from = ?leader.map(|(id, _)| id), to = known.0, "a new leader");
+                (leader, leaderless) = (Some(known), false);
+            }
+            Some(_) => leaderless = false,
+            None if !leaderless => {
+                tracing::info!(term, last = ?leader.map(|(id, _)| id), "no leader known");
+                leaderless = true;
+            }
+            None => {}
+        }
+        if let Some((log_index, voters, learners)) = membership_now {
+            tracing::info!(?voters, ?learners, log_index = ?log_index, "the membership changed");
+            membership = log_index;
         }
     }
 }

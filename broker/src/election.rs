@@ -69,8 +69,11 @@ pub async fn campaign<P: PreVotes>(broker: Arc<Broker>, peers: P) {
                 granted = ?granted,
                 "no leader heard from, and a majority would elect this broker: standing for election"
             );
-            if let Err(error) = broker.raft.trigger().elect().await {
-                tracing::warn!(%error, "the election could not start");
+            match broker.raft.trigger().elect().await {
+                Ok(()) => {
+                    broker.metrics.raft.elections_started.inc();
+                }
+                Err(error) => tracing::warn!(%error, "the election could not start"),
             }
         } else {
             tracing::debug!(granted = ?granted, "pre-vote lost: a leader is still followed, or logs are ahead");

@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::command::entry_to_pb;
 use crate::config::Limits;
+use crate::metrics::ProposalMetrics;
 use crate::raft::state_store::AppliedStatus;
 use crate::raft::{BrokerNode, EntryBytes, NodeId, Raft};
 
@@ -45,6 +46,21 @@ pub enum ProposeError {
     RaftStopped(#[source] Option<Fatal<NodeId>>),
     #[error(transparent)]
     Membership(#[from] MembershipError),
+}
+
+impl ProposeError {
+    /// The variant's name, as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProposeError::NotLeader { .. } => "not_leader",
+            ProposeError::NoQuorum { .. } => "no_quorum",
+            ProposeError::OutcomeUnknown => "outcome_unknown",
+            ProposeError::ShuttingDown => "shutting_down",
+            ProposeError::Overloaded => "overloaded",
+            ProposeError::RaftStopped(_) => "raft_stopped",
+            ProposeError::Membership(_) => "membership",
+        }
+    }
 }
 
 /// Why a membership change was not made.
@@ -78,6 +94,9 @@ struct Proposal {
 pub struct Proposer {
     queue: mpsc::Sender<Proposal>,
     write_timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    entries_in_flight_max: usize,
+    metrics: ProposalMetrics,
 }
 
 impl std::fmt::Debug for Proposal {
@@ -88,16 +107,23 @@ impl std::fmt::Debug for Proposal {
 
 impl Proposer {
     /// Starts the proposer task for `raft`.
-    pub fn start(raft: Raft, applied: watch::Receiver<AppliedStatus>, limits: &Limits, clock: Clock) -> Proposer {
+    pub fn start(
+        raft: Raft,
+        applied: watch::Receiver<AppliedStatus>,
+        limits: &Limits,
+        clock: Clock,
+        metrics: ProposalMetrics,
+    ) -> Proposer {
         let (queue, proposals) = mpsc::channel(limits.proposals_queued_max);
         let write_timeout = Duration::from_millis(limits.write_timeout_ms);
+        let in_flight = Arc::new(Semaphore::new(limits.entries_in_flight_max));
         let task = ProposerTask {
             raft,
             applied,
             proposals,
             lookahead: VecDeque::new(),
             proposed: BTreeMap::new(),
-            in_flight: Arc::new(Semaphore::new(limits.entries_in_flight_max)),
+            in_flight: Arc::clone(&in_flight),
             commands_per_entry_max: limits.commands_per_entry_max,
             entry_bytes_target: limits.entry_bytes_target,
             write_timeout,
@@ -105,11 +131,35 @@ impl Proposer {
             last_stamp_ms: 0,
         };
         tokio::spawn(task.run());
-        Proposer { queue, write_timeout }
+        Proposer { queue, write_timeout, in_flight, entries_in_flight_max: limits.entries_in_flight_max, metrics }
     }
 
-    /// Proposes one command and waits for its outcome.
+    /// Log entries proposed and not yet applied.
+    pub fn entries_in_flight(&self) -> usize {
+        self.entries_in_flight_max.saturating_sub(self.in_flight.available_permits())
+    }
+
+    /// Proposes one command and waits for its outcome, counting and timing it.
     pub async fn propose(&self, submission: Submission) -> Result<Outcome, ProposeError> {
+        let metrics = &self.metrics;
+        metrics.submitted.inc();
+        metrics.in_flight.inc();
+        let started = std::time::Instant::now();
+        let result = self.propose_uncounted(submission).await;
+        metrics.in_flight.dec();
+        match &result {
+            Ok(_) => {
+                metrics.committed.inc();
+                metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                metrics.failed.get_or_create(&vec![("reason", error.reason().to_owned())]).inc();
+            }
+        }
+        result
+    }
+
+    async fn propose_uncounted(&self, submission: Submission) -> Result<Outcome, ProposeError> {
         let (reply, outcome) = oneshot::channel();
         let arrived = tokio::time::Instant::now();
         self.queue.try_send(Proposal { submission, reply, arrived }).map_err(|error| match error {

@@ -1,5 +1,5 @@
 //! Starting a broker: open its stores in the data directory, start openraft, bind the client
-//! and peer listeners, start the duties, and bootstrap a new cluster. The wiring lives here and
+//! and peer listeners (and the metrics endpoint, when it has an address), start the duties, and bootstrap a new cluster. The wiring lives here and
 //! nowhere else: the service ([`Broker`]), its listeners and its duties do not know each other.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::broker::{Broker, LogHandles};
 use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
 use crate::raft::lead_sync::LeadSync;
 use crate::raft::log_store::LogStore;
 use crate::raft::pre_vote::PreVotes;
@@ -16,7 +17,7 @@ use crate::raft::state_store::StateStore;
 use crate::raft::{NodeId, Raft, StorageError, TypeConfig};
 use crate::security::peer_link::PeerAuth;
 use crate::server::Server;
-use crate::{duties, election, peer, server};
+use crate::{duties, election, monitor, peer, server};
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +60,14 @@ impl Broker {
             return Err(StartError::OpenPeerPort(config.peer_addr.clone()));
         }
         let clients = bind(config.client_addr.clone()).await?;
+        let monitoring = match &config.metrics_addr {
+            Some(addr) => Some(bind(addr.clone()).await?),
+            None => None,
+        };
         let broker = Broker::start_in_process(config, log, state, network).await?;
+        if let Some(listener) = monitoring {
+            tokio::spawn(monitor::serve(listener, Arc::clone(&broker)));
+        }
         let server = Server::new(Arc::clone(&broker));
         tokio::spawn(peer::serve(peers, Arc::clone(&server)));
         broker.serving_clients(tokio::spawn(server::serve(clients, server)));
@@ -86,6 +94,7 @@ impl Broker {
         let applied = state.status();
         let database = state.database();
         let reader = log.reader();
+        let metrics = Metrics { disk: log.disk_metrics(), raft: state.event_metrics(), ..Metrics::default() };
         let raft = Raft::new(config.id, Arc::new(config.openraft()?), network.clone(), log, state).await?;
         if let Some(floor) = repair.floor() {
             tracing::warn!(
@@ -94,7 +103,7 @@ impl Broker {
             );
         }
         let log = LogHandles { committed, repair, reader };
-        let broker = Arc::new(Broker::new(config, raft, database, applied, log, state_checks));
+        let broker = Arc::new(Broker::new(config, raft, database, applied, log, state_checks, metrics));
         duties::start(&broker);
         tokio::spawn(election::campaign(Arc::clone(&broker), network));
         Ok(broker)

@@ -109,6 +109,8 @@ pub struct BrokerProcess {
     pub peer_listen: String,
     /// What other brokers dial: the fault proxy in front of `peer_listen`.
     pub peer_public: String,
+    /// Where the broker serves `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
@@ -138,7 +140,7 @@ const LISTEN_PORT_COUNT: u32 = 22_000;
 /// the range that is free right now. Each process starts its walk at a place chosen by its id, so
 /// test processes running at once rarely meet, and the walk never returns to a port this process
 /// used (a killed broker's port may still be in TIME_WAIT).
-fn free_addr() -> String {
+pub fn free_addr() -> String {
     static WALKED: AtomicU32 = AtomicU32::new(0);
     let start = std::process::id().wrapping_mul(7919) % LISTEN_PORT_COUNT;
     for _ in 0..LISTEN_PORT_COUNT {
@@ -203,6 +205,7 @@ impl Cluster {
             client_addr: free_addr(),
             peer_listen,
             peer_public,
+            metrics_addr: free_addr(),
             data_dir: self.root.path().join(format!("broker-{id}")),
             log_path: self.root.path().join(format!("broker-{id}.log")),
             child: None,
@@ -225,6 +228,7 @@ impl Cluster {
             .arg(format!("--data-dir={}", broker.data_dir.display()))
             .arg(format!("--client-addr={}", broker.client_addr))
             .arg(format!("--peer-addr={}", broker.peer_listen))
+            .arg(format!("--metrics-addr={}", broker.metrics_addr))
             .args(members)
             .arg(format!("--snapshot-after-entries={}", options.snapshot_after_entries))
             .arg(format!("--entries-kept-after-snapshot={}", options.entries_kept_after_snapshot))

@@ -17,17 +17,19 @@ fn tour_lines() -> Vec<String> {
     block.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned).collect()
 }
 
-/// A first client port with three free client and three free peer ports after it.
-fn free_ports() -> (u16, u16) {
+/// A first client port with three free client, three free peer and three free metrics ports
+/// after it.
+fn free_ports() -> (u16, u16, u16) {
     let start = 20_000 + (std::process::id() % 500) as u16 * 10;
     (0..500u16)
         .map(|step| start.wrapping_add(step * 10) % 10_000 + 20_000)
         .find(|&base| {
             (base..base + 3)
                 .chain(base + 5..base + 8)
+                .chain(base + 10..base + 13)
                 .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         })
-        .map(|base| (base, base + 5))
+        .map(|base| (base, base + 5, base + 10))
         .expect("free ports")
 }
 
@@ -58,7 +60,7 @@ fn the_readme_tour_runs_as_written() {
     std::os::unix::fs::symlink(binary(), bin.join("chorus")).expect("chorus on the PATH");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let config = root.path().join("config");
-    let (client_port, peer_port) = free_ports();
+    let (client_port, peer_port, metrics_port) = free_ports();
     let shell = |line: &str| {
         let mut command = Command::new("sh");
         command
@@ -71,7 +73,8 @@ fn the_readme_tour_runs_as_written() {
             .env_remove("CHORUS_BROKERS");
         command
     };
-    let up_line = format!("exec chorus up --client-port {client_port} --peer-port {peer_port}");
+    let up_line =
+        format!("exec chorus up --client-port {client_port} --peer-port {peer_port} --metrics-port {metrics_port}");
     let log = std::fs::File::create(root.path().join("up.log")).unwrap();
     let up = Up(shell(&up_line).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("chorus up"));
     let deadline = Instant::now() + Duration::from_secs(60);

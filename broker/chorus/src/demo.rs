@@ -16,7 +16,7 @@ use chorus_protocol::pb::{self, ErrorCode};
 use clap::Args;
 use futures::StreamExt;
 
-use super::local::{LocalCluster, LocalSecurity, wait_for_leader, wait_for_leader_where};
+use super::local::{LocalCluster, LocalSecurity, Ports, wait_for_leader, wait_for_leader_where};
 use crate::target::Target;
 
 const TASKS: u64 = 200;
@@ -59,8 +59,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Some(_) => (None, args.target.resolve()?),
         None => {
             step("starting a cluster of 3 brokers on loopback, with TLS and users");
-            let cluster =
-                LocalCluster::start(scratch.path(), 3, free_ports(3)?, free_ports(3)?, LocalSecurity::SECURE)?;
+            let ports = Ports { client: free_ports(3)?, peer: free_ports(3)?, metrics: None };
+            let cluster = LocalCluster::start(scratch.path(), 3, ports, LocalSecurity::SECURE)?;
             let resolved = cluster.resolved()?;
             (Some(cluster), resolved)
         }

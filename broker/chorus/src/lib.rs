@@ -100,15 +100,14 @@ pub fn main() -> ExitCode {
         CliCommand::Serve(_) => "info,openraft=warn,openraft::core::raft_core=error,openraft::replication=off",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match &cli.command {
+        CliCommand::Serve(args) if args.log_format == serve::LogFormat::Json => logs.json().init(),
         // Colour only for a person: `chorus up` writes brokers' logs to files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        _ => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     let worker_threads = match &cli.command {
         CliCommand::Serve(args) => args.worker_threads,
         _ => None,

@@ -37,12 +37,22 @@ impl LocalSecurity {
     pub const OPEN: LocalSecurity = LocalSecurity { tls: false, auth: false };
 }
 
+/// The first broker's ports; broker N's are these plus N - 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub client: u16,
+    pub peer: u16,
+    /// No metrics endpoint when `None`.
+    pub metrics: Option<u16>,
+}
+
 /// One broker of a local cluster.
 #[derive(Debug)]
 pub struct LocalBroker {
     pub id: u64,
     pub client_addr: String,
     pub peer_addr: String,
+    pub metrics_addr: Option<String>,
     child: Option<Child>,
     restarted_at: Option<Instant>,
 }
@@ -91,15 +101,9 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 impl LocalCluster {
-    /// Starts `count` brokers with client ports from `client_port` and peer ports from
-    /// `peer_port`, keeping data under `data_dir` (reused as is when it exists).
-    pub fn start(
-        data_dir: &Path,
-        count: u64,
-        client_port: u16,
-        peer_port: u16,
-        security: LocalSecurity,
-    ) -> anyhow::Result<LocalCluster> {
+    /// Starts `count` brokers with ports numbered from `ports`, keeping data under `data_dir`
+    /// (reused as is when it exists).
+    pub fn start(data_dir: &Path, count: u64, ports: Ports, security: LocalSecurity) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = &data_dir.canonicalize().with_context(|| format!("finding {}", data_dir.display()))?;
         let lock = lock_data_dir(data_dir)?;
@@ -107,8 +111,9 @@ impl LocalCluster {
         let brokers: Vec<LocalBroker> = (1..=count)
             .map(|id| LocalBroker {
                 id,
-                client_addr: format!("127.0.0.1:{}", client_port + id as u16 - 1),
-                peer_addr: format!("127.0.0.1:{}", peer_port + id as u16 - 1),
+                client_addr: format!("127.0.0.1:{}", ports.client + id as u16 - 1),
+                peer_addr: format!("127.0.0.1:{}", ports.peer + id as u16 - 1),
+                metrics_addr: ports.metrics.map(|port| format!("127.0.0.1:{}", port + id as u16 - 1)),
                 child: None,
                 restarted_at: None,
             })
@@ -138,6 +143,11 @@ impl LocalCluster {
         Overrides { context: Some(path), ..Overrides::default() }.resolve()
     }
 
+    /// Where broker `id` writes its log.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.data_dir.join(format!("broker-{id}.log"))
+    }
+
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
         let members: Vec<String> =
             self.brokers.iter().map(|b| format!("--member={}={},{}", b.id, b.peer_addr, b.client_addr)).collect();
@@ -147,6 +157,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir)?;
         let log_path = self.data_dir.join(format!("broker-{}.log", broker.id));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let metrics_args = broker.metrics_addr.iter().map(|addr| format!("--metrics-addr={addr}"));
         let child = Command::new(std::env::current_exe().context("finding the chorus binary")?)
             .arg("serve")
             .arg(format!("--id={}", broker.id))
@@ -154,6 +165,7 @@ impl LocalCluster {
             .arg(format!("--client-addr={}", broker.client_addr))
             .arg(format!("--peer-addr={}", broker.peer_addr))
             .args(members)
+            .args(metrics_args)
             .arg(format!("--worker-threads={}", worker_threads))
             .args(&self.security_args)
             .stdin(Stdio::null())

@@ -15,6 +15,15 @@ use chorus_broker::config::RaftTiming;
 use chorus_broker::raft::{BrokerNode, NodeId};
 use clap::Args;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event; coloured only on a terminal.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// This broker's id, unique in the cluster.
@@ -29,6 +38,13 @@ pub struct ServeArgs {
     /// Address for other brokers.
     #[arg(long)]
     pub peer_addr: String,
+    /// Address for the HTTP endpoint operators scrape: `/metrics` (Prometheus), `/healthz` and
+    /// `/readyz`. Unauthenticated and read-only: bind it where only monitoring reaches it.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// How the broker writes its log lines to stderr: `text`, or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// An initial member as ID=PEER_ADDR,CLIENT_ADDR; repeat for each. The cluster is bootstrapped
     /// from these once; restarts and brokers added later ignore them.
     #[arg(long = "member", value_parser = parse_member, required = true)]
@@ -154,6 +170,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         client_addr: args.client_addr,
         peer_addr: args.peer_addr,
+        metrics_addr: args.metrics_addr,
         members: members(&args.members).map_err(anyhow::Error::msg)?,
         security,
         limits: Limits {
@@ -170,7 +187,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         clock: Clock::System,
     };
     let broker = Broker::start(config).await?;
-    tracing::info!(id = broker.id(), clients = %broker.config.client_addr, peers = %broker.config.peer_addr, "broker started");
+    tracing::info!(
+        id = broker.id(),
+        clients = %broker.config.client_addr,
+        peers = %broker.config.peer_addr,
+        metrics = broker.config.metrics_addr.as_deref().unwrap_or("off"),
+        "broker started"
+    );
     let stopped = broker.shutdown_token();
     tokio::select! {
         _ = stopped.cancelled() => tracing::info!("broker stopped serving"),

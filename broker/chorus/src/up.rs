@@ -2,7 +2,8 @@
 //! until Ctrl-C. Running it again restarts the same cluster on the same data. It is secured the
 //! way a production cluster is: TLS on both ports under a CA of its own, and users, the first
 //! being `admin`. It writes a context (`<data dir>/context.json`, and the current one) so that
-//! client commands reach it with no flags.
+//! client commands reach it with no flags. Each broker serves `/metrics`, `/healthz` and
+//! `/readyz` on a loopback port of its own, and logs to a file; both are printed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::context::current_path;
-use super::local::{LocalCluster, LocalSecurity, wait_for_leader};
+use super::local::{LocalCluster, LocalSecurity, Ports, wait_for_leader};
 use super::serve::termination;
 
 #[derive(Debug, Args)]
@@ -27,6 +28,9 @@ pub struct UpArgs {
     /// The first broker's peer port; the others follow.
     #[arg(long, default_value_t = 9101)]
     pub peer_port: u16,
+    /// The first broker's metrics port (`/metrics`, `/healthz`, `/readyz`); the others follow.
+    #[arg(long, default_value_t = 9201)]
+    pub metrics_port: u16,
     /// No TLS and no users: every client may do anything, and the peer ports (on loopback)
     /// authenticate nobody.
     #[arg(long)]
@@ -35,11 +39,20 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let security = if args.insecure { LocalSecurity::OPEN } else { LocalSecurity::SECURE };
-    let mut cluster = LocalCluster::start(&args.data_dir, args.size, args.client_port, args.peer_port, security)?;
+    let ports = Ports { client: args.client_port, peer: args.peer_port, metrics: Some(args.metrics_port) };
+    let mut cluster = LocalCluster::start(&args.data_dir, args.size, ports, security)?;
     println!("chorus: {} brokers, data in {}", args.size, args.data_dir.display());
-    println!("  {:<8} {:<18} {:<18}", "broker", "clients", "peers");
+    println!("  {:<8} {:<18} {:<18} {:<34} log", "broker", "clients", "peers", "metrics");
     for broker in &cluster.brokers {
-        println!("  {:<8} {:<18} {:<18}", broker.id, broker.client_addr, broker.peer_addr);
+        let metrics = broker.metrics_addr.as_ref().map_or("-".to_owned(), |addr| format!("http://{addr}/metrics"));
+        println!(
+            "  {:<8} {:<18} {:<18} {:<34} {}",
+            broker.id,
+            broker.client_addr,
+            broker.peer_addr,
+            metrics,
+            cluster.log_path(broker.id).display()
+        );
     }
     let resolved = cluster.resolved()?;
     let options = resolved.connect_options("chorus-up")?;

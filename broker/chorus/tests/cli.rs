@@ -30,12 +30,15 @@ struct Up {
 }
 
 impl Up {
-    /// `chorus up` on `data_dir`; its context goes to `config_dir`.
+    /// `chorus up` on `data_dir`; its context goes to `config_dir`. The metrics ports are free
+    /// ones, the others as given.
     fn start(config_dir: &Path, data_dir: &Path, client_port: u16, peer_port: u16) -> Up {
+        let metrics_port = free_ports(3).to_string();
         let child = chorus(config_dir)
             .args(["up", "--data-dir"])
             .arg(data_dir)
             .args(["--client-port", &client_port.to_string(), "--peer-port", &peer_port.to_string()])
+            .args(["--metrics-port", &metrics_port])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -150,7 +153,16 @@ fn up_serves_the_everyday_commands_and_restarts_on_the_same_data() {
 
     let output = up.interrupt();
     assert!(output.status.success(), "up exits cleanly on Ctrl-C");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("stopped"));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("stopped"));
+    // Where each broker's metrics and log are.
+    for id in 1..=3 {
+        let log = dir.path().canonicalize().unwrap().join(format!("broker-{id}.log"));
+        assert!(printed.contains(&log.display().to_string()), "broker {id}'s log path missing:\n{printed}");
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(!log.contains('\x1b'), "no ANSI codes in a log file:\n{log}");
+    }
+    assert_eq!(printed.matches("/metrics").count(), 3, "{printed}");
 
     // Again, on the same data, with the same certificates and admin.
     let _up = Up::start(config, dir.path(), client_port, peer_port);

@@ -277,6 +277,11 @@ impl LogStore {
     pub fn reader(&self) -> LogReader {
         self.reader.clone()
     }
+
+    /// What the log's writer records of its writes and syncs.
+    pub fn disk_metrics(&self) -> crate::metrics::DiskMetrics {
+        self.reader.shared.disk.clone()
+    }
 }
 
 impl LogReader {

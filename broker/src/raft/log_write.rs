@@ -29,6 +29,8 @@ use chorus_protocol::pb;
 use prost::Message;
 use redb::{Database, Durability, ReadableTable, StorageBackend, TableHandle};
 
+use crate::metrics::DiskMetrics;
+
 use super::log_layout::{
     EntryDecodeError, META, PURGED_KEY, RECORD_COMMITTED, RECORD_COMMITTED_NONE, RECORD_ENTRY, REPAIR_KEY,
     TRUNCATIONS_KEY, Truncation, VOTE_KEY, decode_entry,
@@ -164,6 +166,8 @@ pub(super) struct Shared {
     pub(super) index: RwLock<Index>,
     /// The entries written last, still in memory.
     pub(super) recent: Mutex<Recent>,
+    /// What the writer records of its writes and syncs.
+    pub(super) disk: DiskMetrics,
 }
 
 /// Bytes of records [`Recent`] keeps at most.
@@ -276,7 +280,11 @@ impl Appender {
         if entries.is_empty() {
             return Ok(());
         }
+        let sync_started = std::time::Instant::now();
         self.current.sync()?;
+        shared.disk.fsync_seconds.observe(sync_started.elapsed().as_secs_f64());
+        shared.disk.group_commit_entries.observe(entries.len() as f64);
+        shared.disk.bytes_written.inc_by(entries.iter().map(|(_, record)| record.len() as u64).sum());
         let segment = self.current.epoch();
         {
             let mut index = shared.index.write().expect("index lock");
@@ -536,6 +544,7 @@ pub(super) fn recover(db: Database, files: Box<dyn SegmentFiles>) -> Result<Reco
         pending: Mutex::new(BTreeMap::new()),
         index: RwLock::new(replayer.index),
         recent: Mutex::new(Recent::default()),
+        disk: DiskMetrics::default(),
     };
     let committed_record = committed.clone().map(|bytes| committed_record(Some(bytes)));
     let mut current = start_segment(files.as_ref(), &shared, next, committed_record.as_deref())?;

@@ -42,6 +42,7 @@ use super::{
     storage_error, wire,
 };
 use crate::message_segments::{MessageSegments, Readable, SegmentsOpenError};
+use crate::metrics::RaftEventMetrics;
 use crate::storage::{CorruptValue, ReadStore, StateFiles, WriteStore, create_tables};
 
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
@@ -164,6 +165,8 @@ pub struct StateStore {
     digests: Digests,
     /// Set, an entry is applied only once the leader's log has synced it ([`LeadSync`]).
     lead: Option<LeadSync>,
+    /// Snapshots built and installed.
+    events: RaftEventMetrics,
 }
 
 /// redb makes its last commit durable when the database closes, applies that were committed
@@ -190,6 +193,7 @@ pub struct SnapshotBuilder {
     segments: Arc<MessageSegments>,
     snapshot_dir: PathBuf,
     durable: Arc<watch::Sender<Option<u64>>>,
+    events: RaftEventMetrics,
 }
 
 fn sm_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
@@ -345,6 +349,7 @@ impl StateStore {
             checks: StateChecks::default(),
             digests: Digests::Thread,
             lead: None,
+            events: RaftEventMetrics::default(),
         })
     }
 
@@ -371,7 +376,13 @@ impl StateStore {
             segments: Arc::clone(&self.segments),
             snapshot_dir: self.snapshot_dir.clone(),
             durable: Arc::clone(&self.durable),
+            events: self.events.clone(),
         }
+    }
+
+    /// Where snapshot builds and installs are counted and timed.
+    pub fn event_metrics(&self) -> RaftEventMetrics {
+        self.events.clone()
     }
 
     /// The database and its message segments, for read-only queries by the broker.
@@ -671,10 +682,17 @@ impl SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
         let builder = self.clone();
         let meta = tokio::task::spawn_blocking(move || builder.build_blocking()).await.map_err(write_error)??;
         let file =
             tokio::fs::File::open(snapshot_path(&self.snapshot_dir, &meta.snapshot_id)?).await.map_err(read_error)?;
+        let bytes = file.metadata().await.map_or(0, |m| m.len());
+        let took = started.elapsed();
+        self.events.snapshots_built.inc();
+        self.events.snapshot_build_seconds.observe(took.as_secs_f64());
+        self.events.snapshot_bytes.observe(bytes as f64);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, ms = took.as_millis() as u64, "built a snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
@@ -726,6 +744,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     ) -> Result<(), StorageError> {
         // Copy from whatever handle we are given (it need not be the one we handed out), so the
         // installed snapshot becomes the current one under its own name.
+        let started = std::time::Instant::now();
         let path = snapshot_path(&self.snapshot_dir, &meta.snapshot_id)?;
         let partial = path.with_extension("partial");
         {
@@ -746,7 +765,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let status = tokio::task::spawn_blocking(move || install_blocking(&db, &segments, &dir, &path, &installing))
             .await
             .map_err(write_error)??;
-        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        let took = started.elapsed();
+        self.events.snapshots_installed.inc();
+        self.events.snapshot_install_seconds.observe(took.as_secs_f64());
+        tracing::info!(snapshot = %meta.snapshot_id, ms = took.as_millis() as u64, "installed a snapshot from the leader");
         advance_durable(&self.durable, meta.last_log_id.map(|id| id.index));
         self.status.send_replace(status);
         Ok(())

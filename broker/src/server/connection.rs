@@ -32,6 +32,7 @@ use super::state::Server;
 use super::subscription::{self, Subscription};
 use crate::broker::Broker;
 use crate::listener::{Arrival, Budgeted, FrameTiming, Link, Outbox};
+use crate::metrics::Held;
 use crate::security::{Stream, tls};
 
 /// How long a new connection may take to say Hello.
@@ -66,6 +67,7 @@ pub async fn run(stream: TcpStream, server: Arc<Server>) {
     let timing = FrameTiming::new(codec.partial(), Duration::from_millis(limits.frame_read_ms_max));
     let stream = Budgeted::new(stream, Arc::clone(&server.read_bytes), codec.partial());
     let mut link = Link::open(stream, codec, limits.in_flight_per_connection_max + 16, limits.outbox_bytes_max);
+    let _open = Held::new(&server.broker.metrics.clients.connections);
     if let Some(session) = hello(&server, &mut link, certificate_user.as_deref()).await {
         serve_requests(&server, &session, &mut link, timing).await;
     }
@@ -209,10 +211,18 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
         };
         let (server, answers, actor) = (Arc::clone(server), answers.clone(), session.actor.clone());
         tokio::spawn(async move {
+            let read_at = std::time::Instant::now();
+            let publish = match &frame.body {
+                Some(Request::Publish(publish)) => Some(publish_size(publish)),
+                _ => None,
+            };
             let answer = match frame.body {
                 Some(request) => dispatch(&Router { server: &server, request_id }, request, &actor).await,
                 None => Body::Error(error(ErrorCode::InvalidArgument, "a frame needs a body")),
             };
+            if let (Some((messages, bytes)), Body::PublishOk(_)) = (publish, &answer) {
+                server.broker.metrics.clients.published(messages, bytes, read_at.elapsed());
+            }
             let answer = within_frame(pb::ServerFrame { request_id, body: Some(answer) }, &server.broker);
             let _ = answers.send(answer).await;
             drop((admitted, room));
@@ -222,6 +232,11 @@ async fn serve_requests(server: &Arc<Server>, session: &Session, link: &mut Clie
     // Let what is in flight finish before the connection closes.
     let drained = in_flight.acquire_many(in_flight_max as u32);
     let _ = tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), drained).await;
+}
+
+/// A publish's messages and payload bytes.
+fn publish_size(publish: &pb::PublishRequest) -> (usize, usize) {
+    (publish.messages.len(), publish.messages.iter().map(|m| m.payload.len()).sum())
 }
 
 /// `answer`, or a `TOO_LARGE` error in its place when it would not fit in a frame: an answer the

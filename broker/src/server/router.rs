@@ -24,10 +24,14 @@ pub struct Router<'a> {
 
 impl Runner for Router<'_> {
     async fn run<C: Serve>(&self, request: C, actor: &Actor) -> Served<C::Answer> {
-        if C::ROUTE == Route::Here || self.server.broker.is_leader() {
-            return request.serve(self.server, actor).await;
-        }
-        to_leader(self.server, request, actor, self.request_id).await
+        let served = if C::ROUTE == Route::Here || self.server.broker.is_leader() {
+            request.serve(self.server, actor).await
+        } else {
+            to_leader(self.server, request, actor, self.request_id).await
+        };
+        let code = served.as_ref().map_or_else(|error| error.code().as_str_name(), |_| "OK");
+        self.server.broker.metrics.clients.answered(C::NAME, code);
+        served
     }
 }
 

@@ -182,6 +182,7 @@ pub fn broker_config(id: NodeId, members: &BTreeMap<NodeId, BrokerNode>, data_di
         data_dir: data_dir.to_path_buf(),
         client_addr: members[&id].client_addr.clone(),
         peer_addr: members[&id].peer_addr.clone(),
+        metrics_addr: None,
         members: members.clone(),
         security: Default::default(),
         limits: Limits { log_cache_bytes: CACHE_BYTES, state_cache_bytes: CACHE_BYTES, ..Limits::default() },

@@ -37,7 +37,7 @@ mod lanes;
 #[cfg(feature = "nats")]
 mod nats;
 
-use crate::local::{LocalCluster, LocalSecurity, wait_for_leader};
+use crate::local::{LocalCluster, LocalSecurity, Ports, wait_for_leader};
 use lanes::{PublishFigures, publish_lanes};
 
 #[derive(Debug, Clone, Args)]
@@ -162,8 +162,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let security = LocalSecurity { tls: args.tls, auth: args.auth };
-            let (client_port, peer_port) = (crate::demo::free_ports(3)?, crate::demo::free_ports(3)?);
-            let cluster = LocalCluster::start(scratch.path(), 3, client_port, peer_port, security)?;
+            let ports = Ports { client: crate::demo::free_ports(3)?, peer: crate::demo::free_ports(3)?, metrics: None };
+            let cluster = LocalCluster::start(scratch.path(), 3, ports, security)?;
             let resolved = cluster.resolved()?;
             (Some(cluster), resolved)
         }
