@@ -153,7 +153,7 @@ impl Proposer {
                 metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             }
             Err(error) => {
-                metrics.failed.get_or_create(&vec![("reason", error.reason().to_owned())]).inc();
+                metrics.failed.get_or_create(&[("reason", error.reason())]).inc();
             }
         }
         result
