@@ -45,6 +45,49 @@ pub const READY_APPLY_LAG_MAX: u64 = 10_000;
 /// The window of `ClusterStatus::leader_changes_10m`.
 pub const LEADER_CHANGES_WINDOW: Duration = Duration::from_secs(600);
 
+/// The broker a leader is handing leadership to, while it does: one handover at a time.
+#[derive(Debug)]
+pub struct HandingOver {
+    active: std::sync::atomic::AtomicBool,
+    to: AtomicU64,
+    /// True while a handover is under way: proposals wait for it to end.
+    under_way: watch::Sender<bool>,
+}
+
+impl Default for HandingOver {
+    fn default() -> HandingOver {
+        HandingOver { active: Default::default(), to: AtomicU64::new(0), under_way: watch::Sender::new(false) }
+    }
+}
+
+impl HandingOver {
+    /// Starts a handover to `to`; false when one is under way.
+    pub fn begin(&self, to: NodeId) -> bool {
+        if self.active.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return false;
+        }
+        self.to.store(to, Ordering::SeqCst);
+        self.under_way.send_replace(true);
+        true
+    }
+
+    pub fn end(&self) {
+        self.active.store(false, Ordering::SeqCst);
+        self.under_way.send_replace(false);
+    }
+
+    /// The broker leadership is being handed to, while a handover is under way.
+    pub fn target(&self) -> Option<NodeId> {
+        self.active.load(Ordering::Acquire).then(|| self.to.load(Ordering::Acquire))
+    }
+
+    /// Resolves once no handover is under way.
+    pub async fn ended(&self) {
+        let mut under_way = self.under_way.subscribe();
+        let _ = under_way.wait_for(|active| !active).await;
+    }
+}
+
 /// Why a broker is not ready to serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
@@ -96,6 +139,8 @@ pub struct Broker {
     append_times: AppendTimes,
     /// When this broker saw a new leader.
     leader_changes: LeaderChanges,
+    /// Set while this leader hands leadership over ([`crate::handover`]): it takes no writes.
+    handing_over: HandingOver,
     /// When this broker started, in ms since the Unix epoch.
     started_ms: u64,
 }
@@ -178,6 +223,7 @@ impl Broker {
             metrics,
             append_times: AppendTimes::default(),
             leader_changes: LeaderChanges::default(),
+            handing_over: HandingOver::default(),
             started_ms,
         }
     }
@@ -240,6 +286,11 @@ impl Broker {
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node))
+    }
+
+    /// Whether, and to whom, this leader is handing leadership over.
+    pub fn handing_over(&self) -> &HandingOver {
+        &self.handing_over
     }
 
     /// When this broker started, in milliseconds since the Unix epoch.
@@ -387,6 +438,17 @@ impl Broker {
     pub async fn propose(&self, submission: Submission) -> Result<Outcome, ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        if let Some(to) = self.handing_over.target() {
+            // Held, not refused: once the handover ends, a client told NOT_LEADER goes straight
+            // to the new leader, where a refusal now would have it back off and retry blind.
+            let waited = Duration::from_millis(2 * crate::handover::HANDOVER_MS_MAX);
+            if tokio::time::timeout(waited, self.handing_over.ended()).await.is_err() {
+                return Err(ProposeError::HandingOver { to });
+            }
+            if !self.is_leader() {
+                return Err(ProposeError::NotLeader { leader: self.leader() });
+            }
         }
         self.proposer.propose(submission).await
     }

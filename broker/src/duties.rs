@@ -115,7 +115,10 @@ async fn watch_leadership(broker: Arc<Broker>) {
         };
         match known {
             Some(known) if Some(known) != leader => {
-                broker.leader_changed();
+                // The first leader a broker learns of after it starts is no change.
+                if leader.is_some() {
+                    broker.leader_changed();
+                }
                 tracing::info!(term = known.1, from = ?leader.map(|(id, _)| id), to = known.0, "a new leader");
                 (leader, leaderless) = (Some(known), false);
             }

@@ -8,6 +8,7 @@
 //! - `peer`: the broker-to-broker listener (Raft RPCs, and forwarded requests into `server`);
 //! - `server`: the client listener, its router, dispatch and one module per request kind;
 //! - `duties`: pulses, bootstrap, the first admin, and the watches that stop a broker;
+//! - `handover`: a leader hands leadership to another voter, for planned maintenance;
 //! - `broker`: the service: propose, read, forward, status, membership;
 //! - `proposer`, `forward`: the leader's batched write path, and a follower's way to the leader;
 //! - `raft`: openraft's type config, log and state-machine stores, peer network and wire forms;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod duties;
 pub mod election;
 pub mod forward;
+pub mod handover;
 mod listener;
 pub mod message_segments;
 pub mod metrics;

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
 use crate::command;
+use crate::handover;
 use crate::listener::{self, Arrival, FrameTiming, Link};
 use crate::raft::{inbound, wire};
 use crate::security::Stream;
@@ -163,7 +164,7 @@ fn refuse(message: impl std::fmt::Display) -> Body {
     Body::Error(pb::PeerError { message: message.to_string(), ..Default::default() })
 }
 
-async fn answer_raft(broker: &Broker, body: Option<Body>) -> Body {
+async fn answer_raft(broker: &Arc<Broker>, body: Option<Body>) -> Body {
     match body {
         Some(Body::Hello(_)) => Body::Hello(pb::PeerHello {
             protocol_version: chorus_protocol::limits::PROTOCOL_VERSION,
@@ -186,6 +187,10 @@ async fn answer_raft(broker: &Broker, body: Option<Body>) -> Body {
                 let answer = broker.pre_vote(&request);
                 Body::PreVoteOk(pb::PreVoteAnswer { granted: answer.granted, term: answer.term })
             }
+            Err(error) => refuse(error),
+        },
+        Some(Body::TimeoutNow(request)) => match handover::timeout_now(broker, request) {
+            Ok(()) => Body::TimeoutNowOk(pb::Empty {}),
             Err(error) => refuse(error),
         },
         Some(Body::SnapshotChunk(chunk)) => match wire::snapshot_chunk_from_pb(chunk) {

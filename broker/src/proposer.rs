@@ -28,7 +28,7 @@ use crate::raft::state_store::AppliedStatus;
 use crate::raft::{BrokerNode, EntryBytes, NodeId, Raft};
 
 /// Why a proposal has no outcome. Variants say whether the command may have been applied:
-/// `NotLeader`, `ShuttingDown` and `Overloaded` were never proposed; after `NoQuorum`,
+/// `NotLeader`, `ShuttingDown`, `Overloaded` and `HandingOver` were never proposed; after `NoQuorum`,
 /// `OutcomeUnknown` and `RaftStopped` it may have been, or may still be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -42,6 +42,8 @@ pub enum ProposeError {
     ShuttingDown,
     #[error("too many writes queued; the command was not proposed")]
     Overloaded,
+    #[error("the leader is handing leadership to broker {to}; the command was not proposed: retry")]
+    HandingOver { to: NodeId },
     #[error("the raft core stopped")]
     RaftStopped(#[source] Option<Fatal<NodeId>>),
     #[error(transparent)]
@@ -57,6 +59,7 @@ impl ProposeError {
             ProposeError::OutcomeUnknown => "outcome_unknown",
             ProposeError::ShuttingDown => "shutting_down",
             ProposeError::Overloaded => "overloaded",
+            ProposeError::HandingOver { .. } => "handing_over",
             ProposeError::RaftStopped(_) => "raft_stopped",
             ProposeError::Membership(_) => "membership",
         }

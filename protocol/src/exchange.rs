@@ -105,6 +105,7 @@ exchanges! {
     SeekSubscription(pb::SeekSubscription) => Subscription(pb::SubscriptionInfo);
     Redrive(pb::RedriveRequest) => RedriveOk(pb::RedriveOk);
     PeekGroup(pb::PeekGroup) => GroupPeek(pb::GroupPeek);
+    TransferLeader(pb::TransferLeader) => LeaderTransferred(pb::LeaderTransferred);
 }
 
 macro_rules! peer_exchanges {
@@ -138,6 +139,7 @@ peer_exchanges! {
     SnapshotChunk(pb::SnapshotChunk) => SnapshotChunkOk(pb::SnapshotChunkOk);
     Forward(pb::Forwarded) => ForwardOk(pb::ForwardedAnswer);
     PreVote(pb::PreVoteRequest) => PreVoteOk(pb::PreVoteAnswer);
+    TimeoutNow(pb::TimeoutNow) => TimeoutNowOk(pb::Empty);
 }
 
 /// PeerHello is answered in kind, so its pairing is written out.
@@ -187,6 +189,7 @@ pub fn answer_name(answer: &Answer) -> &'static str {
         Answer::StateDigest(_) => "StateDigest",
         Answer::RedriveOk(_) => "RedriveOk",
         Answer::GroupPeek(_) => "GroupPeek",
+        Answer::LeaderTransferred(_) => "LeaderTransferred",
     }
 }
 
@@ -204,6 +207,8 @@ pub fn peer_name(body: &Peer) -> &'static str {
         Peer::ForwardOk(_) => "ForwardOk",
         Peer::PreVote(_) => "PreVote",
         Peer::PreVoteOk(_) => "PreVoteOk",
+        Peer::TimeoutNow(_) => "TimeoutNow",
+        Peer::TimeoutNowOk(_) => "TimeoutNowOk",
         Peer::Error(_) => "Error",
     }
 }

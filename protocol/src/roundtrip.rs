@@ -176,6 +176,8 @@ fn client_bodies() -> Vec<C> {
         C::SeekSubscription(pb::SeekSubscription { topic: "t".into(), name: "s".into(), start: Some(start()) }),
         C::Redrive(pb::RedriveRequest { topic: "dlq".into(), count_max: 10 }),
         C::PeekGroup(pb::PeekGroup { topic: "t".into(), group: "g".into(), after_seq: 3, limit: 50 }),
+        C::TransferLeader(pb::TransferLeader { to: Some(2) }),
+        C::TransferLeader(pb::TransferLeader { to: None }),
     ]
 }
 
@@ -240,6 +242,7 @@ fn client_tag(body: &C) -> usize {
         C::SeekSubscription(_) => 32,
         C::Redrive(_) => 33,
         C::PeekGroup(_) => 34,
+        C::TransferLeader(_) => 35,
     }
 }
 
@@ -317,6 +320,7 @@ fn server_bodies() -> Vec<S> {
             stopped_seq: Some(9),
             stopped_why: "gone".into(),
         }),
+        S::LeaderTransferred(pb::LeaderTransferred { leader_id: 2, term: 5, took_ms: 840 }),
         S::GroupPeek(pb::GroupPeek {
             messages: vec![pb::PeekedMessage {
                 message: Some(stored()),
@@ -354,6 +358,7 @@ fn server_tag(body: &S) -> usize {
         S::StateDigest(_) => 19,
         S::RedriveOk(_) => 20,
         S::GroupPeek(_) => 21,
+        S::LeaderTransferred(_) => 22,
     }
 }
 
@@ -519,6 +524,8 @@ fn peer_bodies() -> Vec<P> {
         }),
         P::PreVote(pb::PreVoteRequest { candidate: 3, next_term: 4, last_log_id: Some(log_id(3, 12)) }),
         P::PreVoteOk(pb::PreVoteAnswer { granted: true, term: 3 }),
+        P::TimeoutNow(pb::TimeoutNow { from: 1, term: 4 }),
+        P::TimeoutNowOk(pb::Empty {}),
         P::Error(pb::PeerError { message: "busy".into(), higher_vote: Some(vote()), snapshot_mismatch: true }),
     ]
 }
@@ -537,6 +544,8 @@ fn peer_tag(body: &P) -> usize {
         P::Error(_) => 9,
         P::PreVote(_) => 10,
         P::PreVoteOk(_) => 11,
+        P::TimeoutNow(_) => 12,
+        P::TimeoutNowOk(_) => 13,
     }
 }
 
@@ -565,7 +574,7 @@ fn covers(tags: impl Iterator<Item = usize>, variants: usize) {
 #[test]
 fn every_client_frame_round_trips() {
     let bodies = client_bodies();
-    covers(bodies.iter().map(client_tag), 35);
+    covers(bodies.iter().map(client_tag), 36);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ClientFrame { request_id: i as u64 + 1, body: Some(body) };
         through(frame, &mut ClientCodec::default(), &mut ServerCodec::default());
@@ -575,7 +584,7 @@ fn every_client_frame_round_trips() {
 #[test]
 fn every_server_frame_round_trips() {
     let bodies = server_bodies();
-    covers(bodies.iter().map(server_tag), 22);
+    covers(bodies.iter().map(server_tag), 23);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::ServerFrame { request_id: u64::MAX - i as u64, body: Some(body) };
         through(frame, &mut ServerCodec::default(), &mut ClientCodec::default());
@@ -597,7 +606,7 @@ fn every_log_command_round_trips() {
 #[test]
 fn every_peer_frame_round_trips() {
     let bodies = peer_bodies();
-    covers(bodies.iter().map(peer_tag), 12);
+    covers(bodies.iter().map(peer_tag), 14);
     for (i, body) in bodies.into_iter().enumerate() {
         let frame = pb::PeerFrame { request_id: i as u64, body: Some(body) };
         through(frame, &mut PeerCodec::default(), &mut PeerCodec::default());

@@ -65,8 +65,15 @@ pub enum CliCommand {
     /// Create, reset or delete durable subscriptions' cursors.
     #[command(subcommand)]
     Subscription(commands::SubscriptionCommand),
-    /// The cluster's brokers, roles, term, leader, indexes and lag.
+    /// The cluster's brokers, roles, term, leader, indexes, lag, leader changes and readiness;
+    /// exits 1 when a broker is down, there is no leader, or a broker is not ready.
     Status(commands::StatusArgs),
+    /// Add a broker to the cluster (learner first, voter once caught up) or remove one (admin).
+    #[command(subcommand)]
+    Broker(commands::BrokerCommand),
+    /// Hand leadership to another voter, before restarting the leader (admin).
+    #[command(subcommand)]
+    Leader(commands::LeaderCommand),
     /// Compare the brokers' applied states: mark a log index through the log, ask every broker
     /// for a digest of its state there, and say which agree. Exits non-zero on a difference.
     Check(check::CheckArgs),
@@ -144,6 +151,8 @@ async fn run(command: CliCommand) -> anyhow::Result<ExitCode> {
         CliCommand::Topic(command) => commands::topic(command).await,
         CliCommand::Group(command) => commands::group(command).await,
         CliCommand::Subscription(command) => commands::subscription(command).await,
+        CliCommand::Broker(command) => commands::broker(command).await,
+        CliCommand::Leader(command) => commands::leader(command).await,
         CliCommand::Status(args) => commands::status(args).await,
         CliCommand::Check(args) => check::check(args).await,
         CliCommand::User(command) => users::run(command).await,

@@ -206,10 +206,12 @@ impl LocalCluster {
     }
 
     /// SIGTERM every broker and wait for them to exit (kill -9 after 10 s).
+    /// Stops every broker at once: SIGINT, so that no leader hands over to a broker that is
+    /// stopping too; kill -9 after 10 s.
     pub fn stop(&mut self) {
         for broker in &mut self.brokers {
             if let Some(child) = &broker.child {
-                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,4 +1,5 @@
-//! `chorus serve`: one broker, from its flags, until SIGTERM or Ctrl-C.
+//! `chorus serve`: one broker, from its flags, until SIGTERM or Ctrl-C. On SIGTERM a leader hands
+//! leadership to another voter before it stops; Ctrl-C stops at once.
 
 use anyhow::Context;
 
@@ -197,7 +198,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stopped = broker.shutdown_token();
     tokio::select! {
         _ = stopped.cancelled() => tracing::info!("broker stopped serving"),
-        _ = termination() => tracing::info!("shutting down"),
+        signal = stop_signal() => {
+            tracing::info!(?signal, "shutting down");
+            if signal == StopSignal::Terminate {
+                drain(&broker).await;
+            }
+        }
     }
     broker.stop().await;
     match broker.core_failure() {
@@ -257,6 +263,57 @@ fn security(args: &ServeArgs) -> anyhow::Result<Security> {
         authenticate_clients: args.auth,
         bootstrap_admin,
     })
+}
+
+/// How long a stopping leader tries to hand leadership over before it stops anyway.
+const DRAIN_HANDOVER_MS_MAX: u64 = 12_000;
+
+/// A leader asked to stop (SIGTERM) hands leadership to another voter first, so the cluster
+/// waits for no dead leader's silence ([`chorus_broker::handover`]); a follower just stops.
+async fn drain(broker: &Broker) {
+    let voters = broker.voter_sets().first().map_or(0, |voters| voters.len());
+    if !broker.is_leader() || voters < 2 {
+        return;
+    }
+    let handover = chorus_broker::handover::hand_over(broker, None);
+    match tokio::time::timeout(std::time::Duration::from_millis(DRAIN_HANDOVER_MS_MAX), handover).await {
+        Ok(Ok(done)) => tracing::info!(to = done.leader, "handed leadership over before stopping"),
+        Ok(Err(error)) => tracing::warn!(%error, "stopping without handing leadership over"),
+        Err(_) => tracing::warn!("stopping without handing leadership over: it took too long"),
+    }
+}
+
+/// Which signal asked the broker to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// Ctrl-C (SIGINT): stop now; `chorus up` stops its brokers this way, all at once.
+    Interrupt,
+    /// SIGTERM, what a supervisor sends for a planned stop: a leader hands over first.
+    Terminate,
+}
+
+/// Resolves on Ctrl-C or SIGTERM, saying which.
+pub async fn stop_signal() -> StopSignal {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                return StopSignal::Interrupt;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => StopSignal::Interrupt,
+            _ = term.recv() => StopSignal::Terminate,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+        StopSignal::Interrupt
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -768,7 +768,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let took = started.elapsed();
         self.events.snapshots_installed.inc();
         self.events.snapshot_install_seconds.observe(took.as_secs_f64());
-        tracing::info!(snapshot = %meta.snapshot_id, ms = took.as_millis() as u64, "installed a snapshot from the leader");
+        tracing::info!(snapshot = %meta.snapshot_id, ms = took.as_millis() as u64, "installed snapshot from the leader");
         advance_durable(&self.durable, meta.last_log_id.map(|id| id.index));
         self.status.send_replace(status);
         Ok(())

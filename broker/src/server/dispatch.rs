@@ -63,6 +63,7 @@ pub async fn dispatch(runner: &impl Runner, request: Request, actor: &Actor) -> 
         Request::SeekSubscription(r) => Box::pin(answer(runner, r, actor)).await,
         Request::Redrive(r) => Box::pin(answer(runner, r, actor)).await,
         Request::PeekGroup(r) => Box::pin(answer(runner, r, actor)).await,
+        Request::TransferLeader(r) => Box::pin(answer(runner, r, actor)).await,
         Request::Hello(_) => invalid("hello is only the first frame"),
         // A connection serves these itself: they act on its own state.
         Request::Subscribe(_) | Request::Credit(_) | Request::Unsubscribe(_) => {

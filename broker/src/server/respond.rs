@@ -104,6 +104,7 @@ impl From<ProposeError> for pb::Error {
                 ErrorCode::InvalidArgument
             }
             ProposeError::NoQuorum { .. }
+            | ProposeError::HandingOver { .. }
             | ProposeError::OutcomeUnknown
             | ProposeError::ShuttingDown
             | ProposeError::RaftStopped(_)

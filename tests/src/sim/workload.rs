@@ -73,13 +73,14 @@ impl SimClient {
     }
 }
 
-/// How a proposal's failure counts: `NotLeader`, `ShuttingDown` and `Overloaded` were never
-/// proposed, and a membership change was refused; anything else may have been applied.
+/// How a proposal's failure counts: `NotLeader`, `ShuttingDown`, `Overloaded` and `HandingOver`
+/// were never proposed, and a membership change was refused; anything else may have been applied.
 fn outcome_of(error: &ProposeError) -> Outcome {
     match error {
         ProposeError::NotLeader { .. }
         | ProposeError::ShuttingDown
         | ProposeError::Overloaded
+        | ProposeError::HandingOver { .. }
         | ProposeError::Membership(_) => Outcome::Fail,
         ProposeError::NoQuorum { .. } | ProposeError::OutcomeUnknown | ProposeError::RaftStopped(_) => Outcome::Info,
     }

@@ -17,6 +17,7 @@ pub struct PublishFigures {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    pub max_ms: f64,
 }
 
 impl PublishFigures {
@@ -25,7 +26,7 @@ impl PublishFigures {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        json!({ "msg_per_s": self.rate, "ack_p50_ms": self.p50_ms, "ack_p99_ms": self.p99_ms, "ack_p999_ms": self.p999_ms })
+        json!({ "msg_per_s": self.rate, "ack_p50_ms": self.p50_ms, "ack_p99_ms": self.p99_ms, "ack_p999_ms": self.p999_ms, "ack_max_ms": self.max_ms })
     }
 }
 
@@ -59,5 +60,6 @@ where
     let elapsed = started.elapsed().as_secs_f64();
     ensure!(latencies.len() == total, "{} of {total} publishes acknowledged", latencies.len());
     let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-    Ok(PublishFigures { rate: total as f64 / elapsed, p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999) })
+    let max_ms = latencies.max() as f64 / 1000.0;
+    Ok(PublishFigures { rate: total as f64 / elapsed, p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999), max_ms })
 }

@@ -6,7 +6,7 @@
 //! - publish: `--messages` messages of `--size` bytes through `--producers` connections, each with
 //!   `--window` of them sent and not yet acknowledged, through the client library's batching
 //!   `Producer` with its default settings (or, with `--raw`, one message per request); msg/s,
-//!   MB/s, and each message's ack latency p50/p99/p99.9;
+//!   MB/s, and each message's ack latency p50/p99/p99.9 and max;
 //! - work queue: as many tasks published (as above) while `--workers` workers lease up to 256 at a
 //!   time and ack them; tasks/s from the first publish to the last ack;
 //! - fan-out: `--subscribers` subscribers read the published topic; deliveries/s;
@@ -251,12 +251,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("conditions: {conditions}");
         println!(
-            "publish:    {:.0} msg/s, {:.1} MB/s; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            "publish:    {:.0} msg/s, {:.1} MB/s; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
             publish.rate,
             publish.megabytes_per_s(args.size),
             publish.p50_ms,
             publish.p99_ms,
-            publish.p999_ms
+            publish.p999_ms,
+            publish.max_ms
         );
         if let (Some(work), Some(fanout)) = (work, fanout) {
             println!("work queue: {work:.0} tasks/s (publish, lease, ack)");

@@ -3,10 +3,11 @@
 //!
 //! - `publish`, `subscribe`, `work`: messages in and out;
 //! - `admin`: topics and groups (edit, peek, redrive too); `subscriptions`: durable cursors;
-//! - `status`: the cluster's brokers;
+//! - `status`: the cluster's brokers; `cluster`: adding and removing brokers, handing leadership over;
 //! - `shown`: how messages and answers print, as text or JSON; `shared`: connecting, and parsing.
 
 mod admin;
+mod cluster;
 mod publish;
 mod shared;
 mod shown;
@@ -16,6 +17,7 @@ mod subscriptions;
 mod work;
 
 pub use admin::{GroupCommand, Shown, TopicCommand, answer, group, topic};
+pub use cluster::{BrokerCommand, LeaderCommand, broker, leader};
 pub use publish::{PublishArgs, publish};
 pub use shared::connect;
 pub use status::{StatusArgs, status};

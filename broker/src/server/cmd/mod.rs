@@ -32,6 +32,7 @@ mod redrive;
 mod seek_subscription;
 mod settle;
 mod state_digest;
+mod transfer_leader;
 mod update_group;
 mod update_topic;
 mod update_user;
