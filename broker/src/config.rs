@@ -151,7 +151,9 @@ impl Default for RaftTiming {
 pub struct BrokerConfig {
     pub id: NodeId,
     pub data_dir: PathBuf,
+    /// Where the broker listens for clients (others reach it where the membership says).
     pub client_addr: String,
+    /// Where the broker listens for other brokers.
     pub peer_addr: String,
     /// Where `/metrics`, `/healthz` and `/readyz` are served over HTTP; `None`, nowhere.
     pub metrics_addr: Option<String>,

@@ -227,7 +227,9 @@ impl Cluster {
             .arg(format!("--id={id}"))
             .arg(format!("--data-dir={}", broker.data_dir.display()))
             .arg(format!("--client-addr={}", broker.client_addr))
-            .arg(format!("--peer-addr={}", broker.peer_listen))
+            // Other brokers reach it through its fault proxy, which it is told to advertise.
+            .arg(format!("--peer-addr={}", broker.peer_public))
+            .arg(format!("--peer-bind={}", broker.peer_listen))
             .arg(format!("--metrics-addr={}", broker.metrics_addr))
             .args(members)
             .arg(format!("--snapshot-after-entries={}", options.snapshot_after_entries))

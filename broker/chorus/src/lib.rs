@@ -2,7 +2,8 @@
 //! broker (`chorus_broker`) and talks to clusters through the client library
 //! (`chorus_consumers`); neither of those depends on it.
 //!
-//! - `serve`: run one broker; `inspect`: read a stopped broker's topic, as a restart would;
+//! - `serve`: run one broker (`config_file`: its flags from a TOML file); `inspect`: read a
+//!   stopped broker's topic, as a restart would;
 //! - `up`: a local cluster of broker processes, supervised; `demo`: a scripted tour;
 //! - `commands`: everyday client commands (publish, subscribe, work, topic, group, status);
 //! - `users`, `cert`: users and permissions; certificates and cluster secrets;
@@ -12,6 +13,7 @@ mod bench;
 mod cert;
 mod check;
 mod commands;
+mod config_file;
 pub mod context;
 mod demo;
 mod inspect;
@@ -98,7 +100,14 @@ fn without_huge_pages() {
 /// anything allocates much.
 pub fn main() -> ExitCode {
     without_huge_pages();
-    let cli = Cli::parse();
+    let args = match config_file::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("chorus: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     let default_filter = match cli.command {
         // openraft's raft_core warns of every stale vote or replication answer it drops, which
         // a healthy election produces: noise an operator cannot act on. Its replication logs an

@@ -33,12 +33,25 @@ pub struct ServeArgs {
     /// Where this broker keeps its log, state and snapshots.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Address for clients.
+    /// A TOML file of these flags (`client-addr = "..."`, `member = ["...", ...]`); a flag given
+    /// here overrides the file's key.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The address clients reach this broker at, as its `--member` entry gives it; it listens
+    /// there too unless --client-bind says otherwise.
     #[arg(long)]
     pub client_addr: String,
-    /// Address for other brokers.
+    /// The address other brokers reach this broker at, as its `--member` entry gives it; it
+    /// listens there too unless --peer-bind says otherwise.
     #[arg(long)]
     pub peer_addr: String,
+    /// Where to listen for clients when that is not --client-addr (`0.0.0.0:7101` behind NAT or
+    /// in a container, say).
+    #[arg(long)]
+    pub client_bind: Option<String>,
+    /// Where to listen for other brokers when that is not --peer-addr.
+    #[arg(long)]
+    pub peer_bind: Option<String>,
     /// Address for the HTTP endpoint operators scrape: `/metrics` (Prometheus), `/healthz` and
     /// `/readyz`. Unauthenticated and read-only: bind it where only monitoring reaches it.
     #[arg(long)]
@@ -166,11 +179,12 @@ pub fn members(list: &[(NodeId, BrokerNode)]) -> Result<BTreeMap<NodeId, BrokerN
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let raft = args.raft_timing();
     let security = security(&args)?;
+    warn_if_advertised_differently(&args);
     let config = BrokerConfig {
         id: args.id,
         data_dir: args.data_dir,
-        client_addr: args.client_addr,
-        peer_addr: args.peer_addr,
+        client_addr: args.client_bind.unwrap_or(args.client_addr),
+        peer_addr: args.peer_bind.unwrap_or(args.peer_addr),
         metrics_addr: args.metrics_addr,
         members: members(&args.members).map_err(anyhow::Error::msg)?,
         security,
@@ -210,6 +224,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Exit non-zero, so that `chorus up` or a supervisor restarts the broker.
         Some(failure) => anyhow::bail!("the raft core stopped: {failure}"),
         None => Ok(()),
+    }
+}
+
+/// Others reach a broker where the membership says, which for an initial member is its
+/// `--member` entry: one that differs from its own `--client-addr` or `--peer-addr` is most likely
+/// a mistake, and worth a warning (the membership wins).
+fn warn_if_advertised_differently(args: &ServeArgs) {
+    let Some((_, listed)) = args.members.iter().find(|(id, _)| *id == args.id) else { return };
+    if listed.client_addr != args.client_addr || listed.peer_addr != args.peer_addr {
+        tracing::warn!(
+            member = %format!("{},{}", listed.peer_addr, listed.client_addr),
+            flags = %format!("{},{}", args.peer_addr, args.client_addr),
+            "this broker's --member entry names other addresses than --peer-addr and --client-addr: others reach it where --member says"
+        );
     }
 }
 

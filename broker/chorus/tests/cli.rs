@@ -236,6 +236,61 @@ fn a_broker_runs_on_certificates_made_by_chorus_cert() {
     assert!(!stranger.status.success(), "without the CA and a user, nothing");
 }
 
+/// `chorus serve --config FILE` takes its flags from the file, a flag on the command line
+/// overrides the file's key, and `--client-bind` listens where `--client-addr` is not.
+#[test]
+fn a_broker_runs_from_a_config_file_with_flags_overriding_it() {
+    let (dir, config) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = config.path();
+    let (client_port, peer_port, metrics_port) = (free_ports(1), free_ports(1), free_ports(1));
+    let (client, peer) = (format!("127.0.0.1:{client_port}"), format!("127.0.0.1:{peer_port}"));
+    let file = dir.path().join("chorus.toml");
+    let text = format!(
+        "id = 1\ndata_dir = \"{}\"\nclient-addr = \"{client}\"\nclient-bind = \"0.0.0.0:{client_port}\"\n\
+         peer-addr = \"{peer}\"\nmember = [\"1={peer},{client}\"]\nmetrics-addr = \"127.0.0.1:1\"\nlog-format = \"json\"\n",
+        dir.path().join("data").display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut broker = chorus(config)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .args(["--metrics-addr", &metrics])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answered = loop {
+        let output = chorus(config).args(["status", "--brokers", &client]).output().unwrap();
+        if output.status.success() || Instant::now() > deadline {
+            break output;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The metrics address the command line gave, not the file's.
+    let metrics_answered = std::net::TcpStream::connect(&metrics).is_ok();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let logged = std::fs::read_to_string(dir.path().join("broker.log")).unwrap();
+    assert!(answered.status.success(), "{}\n{logged}", String::from_utf8_lossy(&answered.stdout));
+    assert!(metrics_answered, "{logged}");
+    assert!(
+        logged.lines().any(|line| line.starts_with('{') && line.contains("\"broker started\"")),
+        "JSON logs:\n{logged}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "id = 1\nno-such-flag = 3\n").unwrap();
+    let output = chorus(config).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--no-such-flag"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn demo_passes_its_checks() {
     let config = tempfile::tempdir().unwrap();
