@@ -42,6 +42,9 @@ const FORWARD_CATCH_UP_MIN: Duration = Duration::from_millis(500);
 
 /// A broker further than this behind the commit index in applying is not ready.
 pub const READY_APPLY_LAG_MAX: u64 = 10_000;
+/// The longest a write waits for a handover to end: a handover's catch-up and election are
+/// bounded by 5 s each.
+pub const HELD_DURING_HANDOVER_MS_MAX: u64 = 10_000;
 /// The window of `ClusterStatus::leader_changes_10m`.
 pub const LEADER_CHANGES_WINDOW: Duration = Duration::from_secs(600);
 
@@ -139,7 +142,7 @@ pub struct Broker {
     append_times: AppendTimes,
     /// When this broker saw a new leader.
     leader_changes: LeaderChanges,
-    /// Set while this leader hands leadership over ([`crate::handover`]): it takes no writes.
+    /// Set while this leader hands leadership over (the `handover` module): writes wait.
     handing_over: HandingOver,
     /// When this broker started, in ms since the Unix epoch.
     started_ms: u64,
@@ -442,7 +445,7 @@ impl Broker {
         if let Some(to) = self.handing_over.target() {
             // Held, not refused: once the handover ends, a client told NOT_LEADER goes straight
             // to the new leader, where a refusal now would have it back off and retry blind.
-            let waited = Duration::from_millis(2 * crate::handover::HANDOVER_MS_MAX);
+            let waited = Duration::from_millis(HELD_DURING_HANDOVER_MS_MAX);
             if tokio::time::timeout(waited, self.handing_over.ended()).await.is_err() {
                 return Err(ProposeError::HandingOver { to });
             }

@@ -188,6 +188,7 @@ pub struct RaftEventMetrics {
     pub snapshot_bytes: Histogram,
     pub snapshots_installed: Counter,
     pub snapshot_install_seconds: Histogram,
+    pub snapshot_installed_bytes: Histogram,
 }
 
 impl Default for RaftEventMetrics {
@@ -200,6 +201,7 @@ impl Default for RaftEventMetrics {
             snapshot_bytes: bytes_histogram(),
             snapshots_installed: Counter::default(),
             snapshot_install_seconds: seconds_histogram(),
+            snapshot_installed_bytes: bytes_histogram(),
         }
     }
 }
@@ -239,6 +241,12 @@ impl RaftEventMetrics {
             "Time to install a snapshot",
             Unit::Seconds,
             self.snapshot_install_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "raft_snapshot_installed_size",
+            "Size of the snapshots installed",
+            Unit::Bytes,
+            self.snapshot_installed_bytes.clone(),
         );
     }
 }

@@ -488,6 +488,17 @@ impl Cluster {
         .expect("the command line thread")
     }
 
+    /// Runs `chorus <args>` against brokers `ids` (down ones included), off the runtime's threads:
+    /// its exit code, and its stdout then stderr as one text.
+    pub async fn cli_exit(&self, args: &[&str], ids: &[u64]) -> (Option<i32>, String) {
+        let mut command = self.cli_command(args, ids);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let output =
+            tokio::task::spawn_blocking(move || command.output().expect("run chorus")).await.expect("the CLI thread");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), text)
+    }
+
     /// `chorus <args>` against brokers `ids` only, without credentials or a saved context: to run
     /// as the caller likes (spawned, with pipes).
     pub fn cli_command(&self, args: &[&str], ids: &[u64]) -> Command {

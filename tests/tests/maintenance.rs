@@ -12,15 +12,6 @@ use chorus_tests::workload::{client, create_topic, publish_many};
 
 const TOPIC: &str = "events";
 
-/// `chorus <args>` against brokers `ids`: its exit code and what it printed.
-async fn cli(cluster: &Cluster, args: &[&str], ids: &[u64]) -> (Option<i32>, String) {
-    let mut command = cluster.cli_command(args, ids);
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let output = tokio::task::spawn_blocking(move || command.output().expect("run chorus")).await.unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.code(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_transfer_hands_leadership_to_the_chosen_voter_without_losing_writes() {
     let mut cluster = Cluster::start(3).await;
@@ -33,16 +24,16 @@ async fn leader_transfer_hands_leadership_to_the_chosen_voter_without_losing_wri
         tokio::spawn(async move { publish_many(&client, TOPIC, 4, 150, Arc::new(AtomicU64::new(0))).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (code, text) = cli(&cluster, &["leader", "transfer", "--to", &to.to_string()], &[1, 2, 3]).await;
+    let (code, text) = cluster.cli_exit(&["leader", "transfer", "--to", &to.to_string()], &[1, 2, 3]).await;
     assert_eq!(code, Some(0), "{text}");
     assert!(text.starts_with(&format!("broker {to} leads")), "{text}");
     let acked = publishing.await.expect("the publishers");
     assert_eq!(cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(10)).await, to);
     // To itself, or to a broker that is no voter: refused, leadership stays.
-    let (code, text) = cli(&cluster, &["leader", "transfer", "--to", &to.to_string()], &[1, 2, 3]).await;
+    let (code, text) = cluster.cli_exit(&["leader", "transfer", "--to", &to.to_string()], &[1, 2, 3]).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("cannot hand leadership to itself"), "{text}");
-    let (code, text) = cli(&cluster, &["leader", "transfer", "--to", "9"], &[1, 2, 3]).await;
+    let (code, text) = cluster.cli_exit(&["leader", "transfer", "--to", "9"], &[1, 2, 3]).await;
     assert!(code == Some(1) && text.contains("broker 9 is not a voter"), "{text}");
 
     let status = cluster.status(to).await.expect("the new leader's status");
@@ -85,22 +76,22 @@ async fn brokers_are_added_and_removed_from_the_command_line() {
     publish_many(&client, TOPIC, 2, 20, Arc::new(AtomicU64::new(0))).await;
     let (peer, client_addr) = cluster.prepare_and_spawn(4).await;
     let add = ["broker", "add", "4", "--peer-addr", &peer, "--client-addr", &client_addr];
-    let (code, text) = cli(&cluster, &add, &[1, 2, 3]).await;
+    let (code, text) = cluster.cli_exit(&add, &[1, 2, 3]).await;
     assert_eq!(code, Some(0), "{text}\n{}", cluster.logs());
     let status = cluster.status(leader).await.expect("the leader's status");
     let four = status.brokers.iter().find(|b| b.id == 4).expect("broker 4 is a member");
     assert!(four.voter, "{status:?}");
     cluster.wait_caught_up(&[1, 2, 3, 4], status.applied_index, Duration::from_secs(20)).await;
-    let (code, text) = cli(&cluster, &["status"], &[1, 2, 3, 4]).await;
+    let (code, text) = cluster.cli_exit(&["status"], &[1, 2, 3, 4]).await;
     assert_eq!(code, Some(0), "four brokers, all ready:\n{text}");
 
-    let (code, text) = cli(&cluster, &["broker", "remove", "4"], &[1, 2, 3]).await;
+    let (code, text) = cluster.cli_exit(&["broker", "remove", "4"], &[1, 2, 3]).await;
     assert_eq!(code, Some(0), "{text}");
     let status = cluster.status(leader).await.expect("the leader's status");
     assert!(status.brokers.iter().all(|b| b.id != 4), "{status:?}");
     // A removed broker stops serving by itself.
     let exited = cluster.wait_exit(4, Duration::from_secs(20)).await;
     assert!(exited.success(), "{exited:?}");
-    let (code, text) = cli(&cluster, &["broker", "remove", "9"], &[1, 2, 3]).await;
+    let (code, text) = cluster.cli_exit(&["broker", "remove", "9"], &[1, 2, 3]).await;
     assert_eq!(code, Some(1), "{text}");
 }

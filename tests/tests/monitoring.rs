@@ -82,24 +82,15 @@ async fn every_broker_serves_metrics_health_and_readiness() {
     assert!(on_leader.contains("chorus_client_requests_total{kind=\"Publish\",code=\"OK\"}"), "{on_leader}");
 }
 
-/// `chorus status` against every broker of the cluster, down ones included.
-async fn status_command(cluster: &Cluster) -> (Option<i32>, String) {
-    let mut command = cluster.cli_command(&["status"], &[1, 2, 3]);
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let output = tokio::task::spawn_blocking(move || command.output().expect("run chorus status")).await.unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.code(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_exits_non_zero_when_a_broker_is_down() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
-    let (code, text) = status_command(&cluster).await;
+    let (code, text) = cluster.cli_exit(&["status"], &[1, 2, 3]).await;
     assert_eq!(code, Some(0), "a healthy cluster:\n{text}");
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     cluster.kill(follower);
-    let (code, text) = status_command(&cluster).await;
+    let (code, text) = cluster.cli_exit(&["status"], &[1, 2, 3]).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains(&format!("problem: broker {follower} does not answer")), "{text}");
 }
@@ -117,7 +108,7 @@ async fn status_exits_non_zero_without_a_leader() {
         http::get(&addr, "/readyz").is_some_and(|a| a.status == 503)
     })
     .await;
-    let (code, text) = status_command(&cluster).await;
+    let (code, text) = cluster.cli_exit(&["status"], &[1, 2, 3]).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("problem: no leader"), "{text}");
     assert!(text.contains(&format!("problem: broker {survivor} is not ready")), "{text}");
@@ -138,9 +129,13 @@ async fn status_exits_non_zero_when_a_broker_is_cut_off_from_the_leader() {
         http::get(&addr, "/readyz").is_some_and(|a| a.status == 503 && a.body.contains("no word that leader"))
     })
     .await;
+    // Leader changes are logged at info, once each: the new leader's log names two leaders, the
+    // first it learned of and itself.
+    let named = cluster.logs_of(new).lines().filter(|line| line.contains("a new leader")).count();
+    assert_eq!(named, 2, "{}", cluster.logs_of(new));
     let status = cluster.status(old).await.expect("the old leader answers on its client port");
     assert_eq!(status.role, "leader", "openraft's leader does not step down by itself");
-    let (code, text) = status_command(&cluster).await;
+    let (code, text) = cluster.cli_exit(&["status"], &[1, 2, 3]).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(&format!("problem: broker {old} is not ready: no word that leader {old} is alive")),
@@ -151,6 +146,36 @@ async fn status_exits_non_zero_when_a_broker_is_cut_off_from_the_leader() {
         http::get(&addr, "/readyz").is_some_and(|a| a.status == 200)
     })
     .await;
+}
+
+/// Issue 21: a follower paused for 4 s made the leader log about 1,950 error lines in two
+/// minutes, one per failed heartbeat. Now it is a line when the follower has failed for 2 s
+/// (then one per 10 s), and one when it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_follower_costs_the_leaders_log_a_line_or_two_not_one_per_heartbeat() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let before = cluster.logs_of(leader).lines().count();
+    cluster.signal(follower, "STOP");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.signal(follower, "CONT");
+    let about = format!("target_id={follower}");
+    eventually(Duration::from_secs(10), "the leader logging that the follower answers again", || {
+        cluster
+            .logs_of(leader)
+            .lines()
+            .skip(before)
+            .any(|line| line.contains("a peer answers again") && line.contains(&about))
+    })
+    .await;
+    let log = cluster.logs_of(leader);
+    let complaints: Vec<&str> = log
+        .lines()
+        .skip(before)
+        .filter(|line| (line.contains("WARN") || line.contains("ERROR")) && line.contains(&about))
+        .collect();
+    assert!(!complaints.is_empty() && complaints.len() <= 2, "{complaints:#?}");
 }
 
 /// A Prometheus server scraping the brokers every second, with the project's alerting rules;

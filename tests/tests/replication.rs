@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chorus_tests::cluster::Cluster;
+use chorus_tests::http::{self, sample};
 use chorus_tests::workload::{
     client, create_topic, publish_idempotent, publish_many, wiped_follower_behind_a_snapshot,
 };
@@ -152,6 +153,11 @@ async fn a_wiped_follower_catches_up_through_a_snapshot() {
     cluster.wait_caught_up(&[1, 2, 3], applied, Duration::from_secs(60)).await;
     let log = std::fs::read_to_string(&cluster.brokers[&follower].log_path).unwrap();
     assert!(log.contains("installed snapshot"), "the wiped follower caught up without a snapshot:\n{log}");
+    // And the metrics say so: snapshots built on the leader, one installed on the follower.
+    let metrics = |id: u64| http::get(&cluster.brokers[&id].metrics_addr, "/metrics").expect("metrics").body;
+    assert!(sample(&metrics(follower), "chorus_raft_snapshots_installed_total").is_some_and(|n| n >= 1.0));
+    assert!(sample(&metrics(follower), "chorus_raft_snapshot_installed_size_bytes_count").is_some_and(|n| n >= 1.0));
+    assert!(sample(&metrics(leader), "chorus_raft_snapshots_built_total").is_some_and(|n| n >= 1.0));
     for id in [1, 2, 3] {
         cluster.terminate(id);
     }

@@ -755,6 +755,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             target.sync_all().await.map_err(write_error)?;
         }
         std::fs::rename(&partial, &path).map_err(write_error)?;
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         if let Some(received) = self.receiving.take() {
             let _ = std::fs::remove_file(received);
         }
@@ -768,7 +769,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let took = started.elapsed();
         self.events.snapshots_installed.inc();
         self.events.snapshot_install_seconds.observe(took.as_secs_f64());
-        tracing::info!(snapshot = %meta.snapshot_id, ms = took.as_millis() as u64, "installed snapshot from the leader");
+        self.events.snapshot_installed_bytes.observe(bytes as f64);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, ms = took.as_millis() as u64, "installed snapshot from the leader");
         advance_durable(&self.durable, meta.last_log_id.map(|id| id.index));
         self.status.send_replace(status);
         Ok(())
