@@ -144,6 +144,8 @@ pub struct Broker {
     leader_changes: LeaderChanges,
     /// Set while this leader hands leadership over (the `handover` module): writes wait.
     handing_over: HandingOver,
+    /// Until when this broker's own campaigns wait: another voter is being handed leadership.
+    campaign_hold: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// When this broker started, in ms since the Unix epoch.
     started_ms: u64,
 }
@@ -227,6 +229,7 @@ impl Broker {
             append_times: AppendTimes::default(),
             leader_changes: LeaderChanges::default(),
             handing_over: HandingOver::default(),
+            campaign_hold: std::sync::Mutex::new(None),
             started_ms,
         }
     }
@@ -294,6 +297,17 @@ impl Broker {
     /// Whether, and to whom, this leader is handing leadership over.
     pub fn handing_over(&self) -> &HandingOver {
         &self.handing_over
+    }
+
+    /// Holds this broker's own campaigns until `until`: the leader is handing leadership to
+    /// another voter, which must stand first.
+    pub fn hold_campaigns(&self, until: tokio::time::Instant) {
+        *self.campaign_hold.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(until);
+    }
+
+    /// Until when this broker's own campaigns wait, if they do.
+    pub fn campaigns_held_until(&self) -> Option<tokio::time::Instant> {
+        *self.campaign_hold.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// When this broker started, in milliseconds since the Unix epoch.

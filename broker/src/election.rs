@@ -45,7 +45,11 @@ pub async fn campaign<P: PreVotes>(broker: Arc<Broker>, peers: P) {
     loop {
         let wait = campaign_timeout(lease);
         loop {
-            let due = broker.leader_contact().last().max(last_asked) + wait;
+            let mut due = broker.leader_contact().last().max(last_asked) + wait;
+            // Another voter is being handed leadership: it stands first.
+            if let Some(held) = broker.campaigns_held_until() {
+                due = due.max(held);
+            }
             if Instant::now() >= due {
                 break;
             }

@@ -11,9 +11,10 @@
 //!    (or, if the handover failed, it is proposed here after all);
 //! 2. waits until what it proposed is applied and the target holds its whole log;
 //! 3. stops its heartbeats, so every follower's lease on it runs out one lease later;
-//! 4. sends the target `TimeoutNow`: the target ([`stand_when_lease_ends`]) stands for election,
-//!    without a pre-vote, the moment its lease has run out, before the others' randomized
-//!    campaign timers (one to two leases) fire;
+//! 4. sends `TimeoutNow` to the target, then to the other voters: the target
+//!    ([`stand_when_lease_ends`]) stands for election, without a pre-vote, the moment its lease
+//!    has run out; the others hold their own campaigns for [`HANDOVER_MS_MAX`] (their randomized
+//!    timers could otherwise fire first, as seen once in CI);
 //! 5. waits for another broker to lead, then heartbeats again (as a follower it sends none) and
 //!    lets the held proposals go, to be refused with the new leader's address. If the target does not win within
 //!    [`HANDOVER_MS_MAX`], the old leader takes writes again and says so.
@@ -126,6 +127,13 @@ async fn run(
     broker.raft.runtime_config().heartbeat(false);
     let term = broker.raft.metrics().borrow().current_term;
     send_timeout_now(broker, target, term).await?;
+    // The others hold their own campaigns, so the target stands first; one that does not hear
+    // this campaigns as usual, and an election sorts it out.
+    for voter in other_voters(broker, target) {
+        if let Err(error) = send_timeout_now_to(broker, voter, target, term).await {
+            tracing::debug!(voter, %error, "a voter did not hear of the handover");
+        }
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDOVER_MS_MAX);
     loop {
         let (leader, term, state) = {
@@ -163,13 +171,29 @@ async fn caught_up(broker: &Broker, target: NodeId, deadline: tokio::time::Insta
 }
 
 async fn send_timeout_now(broker: &Broker, target: NodeId, term: u64) -> Result<(), HandoverError> {
-    let node = broker.member_node(target).ok_or(HandoverError::NotAVoter(target))?;
-    let mut client = PeerClient::new(&broker.config.network(), target, node.peer_addr);
-    let request = pb::TimeoutNow { from: broker.id(), term };
+    send_timeout_now_to(broker, target, target, term).await
+}
+
+/// Voters other than this broker and `target`.
+fn other_voters(broker: &Broker, target: NodeId) -> Vec<NodeId> {
+    let status = broker.status();
+    status.brokers.iter().filter(|b| b.voter && b.id != target && b.id != broker.id()).map(|b| b.id).collect()
+}
+
+/// Tells `voter` that `candidate` is handed leadership in `term`.
+async fn send_timeout_now_to(
+    broker: &Broker,
+    voter: NodeId,
+    candidate: NodeId,
+    term: u64,
+) -> Result<(), HandoverError> {
+    let node = broker.member_node(voter).ok_or(HandoverError::NotAVoter(voter))?;
+    let mut client = PeerClient::new(&broker.config.network(), voter, node.peer_addr);
+    let request = pb::TimeoutNow { from: broker.id(), term, candidate };
     let timeout = Duration::from_millis(broker.config.raft.election_timeout_ms_min);
     match client.call(request, timeout).await {
         Ok(pb::Empty {}) => Ok(()),
-        Err(error) => Err(HandoverError::Unreachable { to: target, why: error.to_string() }),
+        Err(error) => Err(HandoverError::Unreachable { to: voter, why: error.to_string() }),
     }
 }
 
@@ -183,7 +207,9 @@ pub enum TimeoutNowRefused {
 }
 
 /// Takes the leader's `TimeoutNow`: checks it comes from the leader this broker follows, in the
-/// current term, and stands for election once its lease on that leader has run out.
+/// current term; as the candidate, stands for election once its lease on that leader has run
+/// out; as another voter, holds its own campaigns for [`HANDOVER_MS_MAX`] so the candidate
+/// stands first.
 pub fn timeout_now(broker: &Arc<Broker>, request: pb::TimeoutNow) -> Result<(), TimeoutNowRefused> {
     let (leader, term) = {
         let metrics = broker.raft.metrics();
@@ -192,6 +218,10 @@ pub fn timeout_now(broker: &Arc<Broker>, request: pb::TimeoutNow) -> Result<(), 
     };
     if leader != Some(request.from) || term != request.term || broker.is_leader() {
         return Err(TimeoutNowRefused::NotMyLeader { from: request.from, term: request.term });
+    }
+    if request.candidate != broker.id() {
+        broker.hold_campaigns(tokio::time::Instant::now() + Duration::from_millis(HANDOVER_MS_MAX));
+        return Ok(());
     }
     if broker.repair_floor().is_some() {
         return Err(TimeoutNowRefused::Repairing);

@@ -524,7 +524,7 @@ fn peer_bodies() -> Vec<P> {
         }),
         P::PreVote(pb::PreVoteRequest { candidate: 3, next_term: 4, last_log_id: Some(log_id(3, 12)) }),
         P::PreVoteOk(pb::PreVoteAnswer { granted: true, term: 3 }),
-        P::TimeoutNow(pb::TimeoutNow { from: 1, term: 4 }),
+        P::TimeoutNow(pb::TimeoutNow { from: 1, term: 4, candidate: 2 }),
         P::TimeoutNowOk(pb::Empty {}),
         P::Error(pb::PeerError { message: "busy".into(), higher_vote: Some(vote()), snapshot_mismatch: true }),
     ]
