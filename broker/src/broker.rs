@@ -299,6 +299,17 @@ impl Broker {
         &self.handing_over
     }
 
+    /// Starts an election with this broker as the candidate (no pre-vote here: the caller has
+    /// decided), counting it; a failure to start is logged.
+    pub async fn stand_for_election(&self) {
+        match self.raft.trigger().elect().await {
+            Ok(()) => {
+                self.metrics.raft.elections_started.inc();
+            }
+            Err(error) => tracing::warn!(%error, "the election could not start"),
+        }
+    }
+
     /// Holds this broker's own campaigns until `until`: the leader is handing leadership to
     /// another voter, which must stand first.
     pub fn hold_campaigns(&self, until: tokio::time::Instant) {

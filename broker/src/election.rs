@@ -73,12 +73,7 @@ pub async fn campaign<P: PreVotes>(broker: Arc<Broker>, peers: P) {
                 granted = ?granted,
                 "no leader heard from, and a majority would elect this broker: standing for election"
             );
-            match broker.raft.trigger().elect().await {
-                Ok(()) => {
-                    broker.metrics.raft.elections_started.inc();
-                }
-                Err(error) => tracing::warn!(%error, "the election could not start"),
-            }
+            broker.stand_for_election().await;
         } else {
             tracing::debug!(granted = ?granted, "pre-vote lost: a leader is still followed, or logs are ahead");
         }

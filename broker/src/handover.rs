@@ -248,12 +248,7 @@ async fn stand_when_lease_ends(broker: Arc<Broker>, request: pb::TimeoutNow) {
         }
         if silent >= lease {
             tracing::info!(from = request.from, term, "the leader handed over: standing for election");
-            match broker.raft.trigger().elect().await {
-                Ok(()) => {
-                    broker.metrics.raft.elections_started.inc();
-                }
-                Err(error) => tracing::warn!(%error, "the election could not start"),
-            }
+            broker.stand_for_election().await;
             return;
         }
         tokio::time::sleep(lease.saturating_sub(silent).min(Duration::from_millis(50))).await;

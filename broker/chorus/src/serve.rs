@@ -346,20 +346,7 @@ pub async fn stop_signal() -> StopSignal {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn termination() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return interrupt.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    stop_signal().await;
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use chorus_protocol::pb::{self, ErrorCode};
 use super::{Route, Serve, Served};
 use crate::config::Limits;
 use crate::handover::{self, HANDOVER_MS_MAX, HandoverError};
+use crate::proposer::ProposeError;
 use crate::server::access::{self, Needs};
 use crate::server::state::Server;
 
@@ -29,17 +30,12 @@ impl Serve for pb::TransferLeader {
 
 fn refusal(server: &Server, error: HandoverError) -> pb::Error {
     let code = match &error {
-        HandoverError::NotLeader { leader: Some(id) } => {
-            let mut answer = pb::Error::new(ErrorCode::NotLeader, error.to_string());
-            answer.leader_id = Some(*id);
-            answer.leader_addr = server.broker.member_node(*id).map(|node| node.client_addr).unwrap_or_default();
-            return answer;
-        }
+        // Said as any write's NOT_LEADER is, with the leader's address.
+        HandoverError::NotLeader { .. } => return ProposeError::NotLeader { leader: server.broker.leader() }.into(),
         HandoverError::NotAVoter(_) | HandoverError::ToItself | HandoverError::NoOtherVoter => {
             ErrorCode::InvalidArgument
         }
-        HandoverError::NotLeader { leader: None }
-        | HandoverError::AlreadyHandingOver(_)
+        HandoverError::AlreadyHandingOver(_)
         | HandoverError::Behind { .. }
         | HandoverError::Unreachable { .. }
         | HandoverError::NotElected { .. } => ErrorCode::Unavailable,
